@@ -1,0 +1,553 @@
+//! The autoscaler: how many execution environments a function needs.
+//!
+//! Modelled on Knative's KPA (see `docs/ARCHITECTURE.md`):
+//! - the signal is concurrency (in flight + queued), averaged over a stable
+//!   window (default 60 s) and a panic window (a tenth of it, 6 s);
+//! - `desired = ceil(average / (concurrency_per_environment * target_utilization))`;
+//! - panic mode starts when the panic-window demand reaches `panic_threshold`
+//!   (200 %) of the ready environments, lasts until a stable window passes
+//!   without that, and never scales down meanwhile;
+//! - scale-down is limited to halving per decision (`max_scale_down_rate`);
+//! - scale to zero once nothing was in flight or queued for `scale_to_zero_after`;
+//! - scale from zero at once: any demand at zero yields at least one environment.
+//!
+//! Pure maths: time is passed in, nothing here sleeps or does I/O.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::function::ScalingSettings;
+
+/// Tunables of one function's autoscaler.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AutoscalerConfig {
+    /// Events one environment takes at once (the function's `concurrency`).
+    pub concurrency_per_environment: f64,
+    /// Fraction of that to aim for (Knative: 0.7).
+    pub target_utilization: f64,
+    /// Lower bound (0 allows scale to zero).
+    pub min_scale: u32,
+    /// Upper bound.
+    pub max_scale: u32,
+    /// Averaging window for steady load (Knative: 60 s).
+    pub stable_window: Duration,
+    /// Averaging window for bursts (Knative: 10 % of the stable window).
+    pub panic_window: Duration,
+    /// Panic when panic-window demand / ready environments reaches this (Knative: 2.0).
+    pub panic_threshold: f64,
+    /// Idle time before scaling to zero.
+    pub scale_to_zero_after: Duration,
+    /// At most this factor more environments per decision (Knative: 1000).
+    pub max_scale_up_rate: f64,
+    /// At most this factor fewer environments per decision (Knative: 2).
+    pub max_scale_down_rate: f64,
+}
+
+impl AutoscalerConfig {
+    /// Knative's defaults around a function's own settings.
+    pub fn from_settings(settings: &ScalingSettings) -> Self {
+        AutoscalerConfig {
+            concurrency_per_environment: f64::from(settings.concurrency_per_environment.max(1)),
+            target_utilization: settings.target_utilization,
+            min_scale: settings.min_scale,
+            max_scale: settings.max_scale,
+            stable_window: settings.stable_window,
+            panic_window: settings.stable_window / 10,
+            panic_threshold: 2.0,
+            scale_to_zero_after: settings.scale_to_zero_after,
+            max_scale_up_rate: 1000.0,
+            max_scale_down_rate: 2.0,
+        }
+    }
+
+    /// Concurrency one environment should carry.
+    pub fn target_per_environment(&self) -> f64 {
+        (self.concurrency_per_environment * self.target_utilization).max(0.01)
+    }
+}
+
+/// Why the desired count is what it is (a bounded set, fit for metric labels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecisionReason {
+    /// Averaged load over the stable window.
+    Stable,
+    /// A burst: panic mode holds the count at or above its peak.
+    Panic,
+    /// Demand arrived while at zero.
+    WakeFromZero,
+    /// Nothing in flight or queued for `scale_to_zero_after`.
+    ScaleToZero,
+    /// Recently busy: kept at one environment until the idle window passes.
+    HoldUntilIdle,
+    /// Raised to `min_scale` or lowered to `max_scale`.
+    Bounds,
+}
+
+impl DecisionReason {
+    /// A short label for metrics and Events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionReason::Stable => "stable",
+            DecisionReason::Panic => "panic",
+            DecisionReason::WakeFromZero => "wake_from_zero",
+            DecisionReason::ScaleToZero => "scale_to_zero",
+            DecisionReason::HoldUntilIdle => "hold_until_idle",
+            DecisionReason::Bounds => "bounds",
+        }
+    }
+}
+
+/// One scaling decision.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// Environments the function should have.
+    pub desired: u32,
+    /// Whether panic mode is on.
+    pub panicking: bool,
+    /// Average concurrency over the stable window.
+    pub stable_concurrency: f64,
+    /// Average concurrency over the panic window.
+    pub panic_concurrency: f64,
+    /// What decided the count.
+    pub reason: DecisionReason,
+}
+
+/// One second of samples.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    start: Instant,
+    sum: f64,
+    count: u32,
+}
+
+impl Bucket {
+    fn mean(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.sum / f64::from(self.count)
+        }
+    }
+}
+
+const BUCKET: Duration = Duration::from_secs(1);
+
+/// The autoscaler state of one function.
+#[derive(Clone, Debug)]
+pub struct Autoscaler {
+    config: AutoscalerConfig,
+    buckets: VecDeque<Bucket>,
+    last_busy: Option<Instant>,
+    panic_since: Option<Instant>,
+    last_panic_trigger: Option<Instant>,
+    max_panic_desired: u32,
+    last_desired: u32,
+}
+
+impl Autoscaler {
+    /// A fresh autoscaler; `current` is the environment count it starts from.
+    /// Starting with more than one environment starts in panic mode, so lost
+    /// history can not cause a scale-down (as Knative does after a restart).
+    pub fn new(config: AutoscalerConfig, now: Instant, current: u32) -> Self {
+        let restarted_busy = current > 1;
+        Autoscaler {
+            config,
+            buckets: VecDeque::new(),
+            last_busy: if current > 0 { Some(now) } else { None },
+            panic_since: restarted_busy.then_some(now),
+            last_panic_trigger: restarted_busy.then_some(now),
+            max_panic_desired: if restarted_busy { current } else { 0 },
+            last_desired: current,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &AutoscalerConfig {
+        &self.config
+    }
+
+    /// Replaces the configuration (the Function changed); history is kept.
+    pub fn set_config(&mut self, config: AutoscalerConfig) {
+        self.config = config;
+    }
+
+    /// The last desired count.
+    pub fn last_desired(&self) -> u32 {
+        self.last_desired
+    }
+
+    /// Records a concurrency sample (in flight + queued, summed over gateways).
+    /// Returns true when this is demand for a function at zero, which the
+    /// caller should act on at once rather than at its next tick.
+    pub fn record(&mut self, now: Instant, concurrency: f64) -> bool {
+        let concurrency = if concurrency.is_finite() {
+            concurrency.max(0.0)
+        } else {
+            0.0
+        };
+        if concurrency > 0.0 {
+            self.last_busy = Some(now);
+        }
+        match self.buckets.back_mut() {
+            Some(b) if now >= b.start && now.duration_since(b.start) < BUCKET => {
+                b.sum += concurrency;
+                b.count += 1;
+            }
+            Some(b) if now < b.start => {
+                // A sample from the past (clock skew between callers): fold it in.
+                b.sum += concurrency;
+                b.count += 1;
+            }
+            _ => self.buckets.push_back(Bucket {
+                start: now,
+                sum: concurrency,
+                count: 1,
+            }),
+        }
+        self.trim(now);
+        concurrency > 0.0 && self.last_desired == 0
+    }
+
+    fn trim(&mut self, now: Instant) {
+        let keep = self.config.stable_window.max(self.config.panic_window) + BUCKET;
+        while let Some(front) = self.buckets.front() {
+            if now.saturating_duration_since(front.start) > keep {
+                self.buckets.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Mean of the per-second means over the buckets that started within `window`.
+    fn average(&self, now: Instant, window: Duration) -> f64 {
+        let mut sum = 0.0;
+        let mut n = 0u32;
+        for b in self.buckets.iter().rev() {
+            if now.saturating_duration_since(b.start) >= window {
+                break;
+            }
+            sum += b.mean();
+            n += 1;
+        }
+        if n == 0 { 0.0 } else { sum / f64::from(n) }
+    }
+
+    /// Decides the desired environment count given how many are ready now.
+    pub fn decide(&mut self, now: Instant, ready: u32) -> Decision {
+        self.trim(now);
+        let cfg = &self.config;
+        let target = cfg.target_per_environment();
+        let stable = self.average(now, cfg.stable_window);
+        let panic = self.average(now, cfg.panic_window);
+        let ready_for_rates = ready.max(1);
+
+        let to_count = |c: f64| -> u32 {
+            let n = (c / target).ceil();
+            if n >= f64::from(u32::MAX) { u32::MAX } else { n.max(0.0) as u32 }
+        };
+        let max_up = (cfg.max_scale_up_rate * f64::from(ready_for_rates)).ceil() as u32;
+        let max_down = (f64::from(ready_for_rates) / cfg.max_scale_down_rate).floor() as u32;
+        let clamp_rate = |n: u32| -> u32 {
+            let n = n.min(max_up.max(1));
+            if ready > 0 { n.max(max_down) } else { n }
+        };
+        let stable_desired = clamp_rate(to_count(stable));
+        let panic_desired = clamp_rate(to_count(panic));
+
+        // Panic mode: enter or extend when the burst reaches the threshold.
+        if ready > 0 && f64::from(to_count(panic)) / f64::from(ready) >= cfg.panic_threshold {
+            if self.panic_since.is_none() {
+                self.panic_since = Some(now);
+            }
+            self.last_panic_trigger = Some(now);
+        } else if ready == 0 && panic > 0.0 {
+            // Bursting from zero: treat as a panic so the count ratchets up.
+            if self.panic_since.is_none() {
+                self.panic_since = Some(now);
+            }
+            self.last_panic_trigger = Some(now);
+        }
+        if let Some(t) = self.last_panic_trigger
+            && now.saturating_duration_since(t) >= cfg.stable_window
+        {
+            self.panic_since = None;
+            self.last_panic_trigger = None;
+            self.max_panic_desired = 0;
+        }
+        let panicking = self.panic_since.is_some();
+
+        let (mut desired, mut reason) = if panicking {
+            let d = stable_desired.max(panic_desired).max(self.max_panic_desired);
+            self.max_panic_desired = d;
+            (d, DecisionReason::Panic)
+        } else {
+            (stable_desired, DecisionReason::Stable)
+        };
+
+        let idle_for = self.last_busy.map(|t| now.saturating_duration_since(t));
+        match idle_for {
+            Some(idle) if idle < cfg.scale_to_zero_after => {
+                if desired == 0 {
+                    desired = 1;
+                    reason = if self.last_desired == 0 {
+                        DecisionReason::WakeFromZero
+                    } else {
+                        DecisionReason::HoldUntilIdle
+                    };
+                } else if self.last_desired == 0 {
+                    reason = DecisionReason::WakeFromZero;
+                }
+            }
+            _ => {
+                // Idle for the whole window (or never busy): nothing is needed.
+                if !panicking || panic == 0.0 {
+                    desired = 0;
+                    reason = DecisionReason::ScaleToZero;
+                    self.panic_since = None;
+                    self.last_panic_trigger = None;
+                    self.max_panic_desired = 0;
+                }
+            }
+        }
+
+        let bounded = desired.clamp(cfg.min_scale.min(cfg.max_scale), cfg.max_scale);
+        if bounded != desired {
+            desired = bounded;
+            reason = DecisionReason::Bounds;
+        }
+        if panicking && desired < self.max_panic_desired {
+            // max_scale lowered below the panic peak: remember the bound, not the peak.
+            self.max_panic_desired = desired;
+        }
+        self.last_desired = desired;
+        Decision {
+            desired,
+            panicking: self.panic_since.is_some(),
+            stable_concurrency: stable,
+            panic_concurrency: panic,
+            reason,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn config() -> AutoscalerConfig {
+        AutoscalerConfig {
+            concurrency_per_environment: 1.0,
+            target_utilization: 0.7,
+            min_scale: 0,
+            max_scale: 50,
+            stable_window: Duration::from_secs(60),
+            panic_window: Duration::from_secs(6),
+            panic_threshold: 2.0,
+            scale_to_zero_after: Duration::from_secs(30),
+            max_scale_up_rate: 1000.0,
+            max_scale_down_rate: 2.0,
+        }
+    }
+
+    /// Drives the autoscaler with one sample and one decision per second,
+    /// with `ready` following `desired` after one tick, and returns the decisions.
+    fn drive(
+        a: &mut Autoscaler,
+        t0: Instant,
+        from_s: u64,
+        to_s: u64,
+        load: impl Fn(u64) -> f64,
+        ready: &mut u32,
+    ) -> Vec<Decision> {
+        let mut out = Vec::new();
+        for s in from_s..to_s {
+            let now = t0 + Duration::from_secs(s);
+            a.record(now, load(s));
+            let d = a.decide(now, *ready);
+            *ready = d.desired;
+            out.push(d);
+        }
+        out
+    }
+
+    #[test]
+    fn idle_function_stays_at_zero() {
+        let t0 = Instant::now();
+        let mut a = Autoscaler::new(config(), t0, 0);
+        let mut ready = 0;
+        let ds = drive(&mut a, t0, 0, 120, |_| 0.0, &mut ready);
+        assert!(ds.iter().all(|d| d.desired == 0));
+    }
+
+    #[test]
+    fn first_event_at_zero_wakes_at_once() {
+        let t0 = Instant::now();
+        let mut a = Autoscaler::new(config(), t0, 0);
+        assert!(a.record(t0, 1.0), "demand at zero must ask for an immediate decision");
+        let d = a.decide(t0, 0);
+        assert_eq!(d.desired, 2, "1 / 0.7 rounds up to 2");
+        assert_eq!(a.record(t0, 1.0), false, "no longer at zero");
+    }
+
+    #[test]
+    fn steady_load_settles_on_concurrency_over_target() {
+        let t0 = Instant::now();
+        let mut a = Autoscaler::new(config(), t0, 0);
+        let mut ready = 0;
+        let ds = drive(&mut a, t0, 0, 180, |_| 7.0, &mut ready);
+        assert_eq!(ds.last().map(|d| d.desired), Some(10), "7 / 0.7 = 10");
+        assert!(!ds.last().is_some_and(|d| d.panicking), "panic ends after a calm stable window");
+    }
+
+    #[test]
+    fn burst_panics_and_does_not_scale_down_while_panicking() {
+        let t0 = Instant::now();
+        let mut a = Autoscaler::new(config(), t0, 1);
+        let mut ready = 1;
+        drive(&mut a, t0, 0, 70, |_| 0.5, &mut ready);
+        assert_eq!(ready, 1);
+        // Burst of 30 for 5 seconds, then back to 0.5.
+        let ds = drive(&mut a, t0, 70, 75, |_| 30.0, &mut ready);
+        assert!(ds[0].panicking, "a 60x burst panics on the first tick");
+        let peak = ds.iter().map(|d| d.desired).max().unwrap_or(0);
+        // After 5 s of 30 the 6 s panic window averages (5 x 30 + 0.5) / 6 = 25.08.
+        assert_eq!(peak, 36, "25.08 / 0.7 rounds up to 36");
+        let after = drive(&mut a, t0, 75, 120, |_| 0.5, &mut ready);
+        for d in &after {
+            if d.panicking {
+                assert!(d.desired >= peak, "no scale-down in panic: {d:?}");
+            }
+        }
+        let calm = drive(&mut a, t0, 120, 300, |_| 0.5, &mut ready);
+        assert_eq!(calm.last().map(|d| d.desired), Some(1));
+    }
+
+    #[test]
+    fn scales_to_zero_only_after_idle_window() {
+        let t0 = Instant::now();
+        let mut a = Autoscaler::new(config(), t0, 0);
+        let mut ready = 0;
+        drive(&mut a, t0, 0, 10, |_| 3.0, &mut ready);
+        assert!(ready >= 1);
+        let idle = drive(&mut a, t0, 10, 60, |_| 0.0, &mut ready);
+        // Last busy at s=9: still held at s=38, zero from s=39 on.
+        assert!(idle[..29].iter().all(|d| d.desired >= 1), "{idle:?}");
+        let zero_at = idle.iter().position(|d| d.desired == 0).map(|i| i + 10);
+        assert_eq!(zero_at, Some(39));
+        assert_eq!(idle[29].reason, DecisionReason::ScaleToZero);
+    }
+
+    #[test]
+    fn min_scale_holds_when_idle_and_max_scale_caps_bursts() {
+        let t0 = Instant::now();
+        let mut cfg = config();
+        cfg.min_scale = 2;
+        cfg.max_scale = 5;
+        let mut a = Autoscaler::new(cfg, t0, 0);
+        let mut ready = 0;
+        let ds = drive(&mut a, t0, 0, 5, |_| 0.0, &mut ready);
+        assert!(ds.iter().all(|d| d.desired == 2));
+        let ds = drive(&mut a, t0, 5, 10, |_| 1000.0, &mut ready);
+        assert!(ds.iter().all(|d| d.desired == 5));
+    }
+
+    #[test]
+    fn scale_down_at_most_halves_per_decision() {
+        let t0 = Instant::now();
+        let mut a = Autoscaler::new(config(), t0, 0);
+        let mut ready = 0;
+        drive(&mut a, t0, 0, 200, |_| 14.0, &mut ready);
+        assert_eq!(ready, 20);
+        let ds = drive(&mut a, t0, 200, 230, |_| 0.7, &mut ready);
+        let mut prev = 20;
+        for d in ds {
+            assert!(d.desired * 2 >= prev, "{prev} -> {}", d.desired);
+            prev = d.desired;
+        }
+    }
+
+    #[test]
+    fn restart_with_many_environments_starts_in_panic() {
+        let t0 = Instant::now();
+        let mut a = Autoscaler::new(config(), t0, 8);
+        a.record(t0, 0.5);
+        let d = a.decide(t0, 8);
+        assert!(d.panicking);
+        assert_eq!(d.desired, 8, "lost history must not cause a scale-down");
+    }
+
+    #[test]
+    fn flapping_load_does_not_flap_the_count() {
+        let t0 = Instant::now();
+        let mut a = Autoscaler::new(config(), t0, 0);
+        let mut ready = 0;
+        drive(&mut a, t0, 0, 120, |s| if s % 2 == 0 { 6.0 } else { 1.0 }, &mut ready);
+        let ds = drive(&mut a, t0, 120, 240, |s| if s % 2 == 0 { 6.0 } else { 1.0 }, &mut ready);
+        let min = ds.iter().map(|d| d.desired).min().unwrap_or(0);
+        let max = ds.iter().map(|d| d.desired).max().unwrap_or(0);
+        assert!(max - min <= 1, "count moved between {min} and {max}");
+        assert!((5..=6).contains(&max), "3.5 / 0.7 = 5, got {max}");
+    }
+
+    #[test]
+    fn decay_after_load_is_gradual_not_a_cliff() {
+        let t0 = Instant::now();
+        let mut a = Autoscaler::new(config(), t0, 0);
+        let mut ready = 0;
+        drive(&mut a, t0, 0, 120, |_| 7.0, &mut ready);
+        assert_eq!(ready, 10);
+        let ds = drive(&mut a, t0, 120, 150, |_| 0.7, &mut ready);
+        assert!(ds[0].desired >= 9, "one quiet second barely moves the stable average");
+        assert!(ds.last().is_some_and(|d| d.desired < 10 && d.desired >= 1));
+    }
+
+    proptest! {
+        #[test]
+        fn desired_always_within_bounds(
+            loads in proptest::collection::vec(0.0f64..500.0, 1..200),
+            min in 0u32..5,
+            extra in 0u32..60,
+            cc in 1u32..10,
+        ) {
+            let t0 = Instant::now();
+            let mut cfg = config();
+            cfg.min_scale = min;
+            cfg.max_scale = min + extra.max(1);
+            cfg.concurrency_per_environment = f64::from(cc);
+            let mut a = Autoscaler::new(cfg.clone(), t0, 0);
+            let mut ready = 0;
+            for (i, load) in loads.iter().enumerate() {
+                let now = t0 + Duration::from_millis(500 * i as u64);
+                a.record(now, *load);
+                let d = a.decide(now, ready);
+                prop_assert!(d.desired >= cfg.min_scale && d.desired <= cfg.max_scale, "{d:?}");
+                if *load > 0.0 {
+                    prop_assert!(d.desired >= 1, "demand never maps to zero environments");
+                }
+                ready = d.desired;
+            }
+        }
+
+        #[test]
+        fn enough_capacity_for_sustained_load(load in 0.1f64..300.0, cc in 1u32..8) {
+            let t0 = Instant::now();
+            let mut cfg = config();
+            cfg.max_scale = 1000;
+            cfg.concurrency_per_environment = f64::from(cc);
+            let mut a = Autoscaler::new(cfg.clone(), t0, 0);
+            let mut ready = 0;
+            let mut last = 0;
+            for s in 0..200u64 {
+                let now = t0 + Duration::from_secs(s);
+                a.record(now, load);
+                last = a.decide(now, ready).desired;
+                ready = last;
+            }
+            let capacity = f64::from(last) * f64::from(cc);
+            prop_assert!(capacity >= load, "{last} environments x {cc} < load {load}");
+            prop_assert!(capacity * cfg.target_utilization <= load + f64::from(cc), "over-provisioned: {last} for {load}");
+        }
+    }
+}

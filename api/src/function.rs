@@ -1,0 +1,539 @@
+//! The `Function` custom resource (`porchlight.dev/v1alpha1`).
+//!
+//! The same YAML is read by the controller from the API server and by the
+//! gateway's local mode from a directory, so the types, defaults and
+//! validation live here, once.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::duration::parse_duration;
+
+/// A function: code plus the settings of its execution environments.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "porchlight.dev",
+    version = "v1alpha1",
+    kind = "Function",
+    namespaced,
+    shortname = "fn",
+    category = "porchlight",
+    status = "FunctionStatus",
+    derive = "PartialEq",
+    doc = "A Lambda-style function: idle until an event arrives, scaled on demand, back to zero when idle.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Runtime", type_ = "string", json_path = ".spec.runtime"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
+    printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredReplicas"),
+    printcolumn(
+        name = "Concurrency",
+        type_ = "integer",
+        json_path = ".status.observedConcurrency",
+        description = "Events in flight plus queued, as last reported by the gateways"
+    ),
+    printcolumn(name = "URL", type_ = "string", json_path = ".status.url", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new("!has(self.scaling) || !has(self.scaling.maxScale) || !has(self.scaling.minScale) || self.scaling.maxScale >= self.scaling.minScale").message("spec.scaling.maxScale must be greater than or equal to spec.scaling.minScale"))]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionSpec {
+    /// Language runtime: `python3.12` (any `python3.x`) runs the bundled Python
+    /// bootstrap; `provided` runs the `bootstrap` executable in the code.
+    #[serde(default = "default_runtime")]
+    #[x_kube(validation = Rule::new("self == 'provided' || self.matches('^python3\\\\.[0-9]+$')").message("spec.runtime must be 'provided' or 'python3.N'"))]
+    pub runtime: String,
+
+    /// Handler, e.g. `app.lambda_handler` (module `app`, function `lambda_handler`).
+    /// Required for `python3.x`; passed as `_HANDLER` to custom bootstraps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handler: Option<String>,
+
+    /// Where the code comes from: exactly one of `inline`, `configMap`, `image`, `path`.
+    pub code: FunctionCode,
+
+    /// Environment variables for the runtime process.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+
+    /// Per-invocation timeout in seconds (Lambda: 1 to 900, default 3).
+    #[serde(default = "default_timeout_seconds")]
+    #[schemars(range(min = 1, max = 900))]
+    pub timeout_seconds: u32,
+
+    /// Memory of one execution environment in MiB (128 to 10240).
+    #[serde(default = "default_memory_mib", rename = "memoryMiB")]
+    #[schemars(range(min = 128, max = 10240))]
+    pub memory_mib: u32,
+
+    /// Events one execution environment handles at once (Lambda: 1).
+    #[serde(default = "default_concurrency")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub concurrency: u32,
+
+    /// Autoscaling bounds and windows.
+    #[serde(default)]
+    pub scaling: Scaling,
+
+    /// Warm environments requested through the scale subresource
+    /// (`kubectl scale fn NAME --replicas N`). Acts as a floor, like
+    /// provisioned concurrency; the autoscaler may go above it and
+    /// `minScale`/`maxScale` still bound it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub replicas: Option<i32>,
+
+    /// Event sources besides direct invocation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<Trigger>,
+}
+
+/// Where a function's code comes from.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("[has(self.inline), has(self.configMap), has(self.image), has(self.path)].filter(x, x).size() == 1").message("spec.code needs exactly one of inline, configMap, image or path"))]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionCode {
+    /// Source of a single-file handler. Python code is written as `<module>.py`,
+    /// the module being the first part of the handler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<String>,
+    /// A ConfigMap whose keys become files in the task root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ConfigMapCode>,
+    /// A container image that already holds the code (and, for `provided`,
+    /// the bootstrap) in `/var/task`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Local mode only: a directory, relative to the manifest, used as task root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// A ConfigMap holding the function's files.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ConfigMapCode {
+    /// Name of the ConfigMap, in the Function's namespace.
+    pub name: String,
+}
+
+/// Autoscaling settings (anchors: Knative KPA defaults).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Scaling {
+    /// Environments kept even when idle (0 = scale to zero).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1000))]
+    pub min_scale: u32,
+    /// Upper bound on environments.
+    #[serde(default = "default_max_scale")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_scale: u32,
+    /// Fraction of `concurrency` the autoscaler aims to use per environment (0 < u <= 1).
+    #[serde(default = "default_target_utilization")]
+    #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0").message("spec.scaling.targetUtilization must be in (0, 1]"))]
+    pub target_utilization: f64,
+    /// Idle time (nothing in flight or queued) after which the function scales to zero.
+    #[serde(default = "default_scale_to_zero_after")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub scale_to_zero_after: String,
+    /// Averaging window for steady load; the panic window is a tenth of it.
+    #[serde(default = "default_stable_window")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub stable_window: String,
+}
+
+impl Default for Scaling {
+    fn default() -> Self {
+        Scaling {
+            min_scale: 0,
+            max_scale: default_max_scale(),
+            target_utilization: default_target_utilization(),
+            scale_to_zero_after: default_scale_to_zero_after(),
+            stable_window: default_stable_window(),
+        }
+    }
+}
+
+/// One event source. Exactly one field is set.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("[has(self.http), has(self.s3), has(self.cloudevents)].filter(x, x).size() == 1").message("each trigger needs exactly one of http, s3 or cloudevents"))]
+#[serde(rename_all = "camelCase")]
+pub struct Trigger {
+    /// HTTP requests on `/http/<name>/...` become API Gateway proxy events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpTrigger>,
+    /// S3-style object notifications posted to the gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Trigger>,
+    /// CloudEvents 1.0 posted to the gateway, routed by type and source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloudevents: Option<CloudEventsTrigger>,
+}
+
+/// API Gateway payload format of the HTTP trigger.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PayloadFormat {
+    /// REST API proxy integration (`httpMethod`, `path`, `multiValueHeaders`, ...).
+    #[default]
+    #[serde(rename = "1.0")]
+    V1,
+    /// HTTP API (`version: "2.0"`, `rawPath`, `requestContext.http`, ...).
+    #[serde(rename = "2.0")]
+    V2,
+}
+
+/// HTTP trigger settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpTrigger {
+    /// `"1.0"` (default) or `"2.0"`.
+    #[serde(default)]
+    pub payload_format: PayloadFormat,
+}
+
+/// S3 notification filter.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Trigger {
+    /// Bucket name that must match exactly.
+    pub bucket: String,
+    /// Event names, e.g. `s3:ObjectCreated:*` (a trailing `*` matches any suffix).
+    #[serde(default = "default_s3_events")]
+    pub events: Vec<String>,
+    /// Key prefix filter (applied to the decoded key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Key suffix filter (applied to the decoded key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suffix: Option<String>,
+}
+
+/// CloudEvents filter.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CloudEventsTrigger {
+    /// The event `type` that must match exactly.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Optional `source` that must match exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// Observed state, written by the controller.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionStatus {
+    /// `Ready` (reasons: Ready, ScaledToZero, InitFailed, Pending, InvalidSpec).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<FunctionCondition>,
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Environments (pods) that exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Environments that finished init and take events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// The autoscaler's last decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
+    /// Events in flight plus queued, summed over gateways, at the last decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_concurrency: Option<i32>,
+    /// When the desired count last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<String>,
+    /// Where to invoke the function through the gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Label selector of the environments, for the scale subresource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+}
+
+/// A status condition in the usual Kubernetes shape.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionCondition {
+    /// Condition type, e.g. `Ready`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// One-word reason in CamelCase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Human-readable detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When the status last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+}
+
+fn default_runtime() -> String {
+    "python3.12".to_string()
+}
+fn default_timeout_seconds() -> u32 {
+    3
+}
+fn default_memory_mib() -> u32 {
+    128
+}
+fn default_concurrency() -> u32 {
+    1
+}
+fn default_max_scale() -> u32 {
+    10
+}
+fn default_target_utilization() -> f64 {
+    0.7
+}
+fn default_scale_to_zero_after() -> String {
+    "30s".to_string()
+}
+fn default_stable_window() -> String {
+    "60s".to_string()
+}
+fn default_s3_events() -> Vec<String> {
+    vec!["s3:ObjectCreated:*".to_string()]
+}
+
+/// A spec that passed [`FunctionSpec::validate`], with durations parsed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScalingSettings {
+    /// Lower bound on environments, including the scale-subresource floor.
+    pub min_scale: u32,
+    /// Upper bound on environments.
+    pub max_scale: u32,
+    /// Events one environment takes at once.
+    pub concurrency_per_environment: u32,
+    /// Target fraction of that concurrency.
+    pub target_utilization: f64,
+    /// Idle time before scaling to zero.
+    pub scale_to_zero_after: Duration,
+    /// Stable averaging window.
+    pub stable_window: Duration,
+}
+
+impl FunctionSpec {
+    /// Checks what the CRD schema and CEL rules check, for local mode and for
+    /// objects stored before a rule existed. Returns every problem found.
+    pub fn validate(&self) -> Result<ScalingSettings, Vec<String>> {
+        let mut problems = Vec::new();
+        let python = self
+            .runtime
+            .strip_prefix("python3.")
+            .is_some_and(|minor| !minor.is_empty() && minor.bytes().all(|b| b.is_ascii_digit()));
+        if !python && self.runtime != "provided" {
+            problems.push(format!(
+                "spec.runtime must be 'provided' or 'python3.N', got '{}'",
+                self.runtime
+            ));
+        }
+        if python {
+            match self.handler.as_deref() {
+                Some(h) if h.contains('.') && !h.starts_with('.') && !h.ends_with('.') => {}
+                Some(h) => problems.push(format!(
+                    "spec.handler must look like 'module.function', got '{h}'"
+                )),
+                None => problems.push("spec.handler is required for python runtimes".to_string()),
+            }
+        }
+        let sources = [
+            self.code.inline.is_some(),
+            self.code.config_map.is_some(),
+            self.code.image.is_some(),
+            self.code.path.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            problems.push(
+                "spec.code needs exactly one of inline, configMap, image or path".to_string(),
+            );
+        }
+        if !(1..=900).contains(&self.timeout_seconds) {
+            problems.push(format!(
+                "spec.timeoutSeconds must be between 1 and 900, got {}",
+                self.timeout_seconds
+            ));
+        }
+        if !(128..=10240).contains(&self.memory_mib) {
+            problems.push(format!(
+                "spec.memoryMiB must be between 128 and 10240, got {}",
+                self.memory_mib
+            ));
+        }
+        if !(1..=1000).contains(&self.concurrency) {
+            problems.push(format!(
+                "spec.concurrency must be between 1 and 1000, got {}",
+                self.concurrency
+            ));
+        }
+        let s = &self.scaling;
+        if s.max_scale < 1 || s.max_scale > 1000 {
+            problems.push(format!(
+                "spec.scaling.maxScale must be between 1 and 1000, got {}",
+                s.max_scale
+            ));
+        }
+        if s.max_scale < s.min_scale {
+            problems.push(format!(
+                "spec.scaling.maxScale must be greater than or equal to spec.scaling.minScale ({} < {})",
+                s.max_scale, s.min_scale
+            ));
+        }
+        if !(s.target_utilization > 0.0 && s.target_utilization <= 1.0) {
+            problems.push(format!(
+                "spec.scaling.targetUtilization must be in (0, 1], got {}",
+                s.target_utilization
+            ));
+        }
+        let scale_to_zero_after = parse_duration(&s.scale_to_zero_after).map_err(|e| {
+            format!("spec.scaling.scaleToZeroAfter: {e}")
+        });
+        let stable_window = parse_duration(&s.stable_window)
+            .map_err(|e| format!("spec.scaling.stableWindow: {e}"))
+            .and_then(|w| {
+                if w < Duration::from_secs(1) {
+                    Err("spec.scaling.stableWindow must be at least 1s".to_string())
+                } else {
+                    Ok(w)
+                }
+            });
+        if let Some(r) = self.replicas
+            && r < 0
+        {
+            problems.push(format!("spec.replicas must not be negative, got {r}"));
+        }
+        for (i, t) in self.triggers.iter().enumerate() {
+            let kinds = [t.http.is_some(), t.s3.is_some(), t.cloudevents.is_some()];
+            if kinds.iter().filter(|k| **k).count() != 1 {
+                problems.push(format!(
+                    "spec.triggers[{i}] needs exactly one of http, s3 or cloudevents"
+                ));
+            }
+            if let Some(s3) = &t.s3
+                && s3.bucket.is_empty()
+            {
+                problems.push(format!("spec.triggers[{i}].s3.bucket must not be empty"));
+            }
+            if let Some(ce) = &t.cloudevents
+                && ce.event_type.is_empty()
+            {
+                problems.push(format!("spec.triggers[{i}].cloudevents.type must not be empty"));
+            }
+        }
+        match (scale_to_zero_after, stable_window) {
+            (Ok(scale_to_zero_after), Ok(stable_window)) if problems.is_empty() => {
+                let floor = self.replicas.unwrap_or(0).max(0) as u32;
+                Ok(ScalingSettings {
+                    min_scale: s.min_scale.max(floor.min(s.max_scale)),
+                    max_scale: s.max_scale,
+                    concurrency_per_environment: self.concurrency,
+                    target_utilization: s.target_utilization,
+                    scale_to_zero_after,
+                    stable_window,
+                })
+            }
+            (a, b) => {
+                problems.extend(a.err());
+                problems.extend(b.err());
+                Err(problems)
+            }
+        }
+    }
+
+    /// The HTTP trigger, if the function declares one.
+    pub fn http_trigger(&self) -> Option<&HttpTrigger> {
+        self.triggers.iter().find_map(|t| t.http.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    fn hello() -> FunctionSpec {
+        serde_yaml::from_str(
+            r#"
+runtime: python3.12
+handler: app.lambda_handler
+code:
+  inline: |
+    def lambda_handler(event, context):
+        return {"statusCode": 200, "body": "Hello from Lambda!"}
+"#,
+        )
+        .expect("valid yaml")
+    }
+
+    #[test]
+    fn defaults_follow_lambda_and_knative() {
+        let spec = hello();
+        assert_eq!(spec.timeout_seconds, 3);
+        assert_eq!(spec.memory_mib, 128);
+        assert_eq!(spec.concurrency, 1);
+        assert_eq!(spec.scaling.min_scale, 0);
+        assert_eq!(spec.scaling.target_utilization, 0.7);
+        let settings = spec.validate().expect("valid");
+        assert_eq!(settings.scale_to_zero_after, Duration::from_secs(30));
+        assert_eq!(settings.stable_window, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn validate_reports_every_problem() {
+        let mut spec = hello();
+        spec.runtime = "ruby".into();
+        spec.scaling.min_scale = 5;
+        spec.scaling.max_scale = 2;
+        spec.timeout_seconds = 0;
+        spec.code.image = Some("x".into());
+        spec.scaling.scale_to_zero_after = "soon".into();
+        let problems = spec.validate().expect_err("invalid");
+        assert_eq!(problems.len(), 5, "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("maxScale")));
+        assert!(problems.iter().any(|p| p.contains("scaleToZeroAfter")));
+    }
+
+    #[test]
+    fn scale_subresource_replicas_is_a_floor_within_bounds() {
+        let mut spec = hello();
+        spec.replicas = Some(3);
+        assert_eq!(spec.validate().expect("valid").min_scale, 3);
+        spec.scaling.max_scale = 2;
+        assert_eq!(spec.validate().expect("valid").min_scale, 2);
+        spec.replicas = Some(0);
+        spec.scaling.min_scale = 1;
+        assert_eq!(spec.validate().expect("valid").min_scale, 1);
+    }
+
+    #[test]
+    fn crd_has_scale_subresource_columns_and_cel_rules() {
+        let crd = serde_json::to_string(&Function::crd()).expect("serialises");
+        assert!(crd.contains(r#""specReplicasPath":".spec.replicas""#));
+        assert!(crd.contains(r#""statusReplicasPath":".status.replicas""#));
+        assert!(crd.contains(r#""shortNames":["fn"]"#));
+        assert!(crd.contains("x-kubernetes-validations"));
+        assert!(crd.contains("maxScale must be greater than or equal to"));
+        assert!(crd.contains(r#""name":"Desired""#));
+    }
+}

@@ -1,0 +1,213 @@
+//! Concurrency reports from gateways to the controller, and their aggregation.
+//!
+//! Each gateway serves its latest report at [`REPORT_PATH`]; the controller
+//! long-polls every gateway pod it finds in the gateway's EndpointSlices. A
+//! poll returns at once when a function at zero gets demand (the "poke"), and
+//! otherwise after at most `wait` (one second by default), so reports arrive
+//! at least every second and demand at zero arrives without waiting for a tick.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// Path on the gateway's ops port that serves [`GatewayReport`]s.
+/// Query parameters: `after=<sequence>` and `waitMs=<milliseconds>`.
+pub const REPORT_PATH: &str = "/v1/concurrency";
+
+/// How long a gateway's last report is trusted when it stops reporting.
+pub const DEFAULT_REPORT_STALE_AFTER: Duration = Duration::from_secs(5);
+
+/// Identifies a function across the cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FunctionKey {
+    /// Namespace (`default` in local mode).
+    pub namespace: String,
+    /// Function name.
+    pub name: String,
+}
+
+impl FunctionKey {
+    /// Builds a key.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        FunctionKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for FunctionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One function's load as seen by one gateway.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionLoad {
+    /// Namespace of the function.
+    pub namespace: String,
+    /// Name of the function.
+    pub name: String,
+    /// Invocations dispatched to an environment and not yet answered.
+    pub in_flight: u32,
+    /// Invocations waiting in the gateway's queue (including those held while cold).
+    pub queued: u32,
+    /// Mean of `in_flight + queued` over the gateway's samples since its last
+    /// report (sampled several times a second), so short bursts are not missed.
+    pub average_concurrency: f64,
+    /// Environments this gateway can route to.
+    pub ready_environments: u32,
+    /// Invocations accepted since the gateway started (a counter).
+    pub invocations_total: u64,
+}
+
+impl FunctionLoad {
+    /// The key of this function.
+    pub fn key(&self) -> FunctionKey {
+        FunctionKey::new(&self.namespace, &self.name)
+    }
+
+    /// In flight plus queued, right now.
+    pub fn concurrency(&self) -> u32 {
+        self.in_flight.saturating_add(self.queued)
+    }
+}
+
+/// Everything one gateway knows about load, at one moment.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayReport {
+    /// Stable identity of the gateway replica (its pod name).
+    pub gateway: String,
+    /// Increases with every report; a poll with `after=sequence` waits for the next one.
+    pub sequence: u64,
+    /// True when this report was sent early because a function at zero got demand.
+    pub poke: bool,
+    /// Per-function load, for every function with load or ready environments.
+    pub functions: Vec<FunctionLoad>,
+}
+
+/// Sums reports from several gateways and forgets gateways that went quiet.
+#[derive(Debug)]
+pub struct ReportAggregator {
+    stale_after: Duration,
+    latest: HashMap<String, (Instant, GatewayReport)>,
+}
+
+/// Summed load of one function over all live gateways.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct AggregatedLoad {
+    /// Sum of current in flight plus queued.
+    pub concurrency: u32,
+    /// Sum of each gateway's average concurrency since its last report.
+    pub average_concurrency: f64,
+    /// Number of gateways that reported this function.
+    pub gateways: u32,
+}
+
+impl ReportAggregator {
+    /// An aggregator that drops a gateway `stale_after` its last report.
+    pub fn new(stale_after: Duration) -> Self {
+        ReportAggregator {
+            stale_after,
+            latest: HashMap::new(),
+        }
+    }
+
+    /// Stores a gateway's report, replacing its previous one.
+    pub fn ingest(&mut self, now: Instant, report: GatewayReport) {
+        self.latest.insert(report.gateway.clone(), (now, report));
+    }
+
+    /// Forgets a gateway at once (its pod is gone).
+    pub fn remove_gateway(&mut self, gateway: &str) {
+        self.latest.remove(gateway);
+    }
+
+    /// Gateways whose reports are still trusted.
+    pub fn live_gateways(&mut self, now: Instant) -> usize {
+        self.expire(now);
+        self.latest.len()
+    }
+
+    /// Per-function sums over gateways that reported within `stale_after`.
+    pub fn totals(&mut self, now: Instant) -> BTreeMap<FunctionKey, AggregatedLoad> {
+        self.expire(now);
+        let mut out: BTreeMap<FunctionKey, AggregatedLoad> = BTreeMap::new();
+        for (_, report) in self.latest.values() {
+            for f in &report.functions {
+                let entry = out.entry(f.key()).or_default();
+                entry.concurrency = entry.concurrency.saturating_add(f.concurrency());
+                entry.average_concurrency += f.average_concurrency.max(0.0);
+                entry.gateways += 1;
+            }
+        }
+        out
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let stale_after = self.stale_after;
+        self.latest
+            .retain(|_, (at, _)| now.saturating_duration_since(*at) <= stale_after);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(gateway: &str, in_flight: u32, queued: u32) -> GatewayReport {
+        GatewayReport {
+            gateway: gateway.into(),
+            sequence: 1,
+            poke: false,
+            functions: vec![FunctionLoad {
+                namespace: "default".into(),
+                name: "hello".into(),
+                in_flight,
+                queued,
+                average_concurrency: f64::from(in_flight + queued),
+                ready_environments: 1,
+                invocations_total: 0,
+            }],
+        }
+    }
+
+    #[test]
+    fn sums_gateways_and_drops_silent_ones() {
+        let t0 = Instant::now();
+        let mut agg = ReportAggregator::new(Duration::from_secs(5));
+        agg.ingest(t0, report("a", 3, 1));
+        agg.ingest(t0 + Duration::from_secs(3), report("b", 2, 0));
+        let key = FunctionKey::new("default", "hello");
+        let totals = agg.totals(t0 + Duration::from_secs(4));
+        assert_eq!(totals[&key].concurrency, 6);
+        assert_eq!(totals[&key].gateways, 2);
+        // Gateway a said nothing for 6 s: it is no longer trusted.
+        let totals = agg.totals(t0 + Duration::from_secs(6));
+        assert_eq!(totals[&key].concurrency, 2);
+        assert_eq!(agg.live_gateways(t0 + Duration::from_secs(9)), 0);
+    }
+
+    #[test]
+    fn newer_report_replaces_older_one() {
+        let t0 = Instant::now();
+        let mut agg = ReportAggregator::new(Duration::from_secs(5));
+        agg.ingest(t0, report("a", 10, 0));
+        agg.ingest(t0, report("a", 1, 0));
+        let totals = agg.totals(t0);
+        assert_eq!(totals[&FunctionKey::new("default", "hello")].concurrency, 1);
+    }
+
+    #[test]
+    fn report_round_trips_as_camel_case_json() {
+        let json = serde_json::to_string(&report("a", 1, 2)).expect("serialises");
+        assert!(json.contains(r#""inFlight":1"#));
+        assert!(json.contains(r#""readyEnvironments":1"#));
+        let back: GatewayReport = serde_json::from_str(&json).expect("parses");
+        assert_eq!(back, report("a", 1, 2));
+    }
+}
