@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs the whole Porchlight test suite: formatting, lints, unit tests, the
+# in-process service tests, and the integration tests with real Lambda
+# clients (awslambdaric, boto3, the AWS CLI, the lambda_runtime crate).
+#
+# Python tools go into a virtualenv under $PORCHLIGHT_CACHE (default
+# ~/.cache/porchlight), created on the first run and reused afterwards.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+cache=${PORCHLIGHT_CACHE:-$HOME/.cache/porchlight}
+mkdir -p "$cache"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "Python clients for the integration tests (venv in $cache/venv)"
+requirements="$root/tests/requirements.txt"
+venv="$cache/venv"
+stamp="$venv/.porchlight-requirements"
+if [ ! -x "$venv/bin/python" ] || ! cmp -s "$requirements" "$stamp"; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+  cp "$requirements" "$stamp"
+fi
+export PORCHLIGHT_PYTHON="$venv/bin/python"
+"$PORCHLIGHT_PYTHON" -c 'import awslambdaric, boto3; print("awslambdaric", awslambdaric.__version__, "boto3", boto3.__version__)'
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "Build the binaries the integration tests drive"
+cargo build --workspace --bins --locked
+export PORCHLIGHT_RUST_BOOTSTRAP="$root/target/debug/bootstrap"
+
+step "cargo test --workspace"
+cargo test --workspace --locked -- --test-threads="${PORCHLIGHT_TEST_THREADS:-2}"
