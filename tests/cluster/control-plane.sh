@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# Local Kubernetes control plane as plain processes on 127.0.0.1 (no Docker).
+#
+#   tests/cluster/control-plane.sh up     # etcd, kube-apiserver, kube-controller-manager,
+#                                         # kube-scheduler on free loopback ports; waits until ready
+#   tests/cluster/control-plane.sh env    # prints `export KUBECONFIG=... PATH=...`
+#   tests/cluster/control-plane.sh down   # stops everything and deletes the state dir
+#   tests/cluster/control-plane.sh status
+#
+# Binaries: tests/cluster/build.sh (${PORCHLIGHT_CACHE:-/root/.cache/porchlight}/k8s/<v>/bin).
+# State (throwaway): ${PORCHLIGHT_CLUSTER_DIR:-/tmp/porchlight-cluster}: pki/, etcd/, logs/,
+# pids/, ports, admin.kubeconfig (user kubernetes-admin in system:masters).
+# `up` tears down what it started if it fails or is interrupted.
+set -euo pipefail
+LOG_TAG=control-plane
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+SERVICE_CIDR=${SERVICE_CIDR:-10.0.0.0/24}
+WAIT=${CLUSTER_WAIT_SECONDS:-90}
+
+gen_pki() {
+  local pki=$CLUSTER_DIR/pki
+  mkdir -p "$pki"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 \
+    -keyout "$pki/ca.key" -out "$pki/ca.crt" -subj "/CN=porchlight-test-ca" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+  # API server serving certificate.
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -keyout "$pki/apiserver.key" -subj "/CN=kube-apiserver" -out "$pki/apiserver.csr" 2>/dev/null
+  cat >"$pki/apiserver.ext" <<EOF
+basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,IP:${SERVICE_CIDR%.*}.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local${APISERVER_EXTRA_SANS:+,$APISERVER_EXTRA_SANS}
+EOF
+  openssl x509 -req -in "$pki/apiserver.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+    -days 7 -extfile "$pki/apiserver.ext" -out "$pki/apiserver.crt" 2>/dev/null
+  rm -f "$pki/apiserver.csr" "$pki/apiserver.ext"
+  client_cert admin kubernetes-admin system:masters
+  client_cert kube-controller-manager system:kube-controller-manager
+  client_cert kube-scheduler system:kube-scheduler
+  client_cert apiserver-kubelet-client kube-apiserver-kubelet-client system:masters
+  # Service-account signing key (RSA, as kubeadm and local-up-cluster.sh use).
+  openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+  chmod 600 "$pki"/*.key
+}
+
+cmd_up() {
+  need_bins etcd kube-apiserver kube-controller-manager kube-scheduler kubectl
+  if [[ -d $CLUSTER_DIR/pids ]] && compgen -G "$CLUSTER_DIR/pids/*.pid" >/dev/null; then
+    die "$CLUSTER_DIR already has a running cluster; run '$0 down' first"
+  fi
+  rm -rf "$CLUSTER_DIR"
+  mkdir -p "$CLUSTER_DIR"/{logs,pids,etcd}
+  trap 'log "up failed or interrupted: tearing down"; cmd_down; exit 1' ERR INT TERM
+  local t0=$SECONDS pki=$CLUSTER_DIR/pki
+  gen_pki
+
+  local etcd_port etcd_peer api_port kcm_port sched_port
+  etcd_port=$(free_port); etcd_peer=$(free_port); api_port=$(free_port)
+  kcm_port=$(free_port); sched_port=$(free_port)
+  cat >"$CLUSTER_DIR/ports" <<EOF
+ETCD_PORT=$etcd_port
+APISERVER_PORT=$api_port
+KCM_PORT=$kcm_port
+SCHEDULER_PORT=$sched_port
+EOF
+
+  start etcd "$K8S_BIN/etcd" --name=node0 --data-dir="$CLUSTER_DIR/etcd" --unsafe-no-fsync=true \
+    --listen-client-urls="http://127.0.0.1:$etcd_port" --advertise-client-urls="http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls="http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls="http://127.0.0.1:$etcd_peer" \
+    --initial-cluster="node0=http://127.0.0.1:$etcd_peer" --listen-metrics-urls="" \
+    --log-level=warn
+  wait_for "etcd" "$WAIT" etcd curl -fsS "http://127.0.0.1:$etcd_port/health"
+
+  local server=https://127.0.0.1:$api_port
+  start kube-apiserver "$K8S_BIN/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$etcd_port" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
+    --cert-dir="$pki" --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
+    --client-ca-file="$pki/ca.crt" \
+    --authorization-mode=Node,RBAC \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
+    --service-cluster-ip-range="$SERVICE_CIDR" --allow-privileged=true \
+    --endpoint-reconciler-type=none \
+    --kubelet-client-certificate="$pki/apiserver-kubelet-client.crt" \
+    --kubelet-client-key="$pki/apiserver-kubelet-client.key" \
+    --kubelet-preferred-address-types=InternalIP \
+    --enable-priority-and-fairness=false \
+    --profiling=false
+  write_kubeconfig "$CLUSTER_DIR/admin.kubeconfig" "$server" "$pki/ca.crt" "$pki/admin.crt" "$pki/admin.key"
+  wait_for "kube-apiserver /readyz" "$WAIT" kube-apiserver \
+    curl -fsS --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" "$server/readyz"
+
+  write_kubeconfig "$CLUSTER_DIR/kube-controller-manager.kubeconfig" "$server" "$pki/ca.crt" \
+    "$pki/kube-controller-manager.crt" "$pki/kube-controller-manager.key"
+  start kube-controller-manager "$K8S_BIN/kube-controller-manager" \
+    --kubeconfig="$CLUSTER_DIR/kube-controller-manager.kubeconfig" \
+    --authentication-kubeconfig="$CLUSTER_DIR/kube-controller-manager.kubeconfig" \
+    --authorization-kubeconfig="$CLUSTER_DIR/kube-controller-manager.kubeconfig" \
+    --leader-elect=false --use-service-account-credentials=true \
+    --service-account-private-key-file="$pki/sa.key" --root-ca-file="$pki/ca.crt" \
+    --cluster-signing-cert-file="$pki/ca.crt" --cluster-signing-key-file="$pki/ca.key" \
+    --service-cluster-ip-range="$SERVICE_CIDR" \
+    --controllers='*,bootstrapsigner,tokencleaner' \
+    --bind-address=127.0.0.1 --secure-port="$kcm_port" --cert-dir="$CLUSTER_DIR/kcm-certs" \
+    --profiling=false
+  write_kubeconfig "$CLUSTER_DIR/kube-scheduler.kubeconfig" "$server" "$pki/ca.crt" \
+    "$pki/kube-scheduler.crt" "$pki/kube-scheduler.key"
+  cat >"$CLUSTER_DIR/kube-scheduler.yaml" <<EOF
+apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+clientConnection:
+  kubeconfig: $CLUSTER_DIR/kube-scheduler.kubeconfig
+leaderElection:
+  leaderElect: false
+EOF
+  start kube-scheduler "$K8S_BIN/kube-scheduler" --config="$CLUSTER_DIR/kube-scheduler.yaml" \
+    --authentication-kubeconfig="$CLUSTER_DIR/kube-scheduler.kubeconfig" \
+    --authorization-kubeconfig="$CLUSTER_DIR/kube-scheduler.kubeconfig" \
+    --bind-address=127.0.0.1 --secure-port="$sched_port" --cert-dir="$CLUSTER_DIR/scheduler-certs"
+  wait_for "kube-controller-manager /healthz" "$WAIT" kube-controller-manager \
+    curl -fsSk "https://127.0.0.1:$kcm_port/healthz"
+  wait_for "kube-scheduler /healthz" "$WAIT" kube-scheduler \
+    curl -fsSk "https://127.0.0.1:$sched_port/healthz"
+  # Pods are refused until the service-account controller has made the default SA.
+  wait_for "default service account" "$WAIT" kube-controller-manager \
+    kubectl_admin -n default get serviceaccount default
+  trap - ERR INT TERM
+  log "control plane up in $((SECONDS - t0))s: $server"
+  log "use it with: eval \$($0 env)"
+}
+
+cmd_env() {
+  [[ -f $CLUSTER_DIR/admin.kubeconfig ]] || die "no cluster in $CLUSTER_DIR (run '$0 up')"
+  echo "export KUBECONFIG=$CLUSTER_DIR/admin.kubeconfig"
+  echo "export PATH=$K8S_BIN:\$PATH"
+}
+
+cmd_status() {
+  local n
+  for n in etcd kube-apiserver kube-controller-manager kube-scheduler; do
+    if alive "$n"; then echo "$n: running (pid $(cat "$CLUSTER_DIR/pids/$n.pid"))"; else echo "$n: stopped"; fi
+  done
+}
+
+cmd_down() {
+  # Stop in reverse order. A node started by node.sh must be stopped first.
+  if [[ -f $CLUSTER_DIR/node/up ]]; then "$HERE/node.sh" down || true; fi
+  local n
+  for n in kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$n" 15; done
+  if [[ -d $CLUSTER_DIR ]]; then
+    if [[ -n ${KEEP_CLUSTER_DIR:-} ]]; then
+      log "kept $CLUSTER_DIR (KEEP_CLUSTER_DIR set)"
+    else
+      rm -rf "$CLUSTER_DIR"
+      log "removed $CLUSTER_DIR"
+    fi
+  fi
+}
+
+case ${1:-} in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  env) cmd_env ;;
+  status) cmd_status ;;
+  *) echo "usage: $0 up|down|env|status" >&2; exit 2 ;;
+esac
