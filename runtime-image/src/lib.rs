@@ -1,0 +1,167 @@
+//! `porchlight-runtime`: the shim that turns a process into a Lambda
+//! execution environment.
+//!
+//! It starts the language runtime (the bundled Python bootstrap,
+//! `awslambdaric`, a `lambda_runtime` binary, a shell `bootstrap`, ...) in
+//! its own process group, serves it the AWS Lambda Runtime API on loopback,
+//! and serves the gateway an invoke endpoint compatible with AWS's Runtime
+//! Interface Emulator, plus `/live`, `/ready` and `/metrics`.
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+mod config;
+mod environment;
+mod error;
+mod invoke_api;
+mod logs;
+mod metrics;
+mod process;
+mod runtime_api;
+mod server;
+mod supervisor;
+
+pub use config::{Config, ConfigError, MAX_PAYLOAD_BYTES, RuntimeKind, Settings};
+pub use process::PYTHON_BOOTSTRAP;
+
+/// Exit code of a bad configuration (EX_USAGE).
+pub const EXIT_BAD_CONFIG: u8 = 64;
+
+/// How long open invoke connections may take to finish after the runtime stopped.
+const CONNECTION_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs one execution environment until `shutdown` is cancelled, then drains
+/// it: /ready turns false, new invocations get 503, in-flight ones finish
+/// within the grace period, and the runtime is stopped.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let settings = config.validate()?;
+    run_validated(settings, shutdown).await
+}
+
+/// [`run`] for a configuration already validated.
+pub async fn run_validated(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listen = settings.config.listen;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        environment = %settings.environment_id,
+        function = %settings.config.function_name,
+        "execution environment starting"
+    );
+    let env = environment::Environment::new(settings);
+    let stop_serving = CancellationToken::new();
+    let server = tokio::spawn(server::serve_until(
+        listener,
+        invoke_api::router(env.clone()),
+        stop_serving.clone(),
+        CONNECTION_DRAIN,
+    ));
+    let result = supervisor::supervise(env.clone(), shutdown.clone()).await;
+    if result.is_err() {
+        env.begin_shutdown();
+    }
+    // The supervisor returns once the runtime is stopped; answers already
+    // computed still reach their callers before the listener closes.
+    stop_serving.cancel();
+    if let Err(e) = server.await {
+        tracing::warn!(error = %e, "invoke server task failed");
+    }
+    tracing::info!("execution environment stopped");
+    result
+}
+
+/// Entry point of the `porchlight-runtime` binary.
+pub fn cli_main() -> ExitCode {
+    cli_main_from(std::env::args_os())
+}
+
+/// [`cli_main`] with explicit arguments (the first one is the program name),
+/// for binaries that embed the shim behind a subcommand.
+pub fn cli_main_from<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let config = match Config::try_parse_from(args) {
+        Ok(config) => config,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = e.to_string();
+            let line = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
+            eprintln!("porchlight-runtime: {line}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let settings = match config.validate() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("porchlight-runtime: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("porchlight-runtime: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        spawn_signal_handler(shutdown.clone())?;
+        run_validated(settings, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "execution environment failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("PORCHLIGHT_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT.
+fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        shutdown.cancel();
+    });
+    Ok(())
+}

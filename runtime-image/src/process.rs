@@ -1,0 +1,201 @@
+//! The runtime process: its command line, its reserved Lambda environment
+//! variables, its process group, and best-effort memory accounting.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+use crate::config::{RuntimeKind, Settings};
+
+/// The dependency-free Python bootstrap, run with `python3 -c` by default.
+pub const PYTHON_BOOTSTRAP: &str = include_str!("../bootstrap/python/bootstrap.py");
+
+/// `LAMBDA_RUNTIME_DIR` exported to the runtime.
+const RUNTIME_DIR: &str = "/var/runtime";
+
+/// The program and arguments that start the runtime.
+pub fn runtime_command(settings: &Settings) -> (String, Vec<String>) {
+    let config = &settings.config;
+    if let Some((program, args)) = config.command.split_first() {
+        return (program.clone(), args.to_vec());
+    }
+    match &settings.runtime {
+        RuntimeKind::Python(_) => (
+            config.python.clone(),
+            vec!["-c".to_owned(), PYTHON_BOOTSTRAP.to_owned()],
+        ),
+        RuntimeKind::Provided | RuntimeKind::Image => (
+            config
+                .task_root
+                .join("bootstrap")
+                .to_string_lossy()
+                .into_owned(),
+            Vec::new(),
+        ),
+    }
+}
+
+/// Log stream name in Lambda's format: `YYYY/MM/DD/[$LATEST]<environment>`.
+fn log_stream_name(environment_id: &str) -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}/{:02}/{:02}/[$LATEST]{}",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        environment_id
+    )
+}
+
+/// The reserved Lambda variables set for the runtime.
+pub fn runtime_env(settings: &Settings, runtime_api: SocketAddr) -> Vec<(String, String)> {
+    let config = &settings.config;
+    let mut env = vec![
+        ("AWS_LAMBDA_RUNTIME_API".to_owned(), runtime_api.to_string()),
+        (
+            "AWS_LAMBDA_FUNCTION_NAME".to_owned(),
+            config.function_name.clone(),
+        ),
+        (
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE".to_owned(),
+            config.memory_mib.to_string(),
+        ),
+        (
+            "AWS_LAMBDA_FUNCTION_VERSION".to_owned(),
+            "$LATEST".to_owned(),
+        ),
+        (
+            "AWS_LAMBDA_LOG_GROUP_NAME".to_owned(),
+            format!("/aws/lambda/{}", config.function_name),
+        ),
+        (
+            "AWS_LAMBDA_LOG_STREAM_NAME".to_owned(),
+            log_stream_name(&settings.environment_id),
+        ),
+        ("AWS_REGION".to_owned(), config.region.clone()),
+        ("AWS_DEFAULT_REGION".to_owned(), config.region.clone()),
+        ("AWS_EXECUTION_ENV".to_owned(), settings.execution_env()),
+        (
+            "AWS_LAMBDA_INITIALIZATION_TYPE".to_owned(),
+            "on-demand".to_owned(),
+        ),
+        (
+            "LAMBDA_TASK_ROOT".to_owned(),
+            config.task_root.to_string_lossy().into_owned(),
+        ),
+        ("LAMBDA_RUNTIME_DIR".to_owned(), RUNTIME_DIR.to_owned()),
+        ("TZ".to_owned(), ":UTC".to_owned()),
+        // Runtime output is a pipe: keep Python's lines flowing per line.
+        ("PYTHONUNBUFFERED".to_owned(), "1".to_owned()),
+    ];
+    if let Some(handler) = &config.handler {
+        env.push(("_HANDLER".to_owned(), handler.clone()));
+    }
+    if settings.concurrency > 1 {
+        env.push((
+            "AWS_LAMBDA_MAX_CONCURRENCY".to_owned(),
+            settings.concurrency.to_string(),
+        ));
+    }
+    env
+}
+
+/// A started runtime process, leader of its own process group.
+pub struct RuntimeProcess {
+    pub child: Child,
+    pub pgid: Pid,
+}
+
+/// Starts the runtime in its own process group with piped output.
+pub fn spawn(settings: &Settings, runtime_api: SocketAddr) -> std::io::Result<RuntimeProcess> {
+    let (program, args) = runtime_command(settings);
+    let mut command = Command::new(resolve_program(&program, &settings.config.task_root));
+    command
+        .args(&args)
+        .envs(runtime_env(settings, runtime_api))
+        .current_dir(&settings.config.task_root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let child = command.spawn()?;
+    let pid = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .ok_or_else(|| std::io::Error::other("runtime exited before it got a pid"))?;
+    Ok(RuntimeProcess {
+        child,
+        pgid: Pid::from_raw(pid),
+    })
+}
+
+/// Relative programs with a path (`./bootstrap`) are resolved from the task
+/// root, like the runtime's working directory; bare names go through `PATH`.
+fn resolve_program(program: &str, task_root: &Path) -> PathBuf {
+    let path = Path::new(program);
+    if path.is_relative() && program.contains('/') {
+        task_root.join(path)
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// Sends `signal` to a process group; a group that is already gone is fine.
+pub fn signal_group(pgid: Pid, signal: Signal) {
+    if let Err(e) = killpg(pgid, signal)
+        && e != nix::errno::Errno::ESRCH
+    {
+        tracing::warn!(pgid = pgid.as_raw(), ?signal, error = %e, "cannot signal the runtime");
+    }
+}
+
+/// `exit status N` or `signal: killed`, as Lambda words a runtime's end.
+pub fn describe_exit(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        return format!("exit status {code}");
+    }
+    match status.signal().and_then(|s| Signal::try_from(s).ok()) {
+        Some(Signal::SIGKILL) => "signal: killed".to_owned(),
+        Some(Signal::SIGTERM) => "signal: terminated".to_owned(),
+        Some(Signal::SIGSEGV) => "signal: segmentation fault".to_owned(),
+        Some(Signal::SIGABRT) => "signal: aborted".to_owned(),
+        Some(other) => format!("signal: {}", other.as_str()),
+        None => "exit status unknown".to_owned(),
+    }
+}
+
+/// Peak memory of the runtime's process tree in MiB (sum of `VmHWM` of the
+/// leader and its descendants, read from /proc; best effort).
+pub fn max_memory_used_mib(leader: Pid) -> Option<u64> {
+    let mut total_kib = 0u64;
+    let mut stack = vec![leader.as_raw()];
+    let mut seen = 0usize;
+    while let Some(pid) = stack.pop() {
+        seen += 1;
+        if seen > 256 {
+            break;
+        }
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        total_kib += status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+            stack.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<i32>().ok()),
+            );
+        }
+    }
+    (total_kib > 0).then(|| total_kib.div_ceil(1024))
+}
