@@ -544,7 +544,12 @@ impl Environment {
                 let mut inner = self.lock();
                 if remove_invocation(&mut inner, &request.request_id).is_some() {
                     inner.kill_requested = Some((generation, KillReason::Timeout));
+                    // No further event may reach the runtime about to be killed.
+                    if matches!(inner.phase, Phase::Ready { generation: g } if g == generation) {
+                        inner.phase = Phase::Restarting;
+                    }
                     drop(inner);
+                    self.bump();
                     self.supervisor_wake.notify_one();
                     return InvokeResult {
                         outcome: Outcome::Timeout,
