@@ -87,6 +87,7 @@ def main():
         "layers": [blob(gz, "application/vnd.oci.image.layer.v1.tar+gzip")],
     }, sort_keys=True).encode()
     mdesc = blob(manifest, "application/vnd.oci.image.manifest.v1+json")
+    mdesc["platform"] = {"architecture": "amd64", "os": "linux"}
     mdesc["annotations"] = {
         "io.containerd.image.name": a.name,
         "org.opencontainers.image.ref.name": a.name,

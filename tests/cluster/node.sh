@@ -1,0 +1,268 @@
+#!/usr/bin/env bash
+# One real Kubernetes node on this host, next to the control plane of control-plane.sh:
+# a private containerd (Debian's 1.6, CRI plugin, runc, cgroupfs), the CNI bridge
+# plugin on a bridge this script creates, and the kubelet.
+#
+#   tests/cluster/node.sh up      # needs `control-plane.sh up` first and root
+#   tests/cluster/node.sh down    # (control-plane.sh down calls this too)
+#
+# Node name $NODE_NAME (porchlight-node), node IP $NODE_IP on bridge $BRIDGE, pod IPs from
+# $POD_SUBNET. Local images from images.sh are imported into containerd's k8s.io namespace:
+# localhost/porchlight/pause:1 (sandbox image), localhost/porchlight/busybox:1 and, if built,
+# localhost/porchlight/debian:bookworm. Use imagePullPolicy: Never or IfNotPresent.
+#
+# Host changes, all undone by `down`: bridge $BRIDGE, cgroup dirs /sys/fs/cgroup/*/porchlight,
+# the six sysctls the kubelet insists on (restored to their old values), mounts under
+# $CLUSTER_DIR/node, /var/lib/cni/results/porchlight-*.
+# Needs: containerd runc containernetworking-plugins (apt), root with CAP_NET_ADMIN and
+# writable cgroupfs.
+set -euo pipefail
+LOG_TAG=node
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+NODE_NAME=${NODE_NAME:-porchlight-node}
+BRIDGE=${BRIDGE:-plbr0}
+POD_SUBNET=${POD_SUBNET:-10.246.0.0/24}
+NODE_IP=${NODE_IP:-${POD_SUBNET%.*}.1}
+CGROUP_ROOT=porchlight
+CNI_NET=porchlight
+N=$CLUSTER_DIR/node
+SOCK=$N/containerd/containerd.sock
+WAIT=${CLUSTER_WAIT_SECONDS:-120}
+IMAGES_DIR=${IMAGES_DIR:-$PORCHLIGHT_CACHE/images}
+SYSCTLS=(vm.overcommit_memory=1 vm.panic_on_oom=0 kernel.panic=10 kernel.panic_on_oops=1
+  kernel.keys.root_maxkeys=1000000 kernel.keys.root_maxbytes=25000000)
+
+ctr_() { ctr --address "$SOCK" -n k8s.io "$@"; }
+
+preflight() {
+  [[ $(id -u) == 0 ]] || die "node.sh needs root"
+  [[ -f $CLUSTER_DIR/admin.kubeconfig ]] || die "no control plane in $CLUSTER_DIR (run control-plane.sh up)"
+  need_bins kubelet kubectl
+  local b
+  for b in containerd ctr runc; do command -v $b >/dev/null || die "$b missing: apt-get install containerd runc"; done
+  [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local ]] ||
+    die "CNI plugins missing: apt-get install containernetworking-plugins"
+  [[ -e /dev/kmsg ]] || die "/dev/kmsg missing (the kubelet's OOM watcher opens it)"
+  ip link show "$BRIDGE" >/dev/null 2>&1 && die "bridge $BRIDGE already exists (another node running? try node.sh down)"
+  true
+}
+
+setup_cgroups() {
+  # cgroupfs driver, cgroupRoot /porchlight: pre-create it in every v1 hierarchy (as kind does);
+  # cpuset needs cpus/mems copied from its parent or attaching a task fails with ENOSPC.
+  local d
+  for d in /sys/fs/cgroup/*/; do
+    d=${d%/}
+    [[ $(stat -fc %T "$d") == cgroupfs || $(stat -fc %T "$d") == cgroup2fs ]] || continue
+    [[ $d == */unified ]] && continue
+    mkdir -p "$d/$CGROUP_ROOT"
+    if [[ -f $d/cpuset.cpus ]]; then
+      cat "$d/cpuset.cpus" >"$d/$CGROUP_ROOT/cpuset.cpus"
+      cat "$d/cpuset.mems" >"$d/$CGROUP_ROOT/cpuset.mems"
+    fi
+  done
+}
+
+cleanup_cgroups() {
+  local d i
+  for d in /sys/fs/cgroup/*/"$CGROUP_ROOT"; do
+    [[ -d $d ]] || continue
+    for ((i = 0; i < 20; i++)); do
+      find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
+      [[ -d $d ]] || break
+      sleep 0.5
+    done
+    [[ -d $d ]] && log "warning: could not remove $d (tasks: $(find "$d" -name tasks -exec cat {} + | head -5 | tr '\n' ' '))"
+  done
+  true
+}
+
+write_configs() {
+  mkdir -p "$N"/{containerd,cni/net.d,cni/ipam,kubelet,pod-logs,runc}
+  cat >"$N/containerd/config.toml" <<EOF
+version = 2
+root = "$N/containerd/root"
+state = "$N/containerd/state"
+oom_score = 0
+
+[grpc]
+  address = "$SOCK"
+[ttrpc]
+  address = "$SOCK.ttrpc"
+[debug]
+  level = "info"
+[metrics]
+  address = ""
+
+[plugins]
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "$N/containerd/opt"
+  [plugins."io.containerd.grpc.v1.cri"]
+    sandbox_image = "localhost/porchlight/pause:1"
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+    restrict_oom_score_adj = true
+    disable_apparmor = true
+    netns_mounts_under_state_dir = true
+    [plugins."io.containerd.grpc.v1.cri".containerd]
+      snapshotter = "overlayfs"
+      default_runtime_name = "runc"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+          BinaryName = "$(command -v runc)"
+          Root = "$N/runc"
+          SystemdCgroup = false
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = "/usr/lib/cni"
+      conf_dir = "$N/cni/net.d"
+      max_conf_num = 1
+EOF
+  cat >"$N/cni/net.d/10-$CNI_NET.conflist" <<EOF
+{ "cniVersion": "0.4.0", "name": "$CNI_NET",
+  "plugins": [
+    { "type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+      "ipam": { "type": "host-local", "dataDir": "$N/cni/ipam",
+                "ranges": [[{ "subnet": "$POD_SUBNET", "gateway": "$NODE_IP" }]],
+                "routes": [{ "dst": "0.0.0.0/0" }] } },
+    { "type": "portmap", "capabilities": { "portMappings": true }, "snat": false } ] }
+EOF
+}
+
+kubelet_config() {
+  local port=$1 hz=$2
+  cat >"$N/kubelet.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: $NODE_IP
+port: $port
+healthzBindAddress: 127.0.0.1
+healthzPort: $hz
+readOnlyPort: 0
+containerRuntimeEndpoint: unix://$SOCK
+imageServiceEndpoint: unix://$SOCK
+cgroupDriver: cgroupfs
+cgroupRoot: /$CGROUP_ROOT
+failCgroupV1: false
+failSwapOn: false
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: $CLUSTER_DIR/pki/ca.crt}
+authorization: {mode: Webhook}
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {memory.available: "0%", nodefs.available: "0%", nodefs.inodesFree: "0%", imagefs.available: "0%"}
+maxOpenFiles: $(( $(ulimit -Hn) < 16384 ? $(ulimit -Hn) : 16384 ))
+oomScoreAdj: 0
+serializeImagePulls: false
+resolvConf: /etc/resolv.conf
+podLogsDir: $N/pod-logs
+volumePluginDir: $N/kubelet/volume-plugins
+protectKernelDefaults: false
+${KUBELET_EXTRA_CONFIG:-}
+EOF
+}
+
+cmd_up() {
+  preflight
+  trap 'log "node up failed or interrupted: tearing down the node"; cmd_down; exit 1' ERR INT TERM
+  local t0=$SECONDS
+  mkdir -p "$N"
+  touch "$N/up"
+
+  # Kernel tunables the kubelet checks (and otherwise writes itself); old values restored on down.
+  : >"$N/sysctl.orig"
+  local kv k
+  for kv in "${SYSCTLS[@]}"; do
+    k=${kv%%=*}
+    echo "$k=$(sysctl -n "$k")" >>"$N/sysctl.orig"
+    sysctl -qw "$kv"
+  done
+
+  ip link add "$BRIDGE" type bridge
+  ip addr add "$NODE_IP/${POD_SUBNET#*/}" dev "$BRIDGE"
+  ip link set "$BRIDGE" up
+  setup_cgroups
+  write_configs
+
+  start containerd containerd --config "$N/containerd/config.toml"
+  wait_for "containerd" 60 containerd ctr --address "$SOCK" version
+  [[ -f $IMAGES_DIR/pause.tar && -f $IMAGES_DIR/busybox.tar ]] || "$HERE/images.sh" >/dev/null
+  local img
+  for img in "$IMAGES_DIR"/*.tar; do
+    ctr_ images import --no-unpack=false "$img" >/dev/null 2>&1 || ctr_ images import "$img" >/dev/null
+    log "imported $(basename "$img")"
+  done
+
+  client_cert "node-$NODE_NAME" "system:node:$NODE_NAME" system:nodes
+  local api
+  api=$(sed -n 's/^ *server: //p' "$CLUSTER_DIR/admin.kubeconfig")
+  write_kubeconfig "$N/kubelet.kubeconfig" "$api" "$CLUSTER_DIR/pki/ca.crt" \
+    "$CLUSTER_DIR/pki/node-$NODE_NAME.crt" "$CLUSTER_DIR/pki/node-$NODE_NAME.key"
+  local port hz
+  port=$(free_port); hz=$(free_port)
+  kubelet_config "$port" "$hz"
+  start kubelet "$K8S_BIN/kubelet" --config="$N/kubelet.yaml" --kubeconfig="$N/kubelet.kubeconfig" \
+    --root-dir="$N/kubelet" --cert-dir="$N/kubelet/pki" \
+    --hostname-override="$NODE_NAME" --node-ip="$NODE_IP" --v="${KUBELET_V:-2}"
+  wait_for "kubelet /healthz" "$WAIT" kubelet curl -fsS "http://127.0.0.1:$hz/healthz"
+  wait_for "node $NODE_NAME Ready" "$WAIT" kubelet \
+    kubectl_admin wait --for=condition=Ready "node/$NODE_NAME" --timeout=2s
+  trap - ERR INT TERM
+  log "node $NODE_NAME Ready in $((SECONDS - t0))s (node IP $NODE_IP, pods $POD_SUBNET)"
+}
+
+# Kill containerd shims that serve our socket (they outlive containerd by design).
+kill_shims() {
+  local p cmd
+  for p in /proc/[0-9]*; do
+    cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
+    if [[ $cmd == *containerd-shim*"$SOCK"* || $cmd == *containerd-shim*"$N/containerd"* ]]; then
+      kill -KILL "${p#/proc/}" 2>/dev/null && log "killed shim ${p#/proc/}"
+    fi
+  done
+  true
+}
+
+unmount_all() {
+  local m i
+  for ((i = 0; i < 5; i++)); do
+    mapfile -t ms < <(awk -v d="$N" '$5 == d || index($5, d "/") == 1 {print $5}' /proc/self/mountinfo | sort -r)
+    ((${#ms[@]})) || return 0
+    for m in "${ms[@]}"; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
+  done
+  true
+}
+
+cmd_down() {
+  [[ -d $N ]] || return 0
+  stop kubelet 15
+  if alive containerd; then
+    # Stop and remove all pod sandboxes through CRI so CNI releases IPs and veths.
+    local crictl=$K8S_BIN/crictl
+    if [[ -x $crictl ]]; then
+      timeout 60 "$crictl" -r "unix://$SOCK" rmp -fa >/dev/null 2>&1 || log "warning: crictl rmp failed"
+    fi
+  fi
+  stop containerd 15
+  kill_shims
+  unmount_all
+  ip link del "$BRIDGE" 2>/dev/null && log "deleted bridge $BRIDGE"
+  cleanup_cgroups
+  rm -f /var/lib/cni/results/"$CNI_NET"-* 2>/dev/null || true
+  if [[ -f $N/sysctl.orig ]]; then
+    while read -r kv; do sysctl -qw "$kv" || true; done <"$N/sysctl.orig"
+    log "restored sysctls"
+  fi
+  rm -rf "$N"
+  kubectl_admin delete node "$NODE_NAME" --ignore-not-found --wait=false >/dev/null 2>&1 || true
+  log "node down"
+}
+
+case ${1:-} in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+esac
