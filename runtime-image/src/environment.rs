@@ -213,6 +213,11 @@ impl Environment {
         self.lock().current_request_id.clone()
     }
 
+    #[cfg(test)]
+    pub fn next_waiters(&self) -> usize {
+        self.lock().next_waiters
+    }
+
     /// Process id of the runtime's leader (= its process group id).
     pub fn runtime_leader(&self) -> Option<Pid> {
         self.lock().pgid

@@ -226,3 +226,422 @@ async fn init_error(State(state): State<ApiState>, request: Request) -> Response
         Err(r) => refusal(r),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::http::Request as HttpRequest;
+    use clap::Parser as _;
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::environment::{InvokeRequest, Outcome};
+
+    fn environment(concurrency: &str) -> Arc<Environment> {
+        let settings = Config::try_parse_from([
+            "porchlight-runtime",
+            "--runtime",
+            "provided",
+            "--environment-id",
+            "env-test",
+            "--concurrency",
+            concurrency,
+        ])
+        .unwrap()
+        .validate()
+        .unwrap();
+        Environment::new(settings)
+    }
+
+    async fn call(
+        router: &Router,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> (StatusCode, HeaderMap, serde_json::Value) {
+        let mut request = HttpRequest::builder().method(method).uri(path);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = router
+            .clone()
+            .oneshot(request.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            headers,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    fn invoke(env: &Arc<Environment>, id: &str) -> tokio::task::JoinHandle<Outcome> {
+        let env = env.clone();
+        let request = InvokeRequest {
+            request_id: Arc::from(id),
+            event: Bytes::from_static(br#"{"hello":"world"}"#),
+            trace_id: "Root=1-00000000-000000000000000000000000".into(),
+            client_context: None,
+        };
+        tokio::spawn(async move { env.invoke(request).await.outcome })
+    }
+
+    const NEXT: &str = "/2018-06-01/runtime/invocation/next";
+
+    #[tokio::test]
+    async fn next_hands_over_the_event_with_lambdas_headers() {
+        let env = environment("1");
+        let generation = env.force_ready();
+        let api = router(env.clone(), generation);
+        let invocation = invoke(&env, "req-1");
+        let (status, headers, body) = call(&api, "GET", NEXT, &[], vec![]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, serde_json::json!({"hello": "world"}));
+        assert_eq!(headers["content-type"], "application/json");
+        assert_eq!(headers["lambda-runtime-aws-request-id"], "req-1");
+        assert!(
+            headers["lambda-runtime-deadline-ms"]
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                > 0
+        );
+        assert_eq!(
+            headers["lambda-runtime-invoked-function-arn"],
+            "arn:aws:lambda:us-east-1:000000000000:function:function"
+        );
+        assert!(headers.contains_key("lambda-runtime-trace-id"));
+
+        let (status, _, body) = call(
+            &api,
+            "POST",
+            "/2018-06-01/runtime/invocation/req-1/response",
+            &[],
+            b"\"done\"".to_vec(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert_eq!(body, serde_json::json!({"status": "OK"}));
+        match invocation.await.unwrap() {
+            Outcome::Answer(RuntimeAnswer::Response { body, .. }) => {
+                assert_eq!(&body[..], b"\"done\"")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_stale_and_second_responses_are_invalid_request_ids() {
+        let env = environment("1");
+        let generation = env.force_ready();
+        let api = router(env.clone(), generation);
+        let (status, _, body) = call(
+            &api,
+            "POST",
+            "/2018-06-01/runtime/invocation/nope/response",
+            &[],
+            b"{}".to_vec(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["errorType"], "InvalidRequestID");
+        assert_eq!(body["errorMessage"], "Invalid request ID");
+
+        let invocation = invoke(&env, "req-2");
+        // Queued but not handed over yet: not answerable.
+        tokio::task::yield_now().await;
+        let _ = call(&api, "GET", NEXT, &[], vec![]).await;
+        let path = "/2018-06-01/runtime/invocation/req-2/response";
+        assert_eq!(
+            call(&api, "POST", path, &[], b"1".to_vec()).await.0,
+            StatusCode::ACCEPTED
+        );
+        let (status, _, body) = call(&api, "POST", path, &[], b"2".to_vec()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "second response");
+        assert_eq!(body["errorType"], "InvalidRequestID");
+        let (status, _, _) = call(
+            &api,
+            "POST",
+            "/2018-06-01/runtime/invocation/req-2/error",
+            &[],
+            b"{}".to_vec(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "error after the response");
+        assert!(matches!(
+            invocation.await.unwrap(),
+            Outcome::Answer(RuntimeAnswer::Response { .. })
+        ));
+
+        // A runtime of another generation cannot answer.
+        let invocation = invoke(&env, "req-3");
+        let _ = call(&api, "GET", NEXT, &[], vec![]).await;
+        let stale = router(env.clone(), generation + 7);
+        let (status, _, _) = call(
+            &stale,
+            "POST",
+            "/2018-06-01/runtime/invocation/req-3/response",
+            &[],
+            b"1".to_vec(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let _ = call(
+            &api,
+            "POST",
+            "/2018-06-01/runtime/invocation/req-3/response",
+            &[],
+            b"1".to_vec(),
+        )
+        .await;
+        invocation.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_second_concurrent_next_is_an_invalid_state_transition() {
+        let env = environment("1");
+        let generation = env.force_ready();
+        let api = router(env.clone(), generation);
+        let waiting = {
+            let api = api.clone();
+            tokio::spawn(async move { call(&api, "GET", NEXT, &[], vec![]).await })
+        };
+        // Bounded wait until the first /next is parked.
+        for _ in 0..1000 {
+            if !waiting.is_finished() && env_waiting(&env) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let (status, _, body) = call(&api, "GET", NEXT, &[], vec![]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(body["errorType"], "InvalidStateTransition");
+        // The parked /next still gets the next event.
+        let invocation = invoke(&env, "req-4");
+        let (status, headers, _) = waiting.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["lambda-runtime-aws-request-id"], "req-4");
+        // With the event outstanding, another /next is refused too.
+        assert_eq!(
+            call(&api, "GET", NEXT, &[], vec![]).await.0,
+            StatusCode::FORBIDDEN
+        );
+        let _ = call(
+            &api,
+            "POST",
+            "/2018-06-01/runtime/invocation/req-4/response",
+            &[],
+            b"1".to_vec(),
+        )
+        .await;
+        invocation.await.unwrap();
+    }
+
+    fn env_waiting(env: &Environment) -> bool {
+        env.next_waiters() > 0
+    }
+
+    #[tokio::test]
+    async fn concurrency_allows_as_many_nexts() {
+        let env = environment("2");
+        let generation = env.force_ready();
+        let api = router(env.clone(), generation);
+        let a = invoke(&env, "a");
+        let b = invoke(&env, "b");
+        let (s1, h1, _) = call(&api, "GET", NEXT, &[], vec![]).await;
+        let (s2, h2, _) = call(&api, "GET", NEXT, &[], vec![]).await;
+        assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK));
+        assert_ne!(
+            h1["lambda-runtime-aws-request-id"],
+            h2["lambda-runtime-aws-request-id"]
+        );
+        // A third event is beyond the environment's concurrency.
+        let c = invoke(&env, "c");
+        assert!(matches!(c.await.unwrap(), Outcome::Throttled));
+        for id in ["a", "b"] {
+            let path = format!("/2018-06-01/runtime/invocation/{id}/response");
+            assert_eq!(
+                call(&api, "POST", &path, &[], b"1".to_vec()).await.0,
+                StatusCode::ACCEPTED
+            );
+        }
+        a.await.unwrap();
+        b.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn oversized_bodies_are_refused() {
+        let env = environment("1");
+        let generation = env.force_ready();
+        let api = router(env.clone(), generation);
+        let invocation = invoke(&env, "big");
+        let _ = call(&api, "GET", NEXT, &[], vec![]).await;
+        let big = vec![b'x'; MAX_PAYLOAD_BYTES + 1];
+        let (status, _, body) = call(
+            &api,
+            "POST",
+            "/2018-06-01/runtime/invocation/big/response",
+            &[],
+            big.clone(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body["errorType"], "RequestEntityTooLarge");
+        assert!(matches!(
+            invocation.await.unwrap(),
+            Outcome::Answer(RuntimeAnswer::ResponseTooLarge)
+        ));
+        let (status, _, _) = call(&api, "POST", "/2018-06-01/runtime/init/error", &[], big).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        // Exactly at the limit is fine.
+        let invocation = invoke(&env, "edge");
+        let _ = call(&api, "GET", NEXT, &[], vec![]).await;
+        let edge = vec![b'x'; MAX_PAYLOAD_BYTES];
+        let (status, _, _) = call(
+            &api,
+            "POST",
+            "/2018-06-01/runtime/invocation/edge/response",
+            &[],
+            edge,
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        invocation.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn errors_with_and_without_the_error_type_header() {
+        let env = environment("1");
+        let generation = env.force_ready();
+        let api = router(env.clone(), generation);
+
+        // awslambdaric: no header, a full JSON body.
+        let invocation = invoke(&env, "py");
+        let _ = call(&api, "GET", NEXT, &[], vec![]).await;
+        let body = br#"{"errorMessage":"bad thing","errorType":"ValueError","requestId":"py","stackTrace":["x"]}"#;
+        let (status, _, _) = call(
+            &api,
+            "POST",
+            "/2018-06-01/runtime/invocation/py/error",
+            &[("content-type", "application/json")],
+            body.to_vec(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        match invocation.await.unwrap() {
+            Outcome::Answer(RuntimeAnswer::Error(e)) => {
+                assert_eq!(e.error_type, "ValueError");
+                let v: serde_json::Value = serde_json::from_slice(&e.body).unwrap();
+                assert_eq!(v["stackTrace"][0], "x");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+
+        // A bare runtime: the header and no body.
+        let invocation = invoke(&env, "sh");
+        let _ = call(&api, "GET", NEXT, &[], vec![]).await;
+        let (status, _, _) = call(
+            &api,
+            "POST",
+            "/2018-06-01/runtime/invocation/sh/error",
+            &[("lambda-runtime-function-error-type", "Runtime.Custom")],
+            vec![],
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        match invocation.await.unwrap() {
+            Outcome::Answer(RuntimeAnswer::Error(e)) => {
+                assert_eq!(e.error_type, "Runtime.Custom");
+                let v: serde_json::Value = serde_json::from_slice(&e.body).unwrap();
+                assert_eq!(v["errorMessage"], "");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn init_error_is_kept_while_starting_and_refused_after() {
+        let env = environment("1");
+        let generation = env.begin_generation();
+        let api = router(env.clone(), generation);
+        let body = br#"{"errorMessage":"Unable to import module 'x'","errorType":"Runtime.ImportModuleError","stackTrace":[]}"#;
+        let (status, _, _) = call(
+            &api,
+            "POST",
+            "/2018-06-01/runtime/init/error",
+            &[(
+                "lambda-runtime-function-error-type",
+                "Runtime.ImportModuleError",
+            )],
+            body.to_vec(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert!(env.init_error_posted(generation));
+        let error = env.init_failed(
+            generation,
+            LambdaError::new("Runtime.ExitError", "exit status 1"),
+        );
+        assert_eq!(error.error_type, "Runtime.ImportModuleError");
+        // The first invocation gets the init error at once.
+        let outcome = tokio::time::timeout(Duration::from_secs(5), invoke(&env, "first"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(outcome, Outcome::InitError(e) if e.error_type == "Runtime.ImportModuleError")
+        );
+
+        let env = environment("1");
+        let generation = env.force_ready();
+        let api = router(env.clone(), generation);
+        let (status, _, body) = call(
+            &api,
+            "POST",
+            "/2018-06-01/runtime/init/error",
+            &[],
+            b"{}".to_vec(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(body["errorType"], "InvalidStateTransition");
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_get_json_errors() {
+        let env = environment("1");
+        let api = router(env.clone(), env.force_ready());
+        let (status, _, body) =
+            call(&api, "GET", "/2020-01-01/extension/event/next", &[], vec![]).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body["errorType"].is_string());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_invocation_times_out_and_asks_for_a_kill() {
+        let env = environment("1");
+        let generation = env.force_ready();
+        let api = router(env.clone(), generation);
+        let invocation = invoke(&env, "slow");
+        let _ = call(&api, "GET", NEXT, &[], vec![]).await;
+        // Paused time: the 3 s timeout elapses without waiting.
+        assert!(matches!(invocation.await.unwrap(), Outcome::Timeout));
+        assert!(env.take_kill_request(generation).is_some());
+        let (status, _, _) = call(
+            &api,
+            "POST",
+            "/2018-06-01/runtime/invocation/slow/response",
+            &[],
+            b"1".to_vec(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "a late response is stale");
+    }
+}
