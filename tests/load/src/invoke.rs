@@ -1,0 +1,212 @@
+//! One invocation through the gateway's Lambda Invoke API, and what we record about it.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::HeaderMap;
+use tokio::time::Instant;
+
+use crate::error::Result;
+
+/// Response header with the gateway's request id.
+pub const REQUEST_ID_HEADER: &str = "x-amzn-requestid";
+/// Response header set when the handler returned an error.
+pub const FUNCTION_ERROR_HEADER: &str = "x-amz-function-error";
+/// Response header naming the environment that served the invocation.
+pub const ENVIRONMENT_HEADER: &str = "x-porchlight-environment";
+/// Response header set to `true` when the invocation paid a cold start.
+pub const COLD_START_HEADER: &str = "x-porchlight-cold-start";
+/// Response header with the cold start's init duration in milliseconds.
+pub const INIT_DURATION_HEADER: &str = "x-porchlight-init-duration-ms";
+
+/// How an invocation ended, from the caller's point of view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// 2xx and no function error.
+    Ok,
+    /// 2xx with `X-Amz-Function-Error`: the platform worked, the handler failed.
+    FunctionError,
+    /// 429: the gateway shed the request.
+    Throttled,
+    /// Any other HTTP status.
+    HttpError,
+    /// No complete answer within `--timeout`.
+    Timeout,
+    /// Connection refused, reset, or similar.
+    TransportError,
+    /// Never sent: the open loop already had `--max-in-flight` requests outstanding.
+    DroppedByClient,
+}
+
+impl Outcome {
+    /// The gateway answered with a 2xx (the invocation ran).
+    pub fn is_success(self) -> bool {
+        matches!(self, Outcome::Ok | Outcome::FunctionError)
+    }
+
+    /// A failure that is neither a throttle nor a client-side drop.
+    pub fn is_error(self) -> bool {
+        matches!(
+            self,
+            Outcome::FunctionError
+                | Outcome::HttpError
+                | Outcome::Timeout
+                | Outcome::TransportError
+        )
+    }
+}
+
+/// Everything recorded about one invocation. Times are offsets from the start of the run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InvocationRecord {
+    /// Index of the function in the run's function list.
+    pub function: usize,
+    /// When the schedule meant to send it.
+    pub intended: Duration,
+    /// When it was actually sent (`None` if dropped by the client).
+    pub sent: Option<Duration>,
+    /// From the intended send time to the end of the response (`None` if dropped).
+    pub latency: Option<Duration>,
+    /// HTTP status, 0 if there was none.
+    pub status: u16,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The invocation paid a cold start.
+    pub cold_start: bool,
+    /// Init duration reported for a cold start.
+    pub init_duration_ms: Option<f64>,
+    /// Environment that served it.
+    pub environment: Option<String>,
+    /// Request id from the gateway.
+    pub request_id: Option<String>,
+}
+
+impl InvocationRecord {
+    /// A request the open loop could not send.
+    pub fn dropped(function: usize, intended: Duration) -> InvocationRecord {
+        InvocationRecord {
+            function,
+            intended,
+            sent: None,
+            latency: None,
+            status: 0,
+            outcome: Outcome::DroppedByClient,
+            cold_start: false,
+            init_duration_ms: None,
+            environment: None,
+            request_id: None,
+        }
+    }
+
+    /// When the response ended, if it did.
+    pub fn completed(&self) -> Option<Duration> {
+        self.latency.map(|l| self.intended + l)
+    }
+}
+
+/// Sends invocations to one gateway.
+#[derive(Clone, Debug)]
+pub struct Invoker {
+    client: reqwest::Client,
+    urls: Vec<String>,
+}
+
+impl Invoker {
+    /// An invoker for `functions` behind the gateway at `target`
+    /// (for example `http://127.0.0.1:8080`).
+    pub fn new(
+        target: &str,
+        functions: &[String],
+        timeout: Duration,
+        pool: usize,
+    ) -> Result<Invoker> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .pool_max_idle_per_host(pool)
+            .tcp_nodelay(true)
+            .build()?;
+        let base = target.trim_end_matches('/');
+        let urls = functions
+            .iter()
+            .map(|name| format!("{base}/2015-03-31/functions/{name}/invocations"))
+            .collect();
+        Ok(Invoker { client, urls })
+    }
+
+    /// Invokes function `function` with `event`. `intended` is when the schedule
+    /// meant to send it; `start` is the start of the run. Latency counts from
+    /// `intended`, so a late send shows up as latency.
+    pub async fn invoke(
+        &self,
+        function: usize,
+        event: Bytes,
+        start: Instant,
+        intended: Duration,
+    ) -> InvocationRecord {
+        let sent = start.elapsed();
+        let mut record = InvocationRecord {
+            function,
+            intended,
+            sent: Some(sent),
+            latency: None,
+            status: 0,
+            outcome: Outcome::TransportError,
+            cold_start: false,
+            init_duration_ms: None,
+            environment: None,
+            request_id: None,
+        };
+        let response = self
+            .client
+            .post(&self.urls[function])
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(event)
+            .send()
+            .await;
+        let outcome = match response {
+            Ok(response) => {
+                let status = response.status();
+                record.status = status.as_u16();
+                let function_error = read_headers(response.headers(), &mut record);
+                // The invocation ends when its whole response has arrived.
+                match response.bytes().await {
+                    Ok(_) if status.is_success() => {
+                        if function_error {
+                            Outcome::FunctionError
+                        } else {
+                            Outcome::Ok
+                        }
+                    }
+                    Ok(_) if status.as_u16() == 429 => Outcome::Throttled,
+                    Ok(_) => Outcome::HttpError,
+                    Err(e) if e.is_timeout() => Outcome::Timeout,
+                    Err(_) => Outcome::TransportError,
+                }
+            }
+            Err(e) if e.is_timeout() => Outcome::Timeout,
+            Err(_) => Outcome::TransportError,
+        };
+        record.outcome = outcome;
+        record.latency = Some(start.elapsed().saturating_sub(intended));
+        record
+    }
+}
+
+/// Copies the Porchlight headers into `record`; returns whether the handler failed.
+fn read_headers(headers: &HeaderMap, record: &mut InvocationRecord) -> bool {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    record.request_id = text(REQUEST_ID_HEADER);
+    record.environment = text(ENVIRONMENT_HEADER);
+    record.cold_start = text(COLD_START_HEADER).is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    record.init_duration_ms = text(INIT_DURATION_HEADER).and_then(|v| v.parse().ok());
+    headers.contains_key(FUNCTION_ERROR_HEADER)
+}

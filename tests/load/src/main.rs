@@ -1,0 +1,42 @@
+//! `porchlight-load`: see `porchlight-load --help`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use porchlight_load::cli::Args;
+use porchlight_load::summary::render;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let (config, observer) = match Args::parse().into_config() {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("porchlight-load: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let out = config.out.clone();
+    let cancel = CancellationToken::new();
+    let on_interrupt = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("interrupted: stopping the load and writing the report");
+            on_interrupt.cancel();
+        }
+    });
+    match porchlight_load::run(config, observer, cancel).await {
+        Ok(output) => {
+            print!("{}", render(&output.summary));
+            println!("report: {}", out.display());
+            if !output.report.charts_have_text {
+                eprintln!("note: no usable font found (--font); charts were drawn without text");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("porchlight-load: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
