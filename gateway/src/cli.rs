@@ -1,0 +1,321 @@
+//! Command line, startup and shutdown of the gateway process.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use crate::gateway::{Gateway, GatewayConfig};
+use crate::local::manifests::{LoadedFunction, load_dir};
+use crate::local::process::{Launcher, run_embedded_shim};
+use crate::local::{LocalConfig, LocalSource};
+use crate::registry::DispatchConfig;
+use crate::report::ReportHub;
+
+/// Exit code for bad configuration (sysexits EX_USAGE).
+pub const EXIT_BAD_CONFIG: u8 = 64;
+
+/// Porchlight gateway: Lambda-style functions on one machine or in a cluster.
+///
+/// Local mode (`--local DIR`) reads Function manifests (the same YAML as
+/// `kubectl apply -f DIR`), runs each function's execution environments as
+/// local processes, scales them with demand and back to zero when idle.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "porchlight-gateway",
+    version,
+    after_help = "Examples:\n  porchlight-gateway --local examples/\n  curl -s -X POST http://127.0.0.1:8080/2015-03-31/functions/hello/invocations -d '{}'\n  aws lambda invoke --endpoint-url http://127.0.0.1:8080 --function-name hello out.json\n\nEndpoints: /2015-03-31/functions/{name}/invocations (Lambda Invoke API), /http/{name}/... (HTTP trigger),\n/events/s3 (S3 notifications), /events/cloudevents (CloudEvents 1.0), /v1/functions, /v1/concurrency,\n/v1/dead-letters, /metrics, /live, /ready."
+)]
+pub struct Cli {
+    /// Run functions from the manifests in this directory as local processes.
+    #[arg(long, value_name = "DIR", env = "PORCHLIGHT_LOCAL")]
+    pub local: Option<PathBuf>,
+    /// Address to serve on.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "PORCHLIGHT_LISTEN")]
+    pub listen: SocketAddr,
+    /// Invocations that may wait for an environment, per function.
+    #[arg(long, default_value_t = 1000)]
+    pub queue_depth: usize,
+    /// Async events accepted and not finished, per function.
+    #[arg(long, default_value_t = 1000)]
+    pub async_queue_depth: usize,
+    /// Added to a function's timeout to bound how long an invocation waits for an environment.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub cold_start_allowance: Duration,
+    /// Delay before the first retry of a failed async invocation (doubled for the second).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub async_retry_base: Duration,
+    /// Async events older than this are given up (dead-lettered).
+    #[arg(long, default_value = "6h", value_parser = parse_duration)]
+    pub async_max_age: Duration,
+    /// Dead letters kept in memory (the oldest are evicted and counted).
+    #[arg(long, default_value_t = 1000)]
+    pub dead_letters: usize,
+    /// Run environments with this porchlight-runtime binary instead of the embedded shim.
+    #[arg(long, value_name = "PATH")]
+    pub runtime_bin: Option<PathBuf>,
+    /// Longest environment init before it is killed and replaced.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub init_timeout: Duration,
+    /// Name of this gateway in concurrency reports.
+    #[arg(long, env = "POD_NAME", default_value = "local")]
+    pub gateway_name: String,
+    /// Log as JSON lines.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    porchlight_api::duration::parse_duration(s)
+}
+
+impl Cli {
+    /// The gateway core settings.
+    pub fn gateway_config(&self) -> GatewayConfig {
+        GatewayConfig {
+            dispatch: DispatchConfig {
+                queue_depth: self.queue_depth,
+                cold_start_allowance: self.cold_start_allowance,
+                async_queue_depth: self.async_queue_depth,
+            },
+            async_retry_base: self.async_retry_base,
+            async_max_attempts: 3,
+            async_max_age: self.async_max_age,
+            dead_letter_capacity: self.dead_letters,
+            gateway_name: self.gateway_name.clone(),
+        }
+    }
+}
+
+/// The binary's `main`: the hidden `runtime` subcommand runs the embedded
+/// shim; anything else runs the gateway.
+pub fn main_from_args(args: Vec<OsString>) -> ExitCode {
+    if args.get(1).is_some_and(|a| a == "runtime") {
+        return run_embedded_shim(args[2..].to_vec());
+    }
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = e.to_string();
+            let line = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
+            eprintln!("porchlight-gateway: {line}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    init_tracing(cli.log_json);
+    let Some(dir) = cli.local.clone() else {
+        eprintln!(
+            "porchlight-gateway: no environment source: pass --local DIR (e.g. --local examples/); the Kubernetes source is not built into this binary yet"
+        );
+        return ExitCode::from(EXIT_BAD_CONFIG);
+    };
+    let code_dir = std::env::temp_dir().join(format!("porchlight-{}", std::process::id()));
+    let functions = match load_dir(&dir, &code_dir) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&code_dir);
+            eprintln!("porchlight-gateway: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let launcher = match &cli.runtime_bin {
+        Some(p) => Launcher::binary(p.clone()),
+        None => match Launcher::embedded() {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!(
+                    "porchlight-gateway: cannot find this executable to run environments: {e}"
+                );
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("porchlight-gateway: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let local = LocalConfig {
+        launcher,
+        init_timeout: cli.init_timeout,
+        stop_grace: Duration::from_secs(2),
+    };
+    let code = runtime.block_on(run_local(cli, dir, functions, local));
+    let _ = std::fs::remove_dir_all(&code_dir);
+    code
+}
+
+fn init_tracing(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("PORCHLIGHT_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init()
+    };
+}
+
+fn banner(addr: SocketAddr, dir: &std::path::Path, functions: &[LoadedFunction]) -> String {
+    let base = format!("http://{addr}");
+    let mut out = format!(
+        "porchlight-gateway: local mode, {} function(s) from {} on {base}\n",
+        functions.len(),
+        dir.display()
+    );
+    for f in functions {
+        let name = &f.key.name;
+        out.push_str(&format!(
+            "\n  {name} ({}, {}, max {} environments)\n    curl -s {base}/2015-03-31/functions/{name}/invocations -d '{{}}'\n",
+            f.spec.runtime,
+            f.spec.handler.as_deref().unwrap_or("bootstrap"),
+            f.settings.max_scale
+        ));
+        for t in &f.spec.triggers {
+            if t.http.is_some() {
+                out.push_str(&format!("    curl -s {base}/http/{name}/\n"));
+            }
+            if let Some(s3) = &t.s3 {
+                out.push_str(&format!(
+                    "    curl -s {base}/events/s3 -d '{{\"Records\":[{{\"eventName\":\"ObjectCreated:Put\",\"s3\":{{\"bucket\":{{\"name\":\"{}\"}},\"object\":{{\"key\":\"{}example.txt\",\"size\":5}}}}}}]}}'\n",
+                    s3.bucket,
+                    s3.prefix.as_deref().unwrap_or("")
+                ));
+            }
+            if let Some(ce) = &t.cloudevents {
+                out.push_str(&format!(
+                    "    curl -s {base}/events/cloudevents -H 'ce-specversion: 1.0' -H 'ce-id: 1' -H 'ce-type: {}' -H 'ce-source: {}' -H 'content-type: application/json' -d '{{}}'\n",
+                    ce.event_type,
+                    ce.source.as_deref().unwrap_or("/example")
+                ));
+            }
+        }
+    }
+    out.push_str(&format!(
+        "\n  aws lambda invoke --endpoint-url {base} --function-name <name> out.json\n  status: curl -s {base}/v1/functions   metrics: {base}/metrics\n"
+    ));
+    out
+}
+
+async fn run_local(
+    cli: Cli,
+    dir: PathBuf,
+    functions: Vec<LoadedFunction>,
+    local: LocalConfig,
+) -> ExitCode {
+    let listener = match tokio::net::TcpListener::bind(cli.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("porchlight-gateway: cannot listen on {}: {e}", cli.listen);
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let addr = listener.local_addr().unwrap_or(cli.listen);
+    let gateway = Gateway::new(cli.gateway_config());
+    let shutdown = CancellationToken::new();
+    let source_stop = CancellationToken::new();
+    if let Err(e) = spawn_signal_handler(shutdown.clone()) {
+        eprintln!("porchlight-gateway: cannot install signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
+    let text = banner(addr, &dir, &functions);
+    let reports = tokio::spawn(ReportHub::run(gateway.clone(), source_stop.clone()));
+    let source =
+        tokio::spawn(LocalSource::new(local, functions).run(gateway.clone(), source_stop.clone()));
+    println!("{text}");
+    tracing::info!(%addr, "serving");
+    let app =
+        crate::routes::app(gateway.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let graceful = shutdown.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        graceful.cancelled().await;
+    });
+    let server = async {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "server failed");
+        }
+    };
+    tokio::pin!(server);
+    tokio::select! {
+        _ = &mut server => {}
+        _ = shutdown.cancelled() => {
+            gateway.set_ready(false);
+            // Finish the requests being answered, within a bound.
+            if tokio::time::timeout(Duration::from_secs(30), &mut server).await.is_err() {
+                tracing::warn!("requests still open after 30 s; closing them");
+            }
+        }
+    }
+    gateway.begin_shutdown();
+    gateway.tasks.close();
+    if tokio::time::timeout(Duration::from_secs(5), gateway.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("async invocations still running at shutdown were abandoned");
+    }
+    source_stop.cancel();
+    let _ = source.await;
+    let _ = reports.await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT; a second one exits at once.
+fn spawn_signal_handler(shutdown: CancellationToken) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+        }
+        shutdown.cancel();
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    Ok(())
+}
+
+/// Builds a gateway with functions registered but no environments, for
+/// tests and benchmarks that bring their own.
+pub fn gateway_with(functions: &[LoadedFunction], config: GatewayConfig) -> Arc<Gateway> {
+    let gw = Gateway::new(config);
+    for f in functions {
+        gw.registry
+            .upsert(f.key.clone(), f.spec.clone(), f.settings.clone());
+    }
+    gw.set_ready(true);
+    gw
+}

@@ -1,0 +1,236 @@
+//! Reads Function manifests from a directory (the same YAML `kubectl apply`
+//! takes) and materialises their code for local environments.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use porchlight_api::function::ScalingSettings;
+use porchlight_api::{Function, FunctionKey, FunctionSpec};
+use serde::Deserialize;
+
+/// A validated function with its code on disk.
+#[derive(Debug, Clone)]
+pub struct LoadedFunction {
+    /// Namespace (default `default`) and name.
+    pub key: FunctionKey,
+    /// The spec.
+    pub spec: FunctionSpec,
+    /// Parsed scaling settings.
+    pub settings: ScalingSettings,
+    /// Directory used as the environment's task root.
+    pub task_root: PathBuf,
+    /// Manifest it came from.
+    pub file: PathBuf,
+}
+
+/// A manifest problem: one line naming the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {problem}")]
+pub struct ManifestError {
+    /// The file.
+    pub file: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+fn err(file: &Path, problem: impl Into<String>) -> ManifestError {
+    ManifestError {
+        file: file.display().to_string(),
+        problem: problem.into(),
+    }
+}
+
+/// Parses every `*.yaml`/`*.yml` in `dir` (sorted), skipping documents of
+/// other kinds. Code is not materialised yet.
+pub fn parse_dir(dir: &Path) -> Result<Vec<(PathBuf, Function)>, ManifestError> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| err(dir, format!("cannot read directory: {e}")))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .and_then(|x| x.to_str())
+                    .is_some_and(|x| x == "yaml" || x == "yml")
+        })
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for file in files {
+        let text =
+            std::fs::read_to_string(&file).map_err(|e| err(&file, format!("cannot read: {e}")))?;
+        for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+            let value = serde_yaml::Value::deserialize(doc)
+                .map_err(|e| err(&file, format!("document {}: invalid YAML: {e}", i + 1)))?;
+            if value.is_null() {
+                continue;
+            }
+            let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+            let api_version = value
+                .get("apiVersion")
+                .and_then(|k| k.as_str())
+                .unwrap_or("");
+            if kind != "Function" || !api_version.starts_with("porchlight.dev/") {
+                tracing::debug!(file = %file.display(), kind, "skipping a document that is not a porchlight.dev Function");
+                continue;
+            }
+            let function: Function = serde_yaml::from_value(value)
+                .map_err(|e| err(&file, format!("document {}: {e}", i + 1)))?;
+            out.push((file.clone(), function));
+        }
+    }
+    Ok(out)
+}
+
+/// Validates the functions and writes inline code under `code_dir`.
+pub fn load_dir(dir: &Path, code_dir: &Path) -> Result<Vec<LoadedFunction>, ManifestError> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for (file, function) in parse_dir(dir)? {
+        let name = function
+            .metadata
+            .name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| err(&file, "metadata.name is missing"))?;
+        if !valid_name(&name) {
+            return Err(err(
+                &file,
+                format!("metadata.name '{name}' must be a DNS label (a-z, 0-9, '-')"),
+            ));
+        }
+        let namespace = function
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        if !seen.insert(name.clone()) {
+            return Err(err(&file, format!("function '{name}' is defined twice")));
+        }
+        let spec = function.spec;
+        let settings = spec.validate().map_err(|problems| {
+            err(&file, format!("function '{name}': {}", problems.join("; ")))
+        })?;
+        let task_root = materialise(&file, &name, &spec, code_dir)?;
+        out.push(LoadedFunction {
+            key: FunctionKey::new(namespace, name),
+            spec,
+            settings,
+            task_root,
+            file,
+        });
+    }
+    Ok(out)
+}
+
+fn valid_name(name: &str) -> bool {
+    name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+fn materialise(
+    file: &Path,
+    name: &str,
+    spec: &FunctionSpec,
+    code_dir: &Path,
+) -> Result<PathBuf, ManifestError> {
+    let code = &spec.code;
+    if let Some(path) = &code.path {
+        let base = file.parent().unwrap_or(Path::new("."));
+        let root = base.join(path);
+        if !root.is_dir() {
+            return Err(err(
+                file,
+                format!("function '{name}': spec.code.path '{path}' is not a directory"),
+            ));
+        }
+        return root
+            .canonicalize()
+            .map_err(|e| err(file, format!("function '{name}': spec.code.path: {e}")));
+    }
+    let Some(source) = &code.inline else {
+        return Err(err(
+            file,
+            format!(
+                "function '{name}': local mode runs only inline or path code (configMap and image need the cluster)"
+            ),
+        ));
+    };
+    let root = code_dir.join(name);
+    std::fs::create_dir_all(&root)
+        .map_err(|e| err(file, format!("cannot create {}: {e}", root.display())))?;
+    let target = if spec.runtime == "provided" {
+        root.join("bootstrap")
+    } else {
+        let handler = spec.handler.as_deref().unwrap_or("");
+        let module = handler.rsplit_once('.').map(|(m, _)| m).unwrap_or(handler);
+        if module.is_empty() || module.split('.').any(|p| p.is_empty() || p.contains('/')) {
+            return Err(err(
+                file,
+                format!("function '{name}': handler '{handler}' has no module part"),
+            ));
+        }
+        let rel: PathBuf = module.split('.').collect();
+        root.join(rel).with_extension("py")
+    };
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| err(file, format!("cannot create {}: {e}", parent.display())))?;
+    }
+    std::fs::write(&target, source)
+        .map_err(|e| err(file, format!("cannot write {}: {e}", target.display())))?;
+    if spec.runtime == "provided" {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| err(file, format!("cannot make bootstrap executable: {e}")))?;
+    }
+    Ok(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("porchlight-manifests-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("tmp");
+        d
+    }
+
+    #[test]
+    fn loads_multi_document_yaml_and_writes_inline_code() {
+        let dir = tmp("ok");
+        std::fs::write(
+            dir.join("fns.yaml"),
+            "apiVersion: porchlight.dev/v1alpha1\nkind: Function\nmetadata: {name: a}\nspec:\n  handler: pkg.app.h\n  code: {inline: 'def h(e, c): return 1'}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n---\napiVersion: porchlight.dev/v1alpha1\nkind: Function\nmetadata: {name: b, namespace: team}\nspec:\n  handler: app.h\n  code: {inline: 'x'}\n",
+        )
+        .expect("write");
+        let code = dir.join("code");
+        let fns = load_dir(&dir, &code).expect("valid");
+        assert_eq!(fns.len(), 2);
+        assert_eq!(fns[0].key, FunctionKey::new("default", "a"));
+        assert_eq!(fns[1].key.namespace, "team");
+        assert!(code.join("a/pkg/app.py").is_file());
+        assert!(code.join("b/app.py").is_file());
+    }
+
+    #[test]
+    fn bad_manifest_names_file_and_problem() {
+        let dir = tmp("bad");
+        std::fs::write(
+            dir.join("bad.yml"),
+            "apiVersion: porchlight.dev/v1alpha1\nkind: Function\nmetadata: {name: bad}\nspec:\n  runtime: ruby\n  handler: app.h\n  code: {inline: 'x'}\n",
+        )
+        .expect("write");
+        let e = load_dir(&dir, &dir.join("code")).expect_err("invalid");
+        assert!(e.file.ends_with("bad.yml"));
+        assert!(e.problem.contains("spec.runtime"), "{e}");
+        assert!(!e.to_string().contains('\n'));
+    }
+}

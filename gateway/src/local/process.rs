@@ -1,0 +1,150 @@
+//! One local execution environment: a `porchlight-gateway runtime ...` child
+//! process (the embedded shim) in its own process group, on a free loopback port.
+
+use std::ffi::OsString;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+use super::manifests::LoadedFunction;
+
+/// How environments are started.
+#[derive(Clone, Debug)]
+pub struct Launcher {
+    /// Program to run.
+    pub program: PathBuf,
+    /// Arguments before the shim flags (`["runtime"]` for the embedded shim).
+    pub prefix: Vec<OsString>,
+}
+
+impl Launcher {
+    /// The embedded shim: this very binary with the hidden `runtime` subcommand.
+    pub fn embedded() -> std::io::Result<Self> {
+        Ok(Launcher {
+            program: std::env::current_exe()?,
+            prefix: vec!["runtime".into()],
+        })
+    }
+
+    /// A separate `porchlight-runtime` binary.
+    pub fn binary(path: PathBuf) -> Self {
+        Launcher {
+            program: path,
+            prefix: Vec::new(),
+        }
+    }
+}
+
+/// A free loopback port (closed again before use, so a small race remains;
+/// a lost race shows as a crashed environment and is replaced).
+pub fn free_port() -> std::io::Result<u16> {
+    let l = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
+    Ok(l.local_addr()?.port())
+}
+
+/// The environment process.
+pub struct EnvironmentProcess {
+    child: Child,
+    pgid: Option<Pid>,
+}
+
+impl EnvironmentProcess {
+    /// Starts the shim for `function` listening on `port`.
+    pub fn spawn(
+        launcher: &Launcher,
+        function: &LoadedFunction,
+        environment_id: &str,
+        port: u16,
+    ) -> std::io::Result<Self> {
+        let spec = &function.spec;
+        let mut cmd = Command::new(&launcher.program);
+        cmd.args(&launcher.prefix)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--function-name")
+            .arg(&function.key.name)
+            .arg("--runtime")
+            .arg(&spec.runtime)
+            .arg("--task-root")
+            .arg(&function.task_root)
+            .arg("--timeout-seconds")
+            .arg(spec.timeout_seconds.to_string())
+            .arg("--memory-mib")
+            .arg(spec.memory_mib.to_string())
+            .arg("--concurrency")
+            .arg(spec.concurrency.to_string())
+            .arg("--environment-id")
+            .arg(environment_id);
+        if let Some(h) = &spec.handler {
+            cmd.arg("--handler").arg(h);
+        }
+        cmd.envs(&spec.env)
+            .env("PORCHLIGHT_PARENT_PID", std::process::id().to_string())
+            .stdin(std::process::Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true);
+        let child = cmd.spawn()?;
+        let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+        Ok(EnvironmentProcess { child, pgid })
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        self.child.wait().await
+    }
+
+    /// SIGTERM to the group, then SIGKILL after `grace`.
+    pub async fn stop(&mut self, grace: Duration) {
+        if let Some(pgid) = self.pgid {
+            let _ = killpg(pgid, Signal::SIGTERM);
+        }
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
+            self.kill();
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await;
+        }
+        // Whatever the shim left in its group.
+        self.kill();
+    }
+
+    /// SIGKILL to the group at once.
+    pub fn kill(&mut self) {
+        if let Some(pgid) = self.pgid {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for EnvironmentProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Entry of the hidden `runtime` subcommand: arranges to receive SIGTERM when
+/// the gateway dies, then runs the shim.
+pub fn run_embedded_shim(args: Vec<OsString>) -> std::process::ExitCode {
+    #[cfg(target_os = "linux")]
+    {
+        // The kernel signals us when the thread that spawned us exits; the
+        // gateway spawns from long-lived runtime worker threads.
+        let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
+        if let Some(parent) = std::env::var("PORCHLIGHT_PARENT_PID")
+            .ok()
+            .and_then(|p| p.parse::<i32>().ok())
+            && nix::unistd::getppid().as_raw() != parent
+        {
+            // The gateway died before the death signal was armed.
+            return std::process::ExitCode::from(1);
+        }
+    }
+    let argv = std::iter::once(OsString::from("porchlight-runtime")).chain(args);
+    porchlight_runtime::cli_main_from(argv)
+}

@@ -1,0 +1,5 @@
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    porchlight_gateway::cli::main_from_args(std::env::args_os().collect())
+}

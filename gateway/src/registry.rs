@@ -1,0 +1,617 @@
+//! Per-function state: the queue of waiting invocations, the environments an
+//! invocation can be dispatched to, and the counters the reports are made of.
+//!
+//! Environment sources (local processes, Kubernetes pods) only call
+//! [`FunctionEntry::add_environment`], [`FunctionEntry::drain_environment`] and
+//! [`FunctionEntry::remove_environment`]; the data path only calls
+//! [`FunctionEntry::acquire`]. Locks are `std` mutexes held for a few
+//! instructions, never across `.await`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use porchlight_api::function::ScalingSettings;
+use porchlight_api::{FunctionKey, FunctionSpec};
+use tokio::sync::{Notify, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::error::GatewayError;
+
+/// A ready environment as the data path sees it.
+#[derive(Clone, Debug)]
+pub struct EnvironmentInfo {
+    /// Unique id (pod name, or `<function>-<n>` locally).
+    pub id: Arc<str>,
+    /// Base URL of the shim, e.g. `http://127.0.0.1:41234`.
+    pub base_url: Arc<str>,
+    /// Events it takes at once.
+    pub capacity: u32,
+}
+
+#[derive(Debug)]
+struct Environment {
+    info: EnvironmentInfo,
+    in_flight: u32,
+    draining: bool,
+    last_used: Instant,
+    drained: Arc<Notify>,
+}
+
+/// A slot on an environment, handed to a waiting invocation.
+#[derive(Debug)]
+struct Grant {
+    env: EnvironmentInfo,
+}
+
+struct Waiter {
+    id: u64,
+    tx: oneshot::Sender<Grant>,
+}
+
+#[derive(Default)]
+struct DispatchState {
+    environments: Vec<Environment>,
+    waiters: VecDeque<Waiter>,
+    next_waiter: u64,
+}
+
+/// Queue and dispatch settings shared by every function.
+#[derive(Clone, Debug)]
+pub struct DispatchConfig {
+    /// Invocations that may wait per function.
+    pub queue_depth: usize,
+    /// Added to the function timeout to bound how long an invocation waits
+    /// for an environment (covers a cold start).
+    pub cold_start_allowance: Duration,
+    /// Async events accepted but not finished, per function.
+    pub async_queue_depth: usize,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            queue_depth: 1000,
+            cold_start_allowance: Duration::from_secs(10),
+            async_queue_depth: 1000,
+        }
+    }
+}
+
+/// Counters of one function (monotonic, for reports).
+#[derive(Default, Debug)]
+pub struct FunctionCounters {
+    /// Invocations accepted.
+    pub invocations: AtomicU64,
+    /// Async events accepted and not yet finished (queued, running or waiting to retry).
+    pub async_pending: AtomicU64,
+    /// Async events waiting to be dispatched (not in backoff).
+    pub async_waiting: AtomicU64,
+    /// Environments the scaler wants (set by the environment source).
+    pub desired: AtomicU64,
+    /// Environments starting (set by the environment source).
+    pub starting: AtomicU64,
+}
+
+/// A function known to the gateway.
+pub struct FunctionEntry {
+    /// Namespace and name.
+    pub key: FunctionKey,
+    /// The spec as applied.
+    pub spec: FunctionSpec,
+    /// Parsed scaling settings.
+    pub settings: ScalingSettings,
+    /// Counters.
+    pub counters: FunctionCounters,
+    dispatch: Mutex<DispatchState>,
+    queue_depth: usize,
+    demand: Arc<DemandSignal>,
+    /// Async events for this function (set once by the async dispatcher).
+    pub(crate) async_tx: Mutex<Option<tokio::sync::mpsc::Sender<crate::async_invoke::AsyncEvent>>>,
+}
+
+/// Load of one function at one instant.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LoadSnapshot {
+    /// Dispatched and not answered.
+    pub in_flight: u32,
+    /// Waiting for an environment, plus async events waiting for dispatch.
+    pub queued: u32,
+    /// Environments taking events.
+    pub ready: u32,
+    /// Environments finishing their last events before they stop.
+    pub draining: u32,
+}
+
+impl LoadSnapshot {
+    /// In flight plus queued.
+    pub fn concurrency(&self) -> u32 {
+        self.in_flight + self.queued
+    }
+}
+
+/// Signals demand at zero to whoever scales (the local scaler, the report long-poll).
+#[derive(Debug)]
+pub struct DemandSignal {
+    tx: watch::Sender<u64>,
+    poked: Mutex<Vec<String>>,
+}
+
+impl DemandSignal {
+    fn new() -> Self {
+        DemandSignal {
+            tx: watch::channel(0).0,
+            poked: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Records demand for `function` at zero and wakes subscribers.
+    pub fn poke(&self, function: &str) {
+        {
+            let mut poked = lock(&self.poked);
+            if poked.len() < 10_000 && !poked.iter().any(|p| p == function) {
+                poked.push(function.to_string());
+            }
+        }
+        self.tx.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that changes at every poke.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.tx.subscribe()
+    }
+
+    /// Functions poked since the last call.
+    pub fn take_poked(&self) -> Vec<String> {
+        std::mem::take(&mut *lock(&self.poked))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A slot on an environment. Dropping it frees the slot and hands it to the
+/// next waiter.
+pub struct Lease {
+    entry: Arc<FunctionEntry>,
+    env: EnvironmentInfo,
+    released: bool,
+}
+
+impl Lease {
+    /// The environment this lease is on.
+    pub fn environment(&self) -> &EnvironmentInfo {
+        &self.env
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if !self.released {
+            self.released = true;
+            self.entry.release(&self.env.id);
+        }
+    }
+}
+
+impl FunctionEntry {
+    fn new(
+        key: FunctionKey,
+        spec: FunctionSpec,
+        settings: ScalingSettings,
+        config: &DispatchConfig,
+        demand: Arc<DemandSignal>,
+    ) -> Self {
+        FunctionEntry {
+            key,
+            spec,
+            settings,
+            counters: FunctionCounters::default(),
+            dispatch: Mutex::new(DispatchState::default()),
+            queue_depth: config.queue_depth,
+            demand,
+            async_tx: Mutex::new(None),
+        }
+    }
+
+    /// The function's name.
+    pub fn name(&self) -> &str {
+        &self.key.name
+    }
+
+    /// Current load.
+    pub fn load(&self) -> LoadSnapshot {
+        let st = lock(&self.dispatch);
+        let mut snap = LoadSnapshot {
+            queued: st.waiters.len() as u32,
+            ..LoadSnapshot::default()
+        };
+        for e in &st.environments {
+            snap.in_flight += e.in_flight;
+            if e.draining {
+                snap.draining += 1;
+            } else {
+                snap.ready += 1;
+            }
+        }
+        drop(st);
+        snap.queued += self.counters.async_waiting.load(Ordering::Relaxed) as u32;
+        snap
+    }
+
+    /// Ids of routable environments, most recently used first, with in flight counts.
+    pub fn environments_by_recency(&self) -> Vec<(Arc<str>, u32)> {
+        let st = lock(&self.dispatch);
+        let mut v: Vec<_> = st
+            .environments
+            .iter()
+            .filter(|e| !e.draining)
+            .map(|e| (e.last_used, e.info.id.clone(), e.in_flight))
+            .collect();
+        drop(st);
+        v.sort_by(|a, b| b.0.cmp(&a.0));
+        v.into_iter().map(|(_, id, n)| (id, n)).collect()
+    }
+
+    /// Adds a ready environment and hands its slots to waiting invocations.
+    pub fn add_environment(&self, info: EnvironmentInfo) {
+        let mut st = lock(&self.dispatch);
+        if st.environments.iter().any(|e| e.info.id == info.id) {
+            return;
+        }
+        st.environments.push(Environment {
+            info,
+            in_flight: 0,
+            draining: false,
+            last_used: Instant::now(),
+            drained: Arc::new(Notify::new()),
+        });
+        let idx = st.environments.len() - 1;
+        Self::hand_out(&mut st, idx);
+    }
+
+    /// Stops routing to an environment. The returned future completes once it
+    /// has nothing in flight (at once if it is unknown).
+    pub fn drain_environment(&self, id: &str) -> impl Future<Output = ()> + Send + 'static {
+        let notify = {
+            let mut st = lock(&self.dispatch);
+            match st.environments.iter_mut().find(|e| &*e.info.id == id) {
+                Some(e) => {
+                    e.draining = true;
+                    (e.in_flight > 0).then(|| e.drained.clone())
+                }
+                None => None,
+            }
+        };
+        async move {
+            if let Some(n) = notify {
+                n.notified().await;
+            }
+        }
+    }
+
+    /// Forgets an environment (stopped or crashed).
+    pub fn remove_environment(&self, id: &str) {
+        let mut st = lock(&self.dispatch);
+        if let Some(pos) = st.environments.iter().position(|e| &*e.info.id == id) {
+            let e = st.environments.swap_remove(pos);
+            e.drained.notify_one();
+        }
+    }
+
+    /// Stops routing to an environment that failed (connection refused).
+    pub fn mark_unreachable(&self, id: &str) {
+        let mut st = lock(&self.dispatch);
+        if let Some(e) = st.environments.iter_mut().find(|e| &*e.info.id == id) {
+            e.draining = true;
+        }
+    }
+
+    fn release(&self, id: &str) {
+        let mut st = lock(&self.dispatch);
+        let Some(idx) = st.environments.iter().position(|e| &*e.info.id == id) else {
+            return;
+        };
+        {
+            let e = &mut st.environments[idx];
+            e.in_flight = e.in_flight.saturating_sub(1);
+            e.last_used = Instant::now();
+            if e.draining && e.in_flight == 0 {
+                e.drained.notify_one();
+            }
+        }
+        Self::hand_out(&mut st, idx);
+    }
+
+    /// Gives free slots of environment `idx` to waiters, oldest first.
+    fn hand_out(st: &mut DispatchState, idx: usize) {
+        loop {
+            let e = &st.environments[idx];
+            if e.draining || e.in_flight >= e.info.capacity {
+                return;
+            }
+            let Some(waiter) = st.waiters.pop_front() else {
+                return;
+            };
+            let grant = Grant {
+                env: e.info.clone(),
+            };
+            if waiter.tx.send(grant).is_ok() {
+                let e = &mut st.environments[idx];
+                e.in_flight += 1;
+                e.last_used = Instant::now();
+            }
+        }
+    }
+
+    /// Takes a free slot at once, preferring the most recently used environment.
+    fn try_take(st: &mut DispatchState) -> Option<EnvironmentInfo> {
+        let best = st
+            .environments
+            .iter_mut()
+            .filter(|e| !e.draining && e.in_flight < e.info.capacity)
+            .max_by_key(|e| e.last_used)?;
+        best.in_flight += 1;
+        best.last_used = Instant::now();
+        Some(best.info.clone())
+    }
+
+    /// How long an invocation may wait for an environment.
+    pub fn wait_bound(&self, config: &DispatchConfig) -> Duration {
+        Duration::from_secs(u64::from(self.spec.timeout_seconds)) + config.cold_start_allowance
+    }
+
+    /// Waits for a slot on an environment, up to `deadline`. Refuses at once
+    /// when the queue is full; signals demand at once when the function has no
+    /// environment.
+    pub async fn acquire(self: &Arc<Self>, deadline: Instant) -> Result<Lease, GatewayError> {
+        let (waiter_id, rx, at_zero) = {
+            let mut st = lock(&self.dispatch);
+            if let Some(env) = Self::try_take(&mut st) {
+                return Ok(self.lease(env));
+            }
+            if st.waiters.len() >= self.queue_depth {
+                return Err(GatewayError::Throttled {
+                    retry_after: Duration::from_secs(1),
+                    reason: "ConcurrentInvocationLimitExceeded",
+                });
+            }
+            let (tx, rx) = oneshot::channel();
+            let id = st.next_waiter;
+            st.next_waiter += 1;
+            st.waiters.push_back(Waiter { id, tx });
+            let at_zero = !st.environments.iter().any(|e| !e.draining);
+            (id, rx, at_zero)
+        };
+        if at_zero {
+            self.demand.poke(self.name());
+        }
+        let mut rx = rx;
+        match tokio::time::timeout_at(deadline, &mut rx).await {
+            Ok(Ok(grant)) => Ok(self.lease(grant.env)),
+            Ok(Err(_)) => Err(GatewayError::ShuttingDown),
+            Err(_) => {
+                let had_ready = {
+                    let mut st = lock(&self.dispatch);
+                    st.waiters.retain(|w| w.id != waiter_id);
+                    st.environments.iter().any(|e| !e.draining)
+                };
+                // A grant may have arrived between the timeout and the lock.
+                if let Ok(grant) = rx.try_recv() {
+                    return Ok(self.lease(grant.env));
+                }
+                if had_ready {
+                    Err(GatewayError::Throttled {
+                        retry_after: Duration::from_secs(1),
+                        reason: "ConcurrentInvocationLimitExceeded",
+                    })
+                } else {
+                    Err(GatewayError::Unavailable {
+                        retry_after: Duration::from_secs(2),
+                    })
+                }
+            }
+        }
+    }
+
+    fn lease(self: &Arc<Self>, env: EnvironmentInfo) -> Lease {
+        Lease {
+            entry: self.clone(),
+            env,
+            released: false,
+        }
+    }
+
+    /// Fails every waiter (shutdown).
+    pub fn close_waiters(&self) {
+        lock(&self.dispatch).waiters.clear();
+    }
+}
+
+/// All functions this gateway serves.
+pub struct Registry {
+    functions: RwLock<HashMap<String, Arc<FunctionEntry>>>,
+    config: DispatchConfig,
+    demand: Arc<DemandSignal>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new(config: DispatchConfig) -> Self {
+        Registry {
+            functions: RwLock::new(HashMap::new()),
+            config,
+            demand: Arc::new(DemandSignal::new()),
+        }
+    }
+
+    /// Queue settings.
+    pub fn config(&self) -> &DispatchConfig {
+        &self.config
+    }
+
+    /// The demand signal (pokes for functions at zero).
+    pub fn demand(&self) -> &Arc<DemandSignal> {
+        &self.demand
+    }
+
+    /// Adds or replaces a function. Replacing keeps nothing of the old entry
+    /// (its environments belong to the old spec).
+    pub fn upsert(
+        &self,
+        key: FunctionKey,
+        spec: FunctionSpec,
+        settings: ScalingSettings,
+    ) -> Arc<FunctionEntry> {
+        let entry = Arc::new(FunctionEntry::new(
+            key.clone(),
+            spec,
+            settings,
+            &self.config,
+            self.demand.clone(),
+        ));
+        self.functions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.name.clone(), entry.clone());
+        entry
+    }
+
+    /// Removes a function.
+    pub fn remove(&self, name: &str) -> Option<Arc<FunctionEntry>> {
+        self.functions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+    }
+
+    /// Looks a function up by name.
+    pub fn get(&self, name: &str) -> Option<Arc<FunctionEntry>> {
+        self.functions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Every function, sorted by name.
+    pub fn all(&self) -> Vec<Arc<FunctionEntry>> {
+        let mut v: Vec<_> = self
+            .functions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.key.name.cmp(&b.key.name));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(depth: usize) -> (Registry, Arc<FunctionEntry>) {
+        let spec: FunctionSpec =
+            serde_yaml::from_str("handler: app.h\ncode: {inline: 'x'}\ntimeoutSeconds: 1\n")
+                .expect("spec");
+        let settings = spec.validate().expect("valid");
+        let reg = Registry::new(DispatchConfig {
+            queue_depth: depth,
+            ..DispatchConfig::default()
+        });
+        let e = reg.upsert(FunctionKey::new("default", "f"), spec, settings);
+        (reg, e)
+    }
+
+    fn env(id: &str, capacity: u32) -> EnvironmentInfo {
+        EnvironmentInfo {
+            id: id.into(),
+            base_url: format!("http://127.0.0.1/{id}").into(),
+            capacity,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_at_zero_pokes_and_is_served_when_an_environment_arrives() {
+        let (reg, e) = entry(10);
+        let mut pokes = reg.demand().subscribe();
+        let e2 = e.clone();
+        let task = tokio::spawn(async move {
+            let lease = e2.acquire(Instant::now() + Duration::from_secs(5)).await?;
+            Ok::<_, GatewayError>(lease.environment().id.to_string())
+        });
+        pokes.changed().await.expect("poked");
+        assert_eq!(reg.demand().take_poked(), vec!["f".to_string()]);
+        assert_eq!(e.load().queued, 1);
+        e.add_environment(env("a", 1));
+        assert_eq!(task.await.expect("join").expect("lease"), "a");
+        assert_eq!(
+            e.load(),
+            LoadSnapshot {
+                in_flight: 0,
+                queued: 0,
+                ready: 1,
+                draining: 0
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_queue_is_refused_and_deadline_gives_503_at_zero() {
+        let (_reg, e) = entry(1);
+        let e2 = e.clone();
+        let waiting = tokio::spawn(async move {
+            e2.acquire(Instant::now() + Duration::from_secs(2))
+                .await
+                .map(|_| ())
+        });
+        tokio::task::yield_now().await;
+        let refused = e.acquire(Instant::now() + Duration::from_secs(2)).await;
+        assert!(matches!(refused, Err(GatewayError::Throttled { .. })));
+        let timed_out = waiting.await.expect("join");
+        assert!(matches!(timed_out, Err(GatewayError::Unavailable { .. })));
+        assert_eq!(e.load().queued, 0, "a timed-out waiter leaves the queue");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn prefers_most_recently_used_and_respects_capacity() {
+        let (_reg, e) = entry(10);
+        e.add_environment(env("old", 1));
+        tokio::time::advance(Duration::from_millis(10)).await;
+        e.add_environment(env("new", 1));
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let l1 = e.acquire(deadline).await.expect("lease");
+        assert_eq!(&*l1.environment().id, "new");
+        let l2 = e.acquire(deadline).await.expect("lease");
+        assert_eq!(&*l2.environment().id, "old");
+        drop(l2);
+        tokio::time::advance(Duration::from_millis(10)).await;
+        drop(l1);
+        // "new" was released last, so it is preferred again.
+        let l3 = e.acquire(deadline).await.expect("lease");
+        assert_eq!(&*l3.environment().id, "new");
+        // Both full: the next one waits and, with environments ready, is throttled.
+        let _l4 = e.acquire(deadline).await.expect("lease");
+        let r = e.acquire(deadline).await;
+        assert!(matches!(r, Err(GatewayError::Throttled { .. })));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn draining_environment_gets_nothing_new_and_signals_when_empty() {
+        let (_reg, e) = entry(10);
+        e.add_environment(env("a", 2));
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let lease = e.acquire(deadline).await.expect("lease");
+        let drained = e.drain_environment("a");
+        let r = e.acquire(deadline).await;
+        assert!(matches!(r, Err(GatewayError::Unavailable { .. })));
+        let mut drained = Box::pin(drained);
+        assert!(futures::poll!(drained.as_mut()).is_pending());
+        drop(lease);
+        drained.await;
+    }
+}

@@ -1,0 +1,575 @@
+//! HTTP routes: the Lambda Invoke API, the triggers, and the ops surface.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::{Value, json};
+
+use crate::async_invoke;
+use crate::error::{GatewayError, function_arn};
+use crate::events::{apigw, cloudevents, decode_query_component, s3};
+use crate::gateway::{ASYNC_PAYLOAD_LIMIT, Gateway, SYNC_PAYLOAD_LIMIT, TriggerKind};
+use crate::registry::FunctionEntry;
+
+type Gw = State<Arc<Gateway>>;
+
+/// The gateway's router.
+pub fn app(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/2015-03-31/functions/{name}/invocations", post(invoke))
+        .route("/2015-03-31/functions/{name}", get(get_function))
+        .route("/2015-03-31/functions", get(list_functions))
+        .route("/2015-03-31/functions/", get(list_functions))
+        .route("/http/{name}", any(http_trigger))
+        .route("/http/{name}/", any(http_trigger))
+        .route("/http/{name}/{*path}", any(http_trigger))
+        .route("/events/s3", post(s3_notification))
+        .route("/events/cloudevents", post(cloud_event))
+        .route("/v1/dead-letters", get(dead_letters))
+        .route("/v1/functions", get(functions_status))
+        .route(porchlight_api::stats::REPORT_PATH, get(concurrency))
+        .route("/live", get(|| async { "ok" }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { GatewayError::RouteNotFound("No route matches this request.".into()) })
+        .with_state(gateway)
+}
+
+fn request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Reads a body up to `limit` bytes, answering 413 beyond it.
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, GatewayError> {
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        && len > limit
+    {
+        return Err(GatewayError::TooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(GatewayError::TooLarge { limit })
+        }
+        Err(_) => Err(GatewayError::InvalidParameter(
+            "Could not read the request body.".into(),
+        )),
+    }
+}
+
+/// Splits `NAME`, `NAME:QUALIFIER`, `ACCOUNT:function:NAME[:Q]` and full ARNs.
+pub fn parse_function_name(raw: &str) -> (String, Option<String>) {
+    let rest = match raw.find("function:") {
+        Some(i) if raw.starts_with("arn:") || raw[..i].ends_with(':') => {
+            &raw[i + "function:".len()..]
+        }
+        _ => raw,
+    };
+    match rest.split_once(':') {
+        Some((name, q)) => (name.to_string(), Some(q.to_string())),
+        None => (rest.to_string(), None),
+    }
+}
+
+fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    query?.split('&').find_map(|p| {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        (decode_query_component(k) == key).then(|| decode_query_component(v))
+    })
+}
+
+fn lookup(
+    gw: &Gateway,
+    raw_name: &str,
+    query: Option<&str>,
+) -> Result<Arc<FunctionEntry>, GatewayError> {
+    let (name, qualifier) = parse_function_name(raw_name);
+    let qualifier = qualifier.or_else(|| query_param(query, "Qualifier"));
+    match qualifier.as_deref() {
+        None | Some("$LATEST") => gw.function(&name),
+        Some(q) => Err(GatewayError::FunctionNotFound {
+            arn: format!("{}:{q}", function_arn(&name)),
+        }),
+    }
+}
+
+fn lambda_headers(response: &mut Response, request_id: &str) {
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert("x-amzn-requestid", v);
+    }
+}
+
+fn with_request_id(e: GatewayError, request_id: &str) -> Response {
+    let mut r = e.into_response();
+    lambda_headers(&mut r, request_id);
+    r
+}
+
+async fn invoke(
+    State(gw): Gw,
+    Path(raw_name): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let request_id = request_id();
+    let result = invoke_inner(
+        &gw,
+        &raw_name,
+        query.as_deref(),
+        &headers,
+        body,
+        &request_id,
+    )
+    .await;
+    match result {
+        Ok(r) => r,
+        Err(e) => with_request_id(e, &request_id),
+    }
+}
+
+async fn invoke_inner(
+    gw: &Arc<Gateway>,
+    raw_name: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+    request_id: &str,
+) -> Result<Response, GatewayError> {
+    let entry = lookup(gw, raw_name, query)?;
+    let invocation_type = headers
+        .get("x-amz-invocation-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("RequestResponse");
+    let limit = match invocation_type {
+        "RequestResponse" | "DryRun" => SYNC_PAYLOAD_LIMIT,
+        "Event" => ASYNC_PAYLOAD_LIMIT,
+        other => {
+            return Err(GatewayError::InvalidParameter(format!(
+                "1 validation error detected: Value '{other}' at 'invocationType' failed to satisfy constraint: Member must satisfy enum value set: [Event, RequestResponse, DryRun]"
+            )));
+        }
+    };
+    let payload = read_body(headers, body, limit).await?;
+    let payload = if payload.iter().all(u8::is_ascii_whitespace) {
+        Bytes::from_static(b"{}")
+    } else {
+        payload
+    };
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&payload) {
+        return Err(GatewayError::InvalidJson(e.to_string()));
+    }
+    let mut response = match invocation_type {
+        "DryRun" => StatusCode::NO_CONTENT.into_response(),
+        "Event" => {
+            async_invoke::enqueue(
+                gw,
+                &entry,
+                payload,
+                request_id.to_string(),
+                TriggerKind::Event,
+            )?;
+            StatusCode::ACCEPTED.into_response()
+        }
+        _ => {
+            let result = gw
+                .invoke(&entry, payload, request_id, TriggerKind::Invoke)
+                .await?;
+            let mut r = (StatusCode::OK, result.body).into_response();
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            if let Some(fe) = result
+                .function_error
+                .as_deref()
+                .and_then(|v| HeaderValue::from_str(v).ok())
+            {
+                h.insert("x-amz-function-error", fe);
+            }
+            if headers
+                .get("x-amz-log-type")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"tail"))
+            {
+                let log = format!(
+                    "START RequestId: {request_id} Version: $LATEST\nEND RequestId: {request_id}\nREPORT RequestId: {request_id}\tEnvironment: {}\n",
+                    result.environment
+                );
+                let encoded = base64::engine::general_purpose::STANDARD.encode(log);
+                if let Ok(v) = HeaderValue::from_str(&encoded) {
+                    h.insert("x-amz-log-result", v);
+                }
+            }
+            r
+        }
+    };
+    lambda_headers(&mut response, request_id);
+    response.headers_mut().insert(
+        "x-amz-executed-version",
+        HeaderValue::from_static("$LATEST"),
+    );
+    Ok(response)
+}
+
+fn configuration(entry: &FunctionEntry) -> Value {
+    let spec = &entry.spec;
+    let env: BTreeMap<_, _> = spec.env.iter().collect();
+    json!({
+        "FunctionName": entry.name(),
+        "FunctionArn": function_arn(entry.name()),
+        "Runtime": spec.runtime,
+        "Handler": spec.handler,
+        "Timeout": spec.timeout_seconds,
+        "MemorySize": spec.memory_mib,
+        "Version": "$LATEST",
+        "State": "Active",
+        "LastUpdateStatus": "Successful",
+        "PackageType": "Zip",
+        "Description": format!("{}/{}", entry.key.namespace, entry.key.name),
+        "Environment": { "Variables": env },
+    })
+}
+
+async fn get_function(
+    State(gw): Gw,
+    Path(raw_name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    match lookup(&gw, &raw_name, query.as_deref()) {
+        Ok(entry) => axum::Json(json!({
+            "Configuration": configuration(&entry),
+            "Code": { "RepositoryType": "Porchlight", "Location": "" },
+        }))
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn list_functions(State(gw): Gw) -> Response {
+    let functions: Vec<Value> = gw.registry.all().iter().map(|e| configuration(e)).collect();
+    axum::Json(json!({ "Functions": functions })).into_response()
+}
+
+// ---------------------------------------------------------------- HTTP trigger
+
+fn http_reply(reply: apigw::HttpReply) -> Response {
+    let mut builder = Response::builder().status(reply.status);
+    for (k, v) in &reply.headers {
+        builder = builder.header(k.as_str(), v.as_str());
+    }
+    builder
+        .body(Body::from(reply.body))
+        .unwrap_or_else(|_| http_reply(apigw::HttpReply::internal_server_error()))
+}
+
+async fn http_trigger(State(gw): Gw, request: Request) -> Response {
+    let request_id = request_id();
+    match http_trigger_inner(&gw, request, &request_id).await {
+        Ok(r) => r,
+        Err(e) => with_request_id(e, &request_id),
+    }
+}
+
+async fn http_trigger_inner(
+    gw: &Arc<Gateway>,
+    request: Request,
+    request_id: &str,
+) -> Result<Response, GatewayError> {
+    let (parts, body) = request.into_parts();
+    let full = parts.uri.path();
+    let rest = full.strip_prefix("/http/").unwrap_or("");
+    let (raw_name, sub) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let name = decode_query_component(raw_name);
+    let entry = gw.function(&name)?;
+    let Some(trigger) = entry.spec.http_trigger() else {
+        return Err(GatewayError::RouteNotFound(format!(
+            "Function {name} has no http trigger."
+        )));
+    };
+    let format = trigger.payload_format;
+    let body = read_body(&parts.headers, body, SYNC_PAYLOAD_LIMIT).await?;
+    let source_ip = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let proxy = sub.strip_prefix('/').filter(|p| !p.is_empty());
+    let protocol = format!("{:?}", parts.version);
+    let req = apigw::HttpRequestParts {
+        method: parts.method.as_str(),
+        path: sub,
+        proxy,
+        query: parts.uri.query().unwrap_or(""),
+        headers: &parts.headers,
+        body: &body,
+        source_ip: &source_ip,
+        request_id,
+        protocol: &protocol,
+        now: time::OffsetDateTime::now_utc(),
+    };
+    let event = apigw::request_event(format, &req);
+    let payload = Bytes::from(serde_json::to_vec(&event).unwrap_or_default());
+    let result = gw
+        .invoke(&entry, payload, request_id, TriggerKind::Http)
+        .await?;
+    if result.function_error.is_some() {
+        tracing::info!(
+            request_id,
+            function = entry.name(),
+            "function error behind the http trigger"
+        );
+        return Ok(http_reply(apigw::HttpReply::internal_server_error()));
+    }
+    match apigw::response_from_result(format, &result.body) {
+        Ok(reply) => Ok(http_reply(reply)),
+        Err(apigw::Malformed(why)) => {
+            tracing::warn!(
+                request_id,
+                function = entry.name(),
+                problem = why,
+                "Execution failed due to configuration error: Malformed Lambda proxy response"
+            );
+            Ok(http_reply(apigw::HttpReply::internal_server_error()))
+        }
+    }
+}
+
+// ------------------------------------------------------------ async triggers
+
+/// Enqueues one event for several functions; returns per-function counts.
+fn fan_out(
+    gw: &Arc<Gateway>,
+    targets: Vec<(Arc<FunctionEntry>, Value)>,
+    trigger: TriggerKind,
+) -> (
+    BTreeMap<String, u32>,
+    BTreeMap<String, u32>,
+    Option<GatewayError>,
+) {
+    let mut queued: BTreeMap<String, u32> = BTreeMap::new();
+    let mut refused: BTreeMap<String, u32> = BTreeMap::new();
+    let mut last_err = None;
+    for (entry, event) in targets {
+        let payload = Bytes::from(serde_json::to_vec(&event).unwrap_or_default());
+        let name = entry.name().to_string();
+        if payload.len() > ASYNC_PAYLOAD_LIMIT {
+            *refused.entry(name).or_default() += 1;
+            last_err = Some(GatewayError::TooLarge {
+                limit: ASYNC_PAYLOAD_LIMIT,
+            });
+            continue;
+        }
+        match async_invoke::enqueue(gw, &entry, payload, request_id(), trigger) {
+            Ok(()) => *queued.entry(name).or_default() += 1,
+            Err(e) => {
+                *refused.entry(name).or_default() += 1;
+                last_err = Some(e);
+            }
+        }
+    }
+    (queued, refused, last_err)
+}
+
+fn accepted(
+    queued: BTreeMap<String, u32>,
+    refused: BTreeMap<String, u32>,
+    unmatched: u32,
+    err: Option<GatewayError>,
+) -> Response {
+    let body = json!({ "queued": queued, "refused": refused, "unmatched": unmatched });
+    match err {
+        None => (StatusCode::ACCEPTED, axum::Json(body)).into_response(),
+        Some(e) => {
+            let mut r = e.clone().into_response();
+            let mut merged: Value = serde_json::from_str(&e.body()).unwrap_or(Value::Null);
+            merged["queued"] = body["queued"].clone();
+            merged["refused"] = body["refused"].clone();
+            *r.body_mut() = Body::from(merged.to_string());
+            r
+        }
+    }
+}
+
+async fn s3_notification(State(gw): Gw, headers: HeaderMap, body: Body) -> Response {
+    let body = match read_body(&headers, body, SYNC_PAYLOAD_LIMIT).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let records = match s3::parse_notification(&body) {
+        Ok(r) => r,
+        Err(why) => return GatewayError::InvalidJson(why).into_response(),
+    };
+    let functions = gw.registry.all();
+    let mut targets = Vec::new();
+    let mut unmatched = 0;
+    for record in &records {
+        let before = targets.len();
+        for f in &functions {
+            if f.spec
+                .triggers
+                .iter()
+                .filter_map(|t| t.s3.as_ref())
+                .any(|t| s3::trigger_matches(t, record))
+            {
+                targets.push((f.clone(), record.event()));
+            }
+        }
+        if targets.len() == before {
+            unmatched += 1;
+        }
+    }
+    let (queued, refused, err) = fan_out(&gw, targets, TriggerKind::S3);
+    accepted(queued, refused, unmatched, err)
+}
+
+async fn cloud_event(State(gw): Gw, headers: HeaderMap, body: Body) -> Response {
+    let body = match read_body(&headers, body, SYNC_PAYLOAD_LIMIT).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let events = match cloudevents::parse_request(&headers, &body) {
+        Ok(e) => e,
+        Err(why) => return GatewayError::InvalidParameter(why).into_response(),
+    };
+    let functions = gw.registry.all();
+    let mut targets = Vec::new();
+    let mut unmatched = 0;
+    for ev in &events {
+        let before = targets.len();
+        for f in &functions {
+            if f.spec
+                .triggers
+                .iter()
+                .filter_map(|t| t.cloudevents.as_ref())
+                .any(|t| ev.matches(t))
+            {
+                targets.push((f.clone(), ev.to_json()));
+            }
+        }
+        if targets.len() == before {
+            unmatched += 1;
+        }
+    }
+    if targets.is_empty() {
+        return GatewayError::RouteNotFound(
+            "No function has a cloudevents trigger matching this event's type and source.".into(),
+        )
+        .into_response();
+    }
+    let (queued, refused, err) = fan_out(&gw, targets, TriggerKind::CloudEvents);
+    accepted(queued, refused, unmatched, err)
+}
+
+// ------------------------------------------------------------------------ ops
+
+async fn ready(State(gw): Gw) -> Response {
+    if gw.is_ready() {
+        "ready".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+async fn metrics(State(gw): Gw) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        gw.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn concurrency(State(gw): Gw, RawQuery(query): RawQuery) -> Response {
+    let q = query.as_deref();
+    let after = query_param(q, "after").and_then(|v| v.parse::<u64>().ok());
+    let wait_ms = query_param(q, "waitMs")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(1000);
+    let report = match after {
+        Some(after) => {
+            gw.reports
+                .wait_after(after, Duration::from_millis(wait_ms))
+                .await
+        }
+        None => gw.reports.latest(),
+    };
+    axum::Json(&*report).into_response()
+}
+
+async fn functions_status(State(gw): Gw) -> Response {
+    let functions: Vec<Value> = gw
+        .registry
+        .all()
+        .iter()
+        .map(|f| {
+            let load = f.load();
+            json!({
+                "namespace": f.key.namespace,
+                "name": f.key.name,
+                "desired": f.counters.desired.load(Ordering::Relaxed),
+                "starting": f.counters.starting.load(Ordering::Relaxed),
+                "ready": load.ready,
+                "draining": load.draining,
+                "inFlight": load.in_flight,
+                "queued": load.queued,
+                "asyncPending": f.counters.async_pending.load(Ordering::Relaxed),
+                "invocations": f.counters.invocations.load(Ordering::Relaxed),
+            })
+        })
+        .collect();
+    axum::Json(json!({ "functions": functions })).into_response()
+}
+
+async fn dead_letters(State(gw): Gw, RawQuery(query): RawQuery) -> Response {
+    let function = query_param(query.as_deref(), "function");
+    axum::Json(gw.dead_letters.list(function.as_deref())).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn function_names_in_every_form() {
+        assert_eq!(parse_function_name("hello"), ("hello".into(), None));
+        assert_eq!(
+            parse_function_name("hello:$LATEST"),
+            ("hello".into(), Some("$LATEST".into()))
+        );
+        assert_eq!(
+            parse_function_name("arn:aws:lambda:us-east-1:000000000000:function:hello"),
+            ("hello".into(), None)
+        );
+        assert_eq!(
+            parse_function_name("arn:aws:lambda:us-east-1:000000000000:function:hello:7"),
+            ("hello".into(), Some("7".into()))
+        );
+        assert_eq!(
+            parse_function_name("123456789012:function:hello"),
+            ("hello".into(), None)
+        );
+    }
+}
