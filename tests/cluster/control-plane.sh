@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Local Kubernetes control plane as plain processes on 127.0.0.1 (no Docker).
 #
-#   tests/cluster/control-plane.sh up     # etcd, kube-apiserver, kube-controller-manager,
-#                                         # kube-scheduler on free loopback ports; waits until ready
+#   tests/cluster/control-plane.sh up [--with-node]
+#                                         # etcd, kube-apiserver, kube-controller-manager,
+#                                         # kube-scheduler on free loopback ports; waits until ready;
+#                                         # --with-node: then node.sh up (kubelet + containerd, root)
 #   tests/cluster/control-plane.sh env    # prints `export KUBECONFIG=... PATH=...`
 #   tests/cluster/control-plane.sh down   # stops everything and deletes the state dir
 #   tests/cluster/control-plane.sh status
@@ -53,7 +55,10 @@ cmd_up() {
   fi
   rm -rf "$CLUSTER_DIR"
   mkdir -p "$CLUSTER_DIR"/{logs,pids,etcd}
-  trap 'log "up failed or interrupted: tearing down"; cmd_down; exit 1' ERR INT TERM
+  # die() exits, which skips ERR traps: tear down from an EXIT trap unless up finished.
+  UP_DONE=0
+  trap 'if ((UP_DONE == 0)); then log "up failed or interrupted: tearing down"; cmd_down; fi' EXIT
+  trap 'exit 130' INT TERM
   local t0=$SECONDS pki=$CLUSTER_DIR/pki
   gen_pki
 
@@ -128,8 +133,10 @@ EOF
   # Pods are refused until the service-account controller has made the default SA.
   wait_for "default service account" "$WAIT" kube-controller-manager \
     kubectl_admin -n default get serviceaccount default
-  trap - ERR INT TERM
-  log "control plane up in $((SECONDS - t0))s: $server"
+  if [[ ${1:-} == --with-node ]]; then "$HERE/node.sh" up; fi
+  UP_DONE=1
+  trap - EXIT INT TERM
+  log "cluster up in $((SECONDS - t0))s: $server"
   log "use it with: eval \$($0 env)"
 }
 
@@ -162,9 +169,9 @@ cmd_down() {
 }
 
 case ${1:-} in
-  up) cmd_up ;;
+  up) cmd_up "${2:-}" ;;
   down) cmd_down ;;
   env) cmd_env ;;
   status) cmd_status ;;
-  *) echo "usage: $0 up|down|env|status" >&2; exit 2 ;;
+  *) echo "usage: $0 up [--with-node]|down|env|status" >&2; exit 2 ;;
 esac

@@ -24,7 +24,7 @@ NODE_NAME=${NODE_NAME:-porchlight-node}
 BRIDGE=${BRIDGE:-plbr0}
 POD_SUBNET=${POD_SUBNET:-10.246.0.0/24}
 NODE_IP=${NODE_IP:-${POD_SUBNET%.*}.1}
-CGROUP_ROOT=porchlight
+CGROUP_ROOT=${NODE_CGROUP_ROOT:-porchlight}
 CNI_NET=porchlight
 N=$CLUSTER_DIR/node
 SOCK=$N/containerd/containerd.sock
@@ -167,7 +167,10 @@ EOF
 
 cmd_up() {
   preflight
-  trap 'log "node up failed or interrupted: tearing down the node"; cmd_down; exit 1' ERR INT TERM
+  # die() exits, which skips ERR traps: tear down from an EXIT trap unless up finished.
+  UP_DONE=0
+  trap 'if ((UP_DONE == 0)); then log "up failed or interrupted: tearing down"; cmd_down; fi' EXIT
+  trap 'exit 130' INT TERM
   local t0=$SECONDS
   mkdir -p "$N"
   touch "$N/up"
@@ -192,7 +195,7 @@ cmd_up() {
   [[ -f $IMAGES_DIR/pause.tar && -f $IMAGES_DIR/busybox.tar ]] || "$HERE/images.sh" >/dev/null
   local img
   for img in "$IMAGES_DIR"/*.tar; do
-    ctr_ images import --no-unpack=false "$img" >/dev/null 2>&1 || ctr_ images import "$img" >/dev/null
+    ctr_ images import "$img" >/dev/null
     log "imported $(basename "$img")"
   done
 
@@ -210,7 +213,8 @@ cmd_up() {
   wait_for "kubelet /healthz" "$WAIT" kubelet curl -fsS "http://127.0.0.1:$hz/healthz"
   wait_for "node $NODE_NAME Ready" "$WAIT" kubelet \
     kubectl_admin wait --for=condition=Ready "node/$NODE_NAME" --timeout=2s
-  trap - ERR INT TERM
+  UP_DONE=1
+  trap - EXIT INT TERM
   log "node $NODE_NAME Ready in $((SECONDS - t0))s (node IP $NODE_IP, pods $POD_SUBNET)"
 }
 
@@ -252,12 +256,15 @@ cmd_down() {
   ip link del "$BRIDGE" 2>/dev/null && log "deleted bridge $BRIDGE"
   cleanup_cgroups
   rm -f /var/lib/cni/results/"$CNI_NET"-* 2>/dev/null || true
+  rmdir /var/lib/cni/results /var/lib/cni 2>/dev/null || true # only if empty
   if [[ -f $N/sysctl.orig ]]; then
     while read -r kv; do sysctl -qw "$kv" || true; done <"$N/sysctl.orig"
     log "restored sysctls"
   fi
   rm -rf "$N"
-  kubectl_admin delete node "$NODE_NAME" --ignore-not-found --wait=false >/dev/null 2>&1 || true
+  if alive kube-apiserver; then
+    kubectl_admin delete node "$NODE_NAME" --ignore-not-found --wait=false --request-timeout=5s >/dev/null 2>&1 || true
+  fi
   log "node down"
 }
 
