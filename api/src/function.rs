@@ -57,6 +57,7 @@ pub struct FunctionSpec {
     /// Language runtime: `python3.12` (any `python3.x`) runs the bundled Python
     /// bootstrap; `provided` runs the `bootstrap` executable in the code.
     #[serde(default = "default_runtime")]
+    #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self == 'provided' || self.matches('^python3\\\\.[0-9]+$')").message("spec.runtime must be 'provided' or 'python3.N'"))]
     pub runtime: String,
 
@@ -74,17 +75,17 @@ pub struct FunctionSpec {
 
     /// Per-invocation timeout in seconds (Lambda: 1 to 900, default 3).
     #[serde(default = "default_timeout_seconds")]
-    #[schemars(range(min = 1, max = 900))]
+    #[schemars(range(min = 1, max = 900), extend("format" = "int32"))]
     pub timeout_seconds: u32,
 
     /// Memory of one execution environment in MiB (128 to 10240).
     #[serde(default = "default_memory_mib", rename = "memoryMiB")]
-    #[schemars(range(min = 128, max = 10240))]
+    #[schemars(range(min = 128, max = 10240), extend("format" = "int32"))]
     pub memory_mib: u32,
 
     /// Events one execution environment handles at once (Lambda: 1).
     #[serde(default = "default_concurrency")]
-    #[schemars(range(min = 1, max = 1000))]
+    #[schemars(range(min = 1, max = 1000), extend("format" = "int32"))]
     pub concurrency: u32,
 
     /// Autoscaling bounds and windows.
@@ -101,6 +102,7 @@ pub struct FunctionSpec {
 
     /// Event sources besides direct invocation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
     pub triggers: Vec<Trigger>,
 }
 
@@ -138,11 +140,11 @@ pub struct ConfigMapCode {
 pub struct Scaling {
     /// Environments kept even when idle (0 = scale to zero).
     #[serde(default)]
-    #[schemars(range(min = 0, max = 1000))]
+    #[schemars(range(min = 0, max = 1000), extend("format" = "int32"))]
     pub min_scale: u32,
     /// Upper bound on environments.
     #[serde(default = "default_max_scale")]
-    #[schemars(range(min = 1, max = 1000))]
+    #[schemars(range(min = 1, max = 1000), extend("format" = "int32"))]
     pub max_scale: u32,
     /// Fraction of `concurrency` the autoscaler aims to use per environment (0 < u <= 1).
     #[serde(default = "default_target_utilization")]
@@ -422,6 +424,12 @@ impl FunctionSpec {
             && r < 0
         {
             problems.push(format!("spec.replicas must not be negative, got {r}"));
+        }
+        if self.triggers.len() > 16 {
+            problems.push(format!(
+                "spec.triggers must have at most 16 entries, got {}",
+                self.triggers.len()
+            ));
         }
         for (i, t) in self.triggers.iter().enumerate() {
             let kinds = [t.http.is_some(), t.s3.is_some(), t.cloudevents.is_some()];

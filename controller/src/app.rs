@@ -1,0 +1,234 @@
+//! Wiring: the client, the ops server, the lease, the Function controller,
+//! the autoscaler loop and the gateway pollers. Every long-running part is a
+//! critical task: if one ends unexpectedly, `run` returns an error and the
+//! process exits non-zero.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use porchlight_api::Function;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::gateways;
+use crate::leader::Leader;
+use crate::metrics::Metrics;
+use crate::ops::{self, Health};
+use crate::reconcile::{self, Context, ReconcileSettings};
+use crate::resources::{MANAGED_BY, WorkloadSettings};
+use crate::scaling::{AutoscalerLoop, ScaleBook};
+use crate::sink::KubeScaleSink;
+use crate::{Error, Result};
+
+/// Bound of the channel from gateway pollers to the autoscaler.
+pub const REPORT_CHANNEL: usize = 256;
+
+/// Builds the Kubernetes client: `--kubeconfig` (and `--context`) if given,
+/// else in-cluster config, else `$KUBECONFIG` / `~/.kube/config`.
+pub async fn client(config: &Config) -> Result<Client> {
+    let options = kube::config::KubeConfigOptions {
+        context: config.args.context.clone(),
+        ..Default::default()
+    };
+    let kube_config = match &config.args.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(config_error)?;
+            kube::Config::from_custom_kubeconfig(kc, &options)
+                .await
+                .map_err(config_error)?
+        }
+        None if config.args.context.is_some() => kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(config_error)?,
+        None => kube::Config::infer().await.map_err(config_error)?,
+    };
+    Ok(Client::try_from(kube_config)?)
+}
+
+fn config_error(e: impl std::fmt::Display) -> Error {
+    Error::KubeConfig(e.to_string())
+}
+
+/// Runs the controller until `shutdown` is cancelled or a critical task fails.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+
+    let listener = TcpListener::bind(config.args.listen).await?;
+    let ops_addr = listener.local_addr()?;
+    info!(addr = %ops_addr, "ops server listening (/live, /ready, /metrics)");
+    let ops_shutdown = shutdown.clone();
+    let ops = tokio::spawn(
+        axum::serve(listener, ops::app(health.clone(), metrics.clone()))
+            .with_graceful_shutdown(async move { ops_shutdown.cancelled().await })
+            .into_future(),
+    );
+
+    let client = client(&config).await?;
+    let work = CancellationToken::new();
+    let result = tokio::select! {
+        r = lead_and_work(&config, client, metrics, health.clone(), work.clone()) => r,
+        _ = shutdown.cancelled() => Ok(()),
+    };
+    health.set_ready(false);
+    work.cancel();
+    shutdown.cancel();
+    if let Err(e) = ops.await {
+        warn!(error = %e, "ops server task failed");
+    }
+    result
+}
+
+async fn lead_and_work(
+    config: &Config,
+    client: Client,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    work: CancellationToken,
+) -> Result<()> {
+    if !config.args.leader_election {
+        info!("leader election disabled: working at once");
+        metrics.leader.set(1);
+        return work_as_leader(config, client, metrics, health, work).await;
+    }
+    let leader = Leader::new(
+        client.clone(),
+        &config.args.namespace,
+        &config.args.lease_name,
+        &config.identity,
+        config.args.lease_seconds,
+    )
+    .await?;
+    let (tx, mut rx) = watch::channel(false);
+    health.set_ready(true);
+    info!(identity = %config.identity, lease = %config.args.lease_name, "standing by for the leader lease");
+    let lease = leader.run(tx);
+    tokio::pin!(lease);
+    // Wait for leadership while renewing attempts run.
+    loop {
+        tokio::select! {
+            r = &mut lease => return r.and(Err(Error::TaskEnded("lease"))),
+            changed = rx.changed() => {
+                if changed.is_err() { return Err(Error::TaskEnded("lease")); }
+                if *rx.borrow() { break; }
+            }
+        }
+    }
+    metrics.leader.set(1);
+    health.set_ready(false);
+    let result = tokio::select! {
+        r = &mut lease => r.and(Err(Error::TaskEnded("lease"))),
+        r = work_as_leader(config, client, metrics.clone(), health, work.clone()) => r,
+    };
+    work.cancel();
+    metrics.leader.set(0);
+    if let Err(e) = leader.release().await {
+        warn!(error = %e, "releasing the lease failed; it expires by itself");
+    }
+    result
+}
+
+async fn work_as_leader(
+    config: &Config,
+    client: Client,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    work: CancellationToken,
+) -> Result<()> {
+    let reporter = Reporter {
+        controller: "porchlight-controller".into(),
+        instance: Some(config.identity.clone()),
+    };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let book = Arc::new(ScaleBook::default());
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        recorder.clone(),
+        metrics.clone(),
+        ReconcileSettings {
+            workload: WorkloadSettings {
+                runtime_image: config.args.runtime_image.clone(),
+            },
+            url_base: config.url_base.clone(),
+        },
+        book.clone(),
+    ));
+
+    let functions: Api<Function> = Api::all(client.clone());
+    let owned = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
+    let controller = Controller::new(functions, watcher::Config::default().any_semantic())
+        .owns(Api::<Deployment>::all(client.clone()), owned.clone())
+        .owns(Api::<Service>::all(client.clone()), owned.clone())
+        .owns(Api::<ConfigMap>::all(client.clone()), owned)
+        .with_config(controller::Config::default().concurrency(config.args.reconcile_concurrency));
+    let store = controller.store();
+    let graceful = work.clone();
+    let reconciling = controller
+        .graceful_shutdown_on(async move { graceful.cancelled().await })
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|r| {
+            match r {
+                Ok((obj, _)) => tracing::debug!(function = %obj.name, "reconciled"),
+                Err(controller::Error::ReconcilerFailed(..)) => {} // counted in error_policy
+                Err(controller::Error::ObjectNotFound(obj)) => tracing::debug!(%obj, "reconcile skipped: gone"),
+                Err(e) => warn!(error = %e, "controller stream error (retrying)"),
+            }
+            futures::future::ready(())
+        });
+
+    let (reports_tx, reports_rx) = mpsc::channel(REPORT_CHANNEL);
+    let sink = KubeScaleSink::new(client.clone(), recorder);
+    let autoscaler = AutoscalerLoop::new(store.clone(), sink, book, metrics.clone());
+    let gateways = async {
+        if config.args.gateway_urls.is_empty() {
+            gateways::poll_discovered(
+                client.clone(),
+                config.args.namespace.clone(),
+                reports_tx,
+                metrics.clone(),
+                work.clone(),
+            )
+            .await
+        } else {
+            gateways::poll_static(
+                config.args.gateway_urls.clone(),
+                reports_tx,
+                metrics.clone(),
+                work.clone(),
+            )
+            .await
+        }
+    };
+    let synced = {
+        let store = store.clone();
+        let health = health.clone();
+        async move {
+            if store.wait_until_ready().await.is_ok() {
+                info!("function cache synced");
+                health.set_ready(true);
+            }
+            std::future::pending::<()>().await;
+        }
+    };
+
+    let result = tokio::select! {
+        _ = reconciling => if work.is_cancelled() { Ok(()) } else { Err(Error::TaskEnded("function controller")) },
+        r = autoscaler.run(reports_rx, work.clone()) => r.and_then(|()| if work.is_cancelled() { Ok(()) } else { Err(Error::TaskEnded("autoscaler")) }),
+        r = gateways => r.and_then(|()| if work.is_cancelled() { Ok(()) } else { Err(Error::TaskEnded("gateway pollers")) }),
+        _ = synced => Ok(()),
+        _ = work.cancelled() => Ok(()),
+    };
+    if let Err(e) = &result {
+        error!(error = %e, "critical task ended");
+    }
+    result
+}

@@ -1,0 +1,486 @@
+//! The Kubernetes objects a Function becomes: pure builders, no I/O.
+//!
+//! Each Function `NAME` gets a ConfigMap `fn-NAME-code` (inline code only), a
+//! Deployment `fn-NAME` whose pods run the Porchlight runtime shim, and a
+//! headless Service `fn-NAME`. All carry an owner reference to the Function
+//! (`controller: true`), so deleting the Function deletes them.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
+    Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use porchlight_api::Function;
+
+/// Label on every environment (pod) of a function; the gateway routes by it.
+pub const FUNCTION_LABEL: &str = "porchlight.dev/function";
+/// `app.kubernetes.io/managed-by` value on everything the controller makes.
+pub const MANAGED_BY: &str = "porchlight";
+/// Pod-template annotation holding a hash of the code, so code changes roll out.
+pub const CODE_HASH_ANNOTATION: &str = "porchlight.dev/code-hash";
+/// Port of the shim's invoke endpoint and probes.
+pub const INVOKE_PORT: i32 = 8080;
+/// Where the code is mounted in the environment.
+pub const TASK_ROOT: &str = "/var/task";
+/// The environment's single container.
+pub const CONTAINER_NAME: &str = "runtime";
+
+/// Deployment and Service name of a function.
+pub fn workload_name(function: &str) -> String {
+    format!("fn-{function}")
+}
+
+/// Name of the ConfigMap holding a function's inline code.
+pub fn code_config_map_name(function: &str) -> String {
+    format!("fn-{function}-code")
+}
+
+/// The label selector of a function's environments, as a string.
+pub fn selector(function: &str) -> String {
+    format!("{FUNCTION_LABEL}={function}")
+}
+
+/// Settings of the controller that shape every workload.
+#[derive(Clone, Debug)]
+pub struct WorkloadSettings {
+    /// Image of the runtime shim, used unless the code is an image of its own.
+    pub runtime_image: String,
+}
+
+/// Labels on every object of a function; the pod template carries the same.
+pub fn labels(function: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (FUNCTION_LABEL.to_string(), function.to_string()),
+        ("app.kubernetes.io/managed-by".to_string(), MANAGED_BY.to_string()),
+        ("app.kubernetes.io/name".to_string(), function.to_string()),
+        ("app.kubernetes.io/component".to_string(), "function".to_string()),
+    ])
+}
+
+fn selector_labels(function: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(FUNCTION_LABEL.to_string(), function.to_string())])
+}
+
+/// The owner reference every child carries.
+pub fn owner_reference(f: &Function) -> Option<OwnerReference> {
+    f.controller_owner_ref(&())
+}
+
+fn meta(f: &Function, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: f.namespace(),
+        labels: Some(labels(&f.name_any())),
+        owner_references: owner_reference(f).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The Python module a handler names: everything before the last dot.
+pub fn handler_module(handler: &str) -> &str {
+    handler.rsplit_once('.').map(|(m, _)| m).unwrap_or(handler)
+}
+
+/// ConfigMap key and mounted path of inline code.
+///
+/// Python: key `<module>.py`, mounted at `<module with dots as slashes>.py` so
+/// `pkg.mod.handler` imports. `provided`: the inline text is the `bootstrap`.
+pub fn inline_code_file(f: &Function) -> (String, String) {
+    if f.spec.runtime == "provided" {
+        return ("bootstrap".to_string(), "bootstrap".to_string());
+    }
+    let module = handler_module(f.spec.handler.as_deref().unwrap_or("lambda_function.handler"));
+    (format!("{module}.py"), format!("{}.py", module.replace('.', "/")))
+}
+
+/// The ConfigMap with the function's inline code, if the code is inline.
+pub fn code_config_map(f: &Function) -> Option<ConfigMap> {
+    let inline = f.spec.code.inline.as_ref()?;
+    let (key, _) = inline_code_file(f);
+    Some(ConfigMap {
+        metadata: meta(f, code_config_map_name(&f.name_any())),
+        data: Some(BTreeMap::from([(key, inline.clone())])),
+        ..ConfigMap::default()
+    })
+}
+
+/// A stable 64-bit FNV-1a hash, hex encoded. Stable across builds and Rust
+/// versions (unlike `DefaultHasher`), so a controller upgrade does not roll
+/// every function.
+pub fn stable_hash<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part.iter().chain(std::iter::once(&0xffu8)) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// The hash of a function's code. `config_map_data` is the content of the
+/// user's ConfigMap when the code lives there (so edits to it roll too).
+pub fn code_hash(f: &Function, config_map_data: Option<&BTreeMap<String, String>>) -> String {
+    let code = &f.spec.code;
+    let mut parts: Vec<&[u8]> = vec![f.spec.runtime.as_bytes()];
+    if let Some(inline) = &code.inline {
+        parts.extend([b"inline".as_slice(), inline.as_bytes()]);
+    }
+    if let Some(cm) = &code.config_map {
+        parts.extend([b"configMap".as_slice(), cm.name.as_bytes()]);
+        for (k, v) in config_map_data.into_iter().flatten() {
+            parts.extend([k.as_bytes(), v.as_bytes()]);
+        }
+    }
+    if let Some(image) = &code.image {
+        parts.extend([b"image".as_slice(), image.as_bytes()]);
+    }
+    stable_hash(parts)
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::Int(INVOKE_PORT),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(1),
+        failure_threshold: Some(failure_threshold),
+        success_threshold: Some(1),
+        ..Probe::default()
+    }
+}
+
+/// The environment variables of the shim, then the user's.
+fn container_env(f: &Function) -> Vec<EnvVar> {
+    let s = &f.spec;
+    let mut out = vec![
+        env("PORCHLIGHT_LISTEN", format!("0.0.0.0:{INVOKE_PORT}")),
+        env("PORCHLIGHT_FUNCTION_NAME", f.name_any()),
+        env("PORCHLIGHT_HANDLER", s.handler.clone().unwrap_or_default()),
+        env("PORCHLIGHT_RUNTIME", s.runtime.clone()),
+        env("PORCHLIGHT_TASK_ROOT", TASK_ROOT),
+        env("PORCHLIGHT_TIMEOUT_SECONDS", s.timeout_seconds.to_string()),
+        env("PORCHLIGHT_MEMORY_MIB", s.memory_mib.to_string()),
+        env("PORCHLIGHT_CONCURRENCY", s.concurrency.to_string()),
+        EnvVar {
+            name: "PORCHLIGHT_ENVIRONMENT_ID".to_string(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".to_string(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
+    ];
+    // User variables may not override the shim's contract.
+    out.extend(
+        s.env
+            .iter()
+            .filter(|(k, _)| !k.starts_with("PORCHLIGHT_"))
+            .map(|(k, v)| env(k, v.clone())),
+    );
+    out
+}
+
+/// CPU request proportional to memory, as Lambda does (1769 MiB = one vCPU).
+fn cpu_request_millis(memory_mib: u32) -> u32 {
+    (memory_mib.saturating_mul(1000) / 1769).max(50)
+}
+
+/// The function's Deployment. `replicas` is set only when the Deployment is
+/// created: afterwards the autoscaler owns `spec.replicas`.
+pub fn deployment(
+    f: &Function,
+    settings: &WorkloadSettings,
+    code_hash: &str,
+    replicas: Option<i32>,
+) -> Deployment {
+    let name = f.name_any();
+    let s = &f.spec;
+    let image = s
+        .code
+        .image
+        .clone()
+        .unwrap_or_else(|| settings.runtime_image.clone());
+
+    let mut volumes = vec![Volume {
+        name: "tmp".to_string(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity("512Mi".to_string())),
+            ..EmptyDirVolumeSource::default()
+        }),
+        ..Volume::default()
+    }];
+    let mut mounts = vec![VolumeMount {
+        name: "tmp".to_string(),
+        mount_path: "/tmp".to_string(),
+        ..VolumeMount::default()
+    }];
+    let code_source = match (&s.code.inline, &s.code.config_map) {
+        (Some(_), _) => {
+            let (key, path) = inline_code_file(f);
+            Some((
+                code_config_map_name(&name),
+                Some(vec![KeyToPath {
+                    key,
+                    path,
+                    ..KeyToPath::default()
+                }]),
+            ))
+        }
+        (None, Some(cm)) => Some((cm.name.clone(), None)),
+        (None, None) => None,
+    };
+    if let Some((config_map, items)) = code_source {
+        volumes.push(Volume {
+            name: "code".to_string(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: config_map,
+                items,
+                // 0755: a `provided` bootstrap must be executable.
+                default_mode: Some(0o755),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: "code".to_string(),
+            mount_path: TASK_ROOT.to_string(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+
+    let memory = Quantity(format!("{}Mi", s.memory_mib));
+    let container = Container {
+        name: CONTAINER_NAME.to_string(),
+        image: Some(image),
+        image_pull_policy: Some("IfNotPresent".to_string()),
+        ports: Some(vec![ContainerPort {
+            name: Some("invoke".to_string()),
+            container_port: INVOKE_PORT,
+            protocol: Some("TCP".to_string()),
+            ..ContainerPort::default()
+        }]),
+        env: Some(container_env(f)),
+        volume_mounts: Some(mounts),
+        readiness_probe: Some(http_probe("/ready", 1, 1)),
+        liveness_probe: Some(http_probe("/live", 10, 3)),
+        resources: Some(ResourceRequirements {
+            limits: Some(BTreeMap::from([("memory".to_string(), memory.clone())])),
+            requests: Some(BTreeMap::from([
+                ("memory".to_string(), memory),
+                (
+                    "cpu".to_string(),
+                    Quantity(format!("{}m", cpu_request_millis(s.memory_mib))),
+                ),
+            ])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_string()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        // The shim's init error ends up in the pod status when it exits.
+        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
+        ..Container::default()
+    };
+
+    let pod_labels = labels(&name);
+    Deployment {
+        metadata: meta(f, workload_name(&name)),
+        spec: Some(DeploymentSpec {
+            replicas,
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&name)),
+                ..LabelSelector::default()
+            },
+            revision_history_limit: Some(3),
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".to_string()),
+                // Keep capacity while code rolls: surge, never go below.
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::String("25%".to_string())),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(BTreeMap::from([(
+                        CODE_HASH_ANNOTATION.to_string(),
+                        code_hash.to_string(),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    enable_service_links: Some(false),
+                    automount_service_account_token: Some(false),
+                    termination_grace_period_seconds: Some(i64::from(s.timeout_seconds) + 5),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(65532),
+                        run_as_group: Some(65532),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_string(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+/// The headless Service of a function (the gateway routes to pod IPs).
+pub fn service(f: &Function) -> Service {
+    let name = f.name_any();
+    Service {
+        metadata: meta(f, workload_name(&name)),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_string()),
+            selector: Some(selector_labels(&name)),
+            ports: Some(vec![ServicePort {
+                name: Some("invoke".to_string()),
+                port: INVOKE_PORT,
+                target_port: Some(IntOrString::Int(INVOKE_PORT)),
+                protocol: Some("TCP".to_string()),
+                ..ServicePort::default()
+            }]),
+            publish_not_ready_addresses: Some(false),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn function(yaml: &str) -> Function {
+        let mut f: Function = serde_yaml::from_str(yaml).expect("valid function yaml");
+        f.metadata.uid = Some("uid-1".into());
+        f
+    }
+
+    const HELLO: &str = r#"
+apiVersion: porchlight.dev/v1alpha1
+kind: Function
+metadata: {name: hello, namespace: demo}
+spec:
+  runtime: python3.12
+  handler: pkg.app.lambda_handler
+  timeoutSeconds: 30
+  memoryMiB: 256
+  env: {GREETING: hi, PORCHLIGHT_LISTEN: "evil"}
+  code:
+    inline: |
+      def lambda_handler(event, context):
+          return "hi"
+"#;
+
+    #[test]
+    fn inline_code_becomes_module_file() {
+        let f = function(HELLO);
+        let cm = code_config_map(&f).expect("inline code");
+        assert_eq!(cm.metadata.name.as_deref(), Some("fn-hello-code"));
+        assert!(cm.data.expect("data").contains_key("pkg.app.py"));
+        assert_eq!(inline_code_file(&f).1, "pkg/app.py");
+    }
+
+    #[test]
+    fn deployment_has_contract_env_probes_and_security() {
+        let f = function(HELLO);
+        let d = deployment(&f, &WorkloadSettings { runtime_image: "img:1".into() }, "h", Some(0));
+        let spec = d.spec.expect("spec");
+        assert_eq!(spec.replicas, Some(0));
+        let pod = spec.template.spec.expect("pod");
+        assert_eq!(pod.termination_grace_period_seconds, Some(35));
+        assert_eq!(pod.enable_service_links, Some(false));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let c = &pod.containers[0];
+        assert_eq!(c.name, "runtime");
+        assert_eq!(c.image.as_deref(), Some("img:1"));
+        let env: BTreeMap<_, _> = c
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.as_str(), e.value.clone()))
+            .collect();
+        assert_eq!(env["PORCHLIGHT_LISTEN"].as_deref(), Some("0.0.0.0:8080"));
+        assert_eq!(env["PORCHLIGHT_HANDLER"].as_deref(), Some("pkg.app.lambda_handler"));
+        assert_eq!(env["PORCHLIGHT_MEMORY_MIB"].as_deref(), Some("256"));
+        assert_eq!(env["PORCHLIGHT_ENVIRONMENT_ID"], None, "from the downward API");
+        assert_eq!(env["GREETING"].as_deref(), Some("hi"));
+        assert_eq!(c.env.iter().flatten().filter(|e| e.name == "PORCHLIGHT_LISTEN").count(), 1);
+        let sc = c.security_context.as_ref().expect("security context");
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        let probe = c.readiness_probe.as_ref().expect("readiness");
+        assert_eq!(probe.period_seconds, Some(1));
+        let limits = c.resources.as_ref().and_then(|r| r.limits.clone()).expect("limits");
+        assert_eq!(limits["memory"], Quantity("256Mi".into()));
+        let owner = &d.metadata.owner_references.expect("owner")[0];
+        assert_eq!(owner.controller, Some(true));
+        assert_eq!(owner.kind, "Function");
+    }
+
+    #[test]
+    fn image_code_uses_its_image_and_mounts_no_code() {
+        let mut f = function(HELLO);
+        f.spec.code.inline = None;
+        f.spec.code.image = Some("me/fn:2".into());
+        assert!(code_config_map(&f).is_none());
+        let d = deployment(&f, &WorkloadSettings { runtime_image: "img:1".into() }, "h", None);
+        let pod = d.spec.and_then(|s| s.template.spec).expect("pod");
+        assert_eq!(pod.containers[0].image.as_deref(), Some("me/fn:2"));
+        assert!(pod.volumes.iter().flatten().all(|v| v.name != "code"));
+    }
+
+    #[test]
+    fn code_hash_changes_with_code_only() {
+        let f = function(HELLO);
+        let mut g = f.clone();
+        g.spec.memory_mib = 512;
+        assert_eq!(code_hash(&f, None), code_hash(&g, None));
+        g.spec.code.inline = Some("def lambda_handler(e, c): return 1".into());
+        assert_ne!(code_hash(&f, None), code_hash(&g, None));
+        assert_eq!(stable_hash([b"a".as_slice()]), stable_hash([b"a".as_slice()]));
+    }
+}

@@ -1,0 +1,61 @@
+//! Applies autoscaler decisions to the cluster: `spec.replicas` of the
+//! function's Deployment, plus a Kubernetes Event on the Function.
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use porchlight_api::Function;
+use serde_json::json;
+
+use crate::resources::workload_name;
+use crate::scaling::{ScaleChange, ScaleSink};
+use crate::{Error, Result};
+
+/// Field manager that owns `spec.replicas` of function Deployments. The
+/// reconciler applies everything else under [`crate::reconcile::MANAGER`]
+/// and never sets replicas after creation, so the two never fight.
+pub const AUTOSCALER_MANAGER: &str = "porchlight-autoscaler";
+
+/// The production [`ScaleSink`].
+#[derive(Clone)]
+pub struct KubeScaleSink {
+    client: Client,
+    recorder: Recorder,
+}
+
+impl KubeScaleSink {
+    /// A sink using this client and event recorder.
+    pub fn new(client: Client, recorder: Recorder) -> Self {
+        KubeScaleSink { client, recorder }
+    }
+}
+
+impl ScaleSink for KubeScaleSink {
+    async fn apply(&self, function: &Function, change: &ScaleChange) -> Result<()> {
+        let ns = function.namespace().ok_or(Error::MissingNamespace)?;
+        let api: Api<Deployment> = Api::namespaced(self.client.clone(), &ns);
+        let params = PatchParams {
+            field_manager: Some(AUTOSCALER_MANAGER.to_string()),
+            ..PatchParams::default()
+        };
+        api.patch(
+            &workload_name(&function.name_any()),
+            &params,
+            &Patch::Merge(json!({"spec": {"replicas": change.to}})),
+        )
+        .await?;
+        let event = Event {
+            type_: EventType::Normal,
+            reason: change.event_reason().to_string(),
+            note: Some(change.note()),
+            action: "Scale".to_string(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &function.object_ref(&())).await {
+            // The scale itself happened; a lost Event is logged, not retried.
+            tracing::warn!(function = %function.name_any(), error = %Error::Event(error), "publishing scale event failed");
+        }
+        Ok(())
+    }
+}
