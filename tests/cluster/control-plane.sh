@@ -50,10 +50,15 @@ EOF
 
 cmd_up() {
   need_bins etcd kube-apiserver kube-controller-manager kube-scheduler kubectl
-  if [[ -d $CLUSTER_DIR/pids ]] && compgen -G "$CLUSTER_DIR/pids/*.pid" >/dev/null; then
-    die "$CLUSTER_DIR already has a running cluster; run '$0 down' first"
+  if [[ -d $CLUSTER_DIR ]]; then
+    local f
+    for f in "$CLUSTER_DIR"/pids/*.pid; do
+      [[ -f $f ]] && alive "$(basename "$f" .pid)" &&
+        die "$CLUSTER_DIR already has a running cluster; run '$0 down' first"
+    done
+    log "cleaning up the leftovers of an earlier run in $CLUSTER_DIR"
+    cmd_down
   fi
-  rm -rf "$CLUSTER_DIR"
   mkdir -p "$CLUSTER_DIR"/{logs,pids,etcd}
   # die() exits, which skips ERR traps: tear down from an EXIT trap unless up finished.
   UP_DONE=0
@@ -148,7 +153,7 @@ cmd_env() {
 
 cmd_status() {
   local n
-  for n in etcd kube-apiserver kube-controller-manager kube-scheduler; do
+  for n in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet; do
     if alive "$n"; then echo "$n: running (pid $(cat "$CLUSTER_DIR/pids/$n.pid"))"; else echo "$n: stopped"; fi
   done
 }
@@ -157,7 +162,10 @@ cmd_down() {
   # Stop in reverse order. A node started by node.sh must be stopped first.
   if [[ -f $CLUSTER_DIR/node/up ]]; then "$HERE/node.sh" down || true; fi
   local n
-  for n in kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$n" 15; done
+  stop kube-scheduler 15 &
+  stop kube-controller-manager 15 &
+  wait
+  for n in kube-apiserver etcd; do stop "$n" 15; done
   if [[ -d $CLUSTER_DIR ]]; then
     if [[ -n ${KEEP_CLUSTER_DIR:-} ]]; then
       log "kept $CLUSTER_DIR (KEEP_CLUSTER_DIR set)"

@@ -211,7 +211,7 @@ cmd_up() {
     --root-dir="$N/kubelet" --cert-dir="$N/kubelet/pki" \
     --hostname-override="$NODE_NAME" --node-ip="$NODE_IP" --v="${KUBELET_V:-2}"
   wait_for "kubelet /healthz" "$WAIT" kubelet curl -fsS "http://127.0.0.1:$hz/healthz"
-  wait_for "node $NODE_NAME Ready" "$WAIT" kubelet \
+  wait_for "condition Ready of node $NODE_NAME" "$WAIT" kubelet \
     kubectl_admin wait --for=condition=Ready "node/$NODE_NAME" --timeout=2s
   UP_DONE=1
   trap - EXIT INT TERM
@@ -222,7 +222,7 @@ cmd_up() {
 kill_shims() {
   local p cmd
   for p in /proc/[0-9]*; do
-    cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
+    cmd=$(tr '\0' ' ' 2>/dev/null <"$p/cmdline") || continue
     if [[ $cmd == *containerd-shim*"$SOCK"* || $cmd == *containerd-shim*"$N/containerd"* ]]; then
       kill -KILL "${p#/proc/}" 2>/dev/null && log "killed shim ${p#/proc/}"
     fi
@@ -261,7 +261,9 @@ cmd_down() {
     while read -r kv; do sysctl -qw "$kv" || true; done <"$N/sysctl.orig"
     log "restored sysctls"
   fi
+  log "removing $N"
   rm -rf "$N"
+  log "removed"
   if alive kube-apiserver; then
     kubectl_admin delete node "$NODE_NAME" --ignore-not-found --wait=false --request-timeout=5s >/dev/null 2>&1 || true
   fi
