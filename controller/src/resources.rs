@@ -32,6 +32,8 @@ pub const CODE_HASH_ANNOTATION: &str = "porchlight.dev/code-hash";
 pub const INVOKE_PORT: i32 = 8080;
 /// Where the code is mounted in the environment.
 pub const TASK_ROOT: &str = "/var/task";
+/// User and group the environments run as (the runtime image's `sbx_user`).
+pub const RUNTIME_UID: i64 = 10001;
 /// The environment's single container.
 pub const CONTAINER_NAME: &str = "runtime";
 
@@ -350,8 +352,10 @@ pub fn deployment(
                     termination_grace_period_seconds: Some(i64::from(s.timeout_seconds) + 5),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
-                        run_as_user: Some(65532),
-                        run_as_group: Some(65532),
+                        // The runtime image's user (`sbx_user`); images of
+                        // their own run as this user too.
+                        run_as_user: Some(RUNTIME_UID),
+                        run_as_group: Some(RUNTIME_UID),
                         seccomp_profile: Some(SeccompProfile {
                             type_: "RuntimeDefault".to_string(),
                             ..SeccompProfile::default()
