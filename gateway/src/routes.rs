@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use base64::Engine;
 use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
 use crate::async_invoke;
@@ -51,29 +51,44 @@ fn request_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// Bytes of an oversized body read and discarded before answering 413, so
+/// that the client sees the answer rather than a reset connection.
+const DRAIN_BEYOND_LIMIT: usize = 16 * 1024 * 1024;
+
 /// Reads a body up to `limit` bytes, answering 413 beyond it.
 pub async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
 ) -> Result<Bytes, GatewayError> {
-    if let Some(len) = headers
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        && len > limit
-    {
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit + DRAIN_BEYOND_LIMIT) {
         return Err(GatewayError::TooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(GatewayError::TooLarge { limit })
+    let mut body = body;
+    let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| {
+            GatewayError::InvalidParameter("Could not read the request body.".into())
+        })?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen > limit + DRAIN_BEYOND_LIMIT {
+                break;
+            }
+            if seen <= limit {
+                buf.extend_from_slice(&data);
+            }
         }
-        Err(_) => Err(GatewayError::InvalidParameter(
-            "Could not read the request body.".into(),
-        )),
     }
+    if seen > limit {
+        return Err(GatewayError::TooLarge { limit });
+    }
+    Ok(buf.freeze())
 }
 
 /// Splits `NAME`, `NAME:QUALIFIER`, `ACCOUNT:function:NAME[:Q]` and full ARNs.

@@ -348,8 +348,13 @@ async fn run_environment(
     // Wait for init, the process's exit, or a stop.
     let outcome = {
         let wait_ready = async {
-            let mut delay = Duration::from_millis(2);
             loop {
+                // Poll tightly at first: the cold start is on the critical path.
+                let delay = if started.elapsed() < Duration::from_secs(2) {
+                    Duration::from_millis(2)
+                } else {
+                    Duration::from_millis(50)
+                };
                 match gateway.client.readiness(&base_url).await {
                     Readiness::Ready | Readiness::InitFailed => return true,
                     Readiness::ShuttingDown => return false,
@@ -359,7 +364,6 @@ async fn run_environment(
                     return false;
                 }
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_millis(50));
             }
         };
         tokio::select! {

@@ -1,0 +1,175 @@
+//! A gateway in local mode, started as a child process on a free port.
+
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A running gateway; stopped (SIGTERM, then SIGKILL) on drop.
+pub struct LocalGateway {
+    pub child: Child,
+    pub base: String,
+    pub dir: PathBuf,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A fresh temporary directory for one test.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "porchlight-gw-test-{tag}-{}-{}",
+        std::process::id(),
+        uuid_like()
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn uuid_like() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// The venv Python with boto3 and awscli, if the environment provides one.
+/// With `CI` set, a missing one fails the test; otherwise it is skipped.
+pub fn sdk_python() -> Option<PathBuf> {
+    let python = std::env::var_os("PORCHLIGHT_PYTHON").map(PathBuf::from);
+    let ok = python.as_ref().is_some_and(|p| {
+        Command::new(p)
+            .args(["-c", "import boto3, awscli"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if ok {
+        return python;
+    }
+    let help = "set PORCHLIGHT_PYTHON to a Python with boto3 and awscli: python3 -m venv /root/.cache/porchlight/venv && /root/.cache/porchlight/venv/bin/pip install awslambdaric==4.2.2 boto3 awscli && export PORCHLIGHT_PYTHON=/root/.cache/porchlight/venv/bin/python";
+    if std::env::var_os("CI").is_some() {
+        panic!("CI is set but no SDK Python is available: {help}");
+    }
+    eprintln!("skipping: {help}");
+    None
+}
+
+impl LocalGateway {
+    /// Writes `manifests` (file name, YAML) into a directory and starts
+    /// `porchlight-gateway --local` on it, waiting for `/ready`.
+    pub fn start(tag: &str, manifests: &[(&str, String)], extra: &[&str]) -> LocalGateway {
+        let dir = temp_dir(tag);
+        let fns = dir.join("functions");
+        std::fs::create_dir_all(&fns).expect("dir");
+        for (name, yaml) in manifests {
+            std::fs::write(fns.join(name), yaml).expect("write manifest");
+        }
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_porchlight-gateway"))
+            .arg("--local")
+            .arg(&fns)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(extra)
+            .env("PORCHLIGHT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("gateway.log")).expect("log"))
+            .spawn()
+            .expect("spawn gateway");
+        let gw = LocalGateway {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            dir,
+        };
+        for _ in 0..200 {
+            if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                drop(s);
+                return gw;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("gateway did not start; log: {}", gw.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGTERM and wait (bounded); returns whether it exited by itself.
+    pub fn stop(&mut self) -> bool {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..200 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+}
+
+impl Drop for LocalGateway {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A Python function manifest.
+pub fn python_function(name: &str, body: &str, extra_spec: &str) -> String {
+    let code: String = body.lines().map(|l| format!("      {l}\n")).collect();
+    format!(
+        "apiVersion: porchlight.dev/v1alpha1\nkind: Function\nmetadata:\n  name: {name}\nspec:\n  runtime: python3.12\n  handler: app.handler\n  code:\n    inline: |\n{code}{extra_spec}"
+    )
+}
+
+/// Polls `f` up to `tries` times, `every` apart, until it returns Some.
+pub async fn poll<T, F, Fut>(tries: u32, every: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..tries {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        tokio::time::sleep(every).await;
+    }
+    None
+}
+
+pub fn read_markers(dir: &Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if let Ok(text) = std::fs::read_to_string(e.path())
+                && let Ok(v) = serde_json::from_str(&text)
+            {
+                out.push(v);
+            }
+        }
+    }
+    out
+}
