@@ -125,7 +125,7 @@ pub fn write(dir: &Path, input: &ReportInput<'_>) -> Result<ReportFiles> {
     let mut csv = csv::Writer::from_path(&path)?;
     for row in input.scale {
         csv.serialize(ScaleCsvRow {
-            t_s: ms(row.t) / 1000.0,
+            t_s: (ms(row.t)).round() / 1000.0,
             function: input.functions[row.function].clone(),
             profile_level: row.profile_level,
             offered_rps: (row.offered_rps * 100.0).round() / 100.0,
