@@ -251,7 +251,7 @@ impl FunctionEntry {
             .map(|e| (e.last_used, e.info.id.clone(), e.in_flight))
             .collect();
         drop(st);
-        v.sort_by(|a, b| b.0.cmp(&a.0));
+        v.sort_by_key(|e| std::cmp::Reverse(e.0));
         v.into_iter().map(|(_, id, n)| (id, n)).collect()
     }
 

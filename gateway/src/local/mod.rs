@@ -126,7 +126,7 @@ impl LocalSource {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {
                     samples += 1;
-                    let decide = samples % 10 == 0;
+                    let decide = samples.is_multiple_of(10);
                     let now = Instant::now();
                     for s in scalers.values_mut() {
                         let load = s.entry.load();
