@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Local Kubernetes control plane as plain processes on 127.0.0.1 (no Docker).
+# With --with-node the API server listens on the node IP instead (see node.sh).
 #
 #   tests/cluster/control-plane.sh up [--with-node]
 #                                         # etcd, kube-apiserver, kube-controller-manager,
@@ -33,7 +34,7 @@ gen_pki() {
 basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,IP:${SERVICE_CIDR%.*}.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local${APISERVER_EXTRA_SANS:+,$APISERVER_EXTRA_SANS}
+subjectAltName=IP:127.0.0.1,IP:$API_ADDR,IP:${SERVICE_CIDR%.*}.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local${APISERVER_EXTRA_SANS:+,$APISERVER_EXTRA_SANS}
 EOF
   openssl x509 -req -in "$pki/apiserver.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
     -days 7 -extfile "$pki/apiserver.ext" -out "$pki/apiserver.crt" 2>/dev/null
@@ -49,6 +50,8 @@ EOF
 }
 
 cmd_up() {
+  local with_node=0
+  [[ ${1:-} == --with-node ]] && with_node=1
   need_bins etcd kube-apiserver kube-controller-manager kube-scheduler kubectl
   if [[ -d $CLUSTER_DIR ]]; then
     local f
@@ -65,6 +68,13 @@ cmd_up() {
   trap 'if ((UP_DONE == 0)); then log "up failed or interrupted: tearing down"; cmd_down; fi' EXIT
   trap 'exit 130' INT TERM
   local t0=$SECONDS pki=$CLUSTER_DIR/pki
+  # With a node the API server listens on the node IP (on the harness's bridge) instead of
+  # 127.0.0.1, so that pods can reach it too (node.sh maps the kubernetes Service IP to it).
+  API_ADDR=127.0.0.1
+  if ((with_node)); then
+    "$HERE/node.sh" net-up
+    API_ADDR=$("$HERE/node.sh" node-ip)
+  fi
   gen_pki
 
   local etcd_port etcd_peer api_port kcm_port sched_port
@@ -84,10 +94,10 @@ EOF
     --log-level=warn
   wait_for "etcd" "$WAIT" etcd curl -fsS "http://127.0.0.1:$etcd_port/health"
 
-  local server=https://127.0.0.1:$api_port
+  local server=https://$API_ADDR:$api_port
   start kube-apiserver "$K8S_BIN/kube-apiserver" \
     --etcd-servers="http://127.0.0.1:$etcd_port" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
+    --bind-address="$API_ADDR" --advertise-address="$API_ADDR" --secure-port="$api_port" \
     --cert-dir="$pki" --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
     --client-ca-file="$pki/ca.crt" \
     --authorization-mode=Node,RBAC \
@@ -138,7 +148,7 @@ EOF
   # Pods are refused until the service-account controller has made the default SA.
   wait_for "default service account" "$WAIT" kube-controller-manager \
     kubectl_admin -n default get serviceaccount default
-  if [[ ${1:-} == --with-node ]]; then "$HERE/node.sh" up; fi
+  if ((with_node)); then "$HERE/node.sh" up; fi
   UP_DONE=1
   trap - EXIT INT TERM
   log "cluster up in $((SECONDS - t0))s: $server"
@@ -160,12 +170,17 @@ cmd_status() {
 
 cmd_down() {
   # Stop in reverse order. A node started by node.sh must be stopped first.
-  if [[ -f $CLUSTER_DIR/node/up ]]; then "$HERE/node.sh" down || true; fi
+  # The node's bridge carries the API server's address when it runs with a node:
+  # remove it only after the API server stopped, or its shutdown hangs.
+  if [[ -d $CLUSTER_DIR/node ]]; then "$HERE/node.sh" down --keep-net || true; fi
   local n
-  stop kube-scheduler 15 &
-  stop kube-controller-manager 15 &
-  wait
+  # Wait for these two only: during a failed `up` the components are children of this shell.
+  local p1 p2
+  stop kube-scheduler 15 & p1=$!
+  stop kube-controller-manager 15 & p2=$!
+  wait "$p1" "$p2"
   for n in kube-apiserver etcd; do stop "$n" 15; done
+  if [[ -d $CLUSTER_DIR/node ]]; then "$HERE/node.sh" net-down || true; fi
   if [[ -d $CLUSTER_DIR ]]; then
     if [[ -n ${KEEP_CLUSTER_DIR:-} ]]; then
       log "kept $CLUSTER_DIR (KEEP_CLUSTER_DIR set)"

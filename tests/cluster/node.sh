@@ -5,6 +5,9 @@
 #
 #   tests/cluster/node.sh up      # needs `control-plane.sh up` first and root
 #   tests/cluster/node.sh down    # (control-plane.sh down calls this too)
+#   tests/cluster/node.sh net-up  # only the bridge + node IP (control-plane.sh up --with-node
+#                                 # runs it first so the API server can listen on the node IP)
+#   tests/cluster/node.sh node-ip # prints the node IP
 #
 # Node name $NODE_NAME (porchlight-node), node IP $NODE_IP on bridge $BRIDGE, pod IPs from
 # $POD_SUBNET. Local images from images.sh are imported into containerd's k8s.io namespace:
@@ -44,8 +47,37 @@ preflight() {
   [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local ]] ||
     die "CNI plugins missing: apt-get install containernetworking-plugins"
   [[ -e /dev/kmsg ]] || die "/dev/kmsg missing (the kubelet's OOM watcher opens it)"
-  ip link show "$BRIDGE" >/dev/null 2>&1 && die "bridge $BRIDGE already exists (another node running? try node.sh down)"
+  if [[ ! -f $N/net ]] && ip link show "$BRIDGE" >/dev/null 2>&1; then
+    die "bridge $BRIDGE already exists (another node running? try node.sh down)"
+  fi
   true
+}
+
+# Bridge with the node IP; the CNI bridge plugin attaches pods to it (gateway = node IP).
+cmd_net_up() {
+  [[ $(id -u) == 0 ]] || die "node.sh needs root"
+  [[ -f $N/net ]] && return 0
+  ip link show "$BRIDGE" >/dev/null 2>&1 && die "bridge $BRIDGE already exists (another node running? try node.sh down)"
+  mkdir -p "$N"
+  touch "$N/net"
+  iptables_record
+  ip link add "$BRIDGE" type bridge
+  ip addr add "$NODE_IP/${POD_SUBNET#*/}" dev "$BRIDGE"
+  ip link set "$BRIDGE" up
+  log "bridge $BRIDGE up with node IP $NODE_IP"
+}
+
+# Pods reach the API server through the kubernetes Service IP (10.0.0.1:443 by default,
+# what in-cluster clients read from KUBERNETES_SERVICE_HOST/PORT). There is no kube-proxy,
+# so one DNAT rule maps it to the API server, if that listens on the node IP.
+SERVICE_RULE=()
+service_rule_init() {
+  local api host port
+  api=$(sed -n 's/^ *server: https:\/\///p' "$CLUSTER_DIR/admin.kubeconfig")
+  host=${api%:*}; port=${api##*:}
+  [[ $host == "$NODE_IP" ]] || return 1
+  SERVICE_RULE=(PREROUTING -i "$BRIDGE" -d "${KUBERNETES_SERVICE_IP:-10.0.0.1}" -p tcp --dport 443
+    -m comment --comment porchlight-node-apiserver -j DNAT --to-destination "$NODE_IP:$port")
 }
 
 setup_cgroups() {
@@ -169,7 +201,9 @@ cmd_up() {
   preflight
   # die() exits, which skips ERR traps: tear down from an EXIT trap unless up finished.
   UP_DONE=0
-  trap 'if ((UP_DONE == 0)); then log "up failed or interrupted: tearing down"; cmd_down; fi' EXIT
+  # Keep a bridge made by an earlier net-up: the API server may listen on it (control-plane.sh).
+  KEEP_NET=; [[ -f $N/net ]] && KEEP_NET=--keep-net
+  trap 'if ((UP_DONE == 0)); then log "up failed or interrupted: tearing down"; cmd_down $KEEP_NET; fi' EXIT
   trap 'exit 130' INT TERM
   local t0=$SECONDS
   mkdir -p "$N"
@@ -184,9 +218,14 @@ cmd_up() {
     sysctl -qw "$kv"
   done
 
-  ip link add "$BRIDGE" type bridge
-  ip addr add "$NODE_IP/${POD_SUBNET#*/}" dev "$BRIDGE"
-  ip link set "$BRIDGE" up
+  cmd_net_up
+  if service_rule_init && command -v iptables >/dev/null; then
+    iptables -w 5 -t nat -A "${SERVICE_RULE[@]}"
+    echo "${SERVICE_RULE[*]}" >"$N/service-rule"
+    log "kubernetes Service ${KUBERNETES_SERVICE_IP:-10.0.0.1}:443 -> API server for pods"
+  else
+    log "API server not on the node IP (or no iptables): pods cannot reach it"
+  fi
   setup_cgroups
   write_configs
 
@@ -218,6 +257,44 @@ cmd_up() {
   log "node $NODE_NAME Ready in $((SECONDS - t0))s (node IP $NODE_IP, pods $POD_SUBNET)"
 }
 
+# The kubelet creates iptables chains for its own monitoring (KUBE-IPTABLES-HINT,
+# KUBE-KUBELET-CANARY) and a KUBE-FIREWALL rule dropping non-local traffic to 127.0.0.0/8.
+# Remove them on down unless they existed before up (another kubelet on the host).
+IPT_CHAINS=(filter:KUBE-FIREWALL filter:KUBE-KUBELET-CANARY nat:KUBE-KUBELET-CANARY
+  mangle:KUBE-KUBELET-CANARY mangle:KUBE-IPTABLES-HINT)
+
+iptables_record() {
+  : >"$N/iptables.preexisting"
+  local ipt tc
+  for ipt in iptables ip6tables; do
+    command -v $ipt >/dev/null || continue
+    for tc in "${IPT_CHAINS[@]}"; do
+      $ipt -w 5 -t "${tc%%:*}" -S "${tc#*:}" >/dev/null 2>&1 && echo "$ipt:$tc" >>"$N/iptables.preexisting"
+    done
+  done
+  true
+}
+
+iptables_cleanup() {
+  [[ -f $N/iptables.preexisting ]] || return 0
+  local ipt tc t c
+  for ipt in iptables ip6tables; do
+    command -v $ipt >/dev/null || continue
+    for tc in "${IPT_CHAINS[@]}"; do
+      grep -qx "$ipt:$tc" "$N/iptables.preexisting" && continue
+      t=${tc%%:*}; c=${tc#*:}
+      $ipt -w 5 -t "$t" -S "$c" >/dev/null 2>&1 || continue
+      if [[ $c == KUBE-FIREWALL ]]; then
+        while $ipt -w 5 -t "$t" -D INPUT -j "$c" 2>/dev/null; do :; done
+        while $ipt -w 5 -t "$t" -D OUTPUT -j "$c" 2>/dev/null; do :; done
+      fi
+      $ipt -w 5 -t "$t" -F "$c" 2>/dev/null || true
+      $ipt -w 5 -t "$t" -X "$c" 2>/dev/null && log "removed $ipt $t chain $c"
+    done
+  done
+  true
+}
+
 # Kill containerd shims that serve our socket (they outlive containerd by design).
 kill_shims() {
   local p cmd
@@ -240,9 +317,15 @@ unmount_all() {
   true
 }
 
+# down [--keep-net]: stop the node and undo its host changes. --keep-net leaves the bridge
+# (and so the node IP) in place for an API server still listening there; `net-down` then
+# removes it. control-plane.sh down does exactly that around stopping the API server.
 cmd_down() {
   [[ -d $N ]] || return 0
   stop kubelet 15
+  if alive kube-apiserver; then
+    kubectl_admin delete node "$NODE_NAME" --ignore-not-found --wait=false --request-timeout=5s >/dev/null 2>&1 || true
+  fi
   if alive containerd; then
     # Stop and remove all pod sandboxes through CRI so CNI releases IPs and veths.
     local crictl=$K8S_BIN/crictl
@@ -253,25 +336,39 @@ cmd_down() {
   stop containerd 15
   kill_shims
   unmount_all
-  ip link del "$BRIDGE" 2>/dev/null && log "deleted bridge $BRIDGE"
   cleanup_cgroups
+  if [[ -f $N/service-rule ]]; then
+    read -ra rule <"$N/service-rule"
+    iptables -w 5 -t nat -D "${rule[@]}" 2>/dev/null || log "warning: could not delete the DNAT rule"
+    rm -f "$N/service-rule"
+  fi
   rm -f /var/lib/cni/results/"$CNI_NET"-* 2>/dev/null || true
   rmdir /var/lib/cni/results /var/lib/cni 2>/dev/null || true # only if empty
   if [[ -f $N/sysctl.orig ]]; then
     while read -r kv; do sysctl -qw "$kv" || true; done <"$N/sysctl.orig"
+    rm -f "$N/sysctl.orig"
     log "restored sysctls"
   fi
-  log "removing $N"
-  rm -rf "$N"
-  log "removed"
-  if alive kube-apiserver; then
-    kubectl_admin delete node "$NODE_NAME" --ignore-not-found --wait=false --request-timeout=5s >/dev/null 2>&1 || true
-  fi
+  # Everything but the network markers.
+  find "$N" -mindepth 1 -maxdepth 1 ! -name net ! -name iptables.preexisting -exec rm -rf {} +
   log "node down"
+  [[ ${1:-} == --keep-net ]] || cmd_net_down
+}
+
+cmd_net_down() {
+  [[ -d $N ]] || return 0
+  if [[ -f $N/net ]]; then
+    ip link del "$BRIDGE" 2>/dev/null && log "deleted bridge $BRIDGE"
+  fi
+  iptables_cleanup # the kubelet's chains (after the kubelet stopped)
+  rm -rf "$N"
 }
 
 case ${1:-} in
   up) cmd_up ;;
-  down) cmd_down ;;
-  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+  net-up) cmd_net_up ;;
+  node-ip) echo "$NODE_IP" ;;
+  down) cmd_down "${2:-}" ;;
+  net-down) cmd_net_down ;;
+  *) echo "usage: $0 up|down [--keep-net]|net-up|net-down|node-ip" >&2; exit 2 ;;
 esac

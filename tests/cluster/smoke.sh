@@ -90,6 +90,11 @@ if ((WITH_NODE)); then
   pod=$(k -n "$NS" get pods -l app=web -o jsonpath='{.items[0].metadata.name}')
   k -n "$NS" logs "$pod" || die "kubectl logs failed"
   k -n "$NS" exec "$pod" -- ip -4 addr show eth0 || die "kubectl exec failed"
+  # In-cluster clients use KUBERNETES_SERVICE_HOST:PORT (the kubernetes Service IP).
+  ver=$(k -n "$NS" exec "$pod" -- sh -c \
+    'wget -q -O- --no-check-certificate "https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/version"') ||
+    die "pod cannot reach the API server through the kubernetes Service IP"
+  log "pod -> https://\$KUBERNETES_SERVICE_HOST/version: $(tr -d ' \n' <<<"$ver" | cut -c1-60)"
 fi
 
 # Garbage collection through ownerReferences: deleting the Deployment removes RS and pods.
