@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::duration::parse_duration;
 
 /// A function: code plus the settings of its execution environments.
+// `printcolumn(type_ = ...)` repeats by design; clippy reads it as a duplicate.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "porchlight.dev",

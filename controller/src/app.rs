@@ -164,7 +164,8 @@ async fn work_as_leader(
     ));
 
     let functions: Api<Function> = Api::all(client.clone());
-    let owned = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
+    let owned =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
     let controller = Controller::new(functions, watcher::Config::default().any_semantic())
         .owns(Api::<Deployment>::all(client.clone()), owned.clone())
         .owns(Api::<Service>::all(client.clone()), owned.clone())
@@ -179,7 +180,9 @@ async fn work_as_leader(
             match r {
                 Ok((obj, _)) => tracing::debug!(function = %obj.name, "reconciled"),
                 Err(controller::Error::ReconcilerFailed(..)) => {} // counted in error_policy
-                Err(controller::Error::ObjectNotFound(obj)) => tracing::debug!(%obj, "reconcile skipped: gone"),
+                Err(controller::Error::ObjectNotFound(obj)) => {
+                    tracing::debug!(%obj, "reconcile skipped: gone")
+                }
                 Err(e) => warn!(error = %e, "controller stream error (retrying)"),
             }
             futures::future::ready(())

@@ -31,7 +31,11 @@ pub struct Args {
     pub namespace: String,
 
     /// Image of the runtime shim for functions without an image of their own.
-    #[arg(long, env = "PORCHLIGHT_RUNTIME_IMAGE", default_value = "porchlight/runtime-python:dev")]
+    #[arg(
+        long,
+        env = "PORCHLIGHT_RUNTIME_IMAGE",
+        default_value = "porchlight/runtime-python:dev"
+    )]
     pub runtime_image: String,
 
     /// Gateway to poll, repeatable (e.g. http://127.0.0.1:8080). Without it,
@@ -49,7 +53,11 @@ pub struct Args {
     pub url_base: Option<String>,
 
     /// Address of /live, /ready and /metrics (port 0 picks a free port, logged at start).
-    #[arg(long, env = "PORCHLIGHT_CONTROLLER_LISTEN", default_value = "0.0.0.0:9090")]
+    #[arg(
+        long,
+        env = "PORCHLIGHT_CONTROLLER_LISTEN",
+        default_value = "0.0.0.0:9090"
+    )]
     pub listen: SocketAddr,
 
     /// Elect a leader with a Lease, so several replicas are safe.
@@ -57,7 +65,11 @@ pub struct Args {
     pub leader_election: bool,
 
     /// Name of the Lease in --namespace.
-    #[arg(long, env = "PORCHLIGHT_LEASE_NAME", default_value = "porchlight-controller")]
+    #[arg(
+        long,
+        env = "PORCHLIGHT_LEASE_NAME",
+        default_value = "porchlight-controller"
+    )]
     pub lease_name: String,
 
     /// Seconds a leader's lease stays valid without renewal.
@@ -104,7 +116,8 @@ pub enum ConfigError {
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -143,24 +156,42 @@ impl Config {
     pub fn validate(args: Args) -> Result<Config, ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if !is_dns_label(&args.namespace) {
-            return bad(format!("--namespace '{}' is not a valid namespace name", args.namespace));
+            return bad(format!(
+                "--namespace '{}' is not a valid namespace name",
+                args.namespace
+            ));
         }
-        if args.runtime_image.trim().is_empty() || args.runtime_image.contains(char::is_whitespace) {
-            return bad(format!("--runtime-image '{}' is not an image reference", args.runtime_image));
+        if args.runtime_image.trim().is_empty() || args.runtime_image.contains(char::is_whitespace)
+        {
+            return bad(format!(
+                "--runtime-image '{}' is not an image reference",
+                args.runtime_image
+            ));
         }
         if let Some(u) = args.gateway_urls.iter().find(|u| !is_http_url(u)) {
-            return bad(format!("--gateway-url '{u}' must start with http:// or https://"));
+            return bad(format!(
+                "--gateway-url '{u}' must start with http:// or https://"
+            ));
         }
         if let Some(path) = &args.kubeconfig
             && !path.is_file()
         {
-            return bad(format!("--kubeconfig '{}' is not a readable file", path.display()));
+            return bad(format!(
+                "--kubeconfig '{}' is not a readable file",
+                path.display()
+            ));
         }
         if !is_dns_label(&args.lease_name) {
-            return bad(format!("--lease-name '{}' is not a valid name", args.lease_name));
+            return bad(format!(
+                "--lease-name '{}' is not a valid name",
+                args.lease_name
+            ));
         }
         if !(5..=300).contains(&args.lease_seconds) {
-            return bad(format!("--lease-seconds must be between 5 and 300, got {}", args.lease_seconds));
+            return bad(format!(
+                "--lease-seconds must be between 5 and 300, got {}",
+                args.lease_seconds
+            ));
         }
         if args.reconcile_concurrency == 0 {
             return bad("--reconcile-concurrency must be at least 1".to_string());
@@ -172,7 +203,11 @@ impl Config {
         };
         let url_base = match &args.url_base {
             Some(u) if is_http_url(u) => u.trim_end_matches('/').to_string(),
-            Some(u) => return bad(format!("--url-base '{u}' must start with http:// or https://")),
+            Some(u) => {
+                return bad(format!(
+                    "--url-base '{u}' must start with http:// or https://"
+                ));
+            }
             None => format!("http://porchlight-gateway.{}.svc:8080", args.namespace),
         };
         let identity = args
@@ -203,7 +238,10 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         let c = parse(&[]).expect("defaults");
-        assert_eq!(c.url_base, "http://porchlight-gateway.porchlight-system.svc:8080");
+        assert_eq!(
+            c.url_base,
+            "http://porchlight-gateway.porchlight-system.svc:8080"
+        );
         assert_eq!(c.args.runtime_image, "porchlight/runtime-python:dev");
         assert!(c.args.leader_election);
     }

@@ -61,7 +61,10 @@ pub async fn poll_gateway(
             r = request => r,
         };
         let report = match outcome {
-            Ok(resp) if resp.status().is_success() => resp.json::<GatewayReport>().await.map_err(|e| e.to_string()),
+            Ok(resp) if resp.status().is_success() => resp
+                .json::<GatewayReport>()
+                .await
+                .map_err(|e| e.to_string()),
             Ok(resp) => Err(format!("status {}", resp.status())),
             Err(e) => Err(e.to_string()),
         };
@@ -78,8 +81,9 @@ pub async fn poll_gateway(
             Err(error) => {
                 metrics.gateway_poll_errors.inc();
                 failures = failures.saturating_add(1);
-                let delay = Duration::from_millis(250u64 << failures.min(4)).min(Duration::from_secs(4));
-                if failures == 1 || failures % 20 == 0 {
+                let delay =
+                    Duration::from_millis(250u64 << failures.min(4)).min(Duration::from_secs(4));
+                if failures == 1 || failures.is_multiple_of(20) {
                     warn!(gateway = %base, %error, failures, "polling gateway failed");
                 }
                 tokio::select! {
@@ -130,7 +134,11 @@ pub fn gateway_urls(pods: &[Arc<Pod>]) -> HashMap<String, String> {
                 .flatten()
                 .any(|c| c.type_ == "Ready" && c.status == "True");
             let ip = status.pod_ip.as_ref()?;
-            let host = if ip.contains(':') { format!("[{ip}]") } else { ip.clone() };
+            let host = if ip.contains(':') {
+                format!("[{ip}]")
+            } else {
+                ip.clone()
+            };
             ready.then(|| (p.name_any(), format!("http://{host}:{GATEWAY_PORT}")))
         })
         .collect()

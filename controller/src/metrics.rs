@@ -90,9 +90,11 @@ impl Metrics {
             &["namespace", "function"],
         )
         .expect("valid metric");
-        let gateways_live =
-            IntGauge::new("porchlight_autoscaler_gateways_live", "Gateways whose reports are trusted")
-                .expect("valid metric");
+        let gateways_live = IntGauge::new(
+            "porchlight_autoscaler_gateways_live",
+            "Gateways whose reports are trusted",
+        )
+        .expect("valid metric");
         let leader = IntGauge::new(
             "porchlight_controller_leader",
             "1 while this replica holds the leader lease",
@@ -110,7 +112,11 @@ impl Metrics {
             registry.register(m).expect("metric registered once");
         }
         Metrics {
-            reconciles: counter(&registry, "porchlight_controller_reconciles_total", "Reconciles started"),
+            reconciles: counter(
+                &registry,
+                "porchlight_controller_reconciles_total",
+                "Reconciles started",
+            ),
             invalid_specs: counter(
                 &registry,
                 "porchlight_controller_invalid_specs_total",
@@ -149,8 +155,12 @@ impl Metrics {
 
     /// Forgets the per-function series of a deleted function.
     pub fn forget_function(&self, namespace: &str, name: &str) {
-        let _ = self.observed_concurrency.remove_label_values(&[namespace, name]);
-        let _ = self.desired_environments.remove_label_values(&[namespace, name]);
+        let _ = self
+            .observed_concurrency
+            .remove_label_values(&[namespace, name]);
+        let _ = self
+            .desired_environments
+            .remove_label_values(&[namespace, name]);
     }
 
     /// The text exposition of every metric.

@@ -171,7 +171,15 @@ async fn invalid_spec(
     status.selector = Some(resources::selector(&f.name_any()));
     write_status(f, ctx, ns, &status).await?;
     if changed {
-        publish(ctx, f, EventType::Warning, "InvalidSpec", "Validate", &message).await;
+        publish(
+            ctx,
+            f,
+            EventType::Warning,
+            "InvalidSpec",
+            "Validate",
+            &message,
+        )
+        .await;
     }
     info!(function = %f.name_any(), namespace = ns, %message, "invalid spec");
     // Nothing to retry: a fixed spec is a new generation, which triggers a reconcile.
@@ -198,7 +206,11 @@ async fn apply_workload(
     };
     if let Some(cm) = resources::code_config_map(f) {
         Api::<ConfigMap>::namespaced(client.clone(), ns)
-            .patch(&resources::code_config_map_name(&name), &apply_params(), &Patch::Apply(&cm))
+            .patch(
+                &resources::code_config_map_name(&name),
+                &apply_params(),
+                &Patch::Apply(&cm),
+            )
             .await?;
     }
     let hash = resources::code_hash(f, user_code.as_ref());
@@ -244,7 +256,11 @@ async fn apply_workload(
     };
 
     Api::<Service>::namespaced(client.clone(), ns)
-        .patch(&workload, &apply_params(), &Patch::Apply(&resources::service(f)))
+        .patch(
+            &workload,
+            &apply_params(),
+            &Patch::Apply(&resources::service(f)),
+        )
         .await?;
 
     // Status from the Deployment, the autoscaler and (when something is not
@@ -252,7 +268,11 @@ async fn apply_workload(
     let dstatus = deployment.status.clone().unwrap_or_default();
     let replicas = dstatus.replicas.unwrap_or(0);
     let ready = dstatus.ready_replicas.unwrap_or(0);
-    let spec_replicas = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+    let spec_replicas = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(0);
     let trouble = if replicas > ready || spec_replicas > ready {
         environment_trouble(&client, ns, &name).await?
     } else {
@@ -266,17 +286,29 @@ async fn apply_workload(
         .unwrap_or(spec_replicas);
     let previous = ready_condition(f);
     let (cond_status, reason, message) = if ready > 0 {
-        ("True", "Ready", format!("{ready} of {replicas} environments ready"))
+        (
+            "True",
+            "Ready",
+            format!("{ready} of {replicas} environments ready"),
+        )
     } else if let Some(Trouble::InitFailed(msg)) = &trouble {
         ("False", "InitFailed", msg.clone())
     } else if desired == 0 && replicas == 0 {
-        ("True", "ScaledToZero", "No environments; the next event starts one".to_string())
+        (
+            "True",
+            "ScaledToZero",
+            "No environments; the next event starts one".to_string(),
+        )
     } else {
         let detail = match &trouble {
             Some(Trouble::Waiting(msg)) => format!(": {msg}"),
             _ => String::new(),
         };
-        ("False", "Pending", format!("Waiting for environments to finish init{detail}"))
+        (
+            "False",
+            "Pending",
+            format!("Waiting for environments to finish init{detail}"),
+        )
     };
     let newly_failed = reason == "InitFailed"
         && previous.is_none_or(|c| c.reason.as_deref() != Some("InitFailed"));
@@ -357,7 +389,9 @@ pub fn pod_trouble(pods: &[Pod]) -> Option<Trouble> {
             if let Some(w) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) {
                 let reason = w.reason.clone().unwrap_or_default();
                 if reason == "CrashLoopBackOff" {
-                    return Some(Trouble::InitFailed("the runtime keeps exiting during init".into()));
+                    return Some(Trouble::InitFailed(
+                        "the runtime keeps exiting during init".into(),
+                    ));
                 }
                 waiting.get_or_insert_with(|| {
                     Trouble::Waiting(match &w.message {
@@ -372,7 +406,10 @@ pub fn pod_trouble(pods: &[Pod]) -> Option<Trouble> {
                 .status
                 .as_ref()
                 .and_then(|s| s.conditions.as_ref())
-                .and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled" && c.status == "False"))
+                .and_then(|cs| {
+                    cs.iter()
+                        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+                })
         {
             waiting = Some(Trouble::Waiting(truncate(
                 c.message.as_deref().unwrap_or("unschedulable"),
@@ -420,7 +457,12 @@ fn condition(
     }
 }
 
-async fn write_status(f: &Function, ctx: &Context, ns: &str, status: &FunctionStatus) -> Result<()> {
+async fn write_status(
+    f: &Function,
+    ctx: &Context,
+    ns: &str,
+    status: &FunctionStatus,
+) -> Result<()> {
     let api: Api<Function> = Api::namespaced(ctx.client.clone(), ns);
     let body = json!({
         "apiVersion": Function::api_version(&()),
@@ -432,7 +474,14 @@ async fn write_status(f: &Function, ctx: &Context, ns: &str, status: &FunctionSt
     Ok(())
 }
 
-async fn publish(ctx: &Context, f: &Function, type_: EventType, reason: &str, action: &str, note: &str) {
+async fn publish(
+    ctx: &Context,
+    f: &Function,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
     let event = Event {
         type_,
         reason: reason.to_string(),

@@ -63,9 +63,15 @@ pub struct WorkloadSettings {
 pub fn labels(function: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (FUNCTION_LABEL.to_string(), function.to_string()),
-        ("app.kubernetes.io/managed-by".to_string(), MANAGED_BY.to_string()),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            MANAGED_BY.to_string(),
+        ),
         ("app.kubernetes.io/name".to_string(), function.to_string()),
-        ("app.kubernetes.io/component".to_string(), "function".to_string()),
+        (
+            "app.kubernetes.io/component".to_string(),
+            "function".to_string(),
+        ),
     ])
 }
 
@@ -101,8 +107,16 @@ pub fn inline_code_file(f: &Function) -> (String, String) {
     if f.spec.runtime == "provided" {
         return ("bootstrap".to_string(), "bootstrap".to_string());
     }
-    let module = handler_module(f.spec.handler.as_deref().unwrap_or("lambda_function.handler"));
-    (format!("{module}.py"), format!("{}.py", module.replace('.', "/")))
+    let module = handler_module(
+        f.spec
+            .handler
+            .as_deref()
+            .unwrap_or("lambda_function.handler"),
+    );
+    (
+        format!("{module}.py"),
+        format!("{}.py", module.replace('.', "/")),
+    )
 }
 
 /// The ConfigMap with the function's inline code, if the code is inline.
@@ -431,7 +445,14 @@ spec:
     #[test]
     fn deployment_has_contract_env_probes_and_security() {
         let f = function(HELLO);
-        let d = deployment(&f, &WorkloadSettings { runtime_image: "img:1".into() }, "h", Some(0));
+        let d = deployment(
+            &f,
+            &WorkloadSettings {
+                runtime_image: "img:1".into(),
+            },
+            "h",
+            Some(0),
+        );
         let spec = d.spec.expect("spec");
         assert_eq!(spec.replicas, Some(0));
         let pod = spec.template.spec.expect("pod");
@@ -448,17 +469,34 @@ spec:
             .map(|e| (e.name.as_str(), e.value.clone()))
             .collect();
         assert_eq!(env["PORCHLIGHT_LISTEN"].as_deref(), Some("0.0.0.0:8080"));
-        assert_eq!(env["PORCHLIGHT_HANDLER"].as_deref(), Some("pkg.app.lambda_handler"));
+        assert_eq!(
+            env["PORCHLIGHT_HANDLER"].as_deref(),
+            Some("pkg.app.lambda_handler")
+        );
         assert_eq!(env["PORCHLIGHT_MEMORY_MIB"].as_deref(), Some("256"));
-        assert_eq!(env["PORCHLIGHT_ENVIRONMENT_ID"], None, "from the downward API");
+        assert_eq!(
+            env["PORCHLIGHT_ENVIRONMENT_ID"], None,
+            "from the downward API"
+        );
         assert_eq!(env["GREETING"].as_deref(), Some("hi"));
-        assert_eq!(c.env.iter().flatten().filter(|e| e.name == "PORCHLIGHT_LISTEN").count(), 1);
+        assert_eq!(
+            c.env
+                .iter()
+                .flatten()
+                .filter(|e| e.name == "PORCHLIGHT_LISTEN")
+                .count(),
+            1
+        );
         let sc = c.security_context.as_ref().expect("security context");
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         assert_eq!(sc.allow_privilege_escalation, Some(false));
         let probe = c.readiness_probe.as_ref().expect("readiness");
         assert_eq!(probe.period_seconds, Some(1));
-        let limits = c.resources.as_ref().and_then(|r| r.limits.clone()).expect("limits");
+        let limits = c
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.clone())
+            .expect("limits");
         assert_eq!(limits["memory"], Quantity("256Mi".into()));
         let owner = &d.metadata.owner_references.expect("owner")[0];
         assert_eq!(owner.controller, Some(true));
@@ -471,7 +509,14 @@ spec:
         f.spec.code.inline = None;
         f.spec.code.image = Some("me/fn:2".into());
         assert!(code_config_map(&f).is_none());
-        let d = deployment(&f, &WorkloadSettings { runtime_image: "img:1".into() }, "h", None);
+        let d = deployment(
+            &f,
+            &WorkloadSettings {
+                runtime_image: "img:1".into(),
+            },
+            "h",
+            None,
+        );
         let pod = d.spec.and_then(|s| s.template.spec).expect("pod");
         assert_eq!(pod.containers[0].image.as_deref(), Some("me/fn:2"));
         assert!(pod.volumes.iter().flatten().all(|v| v.name != "code"));
@@ -485,6 +530,9 @@ spec:
         assert_eq!(code_hash(&f, None), code_hash(&g, None));
         g.spec.code.inline = Some("def lambda_handler(e, c): return 1".into());
         assert_ne!(code_hash(&f, None), code_hash(&g, None));
-        assert_eq!(stable_hash([b"a".as_slice()]), stable_hash([b"a".as_slice()]));
+        assert_eq!(
+            stable_hash([b"a".as_slice()]),
+            stable_hash([b"a".as_slice()])
+        );
     }
 }

@@ -126,7 +126,11 @@ impl ScaleChange {
 /// Where decisions go.
 pub trait ScaleSink: Send + Sync {
     /// Applies a new desired count to the function's workload.
-    fn apply(&self, function: &Function, change: &ScaleChange) -> impl Future<Output = Result<()>> + Send;
+    fn apply(
+        &self,
+        function: &Function,
+        change: &ScaleChange,
+    ) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// Where the autoscaler finds the Functions that exist.
@@ -355,11 +359,11 @@ impl<F: FunctionSource, S: ScaleSink> AutoscalerLoop<F, S> {
                 None => {
                     let status = f.status.as_ref();
                     let last_scale_time = status.and_then(|s| s.last_scale_time.clone());
-                    let applied = self
-                        .book
-                        .get(&key)
-                        .map(|r| r.desired)
-                        .or_else(|| status.and_then(|s| s.desired_replicas).map(|n| n.max(0) as u32));
+                    let applied = self.book.get(&key).map(|r| r.desired).or_else(|| {
+                        status
+                            .and_then(|s| s.desired_replicas)
+                            .map(|n| n.max(0) as u32)
+                    });
                     let current = applied
                         .or_else(|| status.and_then(|s| s.replicas).map(|n| n.max(0) as u32))
                         .unwrap_or(0);

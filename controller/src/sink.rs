@@ -1,10 +1,10 @@
 //! Applies autoscaler decisions to the cluster: `spec.replicas` of the
 //! function's Deployment, plus a Kubernetes Event on the Function.
 
+use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
-use k8s_openapi::api::apps::v1::Deployment;
 use porchlight_api::Function;
 use serde_json::json;
 
@@ -52,7 +52,11 @@ impl ScaleSink for KubeScaleSink {
             action: "Scale".to_string(),
             secondary: None,
         };
-        if let Err(error) = self.recorder.publish(&event, &function.object_ref(&())).await {
+        if let Err(error) = self
+            .recorder
+            .publish(&event, &function.object_ref(&()))
+            .await
+        {
             // The scale itself happened; a lost Event is logged, not retried.
             tracing::warn!(function = %function.name_any(), error = %Error::Event(error), "publishing scale event failed");
         }

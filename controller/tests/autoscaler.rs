@@ -32,8 +32,15 @@ impl Recorded {
 }
 
 impl ScaleSink for Recorded {
-    async fn apply(&self, _f: &Function, change: &ScaleChange) -> porchlight_controller::Result<()> {
-        self.0.lock().unwrap().push((Instant::now(), change.clone()));
+    async fn apply(
+        &self,
+        _f: &Function,
+        change: &ScaleChange,
+    ) -> porchlight_controller::Result<()> {
+        self.0
+            .lock()
+            .unwrap()
+            .push((Instant::now(), change.clone()));
         Ok(())
     }
 }
@@ -97,7 +104,14 @@ fn start(f: Arc<Function>) -> Harness {
     let stop = CancellationToken::new();
     let l = AutoscalerLoop::new(functions, sink.clone(), book.clone(), metrics.clone());
     let task = tokio::spawn(l.run(rx, stop.clone()));
-    Harness { tx, sink, metrics, book, stop, task }
+    Harness {
+        tx,
+        sink,
+        metrics,
+        book,
+        stop,
+        task,
+    }
 }
 
 /// A gateway that reports `load(second)` every second, as the real ones do.
@@ -133,9 +147,15 @@ async fn demand_at_zero_scales_up_at_once_on_a_poke() {
     let changes = h.sink.changes();
     assert_eq!(changes.len(), 1, "{changes:?}");
     let (at, change) = &changes[0];
-    assert!(*at - poked_at < Duration::from_millis(100), "decided on the poke, not at the next tick");
+    assert!(
+        *at - poked_at < Duration::from_millis(100),
+        "decided on the poke, not at the next tick"
+    );
     assert_eq!(change.from, Some(0));
-    assert!(change.to >= 1, "demand at zero yields at least one environment");
+    assert!(
+        change.to >= 1,
+        "demand at zero yields at least one environment"
+    );
     assert_eq!(change.reason, DecisionReason::WakeFromZero);
     assert_eq!(change.event_reason(), "ScaledUp");
     assert_eq!(h.metrics.wakes.get(), 1);
@@ -166,8 +186,14 @@ async fn idle_function_scales_to_zero_after_its_window() {
     assert_eq!(last.event_reason(), "ScaledToZero");
     // Last demand at ~2 s; 5 s idle window: not before ~7 s.
     let since_start = *zero_at - first.0;
-    assert!(since_start >= Duration::from_secs(6), "scaled to zero too early: {since_start:?}");
-    assert!(since_start <= Duration::from_secs(9), "scaled to zero too late: {since_start:?}");
+    assert!(
+        since_start >= Duration::from_secs(6),
+        "scaled to zero too early: {since_start:?}"
+    );
+    assert!(
+        since_start <= Duration::from_secs(9),
+        "scaled to zero too late: {since_start:?}"
+    );
     h.stop.cancel();
 }
 
@@ -177,9 +203,17 @@ async fn reports_from_two_gateways_are_summed() {
     let a = gateway(h.tx.clone(), "gw-a", 10, |_| 3.5);
     let b = gateway(h.tx.clone(), "gw-b", 10, |_| 3.5);
     sleep(Duration::from_millis(9_500)).await;
-    let observed = h.metrics.observed_concurrency.with_label_values(&["demo", "hello"]).get();
+    let observed = h
+        .metrics
+        .observed_concurrency
+        .with_label_values(&["demo", "hello"])
+        .get();
     assert!((observed - 7.0).abs() < 1e-9, "3.5 + 3.5, got {observed}");
-    assert_eq!(h.book.get(&key()).map(|r| r.desired), Some(10), "7 / 0.7 = 10");
+    assert_eq!(
+        h.book.get(&key()).map(|r| r.desired),
+        Some(10),
+        "7 / 0.7 = 10"
+    );
     assert_eq!(h.metrics.gateways_live.get(), 2);
     a.await.expect("a");
     b.await.expect("b");
@@ -193,7 +227,12 @@ async fn a_silent_gateway_is_dropped_after_five_seconds() {
     // gw-b reports twice, then its pod hangs.
     let b = gateway(h.tx.clone(), "gw-b", 2, |_| 3.5);
     sleep(Duration::from_millis(2_500)).await;
-    let gauge = || h.metrics.observed_concurrency.with_label_values(&["demo", "hello"]).get();
+    let gauge = || {
+        h.metrics
+            .observed_concurrency
+            .with_label_values(&["demo", "hello"])
+            .get()
+    };
     assert!((gauge() - 7.0).abs() < 1e-9, "both trusted: {}", gauge());
     sleep(Duration::from_secs(6)).await;
     assert!((gauge() - 3.5).abs() < 1e-9, "gw-b dropped: {}", gauge());
@@ -206,10 +245,16 @@ async fn a_silent_gateway_is_dropped_after_five_seconds() {
 #[tokio::test(start_paused = true)]
 async fn a_gone_gateway_is_forgotten_at_once() {
     let h = start(function("30s"));
-    h.tx.send(report("gw-a", 1, false, 3.5)).await.expect("send");
-    h.tx.send(report("gw-b", 1, false, 3.5)).await.expect("send");
+    h.tx.send(report("gw-a", 1, false, 3.5))
+        .await
+        .expect("send");
+    h.tx.send(report("gw-b", 1, false, 3.5))
+        .await
+        .expect("send");
     sleep(Duration::from_millis(1_100)).await;
-    h.tx.send(GatewayMessage::Gone("gw-b".into())).await.expect("send");
+    h.tx.send(GatewayMessage::Gone("gw-b".into()))
+        .await
+        .expect("send");
     sleep(Duration::from_millis(1_000)).await;
     assert_eq!(h.metrics.gateways_live.get(), 1);
     h.stop.cancel();

@@ -32,7 +32,8 @@ fn typed<T: serde::de::DeserializeOwned>(doc: &Value) -> T {
 
 #[test]
 fn committed_crd_matches_the_rust_types() {
-    let committed = std::fs::read_to_string(root().join("deploy/crd.yaml")).expect("deploy/crd.yaml");
+    let committed =
+        std::fs::read_to_string(root().join("deploy/crd.yaml")).expect("deploy/crd.yaml");
     assert!(
         committed == porchlight_controller::crd_yaml(),
         "deploy/crd.yaml is stale: run `cargo run -p porchlight-controller --bin crdgen > deploy/crd.yaml`"
@@ -40,7 +41,8 @@ fn committed_crd_matches_the_rust_types() {
 }
 
 fn check_schema(path: &str, s: &JSONSchemaProps, problems: &mut Vec<String>) {
-    let open = s.x_kubernetes_preserve_unknown_fields == Some(true) || s.x_kubernetes_int_or_string == Some(true);
+    let open = s.x_kubernetes_preserve_unknown_fields == Some(true)
+        || s.x_kubernetes_int_or_string == Some(true);
     if s.type_.is_none() && !open {
         problems.push(format!("{path}: no type (not structural)"));
     }
@@ -54,12 +56,13 @@ fn check_schema(path: &str, s: &JSONSchemaProps, problems: &mut Vec<String>) {
         }
         check_schema(&format!("{path}.{name}"), p, problems);
     }
-    if let Some(items) = &s.items {
-        if let Ok(schema) = serde_json::from_value::<JSONSchemaProps>(serde_json::to_value(items).expect("json")) {
-            let mut inner = Vec::new();
-            check_schema(&format!("{path}[]"), &schema, &mut inner);
-            problems.extend(inner);
-        }
+    if let Some(items) = &s.items
+        && let Ok(schema) =
+            serde_json::from_value::<JSONSchemaProps>(serde_json::to_value(items).expect("json"))
+    {
+        let mut inner = Vec::new();
+        check_schema(&format!("{path}[]"), &schema, &mut inner);
+        problems.extend(inner);
     }
     for k in ["anyOf", "oneOf", "allOf", "not"] {
         let v = serde_json::to_value(s).expect("json");
@@ -72,16 +75,28 @@ fn check_schema(path: &str, s: &JSONSchemaProps, problems: &mut Vec<String>) {
 #[test]
 fn crd_schema_is_structural_and_explained() {
     let crd: CustomResourceDefinition = typed(&docs("deploy/crd.yaml")[0]);
-    assert_eq!(crd.metadata.name.as_deref(), Some("functions.porchlight.dev"));
+    assert_eq!(
+        crd.metadata.name.as_deref(),
+        Some("functions.porchlight.dev")
+    );
     let version = &crd.spec.versions[0];
     assert_eq!(version.name, "v1alpha1");
     let sub = version.subresources.as_ref().expect("subresources");
     assert!(sub.status.is_some() && sub.scale.is_some());
-    let schema = version.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()).expect("schema");
+    let schema = version
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .expect("schema");
     let mut problems = Vec::new();
     check_schema("", schema, &mut problems);
     assert!(problems.is_empty(), "{problems:#?}");
-    let columns: Vec<_> = version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
+    let columns: Vec<_> = version
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
     for c in ["Ready", "Replicas", "Desired", "Age"] {
         assert!(columns.contains(&c), "printer column {c}");
     }
@@ -89,17 +104,47 @@ fn crd_schema_is_structural_and_explained() {
 
 fn pods_are_locked_down(d: &Deployment) {
     let name = d.metadata.name.clone().unwrap_or_default();
-    let pod = d.spec.as_ref().and_then(|s| s.template.spec.as_ref()).expect("pod spec");
+    let pod = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec");
     let pod_sc = pod.security_context.as_ref().expect("pod securityContext");
     assert_eq!(pod_sc.run_as_non_root, Some(true), "{name}");
     assert_eq!(pod.enable_service_links, Some(false), "{name}");
     for c in &pod.containers {
-        let sc = c.security_context.as_ref().expect("container securityContext");
-        assert_eq!(sc.read_only_root_filesystem, Some(true), "{name}/{}", c.name);
-        assert_eq!(sc.allow_privilege_escalation, Some(false), "{name}/{}", c.name);
-        assert_eq!(sc.capabilities.as_ref().and_then(|c| c.drop.clone()), Some(vec!["ALL".to_string()]));
-        assert!(c.readiness_probe.is_some() && c.liveness_probe.is_some(), "{name}/{} probes", c.name);
-        assert!(c.resources.as_ref().and_then(|r| r.limits.as_ref()).is_some(), "{name}: memory limit");
+        let sc = c
+            .security_context
+            .as_ref()
+            .expect("container securityContext");
+        assert_eq!(
+            sc.read_only_root_filesystem,
+            Some(true),
+            "{name}/{}",
+            c.name
+        );
+        assert_eq!(
+            sc.allow_privilege_escalation,
+            Some(false),
+            "{name}/{}",
+            c.name
+        );
+        assert_eq!(
+            sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+            Some(vec!["ALL".to_string()])
+        );
+        assert!(
+            c.readiness_probe.is_some() && c.liveness_probe.is_some(),
+            "{name}/{} probes",
+            c.name
+        );
+        assert!(
+            c.resources
+                .as_ref()
+                .and_then(|r| r.limits.as_ref())
+                .is_some(),
+            "{name}: memory limit"
+        );
     }
 }
 
@@ -131,7 +176,14 @@ fn every_manifest_parses_into_its_kubernetes_type() {
             kinds.push(kind);
         }
     }
-    for k in ["Namespace", "CustomResourceDefinition", "ClusterRole", "Deployment", "Service", "ServiceAccount"] {
+    for k in [
+        "Namespace",
+        "CustomResourceDefinition",
+        "ClusterRole",
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+    ] {
         assert!(kinds.iter().any(|x| x == k), "missing {k}");
     }
     let gateway_services: Vec<Service> = docs("deploy/gateway.yaml")
@@ -139,8 +191,19 @@ fn every_manifest_parses_into_its_kubernetes_type() {
         .filter(|d| d["kind"] == "Service")
         .map(typed)
         .collect();
-    assert_eq!(gateway_services[0].metadata.name.as_deref(), Some("porchlight-gateway"));
-    assert_eq!(gateway_services[0].spec.as_ref().and_then(|s| s.ports.as_ref()).expect("ports")[0].port, 8080);
+    assert_eq!(
+        gateway_services[0].metadata.name.as_deref(),
+        Some("porchlight-gateway")
+    );
+    assert_eq!(
+        gateway_services[0]
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .expect("ports")[0]
+            .port,
+        8080
+    );
 }
 
 fn allows(rules: &[PolicyRule], group: &str, resource: &str, verb: &str) -> bool {
@@ -167,20 +230,35 @@ fn rbac_is_least_privilege_and_sufficient() {
             _ => continue,
         };
         for r in &rules {
-            for list in [r.api_groups.clone().unwrap_or_default(), r.resources.clone().unwrap_or_default(), r.verbs.clone()] {
+            for list in [
+                r.api_groups.clone().unwrap_or_default(),
+                r.resources.clone().unwrap_or_default(),
+                r.verbs.clone(),
+            ] {
                 assert!(!list.iter().any(|x| x == "*"), "wildcard in {r:?}");
             }
-            assert!(!r.resources.iter().flatten().any(|x| x == "secrets"), "no secrets");
+            assert!(
+                !r.resources.iter().flatten().any(|x| x == "secrets"),
+                "no secrets"
+            );
         }
         let name = doc["metadata"]["name"].as_str().expect("name").to_string();
         rules_of.entry(name).or_default().extend(rules);
     }
-    let c = [rules_of["porchlight-controller"].clone(), rules_of["porchlight-controller-leader"].clone()].concat();
+    let c = [
+        rules_of["porchlight-controller"].clone(),
+        rules_of["porchlight-controller-leader"].clone(),
+    ]
+    .concat();
     for (group, resource, verbs) in [
         ("porchlight.dev", "functions", &["list", "watch"][..]),
         ("porchlight.dev", "functions/status", &["patch"]),
         ("porchlight.dev", "functions/scale", &["get"]),
-        ("apps", "deployments", &["get", "list", "watch", "create", "patch"]),
+        (
+            "apps",
+            "deployments",
+            &["get", "list", "watch", "create", "patch"],
+        ),
         ("", "services", &["list", "watch", "patch"]),
         ("", "configmaps", &["get", "list", "watch", "patch"]),
         ("", "pods", &["list", "watch"]),
@@ -188,17 +266,30 @@ fn rbac_is_least_privilege_and_sufficient() {
         ("coordination.k8s.io", "leases", &["get", "create", "patch"]),
     ] {
         for v in verbs {
-            assert!(allows(&c, group, resource, v), "controller may not {v} {group}/{resource}");
+            assert!(
+                allows(&c, group, resource, v),
+                "controller may not {v} {group}/{resource}"
+            );
         }
     }
-    assert!(!allows(&c, "apps", "deployments", "delete"), "deletion is the garbage collector's job");
+    assert!(
+        !allows(&c, "apps", "deployments", "delete"),
+        "deletion is the garbage collector's job"
+    );
     let g = &rules_of["porchlight-gateway"];
     for (group, resource) in [("porchlight.dev", "functions"), ("", "pods")] {
         for v in ["list", "watch"] {
-            assert!(allows(g, group, resource, v), "gateway may not {v} {resource}");
+            assert!(
+                allows(g, group, resource, v),
+                "gateway may not {v} {resource}"
+            );
         }
     }
-    assert!(!g.iter().any(|r| r.verbs.iter().any(|v| ["create", "patch", "update", "delete"].contains(&v.as_str()))));
+    assert!(!g.iter().any(|r| {
+        r.verbs
+            .iter()
+            .any(|v| ["create", "patch", "update", "delete"].contains(&v.as_str()))
+    }));
 }
 
 #[test]
@@ -218,7 +309,8 @@ fn examples_are_valid_functions_on_a_cluster() {
             if v["kind"] != "Function" {
                 continue;
             }
-            let f: Function = serde_yaml::from_value(v).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let f: Function =
+                serde_yaml::from_value(v).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             if f.spec.code.path.is_some() {
                 continue; // local-mode example
             }

@@ -45,37 +45,84 @@ async fn create_applies_configmap_deployment_service_and_status() {
 
     // ConfigMap: server-side apply under the controller's field manager.
     let cm = &api.requests(Method::PATCH, "/configmaps/fn-hello-code")[0];
-    assert!(cm.query.contains("fieldManager=porchlight-controller"), "{}", cm.query);
+    assert!(
+        cm.query.contains("fieldManager=porchlight-controller"),
+        "{}",
+        cm.query
+    );
     assert!(cm.query.contains("force=true"));
     let cm_body = cm.body.clone().expect("body");
     assert_owned(&cm_body);
-    assert!(cm_body["data"]["app.py"].as_str().is_some_and(|c| c.contains("def lambda_handler")));
+    assert!(
+        cm_body["data"]["app.py"]
+            .as_str()
+            .is_some_and(|c| c.contains("def lambda_handler"))
+    );
 
     // Deployment: created (POST) with the initial replicas, under the autoscaler's manager.
     let created = api.requests(Method::POST, "/deployments");
     assert_eq!(created.len(), 1);
-    assert!(created[0].query.contains("fieldManager=porchlight-autoscaler"), "{}", created[0].query);
+    assert!(
+        created[0]
+            .query
+            .contains("fieldManager=porchlight-autoscaler"),
+        "{}",
+        created[0].query
+    );
     let d = created[0].body.clone().expect("body");
     assert_owned(&d);
     assert_eq!(d["metadata"]["name"], "fn-hello");
-    assert_eq!(d["spec"]["replicas"], 0, "scale-to-zero function starts at zero");
-    assert_eq!(d["spec"]["selector"]["matchLabels"], json!({"porchlight.dev/function": "hello"}));
+    assert_eq!(
+        d["spec"]["replicas"], 0,
+        "scale-to-zero function starts at zero"
+    );
+    assert_eq!(
+        d["spec"]["selector"]["matchLabels"],
+        json!({"porchlight.dev/function": "hello"})
+    );
     let pod = &d["spec"]["template"];
-    assert_eq!(pod["metadata"]["labels"]["porchlight.dev/function"], "hello");
-    assert_eq!(pod["metadata"]["labels"]["app.kubernetes.io/managed-by"], "porchlight");
+    assert_eq!(
+        pod["metadata"]["labels"]["porchlight.dev/function"],
+        "hello"
+    );
+    assert_eq!(
+        pod["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "porchlight"
+    );
     assert!(pod["metadata"]["annotations"]["porchlight.dev/code-hash"].is_string());
     assert_eq!(pod["spec"]["containers"][0]["name"], "runtime");
-    assert_eq!(pod["spec"]["containers"][0]["image"], "porchlight/runtime-python:dev");
+    assert_eq!(
+        pod["spec"]["containers"][0]["image"],
+        "porchlight/runtime-python:dev"
+    );
     assert_eq!(pod["spec"]["enableServiceLinks"], false);
     assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
     assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 15);
-    assert_eq!(env_value(&d, "PORCHLIGHT_FUNCTION_NAME").as_deref(), Some("hello"));
-    assert_eq!(env_value(&d, "PORCHLIGHT_HANDLER").as_deref(), Some("app.lambda_handler"));
-    assert_eq!(env_value(&d, "PORCHLIGHT_TIMEOUT_SECONDS").as_deref(), Some("10"));
-    assert_eq!(env_value(&d, "PORCHLIGHT_TASK_ROOT").as_deref(), Some("/var/task"));
+    assert_eq!(
+        env_value(&d, "PORCHLIGHT_FUNCTION_NAME").as_deref(),
+        Some("hello")
+    );
+    assert_eq!(
+        env_value(&d, "PORCHLIGHT_HANDLER").as_deref(),
+        Some("app.lambda_handler")
+    );
+    assert_eq!(
+        env_value(&d, "PORCHLIGHT_TIMEOUT_SECONDS").as_deref(),
+        Some("10")
+    );
+    assert_eq!(
+        env_value(&d, "PORCHLIGHT_TASK_ROOT").as_deref(),
+        Some("/var/task")
+    );
     assert_eq!(env_value(&d, "GREETING").as_deref(), Some("hello"));
-    assert_eq!(pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"], "/ready");
-    assert_eq!(pod["spec"]["containers"][0]["resources"]["limits"]["memory"], "256Mi");
+    assert_eq!(
+        pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"],
+        "/ready"
+    );
+    assert_eq!(
+        pod["spec"]["containers"][0]["resources"]["limits"]["memory"],
+        "256Mi"
+    );
     let sc = &pod["spec"]["containers"][0]["securityContext"];
     assert_eq!(sc["runAsNonRoot"], true);
     assert_eq!(sc["readOnlyRootFilesystem"], true);
@@ -83,15 +130,25 @@ async fn create_applies_configmap_deployment_service_and_status() {
     assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
 
     // Service: headless, port 8080 `invoke`.
-    let svc = api.requests(Method::PATCH, "/services/fn-hello")[0].body.clone().expect("body");
+    let svc = api.requests(Method::PATCH, "/services/fn-hello")[0]
+        .body
+        .clone()
+        .expect("body");
     assert_owned(&svc);
     assert_eq!(svc["spec"]["clusterIP"], "None");
     assert_eq!(svc["spec"]["ports"][0]["port"], 8080);
     assert_eq!(svc["spec"]["ports"][0]["name"], "invoke");
 
     // Nothing ever adds a finalizer: deletion cascades through owner references.
-    assert!(api.seen().iter().all(|s| s.body.as_ref().is_none_or(|b| b["metadata"]["finalizers"].is_null())));
-    assert!(api.requests(Method::PATCH, "/functions/hello").is_empty(), "the Function itself is never patched");
+    assert!(api.seen().iter().all(|s| {
+        s.body
+            .as_ref()
+            .is_none_or(|b| b["metadata"]["finalizers"].is_null())
+    }));
+    assert!(
+        api.requests(Method::PATCH, "/functions/hello").is_empty(),
+        "the Function itself is never patched"
+    );
 }
 
 #[tokio::test]
@@ -109,18 +166,29 @@ async fn status_is_applied_with_one_field_manager() {
     );
     book.set(
         FunctionKey::new("demo", "hello"),
-        ScaleRecord { desired: 2, observed_concurrency: 1.4, last_scale_time: Some("2026-11-27T10:00:00Z".into()) },
+        ScaleRecord {
+            desired: 2,
+            observed_concurrency: 1.4,
+            last_scale_time: Some("2026-11-27T10:00:00Z".into()),
+        },
     );
     reconcile(f, ctx).await.expect("reconcile succeeds");
 
     let patches = api.requests(Method::PATCH, "/functions/hello/status");
     assert_eq!(patches.len(), 1);
-    assert!(patches[0].query.contains("fieldManager=porchlight-controller"));
+    assert!(
+        patches[0]
+            .query
+            .contains("fieldManager=porchlight-controller")
+    );
     assert!(patches[0].query.contains("force=true"));
     let body = patches[0].body.clone().expect("body");
     assert_eq!(body["apiVersion"], "porchlight.dev/v1alpha1");
     assert_eq!(body["kind"], "Function");
-    assert!(body.get("spec").is_none(), "a status apply carries only status");
+    assert!(
+        body.get("spec").is_none(),
+        "a status apply carries only status"
+    );
     let s = &body["status"];
     assert_eq!(s["replicas"], 2);
     assert_eq!(s["readyReplicas"], 1);
@@ -140,9 +208,19 @@ async fn status_is_applied_with_one_field_manager() {
 
     // The Deployment existed: applied without replicas, which the autoscaler owns.
     assert!(api.requests(Method::POST, "/deployments").is_empty());
-    let applied = api.requests(Method::PATCH, "/deployments/fn-hello")[0].body.clone().expect("body");
-    assert!(applied["spec"].get("replicas").is_none(), "{}", applied["spec"]);
-    assert_eq!(api.get(&format!("{DEPLOYMENTS}/fn-hello")).expect("kept")["spec"]["replicas"], 2);
+    let applied = api.requests(Method::PATCH, "/deployments/fn-hello")[0]
+        .body
+        .clone()
+        .expect("body");
+    assert!(
+        applied["spec"].get("replicas").is_none(),
+        "{}",
+        applied["spec"]
+    );
+    assert_eq!(
+        api.get(&format!("{DEPLOYMENTS}/fn-hello")).expect("kept")["spec"]["replicas"],
+        2
+    );
 }
 
 #[tokio::test]
@@ -151,25 +229,44 @@ async fn spec_change_rolls_a_new_pod_template() {
     let (ctx, _, _) = context(&api);
     let f = function(&api, HELLO);
     reconcile(f.clone(), ctx.clone()).await.expect("create");
-    let first = api.get(&format!("{DEPLOYMENTS}/fn-hello")).expect("created");
-    let first_hash = first["spec"]["template"]["metadata"]["annotations"]["porchlight.dev/code-hash"].clone();
+    let first = api
+        .get(&format!("{DEPLOYMENTS}/fn-hello"))
+        .expect("created");
+    let first_hash =
+        first["spec"]["template"]["metadata"]["annotations"]["porchlight.dev/code-hash"].clone();
 
     let mut changed = (*f).clone();
     changed.spec.code.inline = Some("def lambda_handler(event, context):\n    return 2\n".into());
     changed.spec.env.insert("GREETING".into(), "bonjour".into());
     changed.metadata.generation = Some(2);
     api.clear_seen();
-    reconcile(std::sync::Arc::new(changed), ctx).await.expect("update");
+    reconcile(std::sync::Arc::new(changed), ctx)
+        .await
+        .expect("update");
 
     let applied = api.requests(Method::PATCH, "/deployments/fn-hello");
-    assert_eq!(applied.len(), 1, "existing deployment is applied, not created");
+    assert_eq!(
+        applied.len(),
+        1,
+        "existing deployment is applied, not created"
+    );
     let d = applied[0].body.clone().expect("body");
     let hash = &d["spec"]["template"]["metadata"]["annotations"]["porchlight.dev/code-hash"];
     assert_ne!(hash, &first_hash, "new code, new template hash");
     assert_eq!(env_value(&d, "GREETING").as_deref(), Some("bonjour"));
-    let cm = api.requests(Method::PATCH, "/configmaps/fn-hello-code")[0].body.clone().expect("body");
-    assert!(cm["data"]["app.py"].as_str().is_some_and(|c| c.contains("return 2")));
-    let status = &api.requests(Method::PATCH, "/functions/hello/status")[0].body.clone().expect("body")["status"];
+    let cm = api.requests(Method::PATCH, "/configmaps/fn-hello-code")[0]
+        .body
+        .clone()
+        .expect("body");
+    assert!(
+        cm["data"]["app.py"]
+            .as_str()
+            .is_some_and(|c| c.contains("return 2"))
+    );
+    let status = &api.requests(Method::PATCH, "/functions/hello/status")[0]
+        .body
+        .clone()
+        .expect("body")["status"];
     assert_eq!(status["observedGeneration"], 2);
 }
 
@@ -177,19 +274,35 @@ async fn spec_change_rolls_a_new_pod_template() {
 async fn invalid_spec_sets_condition_and_warns_once_without_error_loop() {
     let api = FakeApi::default();
     let (ctx, metrics, _) = context(&api);
-    let bad = HELLO.replace("memoryMiB: 256", "memoryMiB: 256\n  scaling: {minScale: 5, maxScale: 2}");
+    let bad = HELLO.replace(
+        "memoryMiB: 256",
+        "memoryMiB: 256\n  scaling: {minScale: 5, maxScale: 2}",
+    );
     let f = function(&api, &bad);
 
-    let action = reconcile(f, ctx.clone()).await.expect("an invalid spec is not a reconcile error");
+    let action = reconcile(f, ctx.clone())
+        .await
+        .expect("an invalid spec is not a reconcile error");
     assert_eq!(action, Action::await_change());
     assert_eq!(metrics.invalid_specs.get(), 1);
     assert!(api.requests(Method::POST, "/deployments").is_empty());
-    assert!(api.requests(Method::PATCH, "/deployments/fn-hello").is_empty());
-    let status = api.requests(Method::PATCH, "/functions/hello/status")[0].body.clone().expect("body");
+    assert!(
+        api.requests(Method::PATCH, "/deployments/fn-hello")
+            .is_empty()
+    );
+    let status = api.requests(Method::PATCH, "/functions/hello/status")[0]
+        .body
+        .clone()
+        .expect("body");
     let cond = &status["status"]["conditions"][0];
     assert_eq!(cond["status"], "False");
     assert_eq!(cond["reason"], "InvalidSpec");
-    assert!(cond["message"].as_str().is_some_and(|m| m.contains("maxScale")), "{cond}");
+    assert!(
+        cond["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("maxScale")),
+        "{cond}"
+    );
     let events = api.requests(Method::POST, "/events");
     assert_eq!(events.len(), 1);
     let ev = events[0].body.clone().expect("event");
@@ -200,22 +313,39 @@ async fn invalid_spec_sets_condition_and_warns_once_without_error_loop() {
 
     // Reconciled again with that status stored: no second Event.
     let stored: porchlight_api::Function =
-        serde_json::from_value(api.get(&format!("{FUNCTIONS}/hello")).expect("stored")).expect("function");
-    reconcile(std::sync::Arc::new(stored), ctx).await.expect("still fine");
+        serde_json::from_value(api.get(&format!("{FUNCTIONS}/hello")).expect("stored"))
+            .expect("function");
+    reconcile(std::sync::Arc::new(stored), ctx)
+        .await
+        .expect("still fine");
     assert_eq!(api.requests(Method::POST, "/events").len(), 1);
-    assert_eq!(metrics.reconcile_errors.with_label_values(&["api"]).get(), 0);
+    assert_eq!(
+        metrics.reconcile_errors.with_label_values(&["api"]).get(),
+        0
+    );
 }
 
 #[tokio::test]
 async fn local_only_code_path_is_invalid_on_a_cluster() {
     let api = FakeApi::default();
     let (ctx, _, _) = context(&api);
-    let yaml = HELLO.replace("  code:\n    inline: |", "  code:\n    path: ./src\n  x-ignored: |");
+    let yaml = HELLO.replace(
+        "  code:\n    inline: |",
+        "  code:\n    path: ./src\n  x-ignored: |",
+    );
     let mut f: porchlight_api::Function = serde_yaml::from_str(&yaml).expect("yaml");
     f.metadata.uid = Some("0b5e-uid".into());
-    api.put(&format!("{FUNCTIONS}/hello"), serde_json::to_value(&f).expect("json"));
-    reconcile(std::sync::Arc::new(f), ctx).await.expect("no error");
-    let status = api.requests(Method::PATCH, "/functions/hello/status")[0].body.clone().expect("body");
+    api.put(
+        &format!("{FUNCTIONS}/hello"),
+        serde_json::to_value(&f).expect("json"),
+    );
+    reconcile(std::sync::Arc::new(f), ctx)
+        .await
+        .expect("no error");
+    let status = api.requests(Method::PATCH, "/functions/hello/status")[0]
+        .body
+        .clone()
+        .expect("body");
     assert_eq!(status["status"]["conditions"][0]["reason"], "InvalidSpec");
 }
 
@@ -244,13 +374,29 @@ async fn init_failure_in_a_pod_is_reported() {
     reconcile(f, ctx).await.expect("reconcile");
     let pods = api.requests(Method::GET, "/pods");
     assert_eq!(pods.len(), 1);
-    assert!(pods[0].query.contains("labelSelector=porchlight.dev%2Ffunction%3Dhello"), "{}", pods[0].query);
-    let status = api.requests(Method::PATCH, "/functions/hello/status")[0].body.clone().expect("body");
+    assert!(
+        pods[0]
+            .query
+            .contains("labelSelector=porchlight.dev%2Ffunction%3Dhello"),
+        "{}",
+        pods[0].query
+    );
+    let status = api.requests(Method::PATCH, "/functions/hello/status")[0]
+        .body
+        .clone()
+        .expect("body");
     let cond = &status["status"]["conditions"][0];
     assert_eq!(cond["reason"], "InitFailed");
-    assert!(cond["message"].as_str().is_some_and(|m| m.contains("No module named 'requests'")));
+    assert!(
+        cond["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("No module named 'requests'"))
+    );
     let events = api.requests(Method::POST, "/events");
-    assert_eq!(events[0].body.as_ref().expect("event")["reason"], "InitFailed");
+    assert_eq!(
+        events[0].body.as_ref().expect("event")["reason"],
+        "InitFailed"
+    );
 }
 
 #[tokio::test]
@@ -259,14 +405,31 @@ async fn api_errors_requeue_with_growing_backoff() {
     let (ctx, metrics, _) = context(&api);
     let f = function(&api, HELLO);
     api.fail_once(&format!("{CONFIGMAPS}/fn-hello-code"));
-    let err = reconcile(f.clone(), ctx.clone()).await.expect_err("500 from the API");
-    assert_eq!(error_policy(f.clone(), &err, ctx.clone()), Action::requeue(Duration::from_secs(1)));
-    assert_eq!(error_policy(f.clone(), &err, ctx.clone()), Action::requeue(Duration::from_secs(2)));
-    assert_eq!(error_policy(f.clone(), &err, ctx.clone()), Action::requeue(Duration::from_secs(4)));
-    assert_eq!(metrics.reconcile_errors.with_label_values(&["api"]).get(), 3);
+    let err = reconcile(f.clone(), ctx.clone())
+        .await
+        .expect_err("500 from the API");
+    assert_eq!(
+        error_policy(f.clone(), &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(1))
+    );
+    assert_eq!(
+        error_policy(f.clone(), &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(2))
+    );
+    assert_eq!(
+        error_policy(f.clone(), &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(4))
+    );
+    assert_eq!(
+        metrics.reconcile_errors.with_label_values(&["api"]).get(),
+        3
+    );
     // Success resets the backoff.
     reconcile(f.clone(), ctx.clone()).await.expect("recovers");
-    assert_eq!(error_policy(f, &err, ctx), Action::requeue(Duration::from_secs(1)));
+    assert_eq!(
+        error_policy(f, &err, ctx),
+        Action::requeue(Duration::from_secs(1))
+    );
 }
 
 #[tokio::test]
@@ -278,18 +441,36 @@ async fn code_from_a_users_configmap_is_mounted_and_hashed() {
         "  code:\n    configMap: {name: my-code}\n",
     );
     let f = function(&api, &yaml);
-    api.put(&format!("{CONFIGMAPS}/my-code"), json!({"apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "my-code", "namespace": "demo"}, "data": {"app.py": "v1"}}));
+    api.put(
+        &format!("{CONFIGMAPS}/my-code"),
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "my-code", "namespace": "demo"}, "data": {"app.py": "v1"}}),
+    );
     reconcile(f.clone(), ctx.clone()).await.expect("create");
-    assert!(api.requests(Method::PATCH, "/configmaps/fn-hello-code").is_empty(), "no inline code, no generated ConfigMap");
-    let d = api.get(&format!("{DEPLOYMENTS}/fn-hello")).expect("created");
-    let volumes = d["spec"]["template"]["spec"]["volumes"].as_array().expect("volumes").clone();
+    assert!(
+        api.requests(Method::PATCH, "/configmaps/fn-hello-code")
+            .is_empty(),
+        "no inline code, no generated ConfigMap"
+    );
+    let d = api
+        .get(&format!("{DEPLOYMENTS}/fn-hello"))
+        .expect("created");
+    let volumes = d["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .expect("volumes")
+        .clone();
     assert!(volumes.iter().any(|v| v["configMap"]["name"] == "my-code"));
     let h1 = d["spec"]["template"]["metadata"]["annotations"]["porchlight.dev/code-hash"].clone();
 
-    api.put(&format!("{CONFIGMAPS}/my-code"), json!({"apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "my-code", "namespace": "demo"}, "data": {"app.py": "v2"}}));
+    api.put(
+        &format!("{CONFIGMAPS}/my-code"),
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "my-code", "namespace": "demo"}, "data": {"app.py": "v2"}}),
+    );
     reconcile(f, ctx).await.expect("update");
     let d = api.get(&format!("{DEPLOYMENTS}/fn-hello")).expect("kept");
-    assert_ne!(d["spec"]["template"]["metadata"]["annotations"]["porchlight.dev/code-hash"], h1);
+    assert_ne!(
+        d["spec"]["template"]["metadata"]["annotations"]["porchlight.dev/code-hash"],
+        h1
+    );
 }

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use http::{Method, Request, Response, StatusCode};
+use kube::Client;
 use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::Client;
 use porchlight_api::Function;
 use porchlight_controller::metrics::Metrics;
 use porchlight_controller::reconcile::{Context, ReconcileSettings};
@@ -79,7 +79,11 @@ impl FakeApi {
     }
 
     pub fn put(&self, path: &str, object: Value) {
-        self.state.lock().unwrap().objects.insert(path.to_string(), object);
+        self.state
+            .lock()
+            .unwrap()
+            .objects
+            .insert(path.to_string(), object);
     }
 
     pub fn get(&self, path: &str) -> Option<Value> {
@@ -117,10 +121,18 @@ impl FakeApi {
             Some(serde_json::from_slice(&bytes).expect("request body is JSON"))
         };
         let mut st = self.state.lock().unwrap();
-        st.seen.push(Seen { method: method.clone(), path: path.clone(), query, body: body.clone() });
+        st.seen.push(Seen {
+            method: method.clone(),
+            path: path.clone(),
+            query,
+            body: body.clone(),
+        });
         if let Some(i) = st.fail.iter().position(|p| *p == path) {
             st.fail.remove(i);
-            return (StatusCode::INTERNAL_SERVER_ERROR, status(500, "InternalError"));
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                status(500, "InternalError"),
+            );
         }
         let (object_path, subresource) = match path.strip_suffix("/status") {
             Some(base) => (base.to_string(), true),
@@ -137,7 +149,10 @@ impl FakeApi {
                         .filter(|(k, _)| k.starts_with(&prefix) && !k[prefix.len()..].contains('/'))
                         .map(|(_, v)| v.clone())
                         .collect();
-                    (StatusCode::OK, json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}))
+                    (
+                        StatusCode::OK,
+                        json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}),
+                    )
                 }
                 None => (StatusCode::NOT_FOUND, status(404, "NotFound")),
             },
@@ -165,7 +180,10 @@ impl FakeApi {
                 st.objects.insert(object_path, object.clone());
                 (StatusCode::OK, object)
             }
-            _ => (StatusCode::METHOD_NOT_ALLOWED, status(405, "MethodNotAllowed")),
+            _ => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                status(405, "MethodNotAllowed"),
+            ),
         }
     }
 }
@@ -191,7 +209,10 @@ pub fn context(api: &FakeApi) -> (Arc<Context>, Arc<Metrics>, Arc<ScaleBook>) {
     let client = api.client();
     let recorder = Recorder::new(
         client.clone(),
-        Reporter { controller: "porchlight-controller".into(), instance: Some("test".into()) },
+        Reporter {
+            controller: "porchlight-controller".into(),
+            instance: Some("test".into()),
+        },
     );
     let metrics = Arc::new(Metrics::new());
     let book = Arc::new(ScaleBook::default());
@@ -200,7 +221,9 @@ pub fn context(api: &FakeApi) -> (Arc<Context>, Arc<Metrics>, Arc<ScaleBook>) {
         recorder,
         metrics.clone(),
         ReconcileSettings {
-            workload: WorkloadSettings { runtime_image: "porchlight/runtime-python:dev".into() },
+            workload: WorkloadSettings {
+                runtime_image: "porchlight/runtime-python:dev".into(),
+            },
             url_base: "http://porchlight-gateway.porchlight-system.svc:8080".into(),
         },
         book.clone(),
@@ -215,7 +238,10 @@ pub fn function(api: &FakeApi, yaml: &str) -> Arc<Function> {
     f.metadata.uid = Some("0b5e-uid".into());
     f.metadata.generation = Some(1);
     let name = f.metadata.name.clone().expect("name");
-    api.put(&format!("{FUNCTIONS}/{name}"), serde_json::to_value(&f).expect("json"));
+    api.put(
+        &format!("{FUNCTIONS}/{name}"),
+        serde_json::to_value(&f).expect("json"),
+    );
     Arc::new(f)
 }
 
