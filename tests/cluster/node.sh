@@ -17,7 +17,7 @@
 # Host changes, all undone by `down`: bridge $BRIDGE, cgroup dirs /sys/fs/cgroup/*/porchlight,
 # the six sysctls the kubelet insists on (restored to their old values), mounts under
 # $CLUSTER_DIR/node, /var/lib/cni/results/porchlight-*.
-# Needs: containerd runc containernetworking-plugins (apt), root with CAP_NET_ADMIN and
+# Needs: containerd runc containernetworking-plugins iptables (apt), root with CAP_NET_ADMIN and
 # writable cgroupfs.
 set -euo pipefail
 LOG_TAG=node
