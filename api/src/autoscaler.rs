@@ -388,7 +388,7 @@ mod tests {
         assert!(a.record(t0, 1.0), "demand at zero must ask for an immediate decision");
         let d = a.decide(t0, 0);
         assert_eq!(d.desired, 2, "1 / 0.7 rounds up to 2");
-        assert_eq!(a.record(t0, 1.0), false, "no longer at zero");
+        assert!(!a.record(t0, 1.0), "no longer at zero");
     }
 
     #[test]
