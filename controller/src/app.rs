@@ -4,6 +4,7 @@
 //! process exits non-zero.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -74,14 +75,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     );
 
     let client = client(&config).await?;
-    let work = CancellationToken::new();
-    let result = tokio::select! {
-        r = lead_and_work(&config, client, metrics, health.clone(), work.clone()) => r,
-        _ = shutdown.cancelled() => Ok(()),
+    // Not ready as soon as shutdown starts; the work then winds down and the
+    // lease is released so a standby takes over without waiting for expiry.
+    let work = shutdown.child_token();
+    let unready = {
+        let (health, shutdown) = (health.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            health.set_ready(false);
+        })
     };
+    let result = lead_and_work(&config, client, metrics, health.clone(), work.clone()).await;
     health.set_ready(false);
-    work.cancel();
     shutdown.cancel();
+    unready.abort();
     if let Err(e) = ops.await {
         warn!(error = %e, "ops server task failed");
     }
@@ -117,6 +124,7 @@ async fn lead_and_work(
     loop {
         tokio::select! {
             r = &mut lease => return r.and(Err(Error::TaskEnded("lease"))),
+            _ = work.cancelled() => return Ok(()),
             changed = rx.changed() => {
                 if changed.is_err() { return Err(Error::TaskEnded("lease")); }
                 if *rx.borrow() { break; }
@@ -131,8 +139,10 @@ async fn lead_and_work(
     };
     work.cancel();
     metrics.leader.set(0);
-    if let Err(e) = leader.release().await {
-        warn!(error = %e, "releasing the lease failed; it expires by itself");
+    match tokio::time::timeout(Duration::from_secs(5), leader.release()).await {
+        Ok(Ok(())) => info!("released the leader lease"),
+        Ok(Err(e)) => warn!(error = %e, "releasing the lease failed; it expires by itself"),
+        Err(_) => warn!("releasing the lease timed out; it expires by itself"),
     }
     result
 }
@@ -148,11 +158,11 @@ async fn work_as_leader(
         controller: "porchlight-controller".into(),
         instance: Some(config.identity.clone()),
     };
-    let recorder = Recorder::new(client.clone(), reporter);
+    let recorder = Recorder::new(client.clone(), reporter.clone());
     let book = Arc::new(ScaleBook::default());
     let ctx = Arc::new(Context::new(
         client.clone(),
-        recorder.clone(),
+        recorder,
         metrics.clone(),
         ReconcileSettings {
             workload: WorkloadSettings {
@@ -189,7 +199,7 @@ async fn work_as_leader(
         });
 
     let (reports_tx, reports_rx) = mpsc::channel(REPORT_CHANNEL);
-    let sink = KubeScaleSink::new(client.clone(), recorder);
+    let sink = KubeScaleSink::new(client.clone(), reporter);
     let autoscaler = AutoscalerLoop::new(store.clone(), sink, book, metrics.clone());
     let gateways = async {
         if config.args.gateway_urls.is_empty() {

@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use porchlight_api::Function;
 use serde_json::json;
@@ -21,13 +21,13 @@ pub const AUTOSCALER_MANAGER: &str = "porchlight-autoscaler";
 #[derive(Clone)]
 pub struct KubeScaleSink {
     client: Client,
-    recorder: Recorder,
+    reporter: Reporter,
 }
 
 impl KubeScaleSink {
-    /// A sink using this client and event recorder.
-    pub fn new(client: Client, recorder: Recorder) -> Self {
-        KubeScaleSink { client, recorder }
+    /// A sink using this client, reporting Events as `reporter`.
+    pub fn new(client: Client, reporter: Reporter) -> Self {
+        KubeScaleSink { client, reporter }
     }
 }
 
@@ -52,11 +52,11 @@ impl ScaleSink for KubeScaleSink {
             action: "Scale".to_string(),
             secondary: None,
         };
-        if let Err(error) = self
-            .recorder
-            .publish(&event, &function.object_ref(&()))
-            .await
-        {
+        // A fresh Recorder per decision: kube's Recorder folds Events with the
+        // same reason into one series and keeps the first note, which would
+        // hide every scale after the first ("0 -> 1" forever).
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        if let Err(error) = recorder.publish(&event, &function.object_ref(&())).await {
             // The scale itself happened; a lost Event is logged, not retried.
             tracing::warn!(function = %function.name_any(), error = %Error::Event(error), "publishing scale event failed");
         }
