@@ -89,6 +89,8 @@ pub struct InvocationResult {
     pub function_error: Option<String>,
     /// Whether the environment initialised for this event.
     pub cold_start: bool,
+    /// The environment's init duration, on cold starts.
+    pub init_duration_ms: Option<f64>,
     /// Environment that ran it.
     pub environment: Arc<str>,
 }
@@ -259,11 +261,15 @@ impl Gateway {
                 .client
                 .invoke(&env.base_url, request_id, payload.clone(), upstream_timeout)
                 .await;
-            let done = |body: Bytes, function_error: Option<String>, cold_start: bool| {
+            let done = |body: Bytes,
+                        function_error: Option<String>,
+                        cold_start: bool,
+                        init_duration_ms: Option<f64>| {
                 Ok(InvocationResult {
                     body,
                     function_error,
                     cold_start,
+                    init_duration_ms,
                     environment: env.id.clone(),
                 })
             };
@@ -272,10 +278,10 @@ impl Gateway {
                     body,
                     function_error,
                     cold_start,
-                    ..
-                } => return done(body, function_error, cold_start),
+                    init_duration_ms,
+                } => return done(body, function_error, cold_start, init_duration_ms),
                 UpstreamReply::InitError { body } => {
-                    return done(body, Some("Unhandled".into()), true);
+                    return done(body, Some("Unhandled".into()), true, None);
                 }
                 UpstreamReply::Died => {
                     tracing::warn!(
@@ -290,7 +296,7 @@ impl Gateway {
                         format!("RequestId: {request_id} Error: Runtime exited without providing a reason"),
                     )
                     .to_json();
-                    return done(Bytes::from(body), Some("Unhandled".into()), false);
+                    return done(Bytes::from(body), Some("Unhandled".into()), false, None);
                 }
                 UpstreamReply::TimedOut => {
                     let body = porchlight_api::LambdaError::new(
@@ -298,7 +304,7 @@ impl Gateway {
                         format!("RequestId: {request_id} Error: Task timed out after {timeout_secs}.00 seconds"),
                     )
                     .to_json();
-                    return done(Bytes::from(body), Some("Unhandled".into()), false);
+                    return done(Bytes::from(body), Some("Unhandled".into()), false, None);
                 }
                 UpstreamReply::TooLarge => {
                     return Err(GatewayError::TooLarge {

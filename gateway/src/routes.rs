@@ -20,7 +20,9 @@ use serde_json::{Value, json};
 use crate::async_invoke;
 use crate::error::{GatewayError, function_arn};
 use crate::events::{apigw, cloudevents, decode_query_component, s3};
-use crate::gateway::{ASYNC_PAYLOAD_LIMIT, Gateway, SYNC_PAYLOAD_LIMIT, TriggerKind};
+use crate::gateway::{
+    ASYNC_PAYLOAD_LIMIT, Gateway, InvocationResult, SYNC_PAYLOAD_LIMIT, TriggerKind,
+};
 use crate::registry::FunctionEntry;
 
 type Gw = State<Arc<Gateway>>;
@@ -210,7 +212,7 @@ async fn invoke_inner(
             let result = gw
                 .invoke(&entry, payload, request_id, TriggerKind::Invoke)
                 .await?;
-            let mut r = (StatusCode::OK, result.body).into_response();
+            let mut r = (StatusCode::OK, result.body.clone()).into_response();
             let h = r.headers_mut();
             h.insert(
                 header::CONTENT_TYPE,
@@ -223,6 +225,7 @@ async fn invoke_inner(
             {
                 h.insert("x-amz-function-error", fe);
             }
+            environment_headers(h, &result);
             if headers
                 .get("x-amz-log-type")
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"tail"))
@@ -245,6 +248,22 @@ async fn invoke_inner(
         HeaderValue::from_static("$LATEST"),
     );
     Ok(response)
+}
+
+/// Tells the caller which environment ran the event and whether it was a
+/// cold start (with the init duration), for load tools and debugging.
+fn environment_headers(h: &mut HeaderMap, result: &InvocationResult) {
+    if let Ok(v) = HeaderValue::from_str(&result.environment) {
+        h.insert("x-porchlight-environment", v);
+    }
+    if result.cold_start {
+        h.insert("x-porchlight-cold-start", HeaderValue::from_static("true"));
+        if let Some(ms) = result.init_duration_ms
+            && let Ok(v) = HeaderValue::from_str(&format!("{ms:.1}"))
+        {
+            h.insert("x-porchlight-init-duration-ms", v);
+        }
+    }
 }
 
 fn configuration(entry: &FunctionEntry) -> Value {

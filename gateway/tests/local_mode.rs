@@ -301,7 +301,18 @@ async fn bad_input_gets_lambda_shaped_answers() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-amz-executed-version"], "$LATEST");
     assert!(r.headers().contains_key("x-amzn-requestid"));
+    let environment = r.headers()["x-porchlight-environment"].clone();
     assert_eq!(r.json::<Value>().await.expect("json"), json!({"a": 1}));
+    // The next event reuses the warm environment: no cold-start header.
+    let r = http
+        .post(invoke("echo"))
+        .body(r#"{"a":2}"#)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-porchlight-environment"], environment);
+    assert!(!r.headers().contains_key("x-porchlight-cold-start"));
 
     let r = http
         .post(invoke("fail"))

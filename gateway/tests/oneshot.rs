@@ -25,6 +25,15 @@ async fn fake_environment() -> String {
                         .to_string(),
                 )
                     .into_response_parts(),
+                Some("cold") => (
+                    StatusCode::OK,
+                    [
+                        ("x-porchlight-cold-start", "true"),
+                        ("x-porchlight-init-duration-ms", "42.5"),
+                    ],
+                    "{}".to_string(),
+                )
+                    .into_response_parts(),
                 Some("http-v1") => (
                     StatusCode::OK,
                     [("x-porchlight-cold-start", "false")],
@@ -104,6 +113,14 @@ async fn invoke_api_maps_every_outcome() {
     let (s, h, b) = send(&gw, invoke("f", r#"{"x":1}"#)).await;
     assert_eq!((s, b.as_str()), (StatusCode::OK, r#"{"x":1}"#));
     assert_eq!(h["x-amz-executed-version"], "$LATEST");
+    assert_eq!(h["x-porchlight-environment"], "f-1");
+    assert!(!h.contains_key("x-porchlight-cold-start"), "a warm start");
+
+    // A cold start is passed on to the caller with its init duration.
+    let (s, h, _) = send(&gw, invoke("f", r#"{"reply":"cold"}"#)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h["x-porchlight-cold-start"], "true");
+    assert_eq!(h["x-porchlight-init-duration-ms"], "42.5");
 
     // An init error (shim 502) is a 200 with X-Amz-Function-Error, as Lambda answers.
     let (s, h, b) = send(&gw, invoke("f", r#"{"reply":"init-error"}"#)).await;
