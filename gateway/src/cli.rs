@@ -33,8 +33,26 @@ pub const EXIT_BAD_CONFIG: u8 = 64;
 )]
 pub struct Cli {
     /// Run functions from the manifests in this directory as local processes.
-    #[arg(long, value_name = "DIR", env = "PORCHLIGHT_LOCAL")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "PORCHLIGHT_LOCAL",
+        conflicts_with = "kubernetes"
+    )]
     pub local: Option<PathBuf>,
+    /// Serve the Functions of a Kubernetes namespace: watch them and their
+    /// pods, route to ready pods; the controller scales them.
+    #[arg(long, env = "PORCHLIGHT_KUBERNETES")]
+    pub kubernetes: bool,
+    /// Namespace whose Functions are served (Kubernetes mode).
+    #[arg(long, default_value = "default", env = "PORCHLIGHT_NAMESPACE")]
+    pub namespace: String,
+    /// Kubeconfig to use (Kubernetes mode); default: in-cluster config or $KUBECONFIG.
+    #[arg(long, value_name = "PATH", env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Port of the runtime shim's invoke endpoint in function pods (Kubernetes mode).
+    #[arg(long, default_value_t = 8080)]
+    pub environment_port: u16,
     /// Address to serve on.
     #[arg(long, default_value = "127.0.0.1:8080", env = "PORCHLIGHT_LISTEN")]
     pub listen: SocketAddr,
@@ -117,9 +135,15 @@ pub fn main_from_args(args: Vec<OsString>) -> ExitCode {
         }
     };
     init_tracing(cli.log_json);
+    if cli.kubernetes {
+        return match new_runtime() {
+            Ok(runtime) => runtime.block_on(run_kubernetes(cli)),
+            Err(code) => code,
+        };
+    }
     let Some(dir) = cli.local.clone() else {
         eprintln!(
-            "porchlight-gateway: no environment source: pass --local DIR (e.g. --local examples/); the Kubernetes source is not built into this binary yet"
+            "porchlight-gateway: no environment source: pass --local DIR (e.g. --local examples/) or --kubernetes"
         );
         return ExitCode::from(EXIT_BAD_CONFIG);
     };
@@ -144,15 +168,9 @@ pub fn main_from_args(args: Vec<OsString>) -> ExitCode {
             }
         },
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match new_runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("porchlight-gateway: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let local = LocalConfig {
         launcher,
@@ -162,6 +180,16 @@ pub fn main_from_args(args: Vec<OsString>) -> ExitCode {
     let code = runtime.block_on(run_local(cli, dir, functions, local));
     let _ = std::fs::remove_dir_all(&code_dir);
     code
+}
+
+fn new_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("porchlight-gateway: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
 }
 
 fn init_tracing(json: bool) {
@@ -229,6 +257,76 @@ async fn run_local(
     functions: Vec<LoadedFunction>,
     local: LocalConfig,
 ) -> ExitCode {
+    serve(cli, move |gateway, addr, stop, _shutdown| {
+        let text = banner(addr, &dir, &functions);
+        let source = tokio::spawn(LocalSource::new(local, functions).run(gateway, stop));
+        println!("{text}");
+        source
+    })
+    .await
+}
+
+/// Kubernetes mode: environments are the pods of each Function, found by
+/// watching the API; the controller scales them from this gateway's reports.
+async fn run_kubernetes(cli: Cli) -> ExitCode {
+    let client = match kube_client(cli.kubeconfig.as_deref()).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("porchlight-gateway: cannot reach the Kubernetes API: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let config = crate::kubernetes::KubernetesConfig {
+        namespace: cli.namespace.clone(),
+        environment_port: cli.environment_port,
+    };
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failed_flag = failed.clone();
+    let code = serve(cli, move |gateway, addr, stop, shutdown| {
+        gateway.set_ready(false);
+        println!(
+            "porchlight-gateway: Kubernetes mode, Functions of namespace {} on http://{addr}",
+            config.namespace
+        );
+        tokio::spawn(async move {
+            if let Err(e) = crate::kubernetes::run(client, config, gateway, stop).await {
+                // A dead watch must not leave a gateway that routes on stale data.
+                tracing::error!(error = %e, "Kubernetes source failed; exiting");
+                failed_flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                shutdown.cancel();
+            }
+        })
+    })
+    .await;
+    if failed.load(std::sync::atomic::Ordering::SeqCst) {
+        ExitCode::FAILURE
+    } else {
+        code
+    }
+}
+
+async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// Serves the gateway with an environment source until SIGTERM/SIGINT,
+/// then drains: stop accepting, finish open requests, stop the source.
+async fn serve<F>(cli: Cli, start_source: F) -> ExitCode
+where
+    F: FnOnce(
+        Arc<Gateway>,
+        SocketAddr,
+        CancellationToken,
+        CancellationToken,
+    ) -> tokio::task::JoinHandle<()>,
+{
     let listener = match tokio::net::TcpListener::bind(cli.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -244,11 +342,8 @@ async fn run_local(
         eprintln!("porchlight-gateway: cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
     }
-    let text = banner(addr, &dir, &functions);
     let reports = tokio::spawn(ReportHub::run(gateway.clone(), source_stop.clone()));
-    let source =
-        tokio::spawn(LocalSource::new(local, functions).run(gateway.clone(), source_stop.clone()));
-    println!("{text}");
+    let source = start_source(gateway.clone(), addr, source_stop.clone(), shutdown.clone());
     tracing::info!(%addr, "serving");
     let app =
         crate::routes::app(gateway.clone()).into_make_service_with_connect_info::<SocketAddr>();

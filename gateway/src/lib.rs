@@ -10,17 +10,16 @@
 //!   letters ([`async_invoke`]); the client to environments ([`upstream`]).
 //! - Concurrency reports ([`report`]) for the controller and the metrics ([`metrics`]).
 //! - Environment sources: [`local`] runs shim processes and scales them with
-//!   the shared autoscaler. A Kubernetes source (pods) plugs in the same way:
-//!   it calls [`registry::FunctionEntry::add_environment`],
-//!   [`registry::FunctionEntry::drain_environment`] and
-//!   [`registry::FunctionEntry::remove_environment`] as pods come and go, and
-//!   leaves scaling to the controller, which reads the reports.
+//!   the shared autoscaler; [`kubernetes`] watches Functions and their pods,
+//!   adds, drains and removes environments as pods come and go, and leaves
+//!   scaling to the controller, which reads the reports.
 
 pub mod async_invoke;
 pub mod cli;
 pub mod error;
 pub mod events;
 pub mod gateway;
+pub mod kubernetes;
 pub mod local;
 pub mod metrics;
 pub mod registry;

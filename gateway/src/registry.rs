@@ -255,6 +255,15 @@ impl FunctionEntry {
         v.into_iter().map(|(_, id, n)| (id, n)).collect()
     }
 
+    /// Every known environment's id and whether it is draining.
+    pub fn environment_states(&self) -> Vec<(Arc<str>, bool)> {
+        let st = lock(&self.dispatch);
+        st.environments
+            .iter()
+            .map(|e| (e.info.id.clone(), e.draining))
+            .collect()
+    }
+
     /// Adds a ready environment and hands its slots to waiting invocations.
     pub fn add_environment(&self, info: EnvironmentInfo) {
         let mut st = lock(&self.dispatch);

@@ -1,0 +1,388 @@
+//! The Kubernetes environment source: Functions and their pods from the API server.
+//!
+//! The gateway watches `Function`s and the pods labelled
+//! `porchlight.dev/function` in one namespace (two reflectors), and after
+//! every change brings the registry in line with what the API says:
+//! - a valid Function is registered (re-registered only when its spec changed,
+//!   so status updates never drop environments); an invalid one is skipped
+//!   with a warning, a deleted one removed;
+//! - a pod that is Ready, has an IP and is not terminating is routable at
+//!   `http://<pod IP>:8080`; one that is terminating or no longer Ready is
+//!   drained (no new events, in-flight ones finish); a deleted one is forgotten.
+//!
+//! Scaling is the controller's: it reads this gateway's concurrency reports
+//! (`/v1/concurrency`), including the immediate poke when a function at zero
+//! gets demand, and changes the Deployment's replicas.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client, ResourceExt};
+use porchlight_api::{Function, FunctionKey};
+use tokio_util::sync::CancellationToken;
+
+use crate::gateway::Gateway;
+use crate::registry::{EnvironmentInfo, Registry};
+
+/// Label that marks a function's pods, with the function's name as value.
+pub const FUNCTION_LABEL: &str = "porchlight.dev/function";
+
+/// Settings of the Kubernetes source.
+#[derive(Clone, Debug)]
+pub struct KubernetesConfig {
+    /// Namespace whose Functions this gateway serves.
+    pub namespace: String,
+    /// Port of the shim's invoke endpoint in every pod.
+    pub environment_port: u16,
+}
+
+/// How the gateway may use one pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodRoute {
+    /// Ready, with an IP, not terminating: route events to it.
+    Routable {
+        /// `http://<ip>:<port>`.
+        base_url: String,
+    },
+    /// Terminating or not Ready: finish what it has, send nothing new.
+    Drain,
+}
+
+/// The function a pod serves and how to use it; `None` for pods that are
+/// not environments (no label) or have no IP yet and were never routable.
+pub fn pod_route(pod: &Pod, port: u16) -> Option<(String, PodRoute)> {
+    let function = pod.labels().get(FUNCTION_LABEL)?.clone();
+    let terminating = pod.metadata.deletion_timestamp.is_some();
+    let status = pod.status.as_ref();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let ip = status
+        .and_then(|s| s.pod_ip.as_deref())
+        .filter(|ip| !ip.is_empty());
+    match ip {
+        Some(ip) if ready && !terminating => {
+            let host = if ip.contains(':') {
+                format!("[{ip}]")
+            } else {
+                ip.to_string()
+            };
+            Some((
+                function,
+                PodRoute::Routable {
+                    base_url: format!("http://{host}:{port}"),
+                },
+            ))
+        }
+        _ => Some((function, PodRoute::Drain)),
+    }
+}
+
+/// Brings the registry in line with the Functions and pods the API reports.
+pub fn sync(registry: &Registry, functions: &[Arc<Function>], pods: &[Arc<Pod>], port: u16) {
+    // Functions first: register new or changed ones, drop vanished or invalid ones.
+    let mut wanted: HashMap<String, &Function> = HashMap::new();
+    for f in functions {
+        wanted.insert(f.name_any(), f);
+    }
+    for (name, f) in &wanted {
+        let current = registry.get(name);
+        if current.as_ref().is_some_and(|e| e.spec == f.spec) {
+            continue;
+        }
+        match f.spec.validate() {
+            Ok(settings) => {
+                let key = FunctionKey::new(f.namespace().unwrap_or_default(), name.clone());
+                registry.upsert(key, f.spec.clone(), settings);
+                tracing::info!(function = %name, "function registered");
+            }
+            Err(problems) => {
+                if registry.remove(name).is_some() {
+                    tracing::warn!(function = %name, ?problems, "function spec became invalid; no longer served");
+                } else {
+                    tracing::warn!(function = %name, ?problems, "invalid function spec; not served");
+                }
+            }
+        }
+    }
+    for entry in registry.all() {
+        if !wanted.contains_key(entry.name()) {
+            registry.remove(entry.name());
+            entry.close_waiters();
+            tracing::info!(function = entry.name(), "function deleted");
+        }
+    }
+
+    // Then environments: per function, the pods and what to do with each.
+    let mut routes: BTreeMap<String, HashMap<String, PodRoute>> = BTreeMap::new();
+    for pod in pods {
+        if let Some((function, route)) = pod_route(pod, port) {
+            routes
+                .entry(function)
+                .or_default()
+                .insert(pod.name_any(), route);
+        }
+    }
+    let none = HashMap::new();
+    for entry in registry.all() {
+        let pods = routes.get(entry.name()).unwrap_or(&none);
+        let capacity = entry.spec.concurrency.max(1);
+        let known: HashMap<Arc<str>, bool> = entry.environment_states().into_iter().collect();
+        for (pod_name, route) in pods {
+            let draining = known.get(pod_name.as_str()).copied();
+            match route {
+                PodRoute::Routable { base_url } => {
+                    if draining == Some(true) {
+                        // Ready again after a readiness blip: route to it anew.
+                        entry.remove_environment(pod_name);
+                    }
+                    if draining != Some(false) {
+                        entry.add_environment(EnvironmentInfo {
+                            id: pod_name.as_str().into(),
+                            base_url: base_url.as_str().into(),
+                            capacity,
+                        });
+                    }
+                }
+                PodRoute::Drain => {
+                    if draining == Some(false) {
+                        // In-flight invocations finish; nothing new is sent.
+                        drop(entry.drain_environment(pod_name));
+                    }
+                }
+            }
+        }
+        for id in known.keys() {
+            if !pods.contains_key(&**id) {
+                entry.remove_environment(id);
+            }
+        }
+    }
+}
+
+/// Watches Functions and pods until `shutdown`; marks the gateway ready once
+/// both caches are synced. Returns an error only if the watches end, so the
+/// caller can exit and let Kubernetes restart the gateway.
+pub async fn run(
+    client: Client,
+    config: KubernetesConfig,
+    gateway: Arc<Gateway>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let functions: Api<Function> = Api::namespaced(client.clone(), &config.namespace);
+    let pods: Api<Pod> = Api::namespaced(client, &config.namespace);
+    let (function_store, function_writer) = reflector::store();
+    let (pod_store, pod_writer) = reflector::store();
+    let function_events = reflector(
+        function_writer,
+        watcher(functions, watcher::Config::default()),
+    )
+    .default_backoff()
+    .map_ok(|_| ())
+    .boxed();
+    let pod_events = reflector(
+        pod_writer,
+        watcher(pods, watcher::Config::default().labels(FUNCTION_LABEL)),
+    )
+    .default_backoff()
+    .map_ok(|_| ())
+    .boxed();
+    let mut events = futures::stream::select(function_events, pod_events);
+    let mut synced = false;
+    tracing::info!(namespace = %config.namespace, "watching Functions and their pods");
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            event = events.next() => match event {
+                None => anyhow::bail!("the Function and Pod watches ended"),
+                Some(Err(e)) => tracing::warn!(error = %e, "watch error; retrying with backoff"),
+                Some(Ok(())) => {
+                    if !synced {
+                        let ready = function_store.wait_until_ready();
+                        let pods_ready = pod_store.wait_until_ready();
+                        if futures::FutureExt::now_or_never(ready).is_none()
+                            || futures::FutureExt::now_or_never(pods_ready).is_none()
+                        {
+                            continue;
+                        }
+                        synced = true;
+                        tracing::info!("caches synced; serving");
+                    }
+                    sync(
+                        &gateway.registry,
+                        &function_store.state(),
+                        &pod_store.state(),
+                        config.environment_port,
+                    );
+                    gateway.set_ready(true);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::DispatchConfig;
+    use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+    fn function(name: &str, max_scale: u32) -> Arc<Function> {
+        let spec = serde_yaml::from_str(&format!(
+            "handler: app.h\ncode: {{inline: x}}\nconcurrency: 2\nscaling: {{maxScale: {max_scale}}}\n"
+        ))
+        .expect("spec");
+        let mut f = Function::new(name, spec);
+        f.metadata.namespace = Some("default".into());
+        Arc::new(f)
+    }
+
+    fn pod(
+        name: &str,
+        function: &str,
+        ip: Option<&str>,
+        ready: bool,
+        terminating: bool,
+    ) -> Arc<Pod> {
+        Arc::new(Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some([(FUNCTION_LABEL.to_string(), function.to_string())].into()),
+                deletion_timestamp: terminating.then(|| Time(Default::default())),
+                ..Default::default()
+            },
+            spec: None,
+            status: Some(PodStatus {
+                pod_ip: ip.map(str::to_string),
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        })
+    }
+
+    fn states(registry: &Registry, name: &str) -> Vec<(String, bool)> {
+        let mut v: Vec<_> = registry
+            .get(name)
+            .expect("registered")
+            .environment_states()
+            .into_iter()
+            .map(|(id, d)| (id.to_string(), d))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn routes_only_ready_pods_with_an_ip() {
+        let f = pod("a", "hello", Some("10.88.0.5"), true, false);
+        assert_eq!(
+            pod_route(&f, 8080),
+            Some((
+                "hello".into(),
+                PodRoute::Routable {
+                    base_url: "http://10.88.0.5:8080".into()
+                }
+            ))
+        );
+        let v6 = pod("a", "hello", Some("fd00::5"), true, false);
+        assert!(
+            matches!(pod_route(&v6, 8080), Some((_, PodRoute::Routable { base_url })) if base_url == "http://[fd00::5]:8080")
+        );
+        for p in [
+            pod("a", "hello", None, true, false),
+            pod("a", "hello", Some("10.88.0.5"), false, false),
+            pod("a", "hello", Some("10.88.0.5"), true, true),
+        ] {
+            assert_eq!(pod_route(&p, 8080), Some(("hello".into(), PodRoute::Drain)));
+        }
+    }
+
+    #[test]
+    fn sync_follows_pods_through_their_life() {
+        let registry = Registry::new(DispatchConfig::default());
+        let fns = vec![function("hello", 5)];
+        sync(&registry, &fns, &[], 8080);
+        assert!(states(&registry, "hello").is_empty(), "registered at zero");
+
+        let p1 = pod("hello-1", "hello", Some("10.88.0.5"), true, false);
+        let p2 = pod("hello-2", "hello", None, false, false);
+        sync(&registry, &fns, &[p1.clone(), p2], 8080);
+        assert_eq!(states(&registry, "hello"), vec![("hello-1".into(), false)]);
+        let entry = registry.get("hello").expect("entry");
+
+        // Status-only updates (same spec) keep the entry and its environments.
+        sync(&registry, &fns, std::slice::from_ref(&p1), 8080);
+        assert!(Arc::ptr_eq(&entry, &registry.get("hello").expect("entry")));
+
+        // Terminating: drained, still known; deleted: forgotten.
+        let p1_terminating = pod("hello-1", "hello", Some("10.88.0.5"), true, true);
+        sync(&registry, &fns, &[p1_terminating], 8080);
+        assert_eq!(states(&registry, "hello"), vec![("hello-1".into(), true)]);
+        sync(&registry, &fns, &[], 8080);
+        assert!(states(&registry, "hello").is_empty());
+    }
+
+    #[test]
+    fn spec_changes_reregister_and_deleted_or_invalid_functions_go() {
+        let registry = Registry::new(DispatchConfig::default());
+        sync(
+            &registry,
+            &[function("hello", 5), function("other", 5)],
+            &[],
+            8080,
+        );
+        let before = registry.get("hello").expect("entry");
+        sync(
+            &registry,
+            &[function("hello", 6), function("other", 5)],
+            &[],
+            8080,
+        );
+        let after = registry.get("hello").expect("entry");
+        assert!(!Arc::ptr_eq(&before, &after));
+        assert_eq!(after.settings.max_scale, 6);
+
+        let mut broken = (*function("other", 5)).clone();
+        broken.spec.runtime = "cobol".into();
+        sync(
+            &registry,
+            &[function("hello", 6), Arc::new(broken)],
+            &[],
+            8080,
+        );
+        assert!(
+            registry.get("other").is_none(),
+            "invalid specs are not served"
+        );
+        sync(&registry, &[], &[], 8080);
+        assert!(registry.all().is_empty());
+    }
+
+    #[tokio::test]
+    async fn capacity_is_the_function_concurrency() {
+        let registry = Registry::new(DispatchConfig::default());
+        let p = pod("hello-1", "hello", Some("10.88.0.5"), true, false);
+        sync(&registry, &[function("hello", 5)], &[p], 8080);
+        let entry = registry.get("hello").expect("entry");
+        let soon = tokio::time::Instant::now() + std::time::Duration::from_millis(50);
+        let first = entry.acquire(soon).await.expect("first slot");
+        let second = entry.acquire(soon).await.expect("second slot");
+        assert_eq!(
+            first.environment().base_url.as_ref(),
+            "http://10.88.0.5:8080"
+        );
+        assert!(
+            entry.acquire(soon).await.is_err(),
+            "concurrency 2: no third slot"
+        );
+        drop((first, second));
+    }
+}
