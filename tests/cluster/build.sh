@@ -7,7 +7,7 @@
 #
 # Output (outside git, never committed):
 #   ${PORCHLIGHT_CACHE:-/root/.cache/porchlight}/k8s/<k8s version>/bin/
-#     etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl crictl
+#     etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy crictl
 #   ${PORCHLIGHT_CACHE}/k8s/<k8s version>/src/{k8s,etcd,crictl}/   wrapper Go modules
 # Go's own caches (GOMODCACHE, GOCACHE) stay where `go env` puts them.
 #
@@ -37,7 +37,7 @@ mkdir -p "$BIN" "$ROOT/src"
 T0=$SECONDS
 
 # ---------------------------------------------------------------- Kubernetes
-K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
+K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy)
 missing=()
 for c in "${K8S_CMDS[@]}"; do [[ -x $BIN/$c ]] || missing+=("$c"); done
 
@@ -63,18 +63,24 @@ if ((${#missing[@]})); then
     done
     log "added $n staging replace directives (v0.${K8S_VERSION#1.})"
     go mod edit -require="k8s.io/kubernetes@v$K8S_VERSION"
-    {
-      echo '//go:build tools'
-      echo
-      echo 'package tools'
-      echo
-      echo 'import ('
-      for c in "${K8S_CMDS[@]}"; do echo "	_ \"k8s.io/kubernetes/cmd/$c\""; done
-      echo ')'
-    } >tools.go
+  fi
+  # tools.go lists the commands, so that `go mod tidy` records all their dependencies;
+  # tidy again whenever that list changes.
+  {
+    echo '//go:build tools'
+    echo
+    echo 'package tools'
+    echo
+    echo 'import ('
+    for c in "${K8S_CMDS[@]}"; do echo "	_ \"k8s.io/kubernetes/cmd/$c\""; done
+    echo ')'
+  } >tools.go.new
+  if [[ ! -f go.sum ]] || ! cmp -s tools.go tools.go.new; then
+    mv tools.go.new tools.go
     log "resolving the module graph (go mod tidy; downloads ~1 GB on a cold module cache)"
     timeout 1800 "${NICE[@]}" go mod tidy
   fi
+  rm -f tools.go.new
   info=$(go env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/v$K8S_VERSION.info
   build_date=$(sed -n 's/.*"Time":"\([^"]*\)".*/\1/p' "$info" 2>/dev/null || true)
   build_date=${build_date:-1970-01-01T00:00:00Z}

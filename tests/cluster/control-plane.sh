@@ -104,7 +104,7 @@ EOF
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
     --service-cluster-ip-range="$SERVICE_CIDR" --allow-privileged=true \
-    --endpoint-reconciler-type=none \
+    --endpoint-reconciler-type="$([[ $API_ADDR == 127.0.0.1 ]] && echo none || echo lease)" \
     --kubelet-client-certificate="$pki/apiserver-kubelet-client.crt" \
     --kubelet-client-key="$pki/apiserver-kubelet-client.key" \
     --kubelet-preferred-address-types=InternalIP \
@@ -163,7 +163,7 @@ cmd_env() {
 
 cmd_status() {
   local n
-  for n in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet; do
+  for n in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy; do
     if alive "$n"; then echo "$n: running (pid $(cat "$CLUSTER_DIR/pids/$n.pid"))"; else echo "$n: stopped"; fi
   done
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One real Kubernetes node on this host, next to the control plane of control-plane.sh:
 # a private containerd (Debian's 1.6, CRI plugin, runc, cgroupfs), the CNI bridge
-# plugin on a bridge this script creates, and the kubelet.
+# plugin on a bridge this script creates, the kubelet and kube-proxy (iptables mode).
 #
 #   tests/cluster/node.sh up      # needs `control-plane.sh up` first and root
 #   tests/cluster/node.sh down    # (control-plane.sh down calls this too)
@@ -15,6 +15,7 @@
 # localhost/porchlight/debian:bookworm. Use imagePullPolicy: Never or IfNotPresent.
 #
 # Host changes, all undone by `down`: bridge $BRIDGE, cgroup dirs /sys/fs/cgroup/*/porchlight,
+# kube-proxy's and the kubelet's iptables chains,
 # the six sysctls the kubelet insists on (restored to their old values), mounts under
 # $CLUSTER_DIR/node, /var/lib/cni/results/porchlight-*.
 # Needs: containerd runc containernetworking-plugins iptables (apt), root with CAP_NET_ADMIN and
@@ -41,7 +42,7 @@ ctr_() { ctr --address "$SOCK" -n k8s.io "$@"; }
 preflight() {
   [[ $(id -u) == 0 ]] || die "node.sh needs root"
   [[ -f $CLUSTER_DIR/admin.kubeconfig ]] || die "no control plane in $CLUSTER_DIR (run control-plane.sh up)"
-  need_bins kubelet kubectl
+  need_bins kubelet kubectl kube-proxy
   local b
   for b in containerd ctr runc; do command -v $b >/dev/null || die "$b missing: apt-get install containerd runc"; done
   [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local ]] ||
@@ -67,18 +68,6 @@ cmd_net_up() {
   log "bridge $BRIDGE up with node IP $NODE_IP"
 }
 
-# Pods reach the API server through the kubernetes Service IP (10.0.0.1:443 by default,
-# what in-cluster clients read from KUBERNETES_SERVICE_HOST/PORT). There is no kube-proxy,
-# so one DNAT rule maps it to the API server, if that listens on the node IP.
-SERVICE_RULE=()
-service_rule_init() {
-  local api host port
-  api=$(sed -n 's/^ *server: https:\/\///p' "$CLUSTER_DIR/admin.kubeconfig")
-  host=${api%:*}; port=${api##*:}
-  [[ $host == "$NODE_IP" ]] || return 1
-  SERVICE_RULE=(PREROUTING -i "$BRIDGE" -d "${KUBERNETES_SERVICE_IP:-10.0.0.1}" -p tcp --dport 443
-    -m comment --comment porchlight-node-apiserver -j DNAT --to-destination "$NODE_IP:$port")
-}
 
 setup_cgroups() {
   # cgroupfs driver, cgroupRoot /porchlight: pre-create it in every v1 hierarchy (as kind does);
@@ -197,6 +186,33 @@ ${KUBELET_EXTRA_CONFIG:-}
 EOF
 }
 
+# kube-proxy (iptables mode) so that ClusterIP Services, including `kubernetes` for
+# in-cluster API clients, work from pods and from the host. Settings that would make it
+# write conntrack sysctls or localhost NodePort rules are off; NodePorts only on the bridge.
+start_kube_proxy() {
+  client_cert kube-proxy system:kube-proxy # bound to system:node-proxier by default RBAC
+  local api hp mp
+  api=$(sed -n 's/^ *server: //p' "$CLUSTER_DIR/admin.kubeconfig")
+  write_kubeconfig "$N/kube-proxy.kubeconfig" "$api" "$CLUSTER_DIR/pki/ca.crt" \
+    "$CLUSTER_DIR/pki/kube-proxy.crt" "$CLUSTER_DIR/pki/kube-proxy.key"
+  hp=$(free_port); mp=$(free_port)
+  cat >"$N/kube-proxy.yaml" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: {kubeconfig: $N/kube-proxy.kubeconfig}
+hostnameOverride: $NODE_NAME
+mode: iptables
+clusterCIDR: $POD_SUBNET
+nodePortAddresses: ["$POD_SUBNET"]
+healthzBindAddress: 127.0.0.1:$hp
+metricsBindAddress: 127.0.0.1:$mp
+conntrack: {maxPerCore: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+iptables: {localhostNodePorts: false}
+EOF
+  start kube-proxy "$K8S_BIN/kube-proxy" --config="$N/kube-proxy.yaml" --v=2
+  wait_for "kube-proxy /healthz" "$WAIT" kube-proxy curl -fsS "http://127.0.0.1:$hp/healthz"
+}
+
 cmd_up() {
   preflight
   # die() exits, which skips ERR traps: tear down from an EXIT trap unless up finished.
@@ -219,13 +235,6 @@ cmd_up() {
   done
 
   cmd_net_up
-  if service_rule_init && command -v iptables >/dev/null; then
-    iptables -w 5 -t nat -A "${SERVICE_RULE[@]}"
-    echo "${SERVICE_RULE[*]}" >"$N/service-rule"
-    log "kubernetes Service ${KUBERNETES_SERVICE_IP:-10.0.0.1}:443 -> API server for pods"
-  else
-    log "API server not on the node IP (or no iptables): pods cannot reach it"
-  fi
   setup_cgroups
   write_configs
 
@@ -252,6 +261,7 @@ cmd_up() {
   wait_for "kubelet /healthz" "$WAIT" kubelet curl -fsS "http://127.0.0.1:$hz/healthz"
   wait_for "condition Ready of node $NODE_NAME" "$WAIT" kubelet \
     kubectl_admin wait --for=condition=Ready "node/$NODE_NAME" --timeout=2s
+  start_kube_proxy
   UP_DONE=1
   trap - EXIT INT TERM
   log "node $NODE_NAME Ready in $((SECONDS - t0))s (node IP $NODE_IP, pods $POD_SUBNET)"
@@ -272,6 +282,9 @@ iptables_record() {
       $ipt -w 5 -t "${tc%%:*}" -S "${tc#*:}" >/dev/null 2>&1 && echo "$ipt:$tc" >>"$N/iptables.preexisting"
     done
   done
+  if command -v iptables >/dev/null && iptables -w 5 -t nat -S KUBE-SERVICES >/dev/null 2>&1; then
+    echo kube-proxy >>"$N/iptables.preexisting"
+  fi
   true
 }
 
@@ -322,6 +335,7 @@ unmount_all() {
 # removes it. control-plane.sh down does exactly that around stopping the API server.
 cmd_down() {
   [[ -d $N ]] || return 0
+  stop kube-proxy 15
   stop kubelet 15
   if alive kube-apiserver; then
     kubectl_admin delete node "$NODE_NAME" --ignore-not-found --wait=false --request-timeout=5s >/dev/null 2>&1 || true
@@ -337,10 +351,14 @@ cmd_down() {
   kill_shims
   unmount_all
   cleanup_cgroups
-  if [[ -f $N/service-rule ]]; then
-    read -ra rule <"$N/service-rule"
-    iptables -w 5 -t nat -D "${rule[@]}" 2>/dev/null || log "warning: could not delete the DNAT rule"
-    rm -f "$N/service-rule"
+  if [[ -f $N/kube-proxy.yaml ]]; then
+    # Remove kube-proxy's iptables rules, unless another kube-proxy had them before up.
+    if grep -qx kube-proxy "$N/iptables.preexisting" 2>/dev/null; then
+      log "KUBE-SERVICES existed before up: leaving kube-proxy rules alone"
+    else
+      timeout 60 "$K8S_BIN/kube-proxy" --cleanup --config="$N/kube-proxy.yaml" >>"$CLUSTER_DIR/logs/kube-proxy.log" 2>&1 ||
+        log "warning: kube-proxy --cleanup failed"
+    fi
   fi
   rm -f /var/lib/cni/results/"$CNI_NET"-* 2>/dev/null || true
   rmdir /var/lib/cni/results /var/lib/cni 2>/dev/null || true # only if empty

@@ -90,6 +90,13 @@ if ((WITH_NODE)); then
   pod=$(k -n "$NS" get pods -l app=web -o jsonpath='{.items[0].metadata.name}')
   k -n "$NS" logs "$pod" || die "kubectl logs failed"
   k -n "$NS" exec "$pod" -- ip -4 addr show eth0 || die "kubectl exec failed"
+  # ClusterIP Service (kube-proxy) from the host and from a pod behind it (hairpin).
+  k -n "$NS" expose deploy web --port=80 --target-port=8080
+  cip=$(k -n "$NS" get svc web -o jsonpath='{.spec.clusterIP}')
+  wait_for "Service web ($cip) answering from the host" 30 "" curl -fsS --max-time 2 "http://$cip/"
+  log "GET http://$cip/ (ClusterIP, host) -> $(curl -fsS --max-time 5 "http://$cip/")"
+  body=$(k -n "$NS" exec "$pod" -- wget -q -O- "http://$cip/") || die "pod cannot reach Service web"
+  log "GET http://$cip/ (ClusterIP, from a pod) -> $body"
   # In-cluster clients use KUBERNETES_SERVICE_HOST:PORT (the kubernetes Service IP).
   ver=$(k -n "$NS" exec "$pod" -- sh -c \
     'wget -q -O- --no-check-certificate "https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/version"') ||
@@ -98,6 +105,7 @@ if ((WITH_NODE)); then
 fi
 
 # Garbage collection through ownerReferences: deleting the Deployment removes RS and pods.
+k -n "$NS" delete svc web --ignore-not-found
 k -n "$NS" delete deploy web --wait=false
 wait_for "ReplicaSets and Pods garbage-collected" 90 "" bash -c \
   "[[ -z \$($K8S_BIN/kubectl --kubeconfig $CLUSTER_DIR/admin.kubeconfig -n $NS get rs,pods -l app=web -o name) ]]"
