@@ -244,7 +244,11 @@ impl Autoscaler {
 
         let to_count = |c: f64| -> u32 {
             let n = (c / target).ceil();
-            if n >= f64::from(u32::MAX) { u32::MAX } else { n.max(0.0) as u32 }
+            if n >= f64::from(u32::MAX) {
+                u32::MAX
+            } else {
+                n.max(0.0) as u32
+            }
         };
         let max_up = (cfg.max_scale_up_rate * f64::from(ready_for_rates)).ceil() as u32;
         let max_down = (f64::from(ready_for_rates) / cfg.max_scale_down_rate).floor() as u32;
@@ -278,7 +282,9 @@ impl Autoscaler {
         let panicking = self.panic_since.is_some();
 
         let (mut desired, mut reason) = if panicking {
-            let d = stable_desired.max(panic_desired).max(self.max_panic_desired);
+            let d = stable_desired
+                .max(panic_desired)
+                .max(self.max_panic_desired);
             self.max_panic_desired = d;
             (d, DecisionReason::Panic)
         } else {
@@ -385,7 +391,10 @@ mod tests {
     fn first_event_at_zero_wakes_at_once() {
         let t0 = Instant::now();
         let mut a = Autoscaler::new(config(), t0, 0);
-        assert!(a.record(t0, 1.0), "demand at zero must ask for an immediate decision");
+        assert!(
+            a.record(t0, 1.0),
+            "demand at zero must ask for an immediate decision"
+        );
         let d = a.decide(t0, 0);
         assert_eq!(d.desired, 2, "1 / 0.7 rounds up to 2");
         assert!(!a.record(t0, 1.0), "no longer at zero");
@@ -398,7 +407,10 @@ mod tests {
         let mut ready = 0;
         let ds = drive(&mut a, t0, 0, 180, |_| 7.0, &mut ready);
         assert_eq!(ds.last().map(|d| d.desired), Some(10), "7 / 0.7 = 10");
-        assert!(!ds.last().is_some_and(|d| d.panicking), "panic ends after a calm stable window");
+        assert!(
+            !ds.last().is_some_and(|d| d.panicking),
+            "panic ends after a calm stable window"
+        );
     }
 
     #[test]
@@ -483,8 +495,22 @@ mod tests {
         let t0 = Instant::now();
         let mut a = Autoscaler::new(config(), t0, 0);
         let mut ready = 0;
-        drive(&mut a, t0, 0, 120, |s| if s % 2 == 0 { 6.0 } else { 1.0 }, &mut ready);
-        let ds = drive(&mut a, t0, 120, 240, |s| if s % 2 == 0 { 6.0 } else { 1.0 }, &mut ready);
+        drive(
+            &mut a,
+            t0,
+            0,
+            120,
+            |s| if s % 2 == 0 { 6.0 } else { 1.0 },
+            &mut ready,
+        );
+        let ds = drive(
+            &mut a,
+            t0,
+            120,
+            240,
+            |s| if s % 2 == 0 { 6.0 } else { 1.0 },
+            &mut ready,
+        );
         let min = ds.iter().map(|d| d.desired).min().unwrap_or(0);
         let max = ds.iter().map(|d| d.desired).max().unwrap_or(0);
         assert!(max - min <= 1, "count moved between {min} and {max}");
@@ -499,7 +525,10 @@ mod tests {
         drive(&mut a, t0, 0, 120, |_| 7.0, &mut ready);
         assert_eq!(ready, 10);
         let ds = drive(&mut a, t0, 120, 150, |_| 0.7, &mut ready);
-        assert!(ds[0].desired >= 9, "one quiet second barely moves the stable average");
+        assert!(
+            ds[0].desired >= 9,
+            "one quiet second barely moves the stable average"
+        );
         assert!(ds.last().is_some_and(|d| d.desired < 10 && d.desired >= 1));
     }
 

@@ -43,15 +43,28 @@ use crate::duration::parse_duration;
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
     ),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
-    printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredReplicas"),
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".status.desiredReplicas"
+    ),
     printcolumn(
         name = "Concurrency",
         type_ = "integer",
         json_path = ".status.observedConcurrency",
         description = "Events in flight plus queued, as last reported by the gateways"
     ),
-    printcolumn(name = "URL", type_ = "string", json_path = ".status.url", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "URL",
+        type_ = "string",
+        json_path = ".status.url",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("!has(self.scaling) || !has(self.scaling.maxScale) || !has(self.scaling.minScale) || self.scaling.maxScale >= self.scaling.minScale").message("spec.scaling.maxScale must be greater than or equal to spec.scaling.minScale"))]
 #[serde(rename_all = "camelCase")]
@@ -191,7 +204,9 @@ pub struct Trigger {
 }
 
 /// API Gateway payload format of the HTTP trigger.
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
 pub enum PayloadFormat {
     /// REST API proxy integration (`httpMethod`, `path`, `multiValueHeaders`, ...).
     #[default]
@@ -410,9 +425,8 @@ impl FunctionSpec {
                 s.target_utilization
             ));
         }
-        let scale_to_zero_after = parse_duration(&s.scale_to_zero_after).map_err(|e| {
-            format!("spec.scaling.scaleToZeroAfter: {e}")
-        });
+        let scale_to_zero_after = parse_duration(&s.scale_to_zero_after)
+            .map_err(|e| format!("spec.scaling.scaleToZeroAfter: {e}"));
         let stable_window = parse_duration(&s.stable_window)
             .map_err(|e| format!("spec.scaling.stableWindow: {e}"))
             .and_then(|w| {
@@ -448,7 +462,9 @@ impl FunctionSpec {
             if let Some(ce) = &t.cloudevents
                 && ce.event_type.is_empty()
             {
-                problems.push(format!("spec.triggers[{i}].cloudevents.type must not be empty"));
+                problems.push(format!(
+                    "spec.triggers[{i}].cloudevents.type must not be empty"
+                ));
             }
         }
         match (scale_to_zero_after, stable_window) {
