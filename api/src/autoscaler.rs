@@ -6,7 +6,9 @@
 //! - `desired = ceil(average / (concurrency_per_environment * target_utilization))`;
 //! - panic mode starts when the panic-window demand reaches `panic_threshold`
 //!   (200 %) of the ready environments, lasts until a stable window passes
-//!   without that, and never scales down meanwhile;
+//!   without that, and never scales down meanwhile; the panic signal is the
+//!   higher of the panic-window average and the latest second, so a burst
+//!   (or demand at zero after idle seconds) is seen at full size at once;
 //! - scale-down is limited to halving per decision (`max_scale_down_rate`);
 //! - scale to zero once nothing was in flight or queued for `scale_to_zero_after`;
 //! - scale from zero at once: any demand at zero yields at least one environment.
@@ -239,7 +241,11 @@ impl Autoscaler {
         let cfg = &self.config;
         let target = cfg.target_per_environment();
         let stable = self.average(now, cfg.stable_window);
-        let panic = self.average(now, cfg.panic_window);
+        // A burst must register within about a second, not after the panic
+        // window has filled: take the latest second when it is higher.
+        let panic = self
+            .average(now, cfg.panic_window)
+            .max(self.average(now, BUCKET));
         let ready_for_rates = ready.max(1);
 
         let to_count = |c: f64| -> u32 {
@@ -401,6 +407,19 @@ mod tests {
     }
 
     #[test]
+    fn demand_after_idle_seconds_is_seen_at_full_size() {
+        let t0 = Instant::now();
+        let mut a = Autoscaler::new(config(), t0, 0);
+        let mut ready = 0;
+        // Gateways report zero every second for a while, then 7 events arrive.
+        drive(&mut a, t0, 0, 20, |_| 0.0, &mut ready);
+        let now = t0 + Duration::from_secs(20);
+        assert!(a.record(now, 7.0));
+        let d = a.decide(now, 0);
+        assert_eq!(d.desired, 10, "7 / 0.7 at once, not a ramp of one a second");
+    }
+
+    #[test]
     fn steady_load_settles_on_concurrency_over_target() {
         let t0 = Instant::now();
         let mut a = Autoscaler::new(config(), t0, 0);
@@ -424,8 +443,10 @@ mod tests {
         let ds = drive(&mut a, t0, 70, 75, |_| 30.0, &mut ready);
         assert!(ds[0].panicking, "a 60x burst panics on the first tick");
         let peak = ds.iter().map(|d| d.desired).max().unwrap_or(0);
-        // After 5 s of 30 the 6 s panic window averages (5 x 30 + 0.5) / 6 = 25.08.
-        assert_eq!(peak, 36, "25.08 / 0.7 rounds up to 36");
+        assert_eq!(
+            peak, 43,
+            "the latest second counts at once: 30 / 0.7 rounds up to 43"
+        );
         let after = drive(&mut a, t0, 75, 120, |_| 0.5, &mut ready);
         for d in &after {
             if d.panicking {
