@@ -18,5 +18,13 @@ kubectl -n porchlight-system rollout status deploy/porchlight-controller --timeo
 kubectl -n porchlight-system rollout status deploy/porchlight-gateway --timeout=180s
 kubectl apply -f examples/
 kubectl get fn -A
-echo "Invoke: kubectl -n porchlight-system port-forward svc/porchlight-gateway 8080 &"
-echo "        curl -s -X POST localhost:8080/2015-03-31/functions/hello/invocations -d '{}'"
+
+# A short scale test through the gateway (0 -> 50 -> 0 callers on hello),
+# port-forwarded to loopback; the report lands in target/scale-report-kind/.
+kubectl -n porchlight-system port-forward svc/porchlight-gateway 8080:8080 >/dev/null &
+forward=$!
+trap 'kill $forward 2>/dev/null' EXIT
+for _ in $(seq 50); do curl -fs localhost:8080/ready >/dev/null && break; sleep 0.2; done
+cargo run --release -q -p porchlight-load -- --target http://127.0.0.1:8080 --function hello \
+  --concurrency 0:5s,50:30s,0:5s --observe-after 120s --out target/scale-report-kind
+echo "Scale-test report: target/scale-report-kind (summary.json, latency.png, environments.png)"
