@@ -89,6 +89,17 @@ pub struct Config {
     #[arg(long, env = "PORCHLIGHT_PYTHON", default_value = "python3")]
     pub python: String,
 
+    /// The bundled Python bootstrap as a file (runtime images ship it at
+    /// /var/runtime/bootstrap.py); when the file is missing, the copy built
+    /// into this binary runs with `python3 -c`.
+    #[arg(
+        long,
+        env = "PORCHLIGHT_PYTHON_BOOTSTRAP",
+        default_value = "/var/runtime/bootstrap.py",
+        value_name = "PATH"
+    )]
+    pub python_bootstrap: PathBuf,
+
     /// Region exported as AWS_REGION / AWS_DEFAULT_REGION and used in the ARN.
     #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
     pub region: String,

@@ -11,7 +11,8 @@ use tokio::process::{Child, Command};
 
 use crate::config::{RuntimeKind, Settings};
 
-/// The dependency-free Python bootstrap, run with `python3 -c` by default.
+/// The dependency-free Python bootstrap, run with `python3 -c` when the
+/// image does not ship it as a file.
 pub const PYTHON_BOOTSTRAP: &str = include_str!("../bootstrap/python/bootstrap.py");
 
 /// `LAMBDA_RUNTIME_DIR` exported to the runtime.
@@ -24,6 +25,10 @@ pub fn runtime_command(settings: &Settings) -> (String, Vec<String>) {
         return (program.clone(), args.to_vec());
     }
     match &settings.runtime {
+        RuntimeKind::Python(_) if config.python_bootstrap.is_file() => (
+            config.python.clone(),
+            vec![config.python_bootstrap.to_string_lossy().into_owned()],
+        ),
         RuntimeKind::Python(_) => (
             config.python.clone(),
             vec!["-c".to_owned(), PYTHON_BOOTSTRAP.to_owned()],
@@ -198,4 +203,41 @@ pub fn max_memory_used_mib(leader: Pid) -> Option<u64> {
         }
     }
     (total_kib > 0).then(|| total_kib.div_ceil(1024))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn settings(args: &[&str]) -> Settings {
+        let mut argv = vec![
+            "porchlight-runtime",
+            "--runtime",
+            "python3.12",
+            "--handler",
+            "app.h",
+        ];
+        argv.extend_from_slice(args);
+        crate::config::Config::try_parse_from(argv)
+            .expect("parses")
+            .validate()
+            .expect("valid")
+    }
+
+    #[test]
+    fn python_bootstrap_runs_from_the_image_file_when_present() {
+        let dir = std::env::temp_dir().join(format!("porchlight-bootstrap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("bootstrap.py");
+        std::fs::write(&file, PYTHON_BOOTSTRAP).expect("write");
+        let path = file.to_string_lossy().into_owned();
+        let (program, args) = runtime_command(&settings(&["--python-bootstrap", &path]));
+        assert_eq!((program.as_str(), args), ("python3", vec![path]));
+
+        let missing = dir.join("missing.py").to_string_lossy().into_owned();
+        let (_, args) = runtime_command(&settings(&["--python-bootstrap", &missing]));
+        assert_eq!(args, vec!["-c".to_owned(), PYTHON_BOOTSTRAP.to_owned()]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
