@@ -348,6 +348,10 @@ where
     let app =
         crate::routes::app(gateway.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let graceful = shutdown.clone();
+    // Small responses must not wait for Nagle's algorithm.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         graceful.cancelled().await;
     });
