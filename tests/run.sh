@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole Porchlight test suite: formatting, lints, unit tests, the
-# in-process service tests, and the integration tests with real Lambda
-# clients (awslambdaric, boto3, the AWS CLI, the lambda_runtime crate).
+# in-process service tests, the integration tests with real Lambda clients
+# (awslambdaric, boto3, the AWS CLI, the lambda_runtime crate), and the
+# end-to-end tests on a real single-node Kubernetes cluster (tests/e2e).
 #
 # Python tools go into a virtualenv under $PORCHLIGHT_CACHE (default
 # ~/.cache/porchlight), created on the first run and reused afterwards.
@@ -38,3 +39,6 @@ export PORCHLIGHT_RUST_BOOTSTRAP="$root/target/debug/bootstrap"
 
 step "cargo test --workspace"
 cargo test --workspace --locked -- --test-threads="${PORCHLIGHT_TEST_THREADS:-2}"
+
+step "End-to-end tests on a real single-node Kubernetes cluster (tests/e2e; needs root)"
+bash tests/e2e/run.sh
