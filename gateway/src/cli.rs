@@ -118,21 +118,7 @@ pub fn main_from_args(args: Vec<OsString>) -> ExitCode {
     }
     let cli = match Cli::try_parse_from(&args) {
         Ok(c) => c,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                let _ = e.print();
-                return ExitCode::SUCCESS;
-            }
-            let text = e.to_string();
-            let line = text
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("invalid arguments")
-                .trim_start_matches("error: ");
-            eprintln!("porchlight-gateway: {line}");
-            return ExitCode::from(EXIT_BAD_CONFIG);
-        }
+        Err(e) => return porchlight_runtime::exit_for_cli_error("porchlight-gateway", &e),
     };
     init_tracing(cli.log_json);
     if cli.kubernetes {

@@ -90,21 +90,7 @@ where
 {
     let config = match Config::try_parse_from(args) {
         Ok(config) => config,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                let _ = e.print();
-                return ExitCode::SUCCESS;
-            }
-            let text = e.to_string();
-            let line = text
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("invalid arguments")
-                .trim_start_matches("error: ");
-            eprintln!("porchlight-runtime: {line}");
-            return ExitCode::from(EXIT_BAD_CONFIG);
-        }
+        Err(e) => return exit_for_cli_error("porchlight-runtime", &e),
     };
     let settings = match config.validate() {
         Ok(settings) => settings,
@@ -164,4 +150,23 @@ fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
         shutdown.cancel();
     });
     Ok(())
+}
+
+/// What a command line that did not parse ends with: `--help` and
+/// `--version` print and succeed; anything else is one line on stderr
+/// (`program: problem`) and exit code 64 (EX_USAGE).
+pub fn exit_for_cli_error(program: &str, e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let text = e.to_string();
+    let line = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ");
+    eprintln!("{program}: {line}");
+    ExitCode::from(EXIT_BAD_CONFIG)
 }
