@@ -217,6 +217,8 @@ mod tests {
             "python3.12",
             "--handler",
             "app.h",
+            "--python",
+            "python3",
         ];
         argv.extend_from_slice(args);
         crate::config::Config::try_parse_from(argv)
