@@ -302,6 +302,29 @@ impl<F: FunctionSource, S: ScaleSink> AutoscalerLoop<F, S> {
             .desired_environments
             .with_label_values(&labels)
             .set(i64::from(decision.desired));
+        if scaler.applied.is_none() {
+            match scaler.function.status.as_ref() {
+                None => {
+                    // Never reconciled: its Deployment does not exist yet, so
+                    // there is nothing to patch. The reconciler creates it with
+                    // the count recorded here.
+                    self.book.set(
+                        key.clone(),
+                        ScaleRecord {
+                            desired: decision.desired,
+                            observed_concurrency: observed,
+                            last_scale_time: scaler.last_scale_time.clone(),
+                        },
+                    );
+                    return;
+                }
+                // Reconciled since this scaler started: the status says what
+                // the Deployment was given.
+                Some(status) => {
+                    scaler.applied = status.desired_replicas.map(|n| n.max(0) as u32);
+                }
+            }
+        }
         if scaler.applied == Some(decision.desired) {
             return;
         }

@@ -171,6 +171,26 @@ async fn demand_at_zero_scales_up_at_once_on_a_poke() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_function_not_yet_reconciled_is_not_patched_but_booked() {
+    let mut f = (*function("30s")).clone();
+    f.status = None;
+    let h = start(Arc::new(f));
+    h.tx.send(report("gw-a", 1, true, 3.0)).await.expect("send");
+    sleep(Duration::from_millis(2_500)).await;
+    assert!(
+        h.sink.changes().is_empty(),
+        "no Deployment yet: nothing to patch, no Event"
+    );
+    assert_eq!(
+        h.book.get(&key()).map(|r| r.desired),
+        Some(5),
+        "the reconciler creates the Deployment with 3 / 0.7 -> 5"
+    );
+    h.stop.cancel();
+    h.task.await.expect("join").expect("clean stop");
+}
+
+#[tokio::test(start_paused = true)]
 async fn idle_function_scales_to_zero_after_its_window() {
     let h = start(function("5s"));
     // Busy for 3 s, then reporting nothing in flight.
