@@ -12,6 +12,7 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use futures::StreamExt;
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 use porchlight_api::autoscaler::DecisionReason;
@@ -168,6 +169,16 @@ pub fn sample(load: &AggregatedLoad) -> f64 {
     }
 }
 
+/// Scaling patches in flight at once.
+const APPLY_CONCURRENCY: usize = 16;
+
+/// A decision waiting to be applied.
+struct Pending {
+    function: Arc<Function>,
+    change: ScaleChange,
+    panicking: bool,
+}
+
 /// The autoscaler loop for every function.
 pub struct AutoscalerLoop<F, S> {
     functions: F,
@@ -243,6 +254,7 @@ impl<F: FunctionSource, S: ScaleSink> AutoscalerLoop<F, S> {
                     self.sync_functions(now);
                 }
                 let totals = self.aggregator.totals(now);
+                let mut pending = Vec::new();
                 for key in demand {
                     let at_zero = self
                         .scalers
@@ -252,9 +264,10 @@ impl<F: FunctionSource, S: ScaleSink> AutoscalerLoop<F, S> {
                         self.metrics.wakes.inc();
                         let load = totals.get(&key).cloned().unwrap_or_default();
                         debug!(function = %key, concurrency = load.concurrency, "demand at zero: deciding now");
-                        self.step(&key, now, &load).await;
+                        pending.extend(self.decide(&key, now, &load));
                     }
                 }
+                self.apply_all(pending).await;
             }
         }
     }
@@ -268,10 +281,12 @@ impl<F: FunctionSource, S: ScaleSink> AutoscalerLoop<F, S> {
             .gateways_live
             .set(self.aggregator.live_gateways(now) as i64);
         let keys: Vec<FunctionKey> = self.scalers.keys().cloned().collect();
+        let mut pending = Vec::new();
         for key in keys {
             let load = totals.get(&key).cloned().unwrap_or_default();
-            self.step(&key, now, &load).await;
+            pending.extend(self.decide(&key, now, &load));
         }
+        self.apply_all(pending).await;
     }
 
     /// The desired count the loop holds for a function (tests).
@@ -279,10 +294,14 @@ impl<F: FunctionSource, S: ScaleSink> AutoscalerLoop<F, S> {
         self.scalers.get(key).map(|s| s.autoscaler.last_desired())
     }
 
-    async fn step(&mut self, key: &FunctionKey, now: std::time::Instant, load: &AggregatedLoad) {
-        let Some(scaler) = self.scalers.get_mut(key) else {
-            return;
-        };
+    /// Records the load and decides; returns a change to apply, if any.
+    fn decide(
+        &mut self,
+        key: &FunctionKey,
+        now: std::time::Instant,
+        load: &AggregatedLoad,
+    ) -> Option<Pending> {
+        let scaler = self.scalers.get_mut(key)?;
         let observed = sample(load);
         scaler.autoscaler.record(now, observed);
         let ready = scaler
@@ -316,7 +335,7 @@ impl<F: FunctionSource, S: ScaleSink> AutoscalerLoop<F, S> {
                             last_scale_time: scaler.last_scale_time.clone(),
                         },
                     );
-                    return;
+                    return None;
                 }
                 // Reconciled since this scaler started: the status says what
                 // the Deployment was given.
@@ -326,30 +345,64 @@ impl<F: FunctionSource, S: ScaleSink> AutoscalerLoop<F, S> {
             }
         }
         if scaler.applied == Some(decision.desired) {
+            return None;
+        }
+        Some(Pending {
+            function: scaler.function.clone(),
+            change: ScaleChange {
+                key: key.clone(),
+                from: scaler.applied,
+                to: decision.desired,
+                reason: decision.reason,
+                observed_concurrency: observed,
+            },
+            panicking: decision.panicking,
+        })
+    }
+
+    /// Applies changes to the cluster, several at once so that a large batch
+    /// (or one slow API call) does not hold up the rest, then records them.
+    async fn apply_all(&mut self, pending: Vec<Pending>) {
+        if pending.is_empty() {
             return;
         }
-        let change = ScaleChange {
-            key: key.clone(),
-            from: scaler.applied,
-            to: decision.desired,
-            reason: decision.reason,
-            observed_concurrency: observed,
-        };
-        match self.sink.apply(&scaler.function, &change).await {
+        let sink = &self.sink;
+        let results: Vec<(Pending, Result<()>)> = futures::stream::iter(pending)
+            .map(|p| async move {
+                let result = sink.apply(&p.function, &p.change).await;
+                (p, result)
+            })
+            .buffer_unordered(APPLY_CONCURRENCY)
+            .collect()
+            .await;
+        for (p, result) in results {
+            self.record_applied(p, result);
+        }
+    }
+
+    fn record_applied(&mut self, p: Pending, result: Result<()>) {
+        let Pending {
+            change, panicking, ..
+        } = p;
+        let key = &change.key;
+        match result {
             Ok(()) => {
                 info!(function = %key, from = ?change.from, to = change.to, reason = change.reason.as_str(),
-                    concurrency = observed, panicking = decision.panicking, "scaled");
+                    concurrency = change.observed_concurrency, panicking, "scaled");
                 self.metrics
                     .scale_decisions
-                    .with_label_values(&[decision.reason.as_str()])
+                    .with_label_values(&[change.reason.as_str()])
                     .inc();
-                scaler.applied = Some(decision.desired);
+                let Some(scaler) = self.scalers.get_mut(key) else {
+                    return;
+                };
+                scaler.applied = Some(change.to);
                 scaler.last_scale_time = Some(wall_clock());
                 self.book.set(
                     key.clone(),
                     ScaleRecord {
-                        desired: decision.desired,
-                        observed_concurrency: observed,
+                        desired: change.to,
+                        observed_concurrency: change.observed_concurrency,
                         last_scale_time: scaler.last_scale_time.clone(),
                     },
                 );

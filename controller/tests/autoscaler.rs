@@ -287,3 +287,66 @@ async fn loop_fails_when_the_report_source_dies() {
     let result = h.task.await.expect("join");
     assert!(result.is_err(), "a dead report source must end the process");
 }
+
+/// A sink whose every patch takes a second, like a slow API server.
+#[derive(Clone, Default)]
+struct Slow(Recorded);
+
+impl ScaleSink for Slow {
+    async fn apply(&self, f: &Function, change: &ScaleChange) -> porchlight_controller::Result<()> {
+        sleep(Duration::from_secs(1)).await;
+        self.0.apply(f, change).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn many_changes_at_once_are_applied_concurrently() {
+    let functions = Functions::default();
+    let mut loads = Vec::new();
+    for i in 0..20 {
+        let mut f = (*function("30s")).clone();
+        f.metadata.name = Some(format!("f{i}"));
+        functions.0.lock().unwrap().push(Arc::new(f));
+        loads.push(FunctionLoad {
+            namespace: "demo".into(),
+            name: format!("f{i}"),
+            queued: 1,
+            average_concurrency: 1.0,
+            ..FunctionLoad::default()
+        });
+    }
+    let sink = Slow::default();
+    let (tx, rx) = mpsc::channel(16);
+    let stop = CancellationToken::new();
+    let l = AutoscalerLoop::new(
+        functions,
+        sink.clone(),
+        Arc::new(ScaleBook::default()),
+        Arc::new(Metrics::new()),
+    );
+    let task = tokio::spawn(l.run(rx, stop.clone()));
+    sleep(Duration::from_millis(100)).await;
+    let poked_at = Instant::now();
+    tx.send(GatewayMessage::Report(GatewayReport {
+        gateway: "gw-a".into(),
+        sequence: 1,
+        poke: true,
+        functions: loads,
+    }))
+    .await
+    .expect("send");
+    sleep(Duration::from_millis(2_500)).await;
+    let changes = sink.0.changes();
+    assert_eq!(changes.len(), 20, "every function woke");
+    let slowest = changes
+        .iter()
+        .map(|(at, _)| *at - poked_at)
+        .max()
+        .unwrap_or_default();
+    assert!(
+        slowest < Duration::from_secs(3),
+        "20 one-second patches, 16 at a time, take 2 s, not 20: {slowest:?}"
+    );
+    stop.cancel();
+    task.await.expect("join").expect("clean stop");
+}
