@@ -10,12 +10,16 @@
 //!   `http://<pod IP>:8080`; one that is terminating or no longer Ready is
 //!   drained (no new events, in-flight ones finish); a deleted one is forgotten.
 //!
+//! The Function's `status.desiredReplicas` (the controller's autoscaler
+//! decision) is what `/v1/functions` reports as `desired`.
+//!
 //! Scaling is the controller's: it reads this gateway's concurrency reports
 //! (`/v1/concurrency`), including the immediate poke when a function at zero
 //! gets demand, and changes the Deployment's replicas.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
@@ -106,6 +110,17 @@ pub fn sync(registry: &Registry, functions: &[Arc<Function>], pods: &[Arc<Pod>],
                     tracing::warn!(function = %name, ?problems, "invalid function spec; not served");
                 }
             }
+        }
+    }
+    // The autoscaler's count, as the controller last wrote it, for /v1/functions.
+    for (name, f) in &wanted {
+        if let Some(entry) = registry.get(name) {
+            let desired = f
+                .status
+                .as_ref()
+                .and_then(|s| s.desired_replicas)
+                .map_or(0, |d| u64::try_from(d).unwrap_or(0));
+            entry.counters.desired.store(desired, Ordering::Relaxed);
         }
     }
     for entry in registry.all() {
@@ -328,6 +343,29 @@ mod tests {
         assert_eq!(states(&registry, "hello"), vec![("hello-1".into(), true)]);
         sync(&registry, &fns, &[], 8080);
         assert!(states(&registry, "hello").is_empty());
+    }
+
+    #[test]
+    fn desired_comes_from_the_function_status() {
+        let registry = Registry::new(DispatchConfig::default());
+        let desired = |r: &Registry| {
+            r.get("hello")
+                .expect("entry")
+                .counters
+                .desired
+                .load(Ordering::Relaxed)
+        };
+        sync(&registry, &[function("hello", 5)], &[], 8080);
+        assert_eq!(desired(&registry), 0, "no status yet");
+        let mut scaled = (*function("hello", 5)).clone();
+        scaled.status = Some(porchlight_api::FunctionStatus {
+            desired_replicas: Some(3),
+            ..Default::default()
+        });
+        sync(&registry, &[Arc::new(scaled)], &[], 8080);
+        assert_eq!(desired(&registry), 3);
+        sync(&registry, &[function("hello", 5)], &[], 8080);
+        assert_eq!(desired(&registry), 0);
     }
 
     #[test]
