@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::profile::{Profile, parse_duration};
 use crate::progress::ProgressMode;
 use crate::run::{Load, RunConfig};
-use crate::scale::{GatewayObserver, ScaleObserver};
+use crate::scale::{GatewayObserver, KubernetesObserver, ScaleObserver};
 use crate::workload::WeightedFunction;
 
 const AFTER_HELP: &str = "\
@@ -38,9 +38,22 @@ REPORT (in --out):
   latency.png       latency over time, cold starts marked
   environments.png  ready/desired environments against offered load
 
+SCALE SOURCES (--scale-source):
+  gateway      GET --stats-url (default TARGET/v1/functions) once a second;
+               with several gateway replicas each sample is the replica that
+               answered
+  kubernetes   LIST the Function objects in --namespace once a second and read
+               status.desiredReplicas (the autoscaler's decision) and
+               status.readyReplicas; the client comes from KUBECONFIG,
+               ~/.kube/config or the in-cluster service account, and needs
+               list on functions.porchlight.dev in that namespace
+  none         no environment counts
+
 EXAMPLES:
   porchlight-load --function hello --concurrency 0:5s,50:20s,0:5s --out report
-  porchlight-load --function hello=3 --function users --rate 200 --duration 60s";
+  porchlight-load --function hello=3 --function users --rate 200 --duration 60s
+  porchlight-load --function hello --rate 0:5s,100:60s,0:5s \\
+      --scale-source kubernetes --namespace functions";
 
 /// Drives invocations through a Porchlight gateway and reports latency, cold
 /// starts and how the functions scaled.
@@ -98,13 +111,17 @@ pub struct Args {
     #[arg(short, long, default_value = "porchlight-load-report")]
     pub out: PathBuf,
 
-    /// Where environment counts come from.
+    /// Where environment counts come from (see below).
     #[arg(long, value_enum, default_value_t = ScaleSource::Gateway)]
     pub scale_source: ScaleSource,
 
-    /// URL of the gateway's function list [default: TARGET/v1/functions].
+    /// With --scale-source gateway: URL of the gateway's function list [default: TARGET/v1/functions].
     #[arg(long)]
     pub stats_url: Option<String>,
+
+    /// With --scale-source kubernetes: namespace of the Function objects.
+    #[arg(long, env = "PORCHLIGHT_NAMESPACE", default_value = "default")]
+    pub namespace: String,
 
     /// After the load, keep watching environments until all are at zero, at most this long.
     #[arg(long, value_parser = duration, default_value = "60s")]
@@ -128,6 +145,8 @@ pub struct Args {
 pub enum ScaleSource {
     /// Poll the gateway's GET /v1/functions every second.
     Gateway,
+    /// List the Function objects every second and read their status.
+    Kubernetes,
     /// Do not observe scale.
     None,
 }
@@ -174,6 +193,12 @@ impl Args {
                     .clone()
                     .unwrap_or_else(|| format!("{target}/v1/functions"));
                 Some(Arc::new(GatewayObserver::new(url)?))
+            }
+            ScaleSource::Kubernetes => {
+                if self.namespace.is_empty() {
+                    return Err(Error::Config("--namespace must not be empty".into()));
+                }
+                Some(Arc::new(KubernetesObserver::new(self.namespace.clone())))
             }
             ScaleSource::None => None,
         };
@@ -262,5 +287,38 @@ mod tests {
         .unwrap();
         assert_eq!(config.functions.len(), 2);
         assert!(observer.is_none());
+    }
+
+    #[test]
+    fn kubernetes_scale_source() {
+        let (_, observer) = parse(&[
+            "-f",
+            "hello",
+            "-r",
+            "5",
+            "-d",
+            "1s",
+            "--scale-source",
+            "kubernetes",
+            "--namespace",
+            "x",
+        ])
+        .unwrap();
+        assert_eq!(observer.unwrap().source(), "Function status in namespace x");
+        assert!(
+            parse(&[
+                "-f",
+                "hello",
+                "-r",
+                "5",
+                "-d",
+                "1s",
+                "--scale-source",
+                "kubernetes",
+                "--namespace",
+                ""
+            ])
+            .is_err()
+        );
     }
 }

@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use kube::api::{Api, ListParams};
+use porchlight_api::Function;
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{OnceCell, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -160,6 +162,123 @@ pub fn parse_gateway_functions(
         });
     }
     Ok(out)
+}
+
+/// How long one LIST of the Functions may take, so that a slow API server
+/// does not stretch the one-second sampling.
+const KUBERNETES_TIMEOUT: Duration = Duration::from_millis(900);
+
+/// Reads `status.desiredReplicas` and `status.readyReplicas` of the `Function`
+/// objects in one namespace, with one LIST per observation.
+///
+/// The client comes from the usual inference (`KUBECONFIG`, `~/.kube/config`,
+/// or the in-cluster service account) and is built on the first observation,
+/// so constructing the observer never needs a cluster.
+pub struct KubernetesObserver {
+    namespace: String,
+    client: OnceCell<kube::Client>,
+}
+
+impl std::fmt::Debug for KubernetesObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubernetesObserver")
+            .field("namespace", &self.namespace)
+            .field("connected", &self.client.initialized())
+            .finish()
+    }
+}
+
+impl KubernetesObserver {
+    /// Observes the Functions of `namespace`.
+    pub fn new(namespace: impl Into<String>) -> KubernetesObserver {
+        KubernetesObserver {
+            namespace: namespace.into(),
+            client: OnceCell::new(),
+        }
+    }
+
+    async fn client(&self) -> Result<&kube::Client, String> {
+        self.client
+            .get_or_try_init(|| async {
+                kube::Client::try_default()
+                    .await
+                    .map_err(|e| one_line(&format!("Kubernetes client: {e}")))
+            })
+            .await
+    }
+}
+
+impl ScaleObserver for KubernetesObserver {
+    fn observe<'a>(
+        &'a self,
+        functions: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<FunctionScale>, String>> {
+        Box::pin(async move {
+            let client = self.client().await?.clone();
+            let api: Api<Function> = Api::namespaced(client, &self.namespace);
+            let what = format!(
+                "LIST functions.porchlight.dev in namespace {}",
+                self.namespace
+            );
+            let list = tokio::time::timeout(KUBERNETES_TIMEOUT, api.list(&ListParams::default()))
+                .await
+                .map_err(|_| {
+                    format!(
+                        "{what}: no answer within {} ms",
+                        KUBERNETES_TIMEOUT.as_millis()
+                    )
+                })?
+                .map_err(|e| one_line(&format!("{what}: {e}")))?;
+            Ok(function_scales(&list.items, functions))
+        })
+    }
+
+    fn source(&self) -> String {
+        format!("Function status in namespace {}", self.namespace)
+    }
+}
+
+/// Maps listed `Function` objects to the scale of `functions`, by
+/// `metadata.name`: `status.desiredReplicas` is desired and
+/// `status.readyReplicas` ready. A Function that is not listed has no
+/// environments (0 desired, 0 ready); one without a status yet (or without
+/// those fields) is unknown. `status.observedConcurrency` is in flight plus
+/// queued summed over gateways at the autoscaler's last decision, so it fills
+/// neither `in_flight` nor `queued`.
+pub fn function_scales(items: &[Function], functions: &[String]) -> Vec<FunctionScale> {
+    let count = |n: Option<i32>| n.map(|n| u32::try_from(n).unwrap_or(0));
+    functions
+        .iter()
+        .map(|name| {
+            let found = items
+                .iter()
+                .find(|f| f.metadata.name.as_deref() == Some(name.as_str()));
+            match found {
+                Some(f) => {
+                    let status = f.status.as_ref();
+                    FunctionScale {
+                        name: name.clone(),
+                        desired: count(status.and_then(|s| s.desired_replicas)),
+                        ready: count(status.and_then(|s| s.ready_replicas)),
+                        in_flight: None,
+                        queued: None,
+                    }
+                }
+                None => FunctionScale {
+                    name: name.clone(),
+                    desired: Some(0),
+                    ready: Some(0),
+                    in_flight: None,
+                    queued: None,
+                },
+            }
+        })
+        .collect()
+}
+
+/// Collapses an error message to one line.
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// One function's scale and offered load in one sampled second.
@@ -327,5 +446,85 @@ mod tests {
         assert_eq!(out[0].ready, None);
 
         assert!(parse_gateway_functions(&json!("nope"), &names(&["hello"])).is_err());
+    }
+
+    fn function(name: &str, status: Option<Value>) -> Function {
+        let mut object = json!({
+            "apiVersion": "porchlight.dev/v1alpha1",
+            "kind": "Function",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"handler": "app.handler", "code": {"inline": "x"}}
+        });
+        if let Some(status) = status {
+            object["status"] = status;
+        }
+        serde_json::from_value(object).expect("a valid Function")
+    }
+
+    #[test]
+    fn maps_function_status() {
+        let items = vec![
+            function(
+                "hello",
+                Some(json!({
+                    "replicas": 4,
+                    "readyReplicas": 3,
+                    "desiredReplicas": 5,
+                    "observedConcurrency": 7
+                })),
+            ),
+            function("new", None),
+            function("partial", Some(json!({"conditions": []}))),
+            function(
+                "odd",
+                Some(json!({"readyReplicas": -1, "desiredReplicas": 0})),
+            ),
+        ];
+        let out = function_scales(
+            &items,
+            &names(&["hello", "new", "missing", "partial", "odd"]),
+        );
+        assert_eq!(
+            out[0],
+            FunctionScale {
+                name: "hello".into(),
+                desired: Some(5),
+                ready: Some(3),
+                in_flight: None,
+                queued: None
+            }
+        );
+        assert_eq!(
+            out[1],
+            FunctionScale {
+                name: "new".into(),
+                ..FunctionScale::default()
+            }
+        );
+        assert_eq!(
+            out[2],
+            FunctionScale {
+                name: "missing".into(),
+                desired: Some(0),
+                ready: Some(0),
+                in_flight: None,
+                queued: None
+            }
+        );
+        assert_eq!((out[3].desired, out[3].ready), (None, None));
+        assert_eq!((out[4].desired, out[4].ready), (Some(0), Some(0)));
+        assert_eq!(out.len(), 5);
+    }
+
+    #[test]
+    fn kubernetes_observer_needs_no_cluster_until_it_observes() {
+        let observer = KubernetesObserver::new("x");
+        assert_eq!(observer.source(), "Function status in namespace x");
+        assert!(format!("{observer:?}").contains("connected: false"));
+    }
+
+    #[test]
+    fn one_line_collapses_whitespace() {
+        assert_eq!(one_line("a\n  b\tc "), "a b c");
     }
 }
