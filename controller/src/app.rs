@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
@@ -19,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::caches::{owned_caches, watch_owned};
 use crate::config::Config;
 use crate::gateways;
 use crate::leader::Leader;
@@ -160,6 +159,7 @@ async fn work_as_leader(
     };
     let recorder = Recorder::new(client.clone(), reporter.clone());
     let book = Arc::new(ScaleBook::default());
+    let (caches, writers) = owned_caches();
     let ctx = Arc::new(Context::new(
         client.clone(),
         recorder,
@@ -171,15 +171,18 @@ async fn work_as_leader(
             url_base: config.url_base.clone(),
         },
         book.clone(),
+        caches,
     ));
 
     let functions: Api<Function> = Api::all(client.clone());
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
+    // The owned objects wake their Function and fill the reconciler's caches.
+    let (deployments, services, config_maps) = watch_owned(&client, owned, writers);
     let controller = Controller::new(functions, watcher::Config::default().any_semantic())
-        .owns(Api::<Deployment>::all(client.clone()), owned.clone())
-        .owns(Api::<Service>::all(client.clone()), owned.clone())
-        .owns(Api::<ConfigMap>::all(client.clone()), owned)
+        .owns_stream(deployments)
+        .owns_stream(services)
+        .owns_stream(config_maps)
         .with_config(controller::Config::default().concurrency(config.args.reconcile_concurrency));
     let store = controller.store();
     let graceful = work.clone();

@@ -1,6 +1,7 @@
 //! Porchlight's Kubernetes controller.
 //!
 //! - [`reconcile`]: a Function becomes a ConfigMap, a Deployment and a Service
+//!   (read back from the watch [`caches`])
 //!   ([`resources`] builds them); its status says how that went.
 //! - [`scaling`]: the autoscaler loop, fed by [`gateways`], applied by [`sink`].
 //! - [`leader`]: only the holder of a Lease works.
@@ -8,6 +9,7 @@
 //! - [`app`]: the wiring; `main.rs` only parses [`config`] and starts it.
 
 pub mod app;
+pub mod caches;
 pub mod config;
 pub mod error;
 pub mod gateways;

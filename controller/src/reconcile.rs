@@ -1,9 +1,12 @@
 //! Reconcile: a Function becomes its ConfigMap, Deployment and Service, and
 //! its status says how that went.
 //!
-//! Every write is a server-side apply under [`MANAGER`], except the creation of
-//! the Deployment, which carries the initial `spec.replicas` under the
-//! autoscaler's field manager so that the autoscaler alone owns replicas.
+//! Every write is a server-side apply under [`MANAGER`]; `spec.replicas` of
+//! the Deployment alone belongs to the autoscaler's field manager, from the
+//! Deployment's creation on.
+//! Owned objects are read from the controller's watch caches ([`caches`]); an
+//! object whose applied hash matches what would be applied now is not written
+//! again, so a resync of a healthy Function makes no API call.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,7 +14,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
@@ -20,10 +23,11 @@ use porchlight_api::{Function, FunctionStatus};
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::caches::{self, OwnedCaches};
 use crate::metrics::Metrics;
 use crate::resources::{self, WorkloadSettings};
 use crate::scaling::{ScaleBook, function_key, wall_clock};
-use crate::sink::AUTOSCALER_MANAGER;
+use crate::sink;
 use crate::{Error, Result};
 
 /// The field manager of everything the reconciler writes, status included.
@@ -56,6 +60,8 @@ pub struct Context {
     pub settings: ReconcileSettings,
     /// The autoscaler's decisions.
     pub book: Arc<ScaleBook>,
+    /// The owned objects, as the watches last saw them.
+    pub caches: OwnedCaches,
     /// Consecutive failures per Function, for the error backoff.
     failures: Mutex<HashMap<(String, String), u32>>,
 }
@@ -68,6 +74,7 @@ impl Context {
         metrics: Arc<Metrics>,
         settings: ReconcileSettings,
         book: Arc<ScaleBook>,
+        caches: OwnedCaches,
     ) -> Self {
         Context {
             client,
@@ -75,6 +82,7 @@ impl Context {
             metrics,
             settings,
             book,
+            caches,
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -113,6 +121,7 @@ fn apply_params() -> PatchParams {
 /// Reconciles one Function.
 pub async fn reconcile(f: Arc<Function>, ctx: Arc<Context>) -> Result<Action> {
     ctx.metrics.reconciles.inc();
+    ctx.caches.wait_until_ready().await;
     let _timer = ctx.metrics.reconcile_duration.start_timer();
     let ns = f.namespace().ok_or(Error::MissingNamespace)?;
     let name = f.name_any();
@@ -204,64 +213,70 @@ async fn apply_workload(
             .and_then(|c| c.data),
         None => None,
     };
-    if let Some(cm) = resources::code_config_map(f) {
-        Api::<ConfigMap>::namespaced(client.clone(), ns)
-            .patch(
-                &resources::code_config_map_name(&name),
-                &apply_params(),
-                &Patch::Apply(&cm),
-            )
-            .await?;
+    if let Some(mut cm) = resources::code_config_map(f) {
+        let cm_name = resources::code_config_map_name(&name);
+        let applied = caches::stamp(&mut cm);
+        if ctx.caches.config_map_hash(ns, &cm_name).as_deref() != Some(applied.as_str()) {
+            Api::<ConfigMap>::namespaced(client.clone(), ns)
+                .patch(&cm_name, &apply_params(), &Patch::Apply(&cm))
+                .await?;
+        }
     }
     let hash = resources::code_hash(f, user_code.as_ref());
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let workload = resources::workload_name(&name);
     let book = ctx.book.get(&function_key(f));
-    let deployment = match deployments.get_opt(&workload).await? {
+    let mut d = resources::deployment(f, &ctx.settings.workload, &hash, None);
+    let applied = caches::stamp(&mut d);
+    let deployment = match ctx.caches.deployment(ns, &workload) {
+        Some(cached) if caches::applied_hash(&cached.metadata) == Some(applied.as_str()) => {
+            (*cached).clone()
+        }
         Some(_) => {
-            let d = resources::deployment(f, &ctx.settings.workload, &hash, None);
             deployments
                 .patch(&workload, &apply_params(), &Patch::Apply(&d))
                 .await?
         }
         None => {
-            // Created with the autoscaler's current count (or the floor), under
-            // the autoscaler's field manager: replicas are its field from the start.
+            // Created with the autoscaler's current count (or the floor) and
+            // no environment more: replicas are the autoscaler's field from the
+            // start. Three applies: the autoscaler's creates the object with
+            // replicas, ours takes the rest, and the autoscaler's second one
+            // (replicas only) lets go of the rest, so that a field later
+            // dropped from our apply is really removed.
             let initial = book.as_ref().map_or(settings.min_scale, |r| r.desired);
-            let d = resources::deployment(
-                f,
-                &ctx.settings.workload,
-                &hash,
-                Some(i32::try_from(initial).unwrap_or(i32::MAX)),
-            );
-            let params = PostParams {
-                field_manager: Some(AUTOSCALER_MANAGER.to_string()),
-                ..PostParams::default()
-            };
-            match deployments.create(&params, &d).await {
-                Ok(created) => {
-                    info!(function = %name, namespace = ns, replicas = initial, "created deployment");
-                    created
-                }
-                Err(kube::Error::Api(s)) if s.is_already_exists() => {
-                    let d = resources::deployment(f, &ctx.settings.workload, &hash, None);
-                    deployments
-                        .patch(&workload, &apply_params(), &Patch::Apply(&d))
-                        .await?
-                }
-                Err(e) => return Err(e.into()),
+            let initial = i32::try_from(initial).unwrap_or(i32::MAX);
+            let mut created = d.clone();
+            if let Some(spec) = created.spec.as_mut() {
+                spec.replicas = Some(initial);
             }
+            let autoscaler = sink::autoscaler_apply_params();
+            deployments
+                .patch(&workload, &autoscaler, &Patch::Apply(&created))
+                .await?;
+            deployments
+                .patch(&workload, &apply_params(), &Patch::Apply(&d))
+                .await?;
+            let created = deployments
+                .patch(
+                    &workload,
+                    &autoscaler,
+                    &Patch::Apply(sink::replicas_apply(&workload, initial)),
+                )
+                .await?;
+            info!(function = %name, namespace = ns, replicas = initial, "created deployment");
+            created
         }
     };
 
-    Api::<Service>::namespaced(client.clone(), ns)
-        .patch(
-            &workload,
-            &apply_params(),
-            &Patch::Apply(&resources::service(f)),
-        )
-        .await?;
+    let mut service = resources::service(f);
+    let applied = caches::stamp(&mut service);
+    if ctx.caches.service_hash(ns, &workload).as_deref() != Some(applied.as_str()) {
+        Api::<Service>::namespaced(client.clone(), ns)
+            .patch(&workload, &apply_params(), &Patch::Apply(&service))
+            .await?;
+    }
 
     // Status from the Deployment, the autoscaler and (when something is not
     // ready) the environments themselves.

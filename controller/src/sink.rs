@@ -17,6 +17,21 @@ use crate::{Error, Result};
 /// and never sets replicas after creation, so the two never fight.
 pub const AUTOSCALER_MANAGER: &str = "porchlight-autoscaler";
 
+/// Server-side apply under [`AUTOSCALER_MANAGER`] (forced: the field is ours).
+pub fn autoscaler_apply_params() -> PatchParams {
+    PatchParams::apply(AUTOSCALER_MANAGER).force()
+}
+
+/// The autoscaler's whole applied configuration of a Deployment: its replicas.
+pub fn replicas_apply(deployment: &str, replicas: i32) -> serde_json::Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": deployment},
+        "spec": {"replicas": replicas},
+    })
+}
+
 /// The production [`ScaleSink`].
 #[derive(Clone)]
 pub struct KubeScaleSink {
@@ -35,14 +50,12 @@ impl ScaleSink for KubeScaleSink {
     async fn apply(&self, function: &Function, change: &ScaleChange) -> Result<()> {
         let ns = function.namespace().ok_or(Error::MissingNamespace)?;
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), &ns);
-        let params = PatchParams {
-            field_manager: Some(AUTOSCALER_MANAGER.to_string()),
-            ..PatchParams::default()
-        };
+        let name = workload_name(&function.name_any());
+        let replicas = i32::try_from(change.to).unwrap_or(i32::MAX);
         api.patch(
-            &workload_name(&function.name_any()),
-            &params,
-            &Patch::Merge(json!({"spec": {"replicas": change.to}})),
+            &name,
+            &autoscaler_apply_params(),
+            &Patch::Apply(replicas_apply(&name, replicas)),
         )
         .await?;
         let event = Event {

@@ -59,16 +59,34 @@ async fn create_applies_configmap_deployment_service_and_status() {
             .is_some_and(|c| c.contains("def lambda_handler"))
     );
 
-    // Deployment: created (POST) with the initial replicas, under the autoscaler's manager.
-    let created = api.requests(Method::POST, "/deployments");
-    assert_eq!(created.len(), 1);
+    // Deployment: created by the autoscaler's apply with the initial replicas,
+    // then ours without replicas, then the autoscaler's with replicas only.
+    assert!(api.requests(Method::POST, "/deployments").is_empty());
+    let applies = api.requests(Method::PATCH, "/deployments/fn-hello");
+    assert_eq!(applies.len(), 3, "{applies:?}");
+    let managers: Vec<bool> = applies
+        .iter()
+        .map(|a| a.query.contains("fieldManager=porchlight-autoscaler"))
+        .collect();
+    assert_eq!(managers, [true, false, true], "{applies:?}");
     assert!(
-        created[0]
+        applies[1]
             .query
-            .contains("fieldManager=porchlight-autoscaler"),
-        "{}",
-        created[0].query
+            .contains("fieldManager=porchlight-controller")
     );
+    assert!(applies.iter().all(|a| a.query.contains("force=true")));
+    assert!(
+        applies[1].body.as_ref().expect("body")["spec"]
+            .get("replicas")
+            .is_none(),
+        "the reconciler's apply never carries replicas"
+    );
+    assert_eq!(
+        applies[2].body.as_ref().expect("body")["spec"],
+        json!({"replicas": 0}),
+        "the autoscaler's applied configuration is its replicas alone"
+    );
+    let created = &applies[0..1];
     let d = created[0].body.clone().expect("body");
     assert_owned(&d);
     assert_eq!(d["metadata"]["name"], "fn-hello");
@@ -149,6 +167,36 @@ async fn create_applies_configmap_deployment_service_and_status() {
         api.requests(Method::PATCH, "/functions/hello").is_empty(),
         "the Function itself is never patched"
     );
+}
+
+#[tokio::test]
+async fn resync_of_an_unchanged_function_makes_no_api_call() {
+    let api = FakeApi::default();
+    let (ctx, _, _) = context(&api);
+    let f = function(&api, HELLO);
+    reconcile(f, ctx.clone()).await.expect("create");
+    let written: porchlight_api::Function =
+        serde_json::from_value(api.get(&format!("{FUNCTIONS}/hello")).expect("function"))
+            .expect("function with status");
+    assert!(written.status.is_some());
+
+    api.clear_seen();
+    reconcile(std::sync::Arc::new(written.clone()), ctx.clone())
+        .await
+        .expect("resync");
+    assert!(api.seen().is_empty(), "{:?}", api.seen());
+
+    // A deleted Service is put back, and only the Service.
+    api.delete(&format!("{SERVICES}/fn-hello"));
+    reconcile(std::sync::Arc::new(written), ctx)
+        .await
+        .expect("repair");
+    let seen: Vec<String> = api
+        .seen()
+        .iter()
+        .map(|s| format!("{} {}", s.method, s.path))
+        .collect();
+    assert_eq!(seen, [format!("PATCH {SERVICES}/fn-hello")]);
 }
 
 #[tokio::test]

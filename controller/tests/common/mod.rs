@@ -7,10 +7,15 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use http::{Method, Request, Response, StatusCode};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::Client;
 use kube::client::Body;
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::watcher;
 use porchlight_api::Function;
+use porchlight_controller::caches::{self, OwnedWriters};
 use porchlight_controller::metrics::Metrics;
 use porchlight_controller::reconcile::{Context, ReconcileSettings};
 use porchlight_controller::resources::WorkloadSettings;
@@ -29,6 +34,8 @@ pub struct Seen {
 #[derive(Default)]
 pub struct State {
     pub objects: BTreeMap<String, Value>,
+    /// The reconciler's caches, kept in line with `objects` as watches would.
+    pub writers: Option<OwnedWriters>,
     pub seen: Vec<Seen>,
     /// Paths (without query) that answer 500 once each.
     pub fail: Vec<String>,
@@ -79,11 +86,16 @@ impl FakeApi {
     }
 
     pub fn put(&self, path: &str, object: Value) {
-        self.state
-            .lock()
-            .unwrap()
-            .objects
-            .insert(path.to_string(), object);
+        let mut st = self.state.lock().unwrap();
+        st.objects.insert(path.to_string(), object);
+        mirror(&mut st);
+    }
+
+    /// Removes an object (as `kubectl delete` would, minus garbage collection).
+    pub fn delete(&self, path: &str) {
+        let mut st = self.state.lock().unwrap();
+        st.objects.remove(path);
+        mirror(&mut st);
     }
 
     pub fn get(&self, path: &str) -> Option<Value> {
@@ -164,6 +176,7 @@ impl FakeApi {
                     return (StatusCode::CONFLICT, status(409, "AlreadyExists"));
                 }
                 st.objects.insert(key, body.clone());
+                mirror(&mut st);
                 (StatusCode::CREATED, body)
             }
             Method::PATCH => {
@@ -178,6 +191,7 @@ impl FakeApi {
                 }
                 merge(&mut object, &patch);
                 st.objects.insert(object_path, object.clone());
+                mirror(&mut st);
                 (StatusCode::OK, object)
             }
             _ => (
@@ -186,6 +200,37 @@ impl FakeApi {
             ),
         }
     }
+}
+
+/// Relists every owned object into the reconciler's caches.
+fn mirror(st: &mut State) {
+    let Some(w) = st.writers.as_mut() else {
+        return;
+    };
+    w.deployments.apply_watcher_event(&watcher::Event::Init);
+    w.services.apply_watcher_event(&watcher::Event::Init);
+    w.config_maps.apply_watcher_event(&watcher::Event::Init);
+    for (path, object) in &st.objects {
+        if path.starts_with(&format!("{DEPLOYMENTS}/")) {
+            let mut d: Deployment = serde_json::from_value(object.clone()).expect("deployment");
+            caches::trim_deployment(&mut d);
+            w.deployments
+                .apply_watcher_event(&watcher::Event::InitApply(d));
+        } else if path.starts_with(&format!("{SERVICES}/")) {
+            let m: PartialObjectMeta<Service> =
+                serde_json::from_value(object.clone()).expect("service");
+            w.services
+                .apply_watcher_event(&watcher::Event::InitApply(m));
+        } else if path.starts_with(&format!("{CONFIGMAPS}/")) {
+            let m: PartialObjectMeta<ConfigMap> =
+                serde_json::from_value(object.clone()).expect("configmap");
+            w.config_maps
+                .apply_watcher_event(&watcher::Event::InitApply(m));
+        }
+    }
+    w.deployments.apply_watcher_event(&watcher::Event::InitDone);
+    w.services.apply_watcher_event(&watcher::Event::InitDone);
+    w.config_maps.apply_watcher_event(&watcher::Event::InitDone);
 }
 
 fn is_collection(path: &str) -> bool {
@@ -216,6 +261,12 @@ pub fn context(api: &FakeApi) -> (Arc<Context>, Arc<Metrics>, Arc<ScaleBook>) {
     );
     let metrics = Arc::new(Metrics::new());
     let book = Arc::new(ScaleBook::default());
+    let (caches, writers) = caches::owned_caches();
+    {
+        let mut st = api.state.lock().unwrap();
+        st.writers = Some(writers);
+        mirror(&mut st);
+    }
     let ctx = Context::new(
         client,
         recorder,
@@ -227,6 +278,7 @@ pub fn context(api: &FakeApi) -> (Arc<Context>, Arc<Metrics>, Arc<ScaleBook>) {
             url_base: "http://porchlight-gateway.porchlight-system.svc:8080".into(),
         },
         book.clone(),
+        caches,
     );
     (Arc::new(ctx), metrics, book)
 }

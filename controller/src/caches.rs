@@ -1,0 +1,223 @@
+//! What the reconciler knows about the objects it owns, without asking the API.
+//!
+//! The controller already watches its Deployments, Services and ConfigMaps to
+//! be woken when they change; these watches also fill reflector stores, so a
+//! reconcile reads the current object from memory instead of a GET. Every
+//! object the reconciler applies carries [`APPLIED_HASH`], the hash of what it
+//! applied; when the cached object carries the hash of what it would apply now,
+//! the apply is skipped. A healthy Function's periodic resync therefore costs
+//! no API call at all, and a new Function costs one write per object.
+//!
+//! The stores hold trimmed objects: no managed fields anywhere, no pod template
+//! in Deployments (the reconciler needs their replicas and status only), and
+//! only the metadata of Services and ConfigMaps (inline code can be large).
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+
+use crate::resources;
+
+/// Annotation on every object the reconciler applies: the hash of that object
+/// as the reconciler rendered it (without this annotation).
+pub const APPLIED_HASH: &str = "porchlight.dev/applied-hash";
+
+/// Readers of the owned-object stores.
+#[derive(Clone)]
+pub struct OwnedCaches {
+    /// Deployments, without pod template or managed fields.
+    pub deployments: Store<Deployment>,
+    /// Services, metadata only.
+    pub services: Store<PartialObjectMeta<Service>>,
+    /// ConfigMaps, metadata only.
+    pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
+}
+
+/// The writing halves, fed by [`watch_owned`] (or by hand in tests).
+pub struct OwnedWriters {
+    /// Deployments.
+    pub deployments: reflector::store::Writer<Deployment>,
+    /// Services.
+    pub services: reflector::store::Writer<PartialObjectMeta<Service>>,
+    /// ConfigMaps.
+    pub config_maps: reflector::store::Writer<PartialObjectMeta<ConfigMap>>,
+}
+
+/// A new set of empty stores.
+pub fn owned_caches() -> (OwnedCaches, OwnedWriters) {
+    let (deployments, dw) = reflector::store();
+    let (services, sw) = reflector::store();
+    let (config_maps, cw) = reflector::store();
+    (
+        OwnedCaches {
+            deployments,
+            services,
+            config_maps,
+        },
+        OwnedWriters {
+            deployments: dw,
+            services: sw,
+            config_maps: cw,
+        },
+    )
+}
+
+impl OwnedCaches {
+    /// Waits until every store has its first full list (a no-op afterwards).
+    pub async fn wait_until_ready(&self) {
+        // An error means the writer was dropped: the watch is gone and the
+        // controller is shutting down; reconciling from the API is still right.
+        let _ = self.deployments.wait_until_ready().await;
+        let _ = self.services.wait_until_ready().await;
+        let _ = self.config_maps.wait_until_ready().await;
+    }
+
+    /// The cached Deployment `name` in `ns`.
+    pub fn deployment(&self, ns: &str, name: &str) -> Option<Arc<Deployment>> {
+        self.deployments.get(&ObjectRef::new(name).within(ns))
+    }
+
+    /// The applied hash of the cached Service `name` in `ns`.
+    pub fn service_hash(&self, ns: &str, name: &str) -> Option<String> {
+        let svc = self.services.get(&ObjectRef::new(name).within(ns))?;
+        applied_hash(&svc.metadata).map(str::to_string)
+    }
+
+    /// The applied hash of the cached ConfigMap `name` in `ns`.
+    pub fn config_map_hash(&self, ns: &str, name: &str) -> Option<String> {
+        let cm = self.config_maps.get(&ObjectRef::new(name).within(ns))?;
+        applied_hash(&cm.metadata).map(str::to_string)
+    }
+}
+
+/// The [`APPLIED_HASH`] annotation of an object.
+pub fn applied_hash(meta: &ObjectMeta) -> Option<&str> {
+    meta.annotations
+        .as_ref()?
+        .get(APPLIED_HASH)
+        .map(String::as_str)
+}
+
+/// Hashes `obj` as rendered and stores the hash in its [`APPLIED_HASH`] annotation.
+pub fn stamp<K: Resource + Serialize>(obj: &mut K) -> String {
+    obj.annotations_mut().remove(APPLIED_HASH);
+    let rendered = serde_json::to_vec(&*obj).unwrap_or_default();
+    let hash = resources::stable_hash([rendered.as_slice()]);
+    obj.annotations_mut()
+        .insert(APPLIED_HASH.to_string(), hash.clone());
+    hash
+}
+
+/// What the Deployment store keeps of a Deployment.
+pub fn trim_deployment(d: &mut Deployment) {
+    d.metadata.managed_fields = None;
+    if let Some(spec) = d.spec.as_mut() {
+        spec.template = Default::default();
+    }
+}
+
+fn trim_meta<K>(m: &mut PartialObjectMeta<K>) {
+    m.metadata.managed_fields = None;
+}
+
+/// A stream of the objects a watch saw change.
+pub type Touched<K> = BoxStream<'static, Result<K, watcher::Error>>;
+
+/// The three watches, reflected into `writers`; each stream yields the
+/// touched objects, ready for `Controller::owns_stream`.
+pub fn watch_owned(
+    client: &Client,
+    config: watcher::Config,
+    writers: OwnedWriters,
+) -> (
+    Touched<Deployment>,
+    Touched<PartialObjectMeta<Service>>,
+    Touched<PartialObjectMeta<ConfigMap>>,
+) {
+    let deployments = watcher(Api::<Deployment>::all(client.clone()), config.clone())
+        .default_backoff()
+        .modify(trim_deployment)
+        .reflect(writers.deployments)
+        .touched_objects()
+        .boxed();
+    let services = watcher(
+        Api::<PartialObjectMeta<Service>>::all(client.clone()),
+        config.clone(),
+    )
+    .default_backoff()
+    .modify(trim_meta)
+    .reflect(writers.services)
+    .touched_objects()
+    .boxed();
+    let config_maps = watcher(
+        Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
+        config,
+    )
+    .default_backoff()
+    .modify(trim_meta)
+    .reflect(writers.config_maps)
+    .touched_objects()
+    .boxed();
+    (deployments, services, config_maps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn stamp_is_stable_and_ignores_its_own_annotation() {
+        let mut cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some("fn-hello-code".into()),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([("app.py".into(), "x = 1".into())])),
+            ..ConfigMap::default()
+        };
+        let first = stamp(&mut cm);
+        assert_eq!(applied_hash(&cm.metadata), Some(first.as_str()));
+        assert_eq!(stamp(&mut cm), first, "re-stamping gives the same hash");
+        cm.data = Some(BTreeMap::from([("app.py".into(), "x = 2".into())]));
+        assert_ne!(stamp(&mut cm), first, "new content, new hash");
+    }
+
+    #[test]
+    fn trimmed_deployments_keep_replicas_and_status() {
+        let mut d = Deployment {
+            spec: Some(k8s_openapi::api::apps::v1::DeploymentSpec {
+                replicas: Some(3),
+                template: k8s_openapi::api::core::v1::PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        name: Some("x".into()),
+                        ..ObjectMeta::default()
+                    }),
+                    spec: None,
+                },
+                ..Default::default()
+            }),
+            status: Some(k8s_openapi::api::apps::v1::DeploymentStatus {
+                ready_replicas: Some(2),
+                ..Default::default()
+            }),
+            ..Deployment::default()
+        };
+        d.metadata.managed_fields = Some(vec![Default::default()]);
+        trim_deployment(&mut d);
+        assert!(d.metadata.managed_fields.is_none());
+        let spec = d.spec.as_ref().expect("spec");
+        assert_eq!(spec.replicas, Some(3));
+        assert!(spec.template.metadata.is_none());
+        assert_eq!(d.status.and_then(|s| s.ready_replicas), Some(2));
+    }
+}
