@@ -267,6 +267,45 @@ EOF
   fi
 }
 
+# --- c2. a spec change rolls out; a field dropped from the spec is gone -----------
+update_yaml() { # update_yaml ENV-LINE VERSION
+  cat <<EOF
+apiVersion: porchlight.dev/v1alpha1
+kind: Function
+metadata:
+  name: e2e-update
+spec:
+  runtime: python3.12
+  handler: app.lambda_handler
+  code:
+    inline: |
+      import os
+      def lambda_handler(event, context):
+          return "$2 " + os.environ.get("GREETING", "none")
+$1
+  scaling:
+    minScale: 1
+EOF
+}
+template_env() { kubectl get deploy fn-e2e-update -o jsonpath='{range .spec.template.spec.containers[0].env[*]}{.name}={.value}{"\n"}{end}'; }
+answers() { [[ $(invoke e2e-update '{}' "$OUT/update" 20) == 200 && $(cat "$OUT/update.body") == "$1" ]]; }
+check_update() {
+  update_yaml '  env: {GREETING: hi}' v1 | kubectl apply -f - >/dev/null || { fail "update: apply e2e-update v1"; return 1; }
+  if ! wait_until 90 answers '"v1 hi"'; then
+    fail "update: v1 answers \"v1 hi\" (last: $(cat "$OUT/update.body" 2>/dev/null))"; return 1
+  fi
+  update_yaml '' v2 | kubectl apply -f - >/dev/null || { fail "update: apply e2e-update v2"; return 1; }
+  local replicas
+  if wait_until 90 answers '"v2 none"' && ! template_env | grep -q '^GREETING='; then
+    replicas=$(kubectl get deploy fn-e2e-update -o jsonpath='{.spec.replicas}')
+    pass "update: new code rolled out, and GREETING, dropped from the spec, is gone from the pod template (replicas kept at $replicas)"
+  else
+    template_env | sed 's/^/  env: /'
+    fail "update: v2 without GREETING (last answer: $(cat "$OUT/update.body" 2>/dev/null))"
+  fi
+  kubectl delete fn e2e-update --wait=false >/dev/null 2>&1
+}
+
 # --- d. validation and deletion -----------------------------------------------------
 check_invalid() {
   local msg
@@ -375,6 +414,7 @@ COLD_MS=""
 if check_install; then
   check_hello
   check_scale
+  check_update
   check_invalid
   check_delete
   check_kill
