@@ -227,22 +227,28 @@ spec:
 EOF
   kubectl apply -f "$OUT/scale.yaml" || { fail "scale: apply e2e-scale"; return 1; }
   wait_until 30 gateway_knows e2e-scale || { fail "scale: gateway lists e2e-scale"; return 1; }
-  # Watch the Function's status while the load runs (bounded by the load's own length).
+  # Watch the Function's status, and what the gateway reports as desired, while
+  # the load runs (bounded by the load's own length).
   (
     for _ in $(seq 1 60); do
-      printf '%s %s\n' "$(date +%s)" "$(fn_status e2e-scale)"
+      printf '%s %s %s\n' "$(date +%s)" "$(fn_status e2e-scale)" \
+        "$(curl -sf --max-time 1 "http://$GW:8080/v1/functions" | jq -r '.functions[] | select(.name == "e2e-scale") | .desired')"
       sleep 1
     done
   ) >"$OUT/scale-status.txt" &
   local watcher=$!
   BG_PIDS="$watcher"
-  log "load: 50 concurrent callers for 8 s through $GW:8080"
+  log "load: 50 concurrent callers for 8 s through $GW:8080 (environments from the Function status)"
   timeout 120 "$LOAD" --target "http://$GW:8080" --function e2e-scale --concurrency 50 --duration 8s \
+    --scale-source kubernetes --namespace default \
     --observe-after 1s --timeout 30s --quiet --out "$OUT/load" >"$OUT/load.log" 2>&1
   local lrc=$?
-  local peak_desired peak_replicas
+  local peak_desired peak_replicas gw_desired load_desired load_ready
   peak_desired=$(awk '{ if ($2 + 0 > m) m = $2 + 0 } END { print m + 0 }' "$OUT/scale-status.txt")
   peak_replicas=$(awk '{ if ($3 + 0 > m) m = $3 + 0 } END { print m + 0 }' "$OUT/scale-status.txt")
+  gw_desired=$(awk '{ if ($5 + 0 > m) m = $5 + 0 } END { print m + 0 }' "$OUT/scale-status.txt")
+  load_desired=$(jq -r '.functions[0].peakDesired // 0' "$OUT/load/summary.json" 2>/dev/null)
+  load_ready=$(jq -r '.functions[0].peakReady // 0' "$OUT/load/summary.json" 2>/dev/null)
   kill "$watcher" 2>/dev/null; wait "$watcher" 2>/dev/null; BG_PIDS=""
   tail -15 "$OUT/load.log" | sed 's/^/  /'
   kubectl get fn e2e-scale
@@ -251,10 +257,16 @@ EOF
   scaled_events=$(kubectl get events --field-selector involvedObject.kind=Function,involvedObject.name=e2e-scale \
     -o jsonpath='{range .items[*]}{.reason} {.message}{"\n"}{end}' | grep -ci 'scal')
   log "load exit $lrc; peak desiredReplicas $peak_desired, peak replicas $peak_replicas, scaling Events: $scaled_events"
+  log "peak desired as the gateway's /v1/functions reports it: $gw_desired; load report (Function status): desired $load_desired, ready $load_ready"
   if ((lrc == 0 && peak_desired > 1 && peak_replicas > 1 && scaled_events > 0)); then
     pass "scale: 50 concurrent callers scaled e2e-scale above one environment (peak desired $peak_desired, replicas $peak_replicas; $scaled_events scaling Events)"
   else
     fail "scale: above one environment under load (load exit $lrc, peak desired $peak_desired, replicas $peak_replicas, scaling Events $scaled_events)"
+  fi
+  if ((gw_desired == peak_desired && load_desired == peak_desired && load_ready > 1)); then
+    pass "scale: the gateway's /v1/functions and porchlight-load --scale-source kubernetes both saw the autoscaler's desired $peak_desired (load report: ready $load_ready)"
+  else
+    fail "scale: desired as reported by the gateway ($gw_desired) and the load tool's Function-status observer ($load_desired, ready $load_ready) should match the status ($peak_desired)"
   fi
   log "waiting (at most 120 s) for scale to zero after the 10 s idle window"
   local T=$SECONDS
