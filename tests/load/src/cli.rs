@@ -291,21 +291,7 @@ mod tests {
 
     #[test]
     fn kubernetes_scale_source() {
-        let (_, observer) = parse(&[
-            "-f",
-            "hello",
-            "-r",
-            "5",
-            "-d",
-            "1s",
-            "--scale-source",
-            "kubernetes",
-            "--namespace",
-            "x",
-        ])
-        .unwrap();
-        assert_eq!(observer.unwrap().source(), "Function status in namespace x");
-        assert!(
+        let with_namespace = |ns: &'static str| {
             parse(&[
                 "-f",
                 "hello",
@@ -316,9 +302,11 @@ mod tests {
                 "--scale-source",
                 "kubernetes",
                 "--namespace",
-                ""
+                ns,
             ])
-            .is_err()
-        );
+        };
+        let (_, observer) = with_namespace("x").unwrap();
+        assert_eq!(observer.unwrap().source(), "Function status in namespace x");
+        assert!(with_namespace("").is_err());
     }
 }
