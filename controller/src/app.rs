@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
@@ -17,14 +19,14 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::caches::{owned_caches, watch_owned};
+use crate::caches::{function_of_pod, owned_caches, watch_owned};
 use crate::config::Config;
 use crate::gateways;
 use crate::leader::Leader;
 use crate::metrics::Metrics;
 use crate::ops::{self, Health};
 use crate::reconcile::{self, Context, ReconcileSettings};
-use crate::resources::{MANAGED_BY, WorkloadSettings};
+use crate::resources::{FUNCTION_LABEL, MANAGED_BY, WorkloadSettings};
 use crate::scaling::{AutoscalerLoop, ScaleBook};
 use crate::sink::KubeScaleSink;
 use crate::{Error, Result};
@@ -183,6 +185,15 @@ async fn work_as_leader(
         .owns_stream(deployments)
         .owns_stream(services)
         .owns_stream(config_maps)
+        // Environment pods wake their Function too (init failures, pending
+        // pods); metadata only, nothing stored.
+        .watches(
+            Api::<PartialObjectMeta<Pod>>::all(client.clone()),
+            watcher::Config::default().labels(&format!(
+                "{FUNCTION_LABEL},app.kubernetes.io/managed-by={MANAGED_BY}"
+            )),
+            |pod| function_of_pod(&pod),
+        )
         .with_config(controller::Config::default().concurrency(config.args.reconcile_concurrency));
     let store = controller.store();
     let graceful = work.clone();

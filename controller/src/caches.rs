@@ -17,12 +17,13 @@ use std::sync::Arc;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
+use porchlight_api::Function;
 use serde::Serialize;
 
 use crate::resources;
@@ -117,6 +118,15 @@ pub fn stamp<K: Resource + Serialize>(obj: &mut K) -> String {
     hash
 }
 
+/// The Function an environment pod belongs to (from its
+/// `porchlight.dev/function` label), so that a pod's changes (an init that
+/// crashes, a pod stuck pending) reach the Function's status at once.
+pub fn function_of_pod(pod: &PartialObjectMeta<Pod>) -> Option<ObjectRef<Function>> {
+    let name = pod.labels().get(resources::FUNCTION_LABEL)?;
+    let ns = pod.namespace()?;
+    Some(ObjectRef::new(name).within(&ns))
+}
+
 /// What the Deployment store keeps of a Deployment.
 pub fn trim_deployment(d: &mut Deployment) {
     d.metadata.managed_fields = None;
@@ -190,6 +200,21 @@ mod tests {
         assert_eq!(stamp(&mut cm), first, "re-stamping gives the same hash");
         cm.data = Some(BTreeMap::from([("app.py".into(), "x = 2".into())]));
         assert_ne!(stamp(&mut cm), first, "new content, new hash");
+    }
+
+    #[test]
+    fn pods_map_to_their_function() {
+        let mut pod: PartialObjectMeta<Pod> = PartialObjectMeta::default();
+        pod.metadata.namespace = Some("demo".into());
+        assert_eq!(function_of_pod(&pod), None, "no label, no Function");
+        pod.metadata.labels = Some(BTreeMap::from([(
+            resources::FUNCTION_LABEL.to_string(),
+            "hello".to_string(),
+        )]));
+        assert_eq!(
+            function_of_pod(&pod),
+            Some(ObjectRef::new("hello").within("demo"))
+        );
     }
 
     #[test]

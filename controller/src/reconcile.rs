@@ -396,7 +396,8 @@ pub fn pod_trouble(pods: &[Pod]) -> Option<Trouble> {
             {
                 let text = t
                     .message
-                    .clone()
+                    .as_deref()
+                    .map(init_error_text)
                     .or_else(|| t.reason.clone())
                     .unwrap_or_else(|| format!("exit code {}", t.exit_code));
                 return Some(Trouble::InitFailed(truncate(text.trim(), 512)));
@@ -433,6 +434,24 @@ pub fn pod_trouble(pods: &[Pod]) -> Option<Trouble> {
         }
     }
     waiting
+}
+
+/// A termination message as condition text: the shim's init error JSON
+/// becomes `errorType: errorMessage`; anything else (log lines) stays as is.
+pub fn init_error_text(message: &str) -> String {
+    let parsed = serde_json::from_str::<serde_json::Value>(message.trim()).ok();
+    let field = |name: &str| {
+        parsed
+            .as_ref()
+            .and_then(|v| v.get(name))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string)
+    };
+    match (field("errorType"), field("errorMessage")) {
+        (Some(t), Some(m)) => format!("{t}: {m}"),
+        (Some(t), None) => t,
+        _ => message.to_string(),
+    }
 }
 
 fn truncate(text: &str, max: usize) -> String {
@@ -506,5 +525,24 @@ async fn publish(
     };
     if let Err(error) = ctx.recorder.publish(&event, &f.object_ref(&())).await {
         warn!(function = %f.name_any(), error = %Error::Event(error), "publishing event failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn termination_messages_become_condition_text() {
+        assert_eq!(
+            init_error_text(r#"{"errorType":"Runtime.ExitError","errorMessage":"exit status 7"}"#),
+            "Runtime.ExitError: exit status 7"
+        );
+        assert_eq!(
+            init_error_text("Traceback (most recent call last):\n  boom"),
+            "Traceback (most recent call last):\n  boom",
+            "log lines (FallbackToLogsOnError) stay as they are"
+        );
+        assert_eq!(init_error_text(r#"{"errorType":"X"}"#), "X");
     }
 }

@@ -199,6 +199,10 @@ fn container_env(f: &Function) -> Vec<EnvVar> {
         env("PORCHLIGHT_TIMEOUT_SECONDS", s.timeout_seconds.to_string()),
         env("PORCHLIGHT_MEMORY_MIB", s.memory_mib.to_string()),
         env("PORCHLIGHT_CONCURRENCY", s.concurrency.to_string()),
+        // A failed init ends the container with the error as its termination
+        // message: the kubelet retries the init with backoff and the
+        // reconciler reports the error as InitFailed.
+        env("PORCHLIGHT_EXIT_ON_INIT_ERROR", "true"),
         EnvVar {
             name: "PORCHLIGHT_ENVIRONMENT_ID".to_string(),
             value_from: Some(EnvVarSource {

@@ -129,6 +129,11 @@ async fn create_applies_configmap_deployment_service_and_status() {
         Some("10")
     );
     assert_eq!(
+        env_value(&d, "PORCHLIGHT_EXIT_ON_INIT_ERROR").as_deref(),
+        Some("true"),
+        "a failed init ends the container, so the kubelet retries and the reconciler sees it"
+    );
+    assert_eq!(
         env_value(&d, "PORCHLIGHT_TASK_ROOT").as_deref(),
         Some("/var/task")
     );
@@ -417,7 +422,7 @@ async fn init_failure_in_a_pod_is_reported() {
                    "name": "runtime", "ready": false, "restartCount": 2, "image": "x", "imageID": "",
                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
                    "lastState": {"terminated": {"exitCode": 1,
-                        "message": "Runtime.ImportModuleError: Unable to import module 'app': No module named 'requests'"}}}]}}),
+                        "message": "{\"errorType\":\"Runtime.ImportModuleError\",\"errorMessage\":\"Unable to import module 'app': No module named 'requests'\"}"}}}]}}),
     );
     reconcile(f, ctx).await.expect("reconcile");
     let pods = api.requests(Method::GET, "/pods");
@@ -435,10 +440,10 @@ async fn init_failure_in_a_pod_is_reported() {
         .expect("body");
     let cond = &status["status"]["conditions"][0];
     assert_eq!(cond["reason"], "InitFailed");
-    assert!(
-        cond["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("No module named 'requests'"))
+    assert_eq!(
+        cond["message"],
+        "Runtime.ImportModuleError: Unable to import module 'app': No module named 'requests'",
+        "the shim's termination message, as errorType: errorMessage"
     );
     let events = api.requests(Method::POST, "/events");
     assert_eq!(

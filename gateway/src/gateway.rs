@@ -255,7 +255,23 @@ impl Gateway {
             Duration::from_secs(u64::from(timeout_secs)) + Duration::from_secs(5);
         // Retry elsewhere only when nothing reached a handler.
         for _ in 0..8 {
-            let lease = entry.acquire(deadline).await?;
+            let lease = match entry.acquire(deadline).await {
+                Ok(lease) => lease,
+                Err(e) => {
+                    // The platform reports that this function's init fails:
+                    // the caller gets that error, as from Lambda.
+                    if let Some(body) = entry.current_init_failure() {
+                        return Ok(InvocationResult {
+                            body,
+                            function_error: Some("Unhandled".into()),
+                            cold_start: false,
+                            init_duration_ms: None,
+                            environment: Arc::from("none"),
+                        });
+                    }
+                    return Err(e);
+                }
+            };
             let env = lease.environment().clone();
             let reply = self
                 .client

@@ -11,7 +11,10 @@
 //!   drained (no new events, in-flight ones finish); a deleted one is forgotten.
 //!
 //! The Function's `status.desiredReplicas` (the controller's autoscaler
-//! decision) is what `/v1/functions` reports as `desired`.
+//! decision) is what `/v1/functions` reports as `desired`. While its status
+//! says `InitFailed` and no pod is Ready, invocations get that init error at
+//! once (200 with `X-Amz-Function-Error: Unhandled`, as Lambda answers an
+//! init failure) instead of waiting for an environment that cannot start.
 //!
 //! Scaling is the controller's: it reads this gateway's concurrency reports
 //! (`/v1/concurrency`), including the immediate poke when a function at zero
@@ -21,6 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
@@ -85,6 +89,32 @@ pub fn pod_route(pod: &Pod, port: u16) -> Option<(String, PodRoute)> {
     }
 }
 
+/// The init error a Function's status reports (`Ready=False`, reason
+/// `InitFailed`, message `errorType: errorMessage` as the controller writes
+/// it), as the Lambda error body callers get.
+pub fn init_failure(f: &Function) -> Option<Bytes> {
+    let c = f
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")?;
+    if c.status != "False" || c.reason.as_deref() != Some("InitFailed") {
+        return None;
+    }
+    let message = c
+        .message
+        .as_deref()
+        .unwrap_or("The function's init failed.");
+    let (error_type, error_message) = match message.split_once(": ") {
+        Some((t, m)) if !t.is_empty() && !t.contains(char::is_whitespace) => (t, m),
+        _ => ("Runtime.InitError", message),
+    };
+    Some(Bytes::from(
+        porchlight_api::LambdaError::new(error_type, error_message).to_json(),
+    ))
+}
+
 /// Brings the registry in line with the Functions and pods the API reports.
 pub fn sync(registry: &Registry, functions: &[Arc<Function>], pods: &[Arc<Pod>], port: u16) {
     // Functions first: register new or changed ones, drop vanished or invalid ones.
@@ -112,7 +142,8 @@ pub fn sync(registry: &Registry, functions: &[Arc<Function>], pods: &[Arc<Pod>],
             }
         }
     }
-    // The autoscaler's count, as the controller last wrote it, for /v1/functions.
+    // The autoscaler's count, as the controller last wrote it, for
+    // /v1/functions; and the init error it reports, for callers.
     for (name, f) in &wanted {
         if let Some(entry) = registry.get(name) {
             let desired = f
@@ -121,6 +152,7 @@ pub fn sync(registry: &Registry, functions: &[Arc<Function>], pods: &[Arc<Pod>],
                 .and_then(|s| s.desired_replicas)
                 .map_or(0, |d| u64::try_from(d).unwrap_or(0));
             entry.counters.desired.store(desired, Ordering::Relaxed);
+            entry.set_init_failure(init_failure(f));
         }
     }
     for entry in registry.all() {
@@ -366,6 +398,87 @@ mod tests {
         assert_eq!(desired(&registry), 3);
         sync(&registry, &[function("hello", 5)], &[], 8080);
         assert_eq!(desired(&registry), 0);
+    }
+
+    fn failing(name: &str, message: &str) -> Arc<Function> {
+        let mut f = (*function(name, 5)).clone();
+        f.status = Some(porchlight_api::FunctionStatus {
+            conditions: vec![porchlight_api::function::FunctionCondition {
+                type_: "Ready".into(),
+                status: "False".into(),
+                reason: Some("InitFailed".into()),
+                message: Some(message.into()),
+                last_transition_time: None,
+            }],
+            ..Default::default()
+        });
+        Arc::new(f)
+    }
+
+    #[test]
+    fn init_failure_comes_from_the_ready_condition() {
+        let body = init_failure(&failing(
+            "hello",
+            "Runtime.ImportModuleError: Unable to import module 'app': No module named 'x'",
+        ))
+        .expect("failure");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["errorType"], "Runtime.ImportModuleError");
+        assert_eq!(
+            v["errorMessage"],
+            "Unable to import module 'app': No module named 'x'"
+        );
+        let body = init_failure(&failing("hello", "the runtime keeps exiting during init"))
+            .expect("failure");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["errorType"], "Runtime.InitError");
+        assert_eq!(v["errorMessage"], "the runtime keeps exiting during init");
+        assert!(init_failure(&function("hello", 5)).is_none(), "no status");
+    }
+
+    #[tokio::test]
+    async fn a_function_whose_init_fails_answers_at_once() {
+        use crate::gateway::{Gateway, GatewayConfig, TriggerKind};
+        let gateway = Gateway::new(GatewayConfig::default());
+        sync(&gateway.registry, &[function("hello", 5)], &[], 8080);
+        let entry = gateway.registry.get("hello").expect("entry");
+        // A caller waits for an environment (the function is at zero) ...
+        let waiting = {
+            let (gateway, entry) = (gateway.clone(), entry.clone());
+            tokio::spawn(async move {
+                gateway
+                    .invoke(&entry, Bytes::from_static(b"{}"), "r1", TriggerKind::Invoke)
+                    .await
+            })
+        };
+        for _ in 0..100 {
+            if entry.load().queued == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(entry.load().queued, 1);
+        // ... until the status says the init fails: then it gets the error.
+        let broken = failing("hello", "Runtime.ExitError: exit status 1");
+        sync(&gateway.registry, std::slice::from_ref(&broken), &[], 8080);
+        let result = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("answered at once")
+            .expect("task")
+            .expect("a function error, not a gateway error");
+        assert_eq!(result.function_error.as_deref(), Some("Unhandled"));
+        let v: serde_json::Value = serde_json::from_slice(&result.body).expect("json");
+        assert_eq!(v["errorType"], "Runtime.ExitError");
+        // New callers get it without waiting.
+        let again = gateway
+            .invoke(&entry, Bytes::from_static(b"{}"), "r2", TriggerKind::Invoke)
+            .await
+            .expect("function error");
+        assert_eq!(again.function_error.as_deref(), Some("Unhandled"));
+        // A Ready pod wins over the reported failure.
+        let p = pod("hello-1", "hello", Some("10.88.0.5"), true, false);
+        sync(&gateway.registry, &[broken], &[p], 8080);
+        assert!(entry.current_init_failure().is_none());
     }
 
     #[test]

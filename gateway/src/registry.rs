@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use porchlight_api::function::ScalingSettings;
 use porchlight_api::{FunctionKey, FunctionSpec};
 use tokio::sync::{Notify, oneshot, watch};
@@ -55,6 +56,8 @@ struct DispatchState {
     environments: Vec<Environment>,
     waiters: VecDeque<Waiter>,
     next_waiter: u64,
+    /// The init error the platform reports for the function, if any.
+    init_failure: Option<Bytes>,
 }
 
 /// Queue and dispatch settings shared by every function.
@@ -387,11 +390,21 @@ impl FunctionEntry {
                     reason: "ConcurrentInvocationLimitExceeded",
                 });
             }
+            let at_zero = !st.environments.iter().any(|e| !e.draining);
+            if at_zero && st.init_failure.is_some() {
+                // Known to fail its init: answer now (the caller turns this
+                // into the init error), and still ask for an environment, as
+                // the next event retries the init in Lambda.
+                drop(st);
+                self.demand.poke(self.name());
+                return Err(GatewayError::Unavailable {
+                    retry_after: Duration::from_secs(2),
+                });
+            }
             let (tx, rx) = oneshot::channel();
             let id = st.next_waiter;
             st.next_waiter += 1;
             st.waiters.push_back(Waiter { id, tx });
-            let at_zero = !st.environments.iter().any(|e| !e.draining);
             (id, rx, at_zero)
         };
         if at_zero {
@@ -430,6 +443,33 @@ impl FunctionEntry {
             entry: self.clone(),
             env,
             released: false,
+        }
+    }
+
+    /// Records, or clears, the init error that the platform reports for this
+    /// function (Kubernetes mode: the Function's `InitFailed` condition).
+    /// While it is set and no environment takes events, invocations are
+    /// answered with it at once ([`Self::current_init_failure`]) and those
+    /// already waiting are woken to get it too.
+    pub fn set_init_failure(&self, failure: Option<Bytes>) {
+        let mut st = lock(&self.dispatch);
+        let wake = failure.is_some()
+            && st.init_failure.is_none()
+            && !st.environments.iter().any(|e| !e.draining);
+        st.init_failure = failure;
+        if wake {
+            st.waiters.clear();
+        }
+    }
+
+    /// The init error to answer with now: one is reported and no environment
+    /// takes events.
+    pub fn current_init_failure(&self) -> Option<Bytes> {
+        let st = lock(&self.dispatch);
+        if st.environments.iter().any(|e| !e.draining) {
+            None
+        } else {
+            st.init_failure.clone()
         }
     }
 

@@ -73,6 +73,23 @@ pub struct Config {
     #[arg(long, env = "PORCHLIGHT_FREEZE")]
     pub freeze: bool,
 
+    /// After a failed init, write the init error to --termination-log and exit
+    /// with status 1 instead of waiting for an invocation to retry the init
+    /// (for pods: the kubelet restarts the container, and the error becomes
+    /// the container's termination message).
+    #[arg(long, env = "PORCHLIGHT_EXIT_ON_INIT_ERROR")]
+    pub exit_on_init_error: bool,
+
+    /// Where --exit-on-init-error writes the init error (Kubernetes'
+    /// terminationMessagePath).
+    #[arg(
+        long,
+        env = "PORCHLIGHT_TERMINATION_LOG",
+        default_value = "/dev/termination-log",
+        value_name = "PATH"
+    )]
+    pub termination_log: PathBuf,
+
     /// Identity of this environment in headers and logs (default: the host name).
     #[arg(long, env = "PORCHLIGHT_ENVIRONMENT_ID")]
     pub environment_id: Option<String>,

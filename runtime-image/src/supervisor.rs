@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::environment::{Environment, KillReason, Phase};
-use crate::error::LambdaError;
+use crate::error::{LambdaError, NormalisedError};
 use crate::logs::{Stream, pump};
 use crate::metrics::RestartReason;
 use crate::process::{self, RuntimeProcess, describe_exit};
@@ -64,8 +64,11 @@ pub async fn supervise(env: Arc<Environment>, shutdown: CancellationToken) -> an
                     format!("Runtime failed to start: {program}: {e}"),
                 );
                 tracing::error!(generation, error = %error.error_message, "init failed");
-                env.init_failed(generation, error);
+                let error = env.init_failed(generation, error);
                 drop(api);
+                if env.settings.config.exit_on_init_error {
+                    return Err(exit_after_init_error(&env, &error));
+                }
                 if !wait_for_retry(&env, &shutdown).await {
                     return Ok(());
                 }
@@ -85,6 +88,9 @@ pub async fn supervise(env: Arc<Environment>, shutdown: CancellationToken) -> an
                 let error = env.init_failed(generation, fallback);
                 tracing::error!(generation, error_type = %error.error_type, "init failed");
                 drop(api);
+                if env.settings.config.exit_on_init_error {
+                    return Err(exit_after_init_error(&env, &error));
+                }
                 if !wait_for_retry(&env, &shutdown).await {
                     return Ok(());
                 }
@@ -204,6 +210,21 @@ async fn watch_run(
 
 /// After a failed init: waits until an invocation asks for a retry.
 /// Returns false on shutdown.
+/// `--exit-on-init-error`: the init error goes to the termination log (best
+/// effort) and the environment stops, so that the caller of [`supervise`]
+/// exits non-zero.
+fn exit_after_init_error(env: &Environment, error: &NormalisedError) -> anyhow::Error {
+    let path = &env.settings.config.termination_log;
+    if let Err(e) = std::fs::write(path, &error.body) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the termination log");
+    }
+    env.begin_shutdown();
+    anyhow::anyhow!(
+        "init failed ({}); exiting as --exit-on-init-error asks",
+        error.error_type
+    )
+}
+
 async fn wait_for_retry(env: &Environment, shutdown: &CancellationToken) -> bool {
     loop {
         if env.take_restart_request() {

@@ -440,6 +440,37 @@ fn a_runtime_that_exits_at_once_is_an_init_error() {
 }
 
 #[test]
+fn exit_on_init_error_writes_the_termination_log_and_exits_1() {
+    let root = task_root(&[("bootstrap", "#!/bin/sh\necho starting >&2\nexit 7\n")]);
+    let log = root.with_extension("termination-log");
+    let mut shim = Shim::start(
+        &root,
+        &["--runtime", "provided", "--exit-on-init-error"],
+        &[("PORCHLIGHT_TERMINATION_LOG", log.to_str().unwrap())],
+    );
+    let mut status = None;
+    for _ in 0..1000 {
+        if let Ok(Some(s)) = shim.child.try_wait() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let status = status.unwrap_or_else(|| shim.terminate().expect("exited"));
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    let message: Value =
+        serde_json::from_slice(&std::fs::read(&log).expect("termination log")).expect("JSON");
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(message["errorType"], "Runtime.ExitError");
+    assert!(
+        message["errorMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("exit status 7")),
+        "{message}"
+    );
+}
+
+#[test]
 fn a_runtime_that_never_asks_for_an_event_times_out_its_init() {
     let root = task_root(&[("bootstrap", "#!/bin/sh\nexec sleep 600\n")]);
     let shim = Shim::start(

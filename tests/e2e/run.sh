@@ -318,6 +318,52 @@ check_update() {
   kubectl delete fn e2e-update --wait=false >/dev/null 2>&1
 }
 
+# --- c3. a function whose init fails: the caller gets the init error ------------------
+check_init_failure() {
+  kubectl apply -f - >/dev/null <<'EOF' || { fail "init failure: apply e2e-broken"; return 1; }
+apiVersion: porchlight.dev/v1alpha1
+kind: Function
+metadata:
+  name: e2e-broken
+spec:
+  runtime: python3.12
+  handler: app.lambda_handler
+  code:
+    inline: |
+      import no_such_module_e2e
+      def lambda_handler(event, context):
+          return "unreachable"
+  timeoutSeconds: 30
+EOF
+  wait_until 30 gateway_knows e2e-broken || { fail "init failure: gateway lists e2e-broken"; return 1; }
+  local t0 code type reason message
+  t0=$(now_ms)
+  code=$(invoke e2e-broken '{}' "$OUT/broken-first" 60)
+  type=$(jq -r .errorType "$OUT/broken-first.body" 2>/dev/null)
+  log "first invocation of e2e-broken: HTTP $code after $(($(now_ms) - t0)) ms, $(header "$OUT/broken-first" X-Amz-Function-Error), $(cat "$OUT/broken-first.body" 2>/dev/null | cut -c1-200)"
+  if [[ $code == 200 && $(header "$OUT/broken-first" X-Amz-Function-Error) == Unhandled && $type == Runtime.ImportModuleError ]] &&
+    jq -e '.errorMessage | test("no_such_module_e2e")' "$OUT/broken-first.body" >/dev/null 2>&1; then
+    pass "init failure: the first caller got the init error from a real pod (200, X-Amz-Function-Error: Unhandled, Runtime.ImportModuleError)"
+  else
+    kubectl get fn e2e-broken -o yaml | sed -n '/^status:/,$p'; kubectl get pods -l porchlight.dev/function=e2e-broken -o wide
+    fail "init failure: expected 200 + Unhandled + Runtime.ImportModuleError (HTTP $code, errorType '$type')"
+  fi
+  reason=$(kubectl get fn e2e-broken -o jsonpath='{.status.conditions[?(@.type=="Ready")].reason}')
+  message=$(kubectl get fn e2e-broken -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}')
+  kubectl get fn e2e-broken
+  t0=$(now_ms)
+  code=$(invoke e2e-broken '{}' "$OUT/broken-again" 60)
+  log "second invocation: HTTP $code after $(($(now_ms) - t0)) ms"
+  if [[ $reason == InitFailed && $message == *no_such_module_e2e* && $code == 200 ]] &&
+    [[ $(jq -r .errorType "$OUT/broken-again.body" 2>/dev/null) == Runtime.ImportModuleError ]] &&
+    kubectl get events --field-selector involvedObject.kind=Function,involvedObject.name=e2e-broken,reason=InitFailed -o name | grep -q .; then
+    pass "init failure: kubectl get fn says InitFailed ($message), a Warning Event InitFailed was written, and the next caller got the same error"
+  else
+    fail "init failure: status reason '$reason' message '$message', second call HTTP $code"
+  fi
+  kubectl delete fn e2e-broken --wait=false >/dev/null 2>&1
+}
+
 # --- d. validation and deletion -----------------------------------------------------
 check_invalid() {
   local msg
@@ -427,6 +473,7 @@ if check_install; then
   check_hello
   check_scale
   check_update
+  check_init_failure
   check_invalid
   check_delete
   check_kill
