@@ -1,5 +1,7 @@
 //! Gateway benchmarks, in one run (`cargo bench -p porchlight-gateway`):
-//! 1. warm invocation latency through gateway + shim against straight to the shim;
+//! 1. warm invocation latency through gateway + shim against straight to the
+//!    shim, and against the floor of any proxy: a bare hyper forwarder (this
+//!    bench binary re-run as a child process) between the same client and shim;
 //! 2. throughput with 2 and with 8 environments;
 //! 3. cold start from zero to first response in local mode (Python bootstrap);
 //! 4. gateway RSS with 1,000 functions loaded (no environments) against 1.
@@ -153,8 +155,84 @@ fn temp(tag: &str) -> PathBuf {
     d
 }
 
+/// Environment variable that turns this binary into the bare forwarder:
+/// `LISTEN_PORT UPSTREAM_URL`.
+const BARE_PROXY: &str = "PORCHLIGHT_BENCH_BARE_PROXY";
+
+async fn forward(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    upstream: hyper::Uri,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::io::Error> {
+    use http_body_util::{BodyExt, Full};
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
+    let request = hyper::Request::post(upstream)
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+        .map_err(std::io::Error::other)?;
+    let response = client
+        .request(request)
+        .await
+        .map_err(std::io::Error::other)?;
+    let (parts, body) = response.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
+    Ok(hyper::Response::from_parts(parts, Full::new(body)))
+}
+
+/// The least a proxy can do: accept HTTP/1.1 with keep-alive, read the body,
+/// POST it to the upstream over pooled keep-alive connections, and copy the
+/// answer back. No routing, queues, metrics or headers.
+async fn bare_proxy(spec: String) {
+    use http_body_util::Full;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let (port, upstream) = spec.split_once(' ').expect("PORT URL");
+    let upstream: hyper::Uri = upstream.parse().expect("upstream URL");
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<_, Full<bytes::Bytes>> =
+        Client::builder(TokioExecutor::new()).build(connector);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port.parse::<u16>().expect("port")))
+        .await
+        .expect("bind");
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (client, upstream) = (client.clone(), upstream.clone());
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (client, upstream) = (client.clone(), upstream.clone());
+                    async move { forward(&client, upstream, req).await }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    if let Ok(spec) = std::env::var(BARE_PROXY) {
+        bare_proxy(spec).await;
+        return;
+    }
     if std::env::args().any(|a| a == "--list") {
         return;
     }
@@ -211,6 +289,17 @@ async fn main() {
     let direct_url =
         format!("http://127.0.0.1:{shim_port}/2015-03-31/functions/function/invocations");
     let gw_url = format!("{base}/2015-03-31/functions/warm/invocations");
+    let bare_port = free_port();
+    let _bare = Proc(
+        Command::new(std::env::current_exe().expect("this bench"))
+            .env(BARE_PROXY, format!("{bare_port} {direct_url}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("bare proxy"),
+    );
+    wait_port(bare_port);
+    let bare_url = format!("http://127.0.0.1:{bare_port}/");
     // Warm up both paths (init, connections, minScale environments).
     for _ in 0..200 {
         let ok_direct = client
@@ -232,9 +321,22 @@ async fn main() {
     }
     let _ = latency(&client, &direct_url, 200).await;
     let _ = latency(&client, &gw_url, 200).await;
+    let _ = latency(&client, &bare_url, 200).await;
+    // Interleaved rounds, so that drift on a shared machine hits all three alike.
     let n = 2000;
-    let direct = latency(&client, &direct_url, n).await;
-    let through = latency(&client, &gw_url, n).await;
+    let mut direct = Histogram::<u64>::new(3).expect("histogram");
+    let mut through = Histogram::<u64>::new(3).expect("histogram");
+    let mut bare = Histogram::<u64>::new(3).expect("histogram");
+    for _ in 0..10 {
+        direct
+            .add(latency(&client, &direct_url, n / 10).await)
+            .expect("add");
+        through
+            .add(latency(&client, &gw_url, n / 10).await)
+            .expect("add");
+        bare.add(latency(&client, &bare_url, n / 10).await)
+            .expect("add");
+    }
     println!("warm invocation latency, {n} sequential requests (ms):");
     println!(
         "  straight to the shim   p50 {:.3}  p90 {:.3}  p99 {:.3}",
@@ -249,8 +351,23 @@ async fn main() {
         p(&through, 0.99)
     );
     println!(
+        "  through a bare proxy   p50 {:.3}  p90 {:.3}  p99 {:.3}",
+        p(&bare, 0.5),
+        p(&bare, 0.9),
+        p(&bare, 0.99)
+    );
+    println!(
         "  gateway/shim ratio at p50: {:.3} (target <= 1.20)",
         p(&through, 0.5) / p(&direct, 0.5)
+    );
+    println!(
+        "  bare proxy/shim ratio at p50: {:.3} (the floor of any extra hop here)",
+        p(&bare, 0.5) / p(&direct, 0.5)
+    );
+    println!(
+        "  added at p50: gateway {:.0} us, bare proxy {:.0} us",
+        (p(&through, 0.5) - p(&direct, 0.5)) * 1000.0,
+        (p(&bare, 0.5) - p(&direct, 0.5)) * 1000.0
     );
 
     for (name, envs) in [("two", 2usize), ("eight", 8)] {
