@@ -350,14 +350,16 @@ EOF
   fi
   reason=$(kubectl get fn e2e-broken -o jsonpath='{.status.conditions[?(@.type=="Ready")].reason}')
   message=$(kubectl get fn e2e-broken -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}')
-  kubectl get fn e2e-broken
+  local wide
+  wide=$(kubectl get fn e2e-broken -o wide)
+  echo "$wide"
   t0=$(now_ms)
   code=$(invoke e2e-broken '{}' "$OUT/broken-again" 60)
   log "second invocation: HTTP $code after $(($(now_ms) - t0)) ms"
-  if [[ $reason == InitFailed && $message == *no_such_module_e2e* && $code == 200 ]] &&
+  if [[ $reason == InitFailed && $message == *no_such_module_e2e* && $wide == *no_such_module_e2e* && $code == 200 ]] &&
     [[ $(jq -r .errorType "$OUT/broken-again.body" 2>/dev/null) == Runtime.ImportModuleError ]] &&
     kubectl get events --field-selector involvedObject.kind=Function,involvedObject.name=e2e-broken,reason=InitFailed -o name | grep -q .; then
-    pass "init failure: kubectl get fn says InitFailed ($message), a Warning Event InitFailed was written, and the next caller got the same error"
+    pass "init failure: kubectl get fn says InitFailed (-o wide: $message), a Warning Event InitFailed was written, and the next caller got the same error"
   else
     fail "init failure: status reason '$reason' message '$message', second call HTTP $code"
   fi
