@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::caches::{function_of_pod, owned_caches, watch_owned};
+use crate::caches::{function_of_pod, functions_using_config_map, owned_caches, watch_owned};
 use crate::config::Config;
 use crate::gateways;
 use crate::leader::Leader;
@@ -181,7 +181,9 @@ async fn work_as_leader(
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
     // The owned objects wake their Function and fill the reconciler's caches.
     let (deployments, services, config_maps) = watch_owned(&client, owned, writers);
-    let controller = Controller::new(functions, watcher::Config::default().any_semantic())
+    let controller = Controller::new(functions, watcher::Config::default().any_semantic());
+    let function_store = controller.store();
+    let controller = controller
         .owns_stream(deployments)
         .owns_stream(services)
         .owns_stream(config_maps)
@@ -193,6 +195,12 @@ async fn work_as_leader(
                 "{FUNCTION_LABEL},app.kubernetes.io/managed-by={MANAGED_BY}"
             )),
             |pod| function_of_pod(&pod),
+        )
+        // So do the users' ConfigMaps that hold Functions' code (metadata only).
+        .watches(
+            Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
+            watcher::Config::default(),
+            move |cm| functions_using_config_map(&function_store, &cm),
         )
         .with_config(controller::Config::default().concurrency(config.args.reconcile_concurrency));
     let store = controller.store();

@@ -127,6 +127,36 @@ pub fn function_of_pod(pod: &PartialObjectMeta<Pod>) -> Option<ObjectRef<Functio
     Some(ObjectRef::new(name).within(&ns))
 }
 
+/// The Functions whose code lives in the user's ConfigMap `cm`, so that an
+/// edit to it rolls their environments at once (the code hash on the pod
+/// template covers its data). The controller's own ConfigMaps never match.
+pub fn functions_using_config_map(
+    functions: &Store<Function>,
+    cm: &PartialObjectMeta<ConfigMap>,
+) -> Vec<ObjectRef<Function>> {
+    let owned = cm
+        .labels()
+        .get("app.kubernetes.io/managed-by")
+        .is_some_and(|v| v == resources::MANAGED_BY);
+    let (Some(ns), false) = (cm.namespace(), owned) else {
+        return Vec::new();
+    };
+    let name = cm.name_any();
+    functions
+        .state()
+        .iter()
+        .filter(|f| {
+            f.namespace().as_deref() == Some(ns.as_str())
+                && f.spec
+                    .code
+                    .config_map
+                    .as_ref()
+                    .is_some_and(|c| c.name == name)
+        })
+        .map(|f| ObjectRef::from_obj(&**f))
+        .collect()
+}
+
 /// What the Deployment store keeps of a Deployment.
 pub fn trim_deployment(d: &mut Deployment) {
     d.metadata.managed_fields = None;
@@ -200,6 +230,41 @@ mod tests {
         assert_eq!(stamp(&mut cm), first, "re-stamping gives the same hash");
         cm.data = Some(BTreeMap::from([("app.py".into(), "x = 2".into())]));
         assert_ne!(stamp(&mut cm), first, "new content, new hash");
+    }
+
+    #[test]
+    fn user_config_maps_map_to_the_functions_that_use_them() {
+        let (store, mut writer) = reflector::store::<Function>();
+        let function = |name: &str, ns: &str, code: &str| {
+            let mut f: Function = serde_yaml::from_str(&format!(
+                "apiVersion: porchlight.dev/v1alpha1\nkind: Function\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{handler: app.h, code: {code}}}\n"
+            ))
+            .expect("function");
+            f.metadata.uid = Some(name.into());
+            f
+        };
+        for f in [
+            function("a", "demo", "{configMap: {name: shared}}"),
+            function("b", "demo", "{configMap: {name: shared}}"),
+            function("c", "other", "{configMap: {name: shared}}"),
+            function("d", "demo", "{inline: x}"),
+        ] {
+            writer.apply_watcher_event(&watcher::Event::Apply(f));
+        }
+        let mut cm: PartialObjectMeta<ConfigMap> = PartialObjectMeta::default();
+        cm.metadata.name = Some("shared".into());
+        cm.metadata.namespace = Some("demo".into());
+        let mut names: Vec<String> = functions_using_config_map(&store, &cm)
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a", "b"]);
+        cm.metadata.labels = Some(BTreeMap::from([(
+            "app.kubernetes.io/managed-by".to_string(),
+            resources::MANAGED_BY.to_string(),
+        )]));
+        assert!(functions_using_config_map(&store, &cm).is_empty());
     }
 
     #[test]

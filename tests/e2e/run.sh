@@ -316,6 +316,39 @@ check_update() {
     fail "update: v2 without GREETING (last answer: $(cat "$OUT/update.body" 2>/dev/null))"
   fi
   kubectl delete fn e2e-update --wait=false >/dev/null 2>&1
+
+  # Code in the user's own ConfigMap: an edit to it rolls the environments.
+  cm_yaml() {
+    printf 'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: e2e-cm-code}\ndata:\n  app.py: |\n    def lambda_handler(event, context):\n        return "%s"\n' "$1"
+  }
+  cm_yaml cm-v1 | kubectl apply -f - >/dev/null || { fail "update: apply ConfigMap e2e-cm-code"; return 1; }
+  kubectl apply -f - >/dev/null <<'EOF' || { fail "update: apply e2e-cm"; return 1; }
+apiVersion: porchlight.dev/v1alpha1
+kind: Function
+metadata:
+  name: e2e-cm
+spec:
+  runtime: python3.12
+  handler: app.lambda_handler
+  code:
+    configMap: {name: e2e-cm-code}
+  scaling:
+    minScale: 1
+EOF
+  cm_answers() { [[ $(invoke e2e-cm '{}' "$OUT/cm" 20) == 200 && $(cat "$OUT/cm.body") == "$1" ]]; }
+  if ! wait_until 90 cm_answers '"cm-v1"'; then
+    fail "update: e2e-cm answers \"cm-v1\" from its ConfigMap (last: $(cat "$OUT/cm.body" 2>/dev/null))"; return 1
+  fi
+  local t
+  t=$SECONDS
+  cm_yaml cm-v2 | kubectl apply -f - >/dev/null
+  if wait_until 90 cm_answers '"cm-v2"'; then
+    pass "update: editing the user's code ConfigMap rolled e2e-cm to the new code ($((SECONDS - t)) s)"
+  else
+    fail "update: e2e-cm still answers $(cat "$OUT/cm.body" 2>/dev/null) 90 s after its ConfigMap changed"
+  fi
+  kubectl delete fn e2e-cm --wait=false >/dev/null 2>&1
+  kubectl delete cm e2e-cm-code --wait=false >/dev/null 2>&1
 }
 
 # --- c3. a function whose init fails: the caller gets the init error ------------------
