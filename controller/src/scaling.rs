@@ -156,6 +156,11 @@ struct FunctionScaler {
     function: Arc<Function>,
     /// Count last applied to the Deployment (None: not known yet).
     applied: Option<u32>,
+    /// A count was booked before the first reconcile. The reconciler may have
+    /// created the Deployment just before it (with the floor), while its
+    /// status reports the booked count, so the status cannot say what the
+    /// Deployment has: the count is applied once, whatever the status says.
+    booked_before_reconcile: bool,
     last_scale_time: Option<String>,
 }
 
@@ -335,13 +340,15 @@ impl<F: FunctionSource, S: ScaleSink> AutoscalerLoop<F, S> {
                             last_scale_time: scaler.last_scale_time.clone(),
                         },
                     );
+                    scaler.booked_before_reconcile = true;
                     return None;
                 }
                 // Reconciled since this scaler started: the status says what
-                // the Deployment was given.
-                Some(status) => {
+                // the Deployment was given (unless a count was booked early).
+                Some(status) if !scaler.booked_before_reconcile => {
                     scaler.applied = status.desired_replicas.map(|n| n.max(0) as u32);
                 }
+                Some(_) => {}
             }
         }
         if scaler.applied == Some(decision.desired) {
@@ -397,6 +404,7 @@ impl<F: FunctionSource, S: ScaleSink> AutoscalerLoop<F, S> {
                     return;
                 };
                 scaler.applied = Some(change.to);
+                scaler.booked_before_reconcile = false;
                 scaler.last_scale_time = Some(wall_clock());
                 self.book.set(
                     key.clone(),
@@ -449,6 +457,7 @@ impl<F: FunctionSource, S: ScaleSink> AutoscalerLoop<F, S> {
                             autoscaler: Autoscaler::new(config, now, current),
                             function: f,
                             applied,
+                            booked_before_reconcile: false,
                             last_scale_time,
                         },
                     );

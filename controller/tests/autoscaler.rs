@@ -86,6 +86,7 @@ fn report(gateway: &str, sequence: u64, poke: bool, concurrency: f64) -> Gateway
 }
 
 struct Harness {
+    functions: Functions,
     tx: mpsc::Sender<GatewayMessage>,
     sink: Recorded,
     metrics: Arc<Metrics>,
@@ -102,9 +103,15 @@ fn start(f: Arc<Function>) -> Harness {
     let book = Arc::new(ScaleBook::default());
     let (tx, rx) = mpsc::channel(16);
     let stop = CancellationToken::new();
-    let l = AutoscalerLoop::new(functions, sink.clone(), book.clone(), metrics.clone());
+    let l = AutoscalerLoop::new(
+        functions.clone(),
+        sink.clone(),
+        book.clone(),
+        metrics.clone(),
+    );
     let task = tokio::spawn(l.run(rx, stop.clone()));
     Harness {
+        functions,
         tx,
         sink,
         metrics,
@@ -186,6 +193,34 @@ async fn a_function_not_yet_reconciled_is_not_patched_but_booked() {
         Some(5),
         "the reconciler creates the Deployment with 3 / 0.7 -> 5"
     );
+    h.stop.cancel();
+    h.task.await.expect("join").expect("clean stop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_count_booked_before_the_first_reconcile_is_applied_once_reconciled() {
+    let mut f = (*function("30s")).clone();
+    f.status = None;
+    let h = start(Arc::new(f.clone()));
+    h.tx.send(report("gw-a", 1, true, 3.0)).await.expect("send");
+    sleep(Duration::from_millis(1_500)).await;
+    assert!(h.sink.changes().is_empty(), "nothing to patch yet");
+    // The reconciler had created the Deployment (at 0) just before the count
+    // was booked; its status now carries the booked count, not the
+    // Deployment's. The autoscaler must still apply the count once.
+    f.status = Some(FunctionStatus {
+        desired_replicas: Some(5),
+        replicas: Some(0),
+        ready_replicas: Some(0),
+        ..FunctionStatus::default()
+    });
+    *h.functions.0.lock().unwrap() = vec![Arc::new(f)];
+    let load = gateway(h.tx.clone(), "gw-a", 5, |_| 3.0);
+    sleep(Duration::from_millis(5_500)).await;
+    let changes = h.sink.changes();
+    assert_eq!(changes.len(), 1, "applied exactly once: {changes:?}");
+    assert_eq!(changes[0].1.to, 5);
+    load.await.expect("gateway");
     h.stop.cancel();
     h.task.await.expect("join").expect("clean stop");
 }
