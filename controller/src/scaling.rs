@@ -340,7 +340,11 @@ impl<F: FunctionSource, S: ScaleSink> AutoscalerLoop<F, S> {
                             last_scale_time: scaler.last_scale_time.clone(),
                         },
                     );
-                    scaler.booked_before_reconcile = true;
+                    // Only a count other than the floor (what the reconciler
+                    // creates the Deployment with when nothing is booked yet)
+                    // can have missed the Deployment.
+                    scaler.booked_before_reconcile |=
+                        decision.desired != scaler.autoscaler.config().min_scale;
                     return None;
                 }
                 // Reconciled since this scaler started: the status says what

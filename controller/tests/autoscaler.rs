@@ -198,6 +198,31 @@ async fn a_function_not_yet_reconciled_is_not_patched_but_booked() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_idle_function_is_not_patched_after_its_first_reconcile() {
+    let mut f = (*function("30s")).clone();
+    f.status = None;
+    let h = start(Arc::new(f.clone()));
+    let load = gateway(h.tx.clone(), "gw-a", 6, |_| 0.0);
+    sleep(Duration::from_millis(2_500)).await;
+    f.status = Some(FunctionStatus {
+        desired_replicas: Some(0),
+        replicas: Some(0),
+        ready_replicas: Some(0),
+        ..FunctionStatus::default()
+    });
+    *h.functions.0.lock().unwrap() = vec![Arc::new(f)];
+    sleep(Duration::from_millis(4_000)).await;
+    assert!(
+        h.sink.changes().is_empty(),
+        "at the floor all along: no patch, no Event ({:?})",
+        h.sink.changes()
+    );
+    load.await.expect("gateway");
+    h.stop.cancel();
+    h.task.await.expect("join").expect("clean stop");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_count_booked_before_the_first_reconcile_is_applied_once_reconciled() {
     let mut f = (*function("30s")).clone();
     f.status = None;
