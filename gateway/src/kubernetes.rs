@@ -123,29 +123,28 @@ pub fn sync(registry: &Registry, functions: &[Arc<Function>], pods: &[Arc<Pod>],
         wanted.insert(f.name_any(), f);
     }
     for (name, f) in &wanted {
-        let current = registry.get(name);
-        if current.as_ref().is_some_and(|e| e.spec == f.spec) {
-            continue;
-        }
-        match f.spec.validate() {
-            Ok(settings) => {
-                let key = FunctionKey::new(f.namespace().unwrap_or_default(), name.clone());
-                registry.upsert(key, f.spec.clone(), settings);
-                tracing::info!(function = %name, "function registered");
-            }
-            Err(problems) => {
-                if registry.remove(name).is_some() {
-                    tracing::warn!(function = %name, ?problems, "function spec became invalid; no longer served");
-                } else {
-                    tracing::warn!(function = %name, ?problems, "invalid function spec; not served");
+        let current = registry.get(name).filter(|e| e.spec == f.spec);
+        let entry = match current {
+            Some(entry) => Some(entry),
+            None => match f.spec.validate() {
+                Ok(settings) => {
+                    let key = FunctionKey::new(f.namespace().unwrap_or_default(), name.clone());
+                    tracing::info!(function = %name, "function registered");
+                    Some(registry.upsert(key, f.spec.clone(), settings))
                 }
-            }
-        }
-    }
-    // The autoscaler's count, as the controller last wrote it, for
-    // /v1/functions; and the init error it reports, for callers.
-    for (name, f) in &wanted {
-        if let Some(entry) = registry.get(name) {
+                Err(problems) => {
+                    if registry.remove(name).is_some() {
+                        tracing::warn!(function = %name, ?problems, "function spec became invalid; no longer served");
+                    } else {
+                        tracing::warn!(function = %name, ?problems, "invalid function spec; not served");
+                    }
+                    None
+                }
+            },
+        };
+        // The autoscaler's count, as the controller last wrote it, for
+        // /v1/functions; and the init error it reports, for callers.
+        if let Some(entry) = entry {
             let desired = f
                 .status
                 .as_ref()

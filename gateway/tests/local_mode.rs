@@ -457,56 +457,43 @@ async fn boto3_and_aws_cli_work_unchanged() {
 
     let aws = python.parent().expect("venv bin").join("aws");
     let payload = home.join("in.json");
-    std::fs::write(&payload, r#"{"via":"cli"}"#).expect("payload");
     let outfile = home.join("out.json");
-    let mut cmd = std::process::Command::new(&aws);
-    cmd.args([
-        "lambda",
-        "invoke",
-        "--endpoint-url",
-        &gw.base,
-        "--function-name",
-        "echo",
-        "--payload",
-    ])
-    .arg(format!("fileb://{}", payload.display()))
-    .arg(&outfile);
-    aws_env(&mut cmd);
-    let out = cmd.output().expect("aws");
-    assert!(
-        out.status.success(),
-        "aws cli: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let meta: Value = serde_json::from_slice(&out.stdout).expect("cli output");
+    // `aws lambda invoke` with `extra` flags and `event`; returns its JSON output.
+    let cli_invoke = |function: &str, extra: &[&str], event: &str| -> Value {
+        std::fs::write(&payload, event).expect("payload");
+        let mut cmd = std::process::Command::new(&aws);
+        cmd.args([
+            "lambda",
+            "invoke",
+            "--endpoint-url",
+            &gw.base,
+            "--function-name",
+            function,
+        ])
+        .args(extra)
+        .arg("--payload")
+        .arg(format!("fileb://{}", payload.display()))
+        .arg(&outfile);
+        aws_env(&mut cmd);
+        let out = cmd.output().expect("aws");
+        assert!(
+            out.status.success(),
+            "aws cli {extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("cli output")
+    };
+    let meta = cli_invoke("echo", &[], r#"{"via":"cli"}"#);
     assert_eq!(meta["StatusCode"], 200);
     let result: Value =
         serde_json::from_str(&std::fs::read_to_string(&outfile).expect("out")).expect("json");
     assert_eq!(result, json!({"via": "cli"}));
 
-    std::fs::write(&payload, r#"{"via":"cli-async"}"#).expect("payload");
-    let mut cmd = std::process::Command::new(&aws);
-    cmd.args([
-        "lambda",
-        "invoke",
-        "--endpoint-url",
-        &gw.base,
-        "--function-name",
+    let meta = cli_invoke(
         "marker",
-        "--invocation-type",
-        "Event",
-        "--payload",
-    ])
-    .arg(format!("fileb://{}", payload.display()))
-    .arg(&outfile);
-    aws_env(&mut cmd);
-    let out = cmd.output().expect("aws");
-    assert!(
-        out.status.success(),
-        "aws cli async: {}",
-        String::from_utf8_lossy(&out.stderr)
+        &["--invocation-type", "Event"],
+        r#"{"via":"cli-async"}"#,
     );
-    let meta: Value = serde_json::from_slice(&out.stdout).expect("cli output");
     assert_eq!(meta["StatusCode"], 202);
     let got = markers_matching(&markers, 1, |m| m["event"]["via"] == "cli-async").await;
     assert_eq!(got.len(), 1, "CLI async event reached the handler");

@@ -255,6 +255,14 @@ mod tests {
         Environment::new(settings)
     }
 
+    /// An environment whose init is done, and the Runtime API of its runtime.
+    fn ready(concurrency: &str) -> (Arc<Environment>, Router, u64) {
+        let env = environment(concurrency);
+        let generation = env.force_ready();
+        let api = router(env.clone(), generation);
+        (env, api, generation)
+    }
+
     async fn call(
         router: &Router,
         method: &str,
@@ -296,9 +304,7 @@ mod tests {
 
     #[tokio::test]
     async fn next_hands_over_the_event_with_lambdas_headers() {
-        let env = environment("1");
-        let generation = env.force_ready();
-        let api = router(env.clone(), generation);
+        let (env, api, _) = ready("1");
         let invocation = invoke(&env, "req-1");
         let (status, headers, body) = call(&api, "GET", NEXT, &[], vec![]).await;
         assert_eq!(status, StatusCode::OK);
@@ -339,9 +345,7 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_stale_and_second_responses_are_invalid_request_ids() {
-        let env = environment("1");
-        let generation = env.force_ready();
-        let api = router(env.clone(), generation);
+        let (env, api, generation) = ready("1");
         let (status, _, body) = call(
             &api,
             "POST",
@@ -406,9 +410,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_second_concurrent_next_is_an_invalid_state_transition() {
-        let env = environment("1");
-        let generation = env.force_ready();
-        let api = router(env.clone(), generation);
+        let (env, api, _) = ready("1");
         let waiting = {
             let api = api.clone();
             tokio::spawn(async move { call(&api, "GET", NEXT, &[], vec![]).await })
@@ -450,9 +452,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrency_allows_as_many_nexts() {
-        let env = environment("2");
-        let generation = env.force_ready();
-        let api = router(env.clone(), generation);
+        let (env, api, _) = ready("2");
         let a = invoke(&env, "a");
         let b = invoke(&env, "b");
         let (s1, h1, _) = call(&api, "GET", NEXT, &[], vec![]).await;
@@ -478,9 +478,7 @@ mod tests {
 
     #[tokio::test]
     async fn oversized_bodies_are_refused() {
-        let env = environment("1");
-        let generation = env.force_ready();
-        let api = router(env.clone(), generation);
+        let (env, api, _) = ready("1");
         let invocation = invoke(&env, "big");
         let _ = call(&api, "GET", NEXT, &[], vec![]).await;
         let big = vec![b'x'; MAX_PAYLOAD_BYTES + 1];
@@ -518,9 +516,7 @@ mod tests {
 
     #[tokio::test]
     async fn errors_with_and_without_the_error_type_header() {
-        let env = environment("1");
-        let generation = env.force_ready();
-        let api = router(env.clone(), generation);
+        let (env, api, _) = ready("1");
 
         // awslambdaric: no header, a full JSON body.
         let invocation = invoke(&env, "py");
@@ -599,9 +595,7 @@ mod tests {
             matches!(outcome, Outcome::InitError(e) if e.error_type == "Runtime.ImportModuleError")
         );
 
-        let env = environment("1");
-        let generation = env.force_ready();
-        let api = router(env.clone(), generation);
+        let (_, api, _) = ready("1");
         let (status, _, body) = call(
             &api,
             "POST",
@@ -616,8 +610,7 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_paths_get_json_errors() {
-        let env = environment("1");
-        let api = router(env.clone(), env.force_ready());
+        let (_, api, _) = ready("1");
         let (status, _, body) =
             call(&api, "GET", "/2020-01-01/extension/event/next", &[], vec![]).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
@@ -626,9 +619,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_unanswered_invocation_times_out_and_asks_for_a_kill() {
-        let env = environment("1");
-        let generation = env.force_ready();
-        let api = router(env.clone(), generation);
+        let (env, api, generation) = ready("1");
         let invocation = invoke(&env, "slow");
         let _ = call(&api, "GET", NEXT, &[], vec![]).await;
         // Paused time: the 3 s timeout elapses without waiting.
