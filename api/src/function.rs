@@ -11,6 +11,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use crate::duration::parse_duration;
+pub use porchlight_core::autoscaler::ScalingSettings;
 
 /// A function: code plus the settings of its execution environments.
 // `printcolumn(type_ = ...)` repeats by design; clippy reads it as a duplicate.
@@ -342,24 +343,22 @@ fn default_s3_events() -> Vec<String> {
     vec!["s3:ObjectCreated:*".to_string()]
 }
 
-/// A spec that passed [`FunctionSpec::validate`], with durations parsed.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ScalingSettings {
-    /// Lower bound on environments, including the scale-subresource floor.
-    pub min_scale: u32,
-    /// Upper bound on environments.
-    pub max_scale: u32,
-    /// Events one environment takes at once.
-    pub concurrency_per_environment: u32,
-    /// Target fraction of that concurrency.
-    pub target_utilization: f64,
-    /// Idle time before scaling to zero.
-    pub scale_to_zero_after: Duration,
-    /// Stable averaging window.
-    pub stable_window: Duration,
-}
-
 impl FunctionSpec {
+    /// The shim settings that follow from this spec, for an environment of
+    /// the function `name`; each mode adds its own (listen address, task
+    /// root, identity).
+    pub fn shim_settings(&self, name: &str) -> porchlight_core::ShimSettings {
+        porchlight_core::ShimSettings {
+            function_name: Some(name.to_string()),
+            handler: Some(self.handler.clone().unwrap_or_default()),
+            runtime: Some(self.runtime.clone()),
+            timeout_seconds: Some(self.timeout_seconds),
+            memory_mib: Some(self.memory_mib),
+            concurrency: Some(self.concurrency),
+            ..porchlight_core::ShimSettings::default()
+        }
+    }
+
     /// Checks what the CRD schema and CEL rules check, for local mode and for
     /// objects stored before a rule existed. Returns every problem found.
     pub fn validate(&self) -> Result<ScalingSettings, Vec<String>> {
@@ -567,5 +566,16 @@ code:
         assert!(crd.contains("x-kubernetes-validations"));
         assert!(crd.contains("maxScale must be greater than or equal to"));
         assert!(crd.contains(r#""name":"Desired""#));
+    }
+
+    #[test]
+    fn the_resource_is_named_as_the_core_names_it() {
+        use kube::Resource;
+        assert_eq!(Function::group(&()), porchlight_core::names::GROUP);
+        assert_eq!(
+            Function::api_version(&()),
+            porchlight_core::names::API_VERSION
+        );
+        assert_eq!(Function::kind(&()), porchlight_core::names::FUNCTION_KIND);
     }
 }

@@ -17,14 +17,13 @@ use std::time::{Duration, Instant};
 
 use kube::runtime::reflector;
 use kube::runtime::watcher::Event;
-use porchlight_api::function::ScalingSettings;
-use porchlight_api::{
-    Autoscaler, AutoscalerConfig, Function, FunctionKey, FunctionLoad, GatewayReport,
-};
+use porchlight_api::Function;
 use porchlight_controller::metrics::Metrics;
 use porchlight_controller::scaling::{
     AutoscalerLoop, FunctionSource, GatewayMessage, ScaleBook, ScaleChange, ScaleSink,
 };
+use porchlight_core::ScalingSettings;
+use porchlight_core::{Autoscaler, AutoscalerConfig, FunctionKey, FunctionLoad, GatewayReport};
 
 fn config() -> AutoscalerConfig {
     AutoscalerConfig::from_settings(&ScalingSettings {

@@ -18,8 +18,9 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
-use porchlight_api::function::{FunctionCondition, ScalingSettings};
+use porchlight_api::function::FunctionCondition;
 use porchlight_api::{Function, FunctionStatus};
+use porchlight_core::ScalingSettings;
 use serde_json::json;
 use tracing::{info, warn};
 

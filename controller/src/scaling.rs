@@ -15,10 +15,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
-use porchlight_api::autoscaler::DecisionReason;
-use porchlight_api::stats::{AggregatedLoad, DEFAULT_REPORT_STALE_AFTER};
-use porchlight_api::{
-    Autoscaler, AutoscalerConfig, Decision, Function, FunctionKey, GatewayReport, ReportAggregator,
+use porchlight_api::Function;
+use porchlight_core::autoscaler::DecisionReason;
+use porchlight_core::report::{AggregatedLoad, DEFAULT_REPORT_STALE_AFTER};
+use porchlight_core::{
+    Autoscaler, AutoscalerConfig, Decision, FunctionKey, GatewayReport, ReportAggregator,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

@@ -3,12 +3,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use porchlight_api::autoscaler::DecisionReason;
-use porchlight_api::{Function, FunctionKey, FunctionLoad, FunctionStatus, GatewayReport};
+use porchlight_api::{Function, FunctionStatus};
 use porchlight_controller::metrics::Metrics;
 use porchlight_controller::scaling::{
     AutoscalerLoop, FunctionSource, GatewayMessage, ScaleBook, ScaleChange, ScaleSink,
 };
+use porchlight_core::autoscaler::DecisionReason;
+use porchlight_core::{FunctionKey, FunctionLoad, GatewayReport};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;

@@ -7,9 +7,9 @@ use std::time::Duration;
 use common::*;
 use http::Method;
 use kube::runtime::controller::Action;
-use porchlight_api::FunctionKey;
 use porchlight_controller::reconcile::{error_policy, reconcile};
 use porchlight_controller::scaling::ScaleRecord;
+use porchlight_core::FunctionKey;
 use serde_json::{Value, json};
 
 fn env_value(deployment: &Value, name: &str) -> Option<String> {

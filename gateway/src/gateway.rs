@@ -307,7 +307,7 @@ impl Gateway {
                         "environment connection broke during an invocation"
                     );
                     entry.mark_unreachable(&env.id);
-                    let body = porchlight_api::LambdaError::new(
+                    let body = porchlight_core::LambdaError::new(
                         "Runtime.ExitError",
                         format!("RequestId: {request_id} Error: Runtime exited without providing a reason"),
                     )
@@ -315,7 +315,7 @@ impl Gateway {
                     return done(Bytes::from(body), Some("Unhandled".into()), false, None);
                 }
                 UpstreamReply::TimedOut => {
-                    let body = porchlight_api::LambdaError::new(
+                    let body = porchlight_core::LambdaError::new(
                         "Sandbox.Timeout",
                         format!("RequestId: {request_id} Error: Task timed out after {timeout_secs}.00 seconds"),
                     )

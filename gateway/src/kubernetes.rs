@@ -29,7 +29,8 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
-use porchlight_api::{Function, FunctionKey};
+use porchlight_api::Function;
+use porchlight_core::FunctionKey;
 use tokio_util::sync::CancellationToken;
 
 use crate::gateway::Gateway;
@@ -111,7 +112,7 @@ pub fn init_failure(f: &Function) -> Option<Bytes> {
         _ => ("Runtime.InitError", message),
     };
     Some(Bytes::from(
-        porchlight_api::LambdaError::new(error_type, error_message).to_json(),
+        porchlight_core::LambdaError::new(error_type, error_message).to_json(),
     ))
 }
 

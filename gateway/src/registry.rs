@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use porchlight_api::function::ScalingSettings;
-use porchlight_api::{FunctionKey, FunctionSpec};
+use porchlight_api::FunctionSpec;
+use porchlight_core::FunctionKey;
+use porchlight_core::ScalingSettings;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use porchlight_api::{FunctionLoad, GatewayReport};
+use porchlight_core::{FunctionLoad, GatewayReport};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 

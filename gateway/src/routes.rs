@@ -41,7 +41,7 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
         .route("/events/cloudevents", post(cloud_event))
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/functions", get(functions_status))
-        .route(porchlight_api::stats::REPORT_PATH, get(concurrency))
+        .route(porchlight_core::report::REPORT_PATH, get(concurrency))
         .route("/live", get(|| async { "ok" }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))

@@ -4,8 +4,9 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use porchlight_api::function::ScalingSettings;
-use porchlight_api::{Function, FunctionKey, FunctionSpec};
+use porchlight_api::{Function, FunctionSpec};
+use porchlight_core::FunctionKey;
+use porchlight_core::ScalingSettings;
 use serde::Deserialize;
 
 /// A validated function with its code on disk.

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use porchlight_api::autoscaler::{Autoscaler, AutoscalerConfig};
+use porchlight_core::autoscaler::{Autoscaler, AutoscalerConfig};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;

@@ -1,5 +1,6 @@
 //! The error body every Porchlight component answers with, in Lambda's shape.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// `{"errorType": "...", "errorMessage": "..."}`, as Lambda and its runtimes use.
@@ -21,10 +22,29 @@ impl LambdaError {
         }
     }
 
-    /// The JSON text of this error.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|_| {
-            r#"{"errorType":"ServiceException","errorMessage":"internal error"}"#.to_string()
-        })
+    /// The JSON text of this error, as an HTTP body.
+    pub fn to_json(&self) -> Bytes {
+        match serde_json::to_vec(self) {
+            Ok(v) => Bytes::from(v),
+            Err(_) => Bytes::from_static(
+                br#"{"errorType":"ServiceException","errorMessage":"internal error"}"#,
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serialises_in_lambda_s_shape() {
+        let body = LambdaError::new("Sandbox.Timeout", "Task timed out").to_json();
+        assert_eq!(
+            &body[..],
+            br#"{"errorType":"Sandbox.Timeout","errorMessage":"Task timed out"}"#
+        );
+        let back: LambdaError = serde_json::from_slice(&body).expect("parses");
+        assert_eq!(back.error_type, "Sandbox.Timeout");
     }
 }

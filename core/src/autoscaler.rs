@@ -18,7 +18,23 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::function::ScalingSettings;
+/// A Function's validated scaling settings, durations parsed
+/// (`porchlight_api::FunctionSpec::validate` makes them).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScalingSettings {
+    /// Lower bound on environments, including the scale-subresource floor.
+    pub min_scale: u32,
+    /// Upper bound on environments.
+    pub max_scale: u32,
+    /// Events one environment takes at once.
+    pub concurrency_per_environment: u32,
+    /// Target fraction of that concurrency.
+    pub target_utilization: f64,
+    /// Idle time before scaling to zero.
+    pub scale_to_zero_after: Duration,
+    /// Stable averaging window.
+    pub stable_window: Duration,
+}
 
 /// Tunables of one function's autoscaler.
 #[derive(Clone, Debug, PartialEq)]

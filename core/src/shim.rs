@@ -1,0 +1,235 @@
+//! The runtime shim's settings, as one typed struct.
+//!
+//! The shim (`porchlight-runtime`) reads every setting from a flag or from an
+//! environment variable of the same meaning. Pods get environment variables
+//! (the controller renders [`ShimSettings::to_env`]); local environments get
+//! flags (the local-mode gateway renders [`ShimSettings::to_args`]). The shim's
+//! own command line is declared with the names in [`var`], so the three
+//! cannot drift apart.
+
+/// One setting: its long flag (without `--`) and its environment variable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShimVar {
+    /// The long flag, without the leading `--`.
+    pub flag: &'static str,
+    /// The environment variable.
+    pub env: &'static str,
+}
+
+/// Environment variables starting with this are the shim's; a function's own
+/// variables may not use it.
+pub const RESERVED_ENV_PREFIX: &str = "PORCHLIGHT_";
+
+/// Every setting the gateway or the controller passes to the shim.
+pub mod var {
+    use super::ShimVar;
+
+    const fn v(flag: &'static str, env: &'static str) -> ShimVar {
+        ShimVar { flag, env }
+    }
+
+    /// Address of the invoke endpoint and the ops endpoints.
+    pub const LISTEN: ShimVar = v("listen", "PORCHLIGHT_LISTEN");
+    /// Loopback address of the Runtime API served to the runtime.
+    pub const RUNTIME_API: ShimVar = v("runtime-api", "PORCHLIGHT_RUNTIME_API");
+    /// Function name.
+    pub const FUNCTION_NAME: ShimVar = v("function-name", "PORCHLIGHT_FUNCTION_NAME");
+    /// Handler, e.g. `app.lambda_handler`.
+    pub const HANDLER: ShimVar = v("handler", "PORCHLIGHT_HANDLER");
+    /// Runtime: `python3.x` or `provided`.
+    pub const RUNTIME: ShimVar = v("runtime", "PORCHLIGHT_RUNTIME");
+    /// Directory holding the function's code.
+    pub const TASK_ROOT: ShimVar = v("task-root", "PORCHLIGHT_TASK_ROOT");
+    /// Longest an invocation may run.
+    pub const TIMEOUT_SECONDS: ShimVar = v("timeout-seconds", "PORCHLIGHT_TIMEOUT_SECONDS");
+    /// Longest an init may take.
+    pub const INIT_TIMEOUT_SECONDS: ShimVar =
+        v("init-timeout-seconds", "PORCHLIGHT_INIT_TIMEOUT_SECONDS");
+    /// Memory size reported to the function.
+    pub const MEMORY_MIB: ShimVar = v("memory-mib", "PORCHLIGHT_MEMORY_MIB");
+    /// Invocations one environment runs at once.
+    pub const CONCURRENCY: ShimVar = v("concurrency", "PORCHLIGHT_CONCURRENCY");
+    /// SIGSTOP the runtime while idle.
+    pub const FREEZE: ShimVar = v("freeze", "PORCHLIGHT_FREEZE");
+    /// Exit with the init error instead of retrying the init (pods).
+    pub const EXIT_ON_INIT_ERROR: ShimVar =
+        v("exit-on-init-error", "PORCHLIGHT_EXIT_ON_INIT_ERROR");
+    /// Where that init error is written.
+    pub const TERMINATION_LOG: ShimVar = v("termination-log", "PORCHLIGHT_TERMINATION_LOG");
+    /// Identity of the environment in headers and logs.
+    pub const ENVIRONMENT_ID: ShimVar = v("environment-id", "PORCHLIGHT_ENVIRONMENT_ID");
+    /// Longest a graceful shutdown waits for invocations in flight.
+    pub const SHUTDOWN_GRACE_SECONDS: ShimVar = v(
+        "shutdown-grace-seconds",
+        "PORCHLIGHT_SHUTDOWN_GRACE_SECONDS",
+    );
+    /// Python interpreter of the bundled Python bootstrap.
+    pub const PYTHON: ShimVar = v("python", "PORCHLIGHT_PYTHON");
+    /// The bundled Python bootstrap as a file.
+    pub const PYTHON_BOOTSTRAP: ShimVar = v("python-bootstrap", "PORCHLIGHT_PYTHON_BOOTSTRAP");
+    /// The process whose death ends the shim (local mode: the gateway).
+    pub const PARENT_PID: ShimVar = v("parent-pid", "PORCHLIGHT_PARENT_PID");
+}
+
+/// The settings one environment is started with. `None` (or `false`) leaves
+/// the shim's default.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ShimSettings {
+    /// [`var::LISTEN`].
+    pub listen: Option<String>,
+    /// [`var::FUNCTION_NAME`].
+    pub function_name: Option<String>,
+    /// [`var::HANDLER`].
+    pub handler: Option<String>,
+    /// [`var::RUNTIME`].
+    pub runtime: Option<String>,
+    /// [`var::TASK_ROOT`].
+    pub task_root: Option<String>,
+    /// [`var::TIMEOUT_SECONDS`].
+    pub timeout_seconds: Option<u32>,
+    /// [`var::MEMORY_MIB`].
+    pub memory_mib: Option<u32>,
+    /// [`var::CONCURRENCY`].
+    pub concurrency: Option<u32>,
+    /// [`var::FREEZE`].
+    pub freeze: bool,
+    /// [`var::EXIT_ON_INIT_ERROR`].
+    pub exit_on_init_error: bool,
+    /// [`var::ENVIRONMENT_ID`].
+    pub environment_id: Option<String>,
+    /// [`var::PARENT_PID`].
+    pub parent_pid: Option<u32>,
+}
+
+impl ShimSettings {
+    /// Every setting that is set, with its value as text (`true` for flags).
+    pub fn pairs(&self) -> Vec<(ShimVar, String)> {
+        let mut out = Vec::new();
+        let mut text = |var: ShimVar, value: &Option<String>| {
+            if let Some(value) = value {
+                out.push((var, value.clone()));
+            }
+        };
+        text(var::LISTEN, &self.listen);
+        text(var::FUNCTION_NAME, &self.function_name);
+        text(var::HANDLER, &self.handler);
+        text(var::RUNTIME, &self.runtime);
+        text(var::TASK_ROOT, &self.task_root);
+        let numbers = [
+            (var::TIMEOUT_SECONDS, self.timeout_seconds),
+            (var::MEMORY_MIB, self.memory_mib),
+            (var::CONCURRENCY, self.concurrency),
+        ];
+        out.extend(
+            numbers
+                .into_iter()
+                .filter_map(|(var, n)| n.map(|n| (var, n.to_string()))),
+        );
+        for (var, on) in [
+            (var::FREEZE, self.freeze),
+            (var::EXIT_ON_INIT_ERROR, self.exit_on_init_error),
+        ] {
+            if on {
+                out.push((var, "true".to_string()));
+            }
+        }
+        if let Some(id) = &self.environment_id {
+            out.push((var::ENVIRONMENT_ID, id.clone()));
+        }
+        if let Some(pid) = self.parent_pid {
+            out.push((var::PARENT_PID, pid.to_string()));
+        }
+        out
+    }
+
+    /// As environment variables (pods).
+    pub fn to_env(&self) -> Vec<(&'static str, String)> {
+        self.pairs()
+            .into_iter()
+            .map(|(v, value)| (v.env, value))
+            .collect()
+    }
+
+    /// As command-line flags (local mode); switches take no value.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (v, value) in self.pairs() {
+            out.push(format!("--{}", v.flag));
+            if !matches!(v, var::FREEZE | var::EXIT_ON_INIT_ERROR) {
+                out.push(value);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_same_settings_as_env_and_flags() {
+        let s = ShimSettings {
+            listen: Some("127.0.0.1:9000".into()),
+            function_name: Some("hello".into()),
+            handler: Some("app.handler".into()),
+            timeout_seconds: Some(3),
+            exit_on_init_error: true,
+            ..ShimSettings::default()
+        };
+        assert_eq!(
+            s.to_env(),
+            [
+                ("PORCHLIGHT_LISTEN", "127.0.0.1:9000".to_string()),
+                ("PORCHLIGHT_FUNCTION_NAME", "hello".to_string()),
+                ("PORCHLIGHT_HANDLER", "app.handler".to_string()),
+                ("PORCHLIGHT_TIMEOUT_SECONDS", "3".to_string()),
+                ("PORCHLIGHT_EXIT_ON_INIT_ERROR", "true".to_string()),
+            ]
+        );
+        assert_eq!(
+            s.to_args(),
+            [
+                "--listen",
+                "127.0.0.1:9000",
+                "--function-name",
+                "hello",
+                "--handler",
+                "app.handler",
+                "--timeout-seconds",
+                "3",
+                "--exit-on-init-error"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_variable_is_reserved() {
+        for v in [
+            var::LISTEN,
+            var::RUNTIME_API,
+            var::FUNCTION_NAME,
+            var::HANDLER,
+            var::RUNTIME,
+            var::TASK_ROOT,
+            var::TIMEOUT_SECONDS,
+            var::INIT_TIMEOUT_SECONDS,
+            var::MEMORY_MIB,
+            var::CONCURRENCY,
+            var::FREEZE,
+            var::EXIT_ON_INIT_ERROR,
+            var::TERMINATION_LOG,
+            var::ENVIRONMENT_ID,
+            var::SHUTDOWN_GRACE_SECONDS,
+            var::PYTHON,
+            var::PYTHON_BOOTSTRAP,
+            var::PARENT_PID,
+        ] {
+            assert!(v.env.starts_with(RESERVED_ENV_PREFIX), "{}", v.env);
+            assert_eq!(
+                v.env,
+                format!("PORCHLIGHT_{}", v.flag.replace('-', "_").to_uppercase())
+            );
+        }
+    }
+}
