@@ -19,10 +19,9 @@ use kube::runtime::reflector;
 use kube::runtime::watcher::Event;
 use porchlight_api::Function;
 use porchlight_controller::metrics::Metrics;
-use porchlight_controller::scaling::{
-    AutoscalerLoop, FunctionSource, GatewayMessage, ScaleBook, ScaleChange, ScaleSink,
-};
+use porchlight_controller::scaling::{FunctionSource, autoscaler_loop};
 use porchlight_core::ScalingSettings;
+use porchlight_core::scaling::{GatewayMessage, ScaleBook, ScaleChange, ScaleSink};
 use porchlight_core::{Autoscaler, AutoscalerConfig, FunctionKey, FunctionLoad, GatewayReport};
 
 fn config() -> AutoscalerConfig {
@@ -152,8 +151,14 @@ impl FunctionSource for Store {
 }
 
 struct NoopSink;
-impl ScaleSink for NoopSink {
-    async fn apply(&self, _f: &Function, _c: &ScaleChange) -> porchlight_controller::Result<()> {
+impl ScaleSink<Arc<Function>> for NoopSink {
+    type Error = porchlight_controller::Error;
+
+    async fn apply(
+        &self,
+        _f: &Arc<Function>,
+        _c: &ScaleChange,
+    ) -> porchlight_controller::Result<()> {
         Ok(())
     }
 }
@@ -200,7 +205,7 @@ fn bench_loop_tick(rt: &tokio::runtime::Runtime) {
     const N: usize = 10_000;
     let functions: Vec<Arc<Function>> = (0..N).map(|i| Arc::new(function(i))).collect();
     let metrics = Arc::new(Metrics::new());
-    let mut l = AutoscalerLoop::new(
+    let mut l = autoscaler_loop(
         Store(functions),
         NoopSink,
         Arc::new(ScaleBook::default()),
@@ -265,7 +270,7 @@ fn bench_memory(rt: &tokio::runtime::Runtime) {
     writer.apply_watcher_event(&Event::InitDone);
     let cached = rss_kib().unwrap_or(0);
     let book = Arc::new(ScaleBook::default());
-    let mut l = AutoscalerLoop::new(reader.clone(), NoopSink, book, Arc::new(Metrics::new()));
+    let mut l = autoscaler_loop(reader.clone(), NoopSink, book, Arc::new(Metrics::new()));
     rt.block_on(async {
         for _ in 0..61 {
             l.on_tick().await;

@@ -27,9 +27,10 @@ use crate::metrics::Metrics;
 use crate::ops::{self, Health};
 use crate::reconcile::{self, Context, ReconcileSettings};
 use crate::resources::{FUNCTION_LABEL, MANAGED_BY, WorkloadSettings};
-use crate::scaling::{AutoscalerLoop, ScaleBook};
+use crate::scaling::autoscaler_loop;
 use crate::sink::KubeScaleSink;
 use crate::{Error, Result};
+use porchlight_core::scaling::ScaleBook;
 
 /// Bound of the channel from gateway pollers to the autoscaler.
 pub const REPORT_CHANNEL: usize = 256;
@@ -222,7 +223,7 @@ async fn work_as_leader(
 
     let (reports_tx, reports_rx) = mpsc::channel(REPORT_CHANNEL);
     let sink = KubeScaleSink::new(client.clone(), reporter);
-    let autoscaler = AutoscalerLoop::new(store.clone(), sink, book, metrics.clone());
+    let autoscaler = autoscaler_loop(store.clone(), sink, book, metrics.clone());
     let gateways = async {
         if config.args.gateway_urls.is_empty() {
             gateways::poll_discovered(
@@ -257,7 +258,7 @@ async fn work_as_leader(
 
     let result = tokio::select! {
         _ = reconciling => if work.is_cancelled() { Ok(()) } else { Err(Error::TaskEnded("function controller")) },
-        r = autoscaler.run(reports_rx, work.clone()) => r.and_then(|()| if work.is_cancelled() { Ok(()) } else { Err(Error::TaskEnded("autoscaler")) }),
+        r = autoscaler.run(reports_rx, work.clone()) => r.map_err(|_| Error::TaskEnded("gateway report source")).and_then(|()| if work.is_cancelled() { Ok(()) } else { Err(Error::TaskEnded("autoscaler")) }),
         r = gateways => r.and_then(|()| if work.is_cancelled() { Ok(()) } else { Err(Error::TaskEnded("gateway pollers")) }),
         _ = synced => Ok(()),
         _ = work.cancelled() => Ok(()),

@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
-use crate::scaling::GatewayMessage;
 use crate::{Error, Result};
+use porchlight_core::scaling::GatewayMessage;
 
 /// Label selector of gateway pods.
 pub const GATEWAY_SELECTOR: &str = "app.kubernetes.io/name=porchlight-gateway";

@@ -3,7 +3,9 @@
 //! - [`reconcile`]: a Function becomes a ConfigMap, a Deployment and a Service
 //!   (read back from the watch [`caches`])
 //!   ([`resources`] builds them); its status says how that went.
-//! - [`scaling`]: the autoscaler loop, fed by [`gateways`], applied by [`sink`].
+//! - [`scaling`]: the shared autoscaler loop ([`porchlight_core::scaling`]) over
+//!   the Functions, fed by [`gateways`], applied by [`sink`].
+//! - [`validation`]: what a Function must satisfy on a cluster, and its key.
 //! - [`leader`]: only the holder of a Lease works.
 //! - [`ops`], [`metrics`]: `/live`, `/ready`, `/metrics`.
 //! - [`app`]: the wiring; `main.rs` only parses [`config`] and starts it.
@@ -20,6 +22,7 @@ pub mod reconcile;
 pub mod resources;
 pub mod scaling;
 pub mod sink;
+pub mod validation;
 
 pub use error::{Error, Result};
 

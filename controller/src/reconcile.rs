@@ -27,15 +27,13 @@ use tracing::{info, warn};
 use crate::caches::{self, OwnedCaches};
 use crate::metrics::Metrics;
 use crate::resources::{self, WorkloadSettings};
-use crate::scaling::{ScaleBook, function_key, wall_clock};
 use crate::sink;
+use crate::validation::{function_key, validate_for_cluster};
 use crate::{Error, Result};
+use porchlight_core::scaling::{ScaleBook, wall_clock};
 
 /// The field manager of everything the reconciler writes, status included.
 pub const MANAGER: &str = "porchlight-controller";
-
-/// Longest Function name: `fn-NAME` must be a DNS label (63 characters).
-pub const MAX_NAME_LEN: usize = 60;
 
 /// How often a healthy Function is reconciled without a trigger.
 pub const RESYNC: Duration = Duration::from_secs(300);
@@ -85,32 +83,6 @@ impl Context {
             book,
             caches,
             failures: Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-/// [`FunctionSpec::validate`](porchlight_api::FunctionSpec::validate) plus
-/// what only holds on a cluster.
-pub fn validate_for_cluster(f: &Function) -> Result<ScalingSettings, Vec<String>> {
-    let mut problems = Vec::new();
-    let name = f.name_any();
-    if name.len() > MAX_NAME_LEN {
-        problems.push(format!(
-            "metadata.name must be at most {MAX_NAME_LEN} characters on a cluster (it names Service fn-NAME)"
-        ));
-    }
-    if f.spec.code.path.is_some() {
-        problems.push(
-            "spec.code.path works in local mode only; use inline, configMap or image on a cluster"
-                .to_string(),
-        );
-    }
-    match f.spec.validate() {
-        Ok(settings) if problems.is_empty() => Ok(settings),
-        Ok(_) => Err(problems),
-        Err(more) => {
-            problems.extend(more);
-            Err(problems)
         }
     }
 }

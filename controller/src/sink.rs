@@ -5,11 +5,13 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
+use std::sync::Arc;
+
 use porchlight_api::Function;
+use porchlight_core::scaling::{ScaleChange, ScaleSink};
 use serde_json::json;
 
 use crate::resources::workload_name;
-use crate::scaling::{ScaleChange, ScaleSink};
 use crate::{Error, Result};
 
 /// Field manager that owns `spec.replicas` of function Deployments. The
@@ -46,8 +48,10 @@ impl KubeScaleSink {
     }
 }
 
-impl ScaleSink for KubeScaleSink {
-    async fn apply(&self, function: &Function, change: &ScaleChange) -> Result<()> {
+impl ScaleSink<Arc<Function>> for KubeScaleSink {
+    type Error = Error;
+
+    async fn apply(&self, function: &Arc<Function>, change: &ScaleChange) -> Result<()> {
         let ns = function.namespace().ok_or(Error::MissingNamespace)?;
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), &ns);
         let name = workload_name(&function.name_any());

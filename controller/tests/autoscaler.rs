@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use porchlight_api::{Function, FunctionStatus};
 use porchlight_controller::metrics::Metrics;
-use porchlight_controller::scaling::{
-    AutoscalerLoop, FunctionSource, GatewayMessage, ScaleBook, ScaleChange, ScaleSink,
-};
+use porchlight_controller::scaling::{FunctionSource, autoscaler_loop};
 use porchlight_core::autoscaler::DecisionReason;
+use porchlight_core::scaling::{GatewayMessage, LoopError, ScaleBook, ScaleChange, ScaleSink};
 use porchlight_core::{FunctionKey, FunctionLoad, GatewayReport};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep};
@@ -32,10 +31,12 @@ impl Recorded {
     }
 }
 
-impl ScaleSink for Recorded {
+impl ScaleSink<Arc<Function>> for Recorded {
+    type Error = porchlight_controller::Error;
+
     async fn apply(
         &self,
-        _f: &Function,
+        _f: &Arc<Function>,
         change: &ScaleChange,
     ) -> porchlight_controller::Result<()> {
         self.0
@@ -93,7 +94,7 @@ struct Harness {
     metrics: Arc<Metrics>,
     book: Arc<ScaleBook>,
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<porchlight_controller::Result<()>>,
+    task: tokio::task::JoinHandle<Result<(), LoopError>>,
 }
 
 fn start(f: Arc<Function>) -> Harness {
@@ -104,7 +105,7 @@ fn start(f: Arc<Function>) -> Harness {
     let book = Arc::new(ScaleBook::default());
     let (tx, rx) = mpsc::channel(16);
     let stop = CancellationToken::new();
-    let l = AutoscalerLoop::new(
+    let l = autoscaler_loop(
         functions.clone(),
         sink.clone(),
         book.clone(),
@@ -353,8 +354,14 @@ async fn loop_fails_when_the_report_source_dies() {
 #[derive(Clone, Default)]
 struct Slow(Recorded);
 
-impl ScaleSink for Slow {
-    async fn apply(&self, f: &Function, change: &ScaleChange) -> porchlight_controller::Result<()> {
+impl ScaleSink<Arc<Function>> for Slow {
+    type Error = porchlight_controller::Error;
+
+    async fn apply(
+        &self,
+        f: &Arc<Function>,
+        change: &ScaleChange,
+    ) -> porchlight_controller::Result<()> {
         sleep(Duration::from_secs(1)).await;
         self.0.apply(f, change).await
     }
@@ -379,7 +386,7 @@ async fn many_changes_at_once_are_applied_concurrently() {
     let sink = Slow::default();
     let (tx, rx) = mpsc::channel(16);
     let stop = CancellationToken::new();
-    let l = AutoscalerLoop::new(
+    let l = autoscaler_loop(
         functions,
         sink.clone(),
         Arc::new(ScaleBook::default()),

@@ -316,7 +316,7 @@ fn examples_are_valid_functions_on_a_cluster() {
             }
             let mut f = f;
             f.metadata.namespace.get_or_insert_with(|| "default".into());
-            if let Err(problems) = porchlight_controller::reconcile::validate_for_cluster(&f) {
+            if let Err(problems) = porchlight_controller::validation::validate_for_cluster(&f) {
                 panic!("{}: {problems:?}", path.display());
             }
         }

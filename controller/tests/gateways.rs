@@ -8,7 +8,7 @@ use axum::extract::{Query, State};
 use axum::routing::get;
 use porchlight_controller::gateways::{gateway_urls, poll_gateway};
 use porchlight_controller::metrics::Metrics;
-use porchlight_controller::scaling::GatewayMessage;
+use porchlight_core::scaling::GatewayMessage;
 use porchlight_core::{FunctionLoad, GatewayReport};
 use serde::Deserialize;
 use tokio::sync::mpsc;

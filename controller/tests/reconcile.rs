@@ -8,8 +8,8 @@ use common::*;
 use http::Method;
 use kube::runtime::controller::Action;
 use porchlight_controller::reconcile::{error_policy, reconcile};
-use porchlight_controller::scaling::ScaleRecord;
 use porchlight_core::FunctionKey;
+use porchlight_core::scaling::ScaleRecord;
 use serde_json::{Value, json};
 
 fn env_value(deployment: &Value, name: &str) -> Option<String> {

@@ -15,6 +15,7 @@ pub mod error;
 pub mod invoke;
 pub mod names;
 pub mod report;
+pub mod scaling;
 pub mod shim;
 pub mod signal;
 

@@ -19,7 +19,7 @@ use porchlight_controller::caches::{self, OwnedWriters};
 use porchlight_controller::metrics::Metrics;
 use porchlight_controller::reconcile::{Context, ReconcileSettings};
 use porchlight_controller::resources::WorkloadSettings;
-use porchlight_controller::scaling::ScaleBook;
+use porchlight_core::scaling::ScaleBook;
 use serde_json::{Value, json};
 
 /// One request the fake API server saw.

@@ -1,0 +1,676 @@
+//! The autoscaler loop: gateway reports in, desired environment counts out.
+//!
+//! One loop, two deployments of it: the controller runs it with a sink that
+//! patches each Function's Deployment, local mode runs it with a sink that
+//! starts and stops local processes. Both feed it the same
+//! [`GatewayReport`]s (the controller long-polls the gateways, local mode
+//! follows its own gateway's reports in process), so a scaling behaviour
+//! proven in one mode holds in the other.
+//!
+//! The loop owns one [`Autoscaler`] per function. It ticks every second
+//! (record the summed concurrency, decide, apply changes) and also decides at
+//! once when a gateway pokes: a report with `poke: true` for a function whose
+//! desired count is zero. Where functions come from is a [`ScaleSource`];
+//! where decisions go is a [`ScaleSink`]; the [`ScaleBook`] keeps the last
+//! decision of each function for whoever writes status.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::autoscaler::{Autoscaler, AutoscalerConfig, Decision, DecisionReason};
+use crate::report::{AggregatedLoad, DEFAULT_REPORT_STALE_AFTER};
+use crate::{FunctionKey, GatewayReport, ReportAggregator};
+
+/// The clock of the autoscaler: tokio's, so paused-time tests control it.
+pub fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// A message from the gateways.
+#[derive(Clone, Debug)]
+pub enum GatewayMessage {
+    /// A gateway's latest report.
+    Report(GatewayReport),
+    /// A gateway went away (its pod is gone): forget its last report now.
+    Gone(String),
+}
+
+/// What the autoscaler last decided for one function.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScaleRecord {
+    /// Environments wanted, as applied to the workload.
+    pub desired: u32,
+    /// The concurrency the decision was based on (summed over gateways).
+    pub observed_concurrency: f64,
+    /// When the desired count last changed (RFC 3339).
+    pub last_scale_time: Option<String>,
+}
+
+/// Decisions shared between the loop (writer) and whoever reports them
+/// (the reconciler's status, for one). A plain lock, never held across an await.
+#[derive(Debug, Default)]
+pub struct ScaleBook {
+    records: RwLock<HashMap<FunctionKey, ScaleRecord>>,
+}
+
+impl ScaleBook {
+    /// The record of a function.
+    pub fn get(&self, key: &FunctionKey) -> Option<ScaleRecord> {
+        self.records.read().ok()?.get(key).cloned()
+    }
+
+    /// Stores a record.
+    pub fn set(&self, key: FunctionKey, record: ScaleRecord) {
+        if let Ok(mut map) = self.records.write() {
+            map.insert(key, record);
+        }
+    }
+
+    /// Forgets a deleted function.
+    pub fn remove(&self, key: &FunctionKey) {
+        if let Ok(mut map) = self.records.write() {
+            map.remove(key);
+        }
+    }
+}
+
+/// A change of a function's desired environment count.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScaleChange {
+    /// The function.
+    pub key: FunctionKey,
+    /// The count before (None: unknown, e.g. just after a restart).
+    pub from: Option<u32>,
+    /// The new count.
+    pub to: u32,
+    /// Why.
+    pub reason: DecisionReason,
+    /// The concurrency the decision was based on.
+    pub observed_concurrency: f64,
+}
+
+impl ScaleChange {
+    /// The Event reason: `ScaledUp`, `ScaledDown` or `ScaledToZero`.
+    pub fn event_reason(&self) -> &'static str {
+        match (self.from, self.to) {
+            (_, 0) => "ScaledToZero",
+            (Some(from), to) if to < from => "ScaledDown",
+            _ => "ScaledUp",
+        }
+    }
+
+    /// The Event note.
+    pub fn note(&self) -> String {
+        let from = self.from.map_or_else(|| "?".to_string(), |n| n.to_string());
+        format!(
+            "Desired environments {from} -> {}: {} (concurrency {:.2})",
+            self.to,
+            self.reason.as_str(),
+            self.observed_concurrency
+        )
+    }
+}
+
+/// What the source knows of a function's workload.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Workload {
+    /// It does not exist yet (a Function never reconciled): decisions are
+    /// booked for whoever creates it, not applied.
+    NotCreated,
+    /// It exists.
+    Exists {
+        /// The count it was last given, as far as the source knows.
+        desired: Option<u32>,
+        /// The environments it has now.
+        current: Option<u32>,
+        /// When its count last changed (RFC 3339), as the source last wrote it.
+        last_scale_time: Option<String>,
+    },
+}
+
+/// One function as the loop sees it.
+#[derive(Clone, Debug)]
+pub struct ScaleTarget<T> {
+    /// The function.
+    pub key: FunctionKey,
+    /// Its autoscaler's settings.
+    pub config: AutoscalerConfig,
+    /// Environments ready to take events.
+    pub ready: u32,
+    /// Its workload.
+    pub workload: Workload,
+    /// What the sink needs to apply a change (the Function object, for one).
+    pub handle: T,
+}
+
+/// Where the loop finds the functions that exist. Functions with an invalid
+/// spec are left out.
+pub trait ScaleSource: Send + Sync {
+    /// What the sink gets with each change.
+    type Handle: Clone + Send + Sync;
+    /// Every function, as last seen.
+    fn targets(&self) -> Vec<ScaleTarget<Self::Handle>>;
+}
+
+/// Where decisions go.
+pub trait ScaleSink<T>: Send + Sync {
+    /// Why an apply failed (it is retried on the next tick).
+    type Error: std::fmt::Display + Send;
+    /// Applies a new desired count to the function's workload.
+    fn apply(
+        &self,
+        handle: &T,
+        change: &ScaleChange,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// Something that happened in the loop, for metrics.
+#[derive(Debug)]
+pub enum LoopEvent<'a> {
+    /// A gateway report arrived.
+    Report,
+    /// Demand at zero decided at once.
+    Wake(&'a FunctionKey),
+    /// Gateways whose reports are trusted, at a tick.
+    GatewaysLive(usize),
+    /// A decision: the concurrency it saw and the count it wants.
+    Decided {
+        /// The function.
+        key: &'a FunctionKey,
+        /// The sample fed to its autoscaler.
+        observed: f64,
+        /// The decision.
+        decision: &'a Decision,
+    },
+    /// A change was applied.
+    Applied(&'a ScaleChange),
+    /// Applying a change failed.
+    ApplyFailed(&'a ScaleChange),
+    /// A function went away.
+    Forgot(&'a FunctionKey),
+}
+
+/// Counts what the loop does (metrics); the default counts nothing.
+pub trait ScaleObserver: Send + Sync {
+    /// Called for every [`LoopEvent`].
+    fn observe(&self, _event: LoopEvent<'_>) {}
+}
+
+impl ScaleObserver for () {}
+
+/// Why the loop stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LoopError {
+    /// The report source ended: scaling on no data is not safe.
+    ReportsEnded,
+}
+
+impl std::fmt::Display for LoopError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the gateway report source ended")
+    }
+}
+
+impl std::error::Error for LoopError {}
+
+/// The sample fed to the autoscaler: the gateways' average since their last
+/// report, or the current count when the average has not caught up yet.
+pub fn sample(load: &AggregatedLoad) -> f64 {
+    if load.average_concurrency > 0.0 {
+        load.average_concurrency
+    } else {
+        f64::from(load.concurrency)
+    }
+}
+
+/// Functions with demand in a poke: only those can need a decision at once.
+pub fn poked_functions(report: &GatewayReport) -> Vec<FunctionKey> {
+    if !report.poke {
+        return Vec::new();
+    }
+    report
+        .functions
+        .iter()
+        .filter(|l| l.concurrency() > 0 || l.average_concurrency > 0.0)
+        .map(|l| l.key())
+        .collect()
+}
+
+/// RFC 3339 wall-clock time, for status fields.
+pub fn wall_clock() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Scaling changes applied at once.
+const APPLY_CONCURRENCY: usize = 16;
+
+struct FunctionScaler<T> {
+    autoscaler: Autoscaler,
+    target: ScaleTarget<T>,
+    /// Count last applied to the workload (None: not known yet).
+    applied: Option<u32>,
+    /// A count was booked before the workload existed. Whoever created it may
+    /// have done so just before (with the floor), while the source reports
+    /// the booked count, so the source cannot say what the workload has: the
+    /// count is applied once, whatever the source says.
+    booked_before_creation: bool,
+    last_scale_time: Option<String>,
+}
+
+/// A decision waiting to be applied.
+struct Pending<T> {
+    handle: T,
+    change: ScaleChange,
+    panicking: bool,
+}
+
+/// What the loop should do for one function now (pure).
+#[derive(Debug, PartialEq)]
+pub enum Step {
+    /// Nothing: the workload already has the count.
+    Keep,
+    /// Book the count for whoever creates the workload.
+    Book,
+    /// Apply the count to the workload.
+    Apply,
+}
+
+/// The decision after the autoscaler's: apply, book or keep. `applied` is
+/// updated from the source's view the first time the workload exists.
+pub fn next_step(
+    desired: u32,
+    floor: u32,
+    workload: &Workload,
+    applied: &mut Option<u32>,
+    booked_before_creation: &mut bool,
+) -> Step {
+    if applied.is_none() {
+        match workload {
+            Workload::NotCreated => {
+                // Only a count other than the floor (what the workload is
+                // created with when nothing is booked) can miss it.
+                *booked_before_creation |= desired != floor;
+                return Step::Book;
+            }
+            Workload::Exists { desired: known, .. } if !*booked_before_creation => {
+                *applied = *known;
+            }
+            Workload::Exists { .. } => {}
+        }
+    }
+    if *applied == Some(desired) {
+        Step::Keep
+    } else {
+        Step::Apply
+    }
+}
+
+/// The autoscaler loop for every function of a source.
+pub struct AutoscalerLoop<S: ScaleSource, K> {
+    source: S,
+    sink: K,
+    book: Arc<ScaleBook>,
+    observer: Arc<dyn ScaleObserver>,
+    aggregator: ReportAggregator,
+    scalers: HashMap<FunctionKey, FunctionScaler<S::Handle>>,
+    tick: Duration,
+}
+
+impl<S: ScaleSource, K: ScaleSink<S::Handle>> AutoscalerLoop<S, K> {
+    /// A loop that ticks every second and drops gateways silent for 5 s.
+    pub fn new(source: S, sink: K, book: Arc<ScaleBook>, observer: Arc<dyn ScaleObserver>) -> Self {
+        AutoscalerLoop {
+            source,
+            sink,
+            book,
+            observer,
+            aggregator: ReportAggregator::new(DEFAULT_REPORT_STALE_AFTER),
+            scalers: HashMap::new(),
+            tick: Duration::from_secs(1),
+        }
+    }
+
+    /// The sink (tests inspect it).
+    pub fn sink(&self) -> &K {
+        &self.sink
+    }
+
+    /// Runs until `shutdown`; fails when the report source ends.
+    pub async fn run(
+        mut self,
+        mut reports: mpsc::Receiver<GatewayMessage>,
+        shutdown: CancellationToken,
+    ) -> Result<(), LoopError> {
+        let mut tick = tokio::time::interval(self.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                msg = reports.recv() => match msg {
+                    Some(msg) => self.on_message(msg).await,
+                    None => return Err(LoopError::ReportsEnded),
+                },
+                _ = tick.tick() => self.on_tick().await,
+            }
+        }
+    }
+
+    /// Handles one message; a poke for a function at zero decides at once.
+    pub async fn on_message(&mut self, msg: GatewayMessage) {
+        let now = now();
+        let report = match msg {
+            GatewayMessage::Gone(gateway) => {
+                self.aggregator.remove_gateway(&gateway);
+                return;
+            }
+            GatewayMessage::Report(report) => report,
+        };
+        self.observer.observe(LoopEvent::Report);
+        let demand = poked_functions(&report);
+        self.aggregator.ingest(now, report);
+        if demand.is_empty() {
+            return;
+        }
+        if demand.iter().any(|k| !self.scalers.contains_key(k)) {
+            self.sync_functions(now);
+        }
+        let totals = self.aggregator.totals(now);
+        let mut pending = Vec::new();
+        for key in demand {
+            let at_zero = self
+                .scalers
+                .get(&key)
+                .is_some_and(|s| s.autoscaler.last_desired() == 0);
+            if at_zero {
+                self.observer.observe(LoopEvent::Wake(&key));
+                let load = totals.get(&key).cloned().unwrap_or_default();
+                debug!(function = %key, concurrency = load.concurrency, "demand at zero: deciding now");
+                pending.extend(self.decide(&key, now, &load));
+            }
+        }
+        self.apply_all(pending).await;
+    }
+
+    /// One tick: sync the function list, record, decide and apply for each.
+    pub async fn on_tick(&mut self) {
+        let now = now();
+        self.sync_functions(now);
+        let totals = self.aggregator.totals(now);
+        self.observer
+            .observe(LoopEvent::GatewaysLive(self.aggregator.live_gateways(now)));
+        let keys: Vec<FunctionKey> = self.scalers.keys().cloned().collect();
+        let mut pending = Vec::new();
+        for key in keys {
+            let load = totals.get(&key).cloned().unwrap_or_default();
+            pending.extend(self.decide(&key, now, &load));
+        }
+        self.apply_all(pending).await;
+    }
+
+    /// The desired count the loop holds for a function (tests).
+    pub fn desired(&self, key: &FunctionKey) -> Option<u32> {
+        self.scalers.get(key).map(|s| s.autoscaler.last_desired())
+    }
+
+    /// Records the load and decides; returns a change to apply, if any.
+    fn decide(
+        &mut self,
+        key: &FunctionKey,
+        now: Instant,
+        load: &AggregatedLoad,
+    ) -> Option<Pending<S::Handle>> {
+        let scaler = self.scalers.get_mut(key)?;
+        let observed = sample(load);
+        scaler.autoscaler.record(now, observed);
+        let decision = scaler.autoscaler.decide(now, scaler.target.ready);
+        self.observer.observe(LoopEvent::Decided {
+            key,
+            observed,
+            decision: &decision,
+        });
+        let step = next_step(
+            decision.desired,
+            scaler.autoscaler.config().min_scale,
+            &scaler.target.workload,
+            &mut scaler.applied,
+            &mut scaler.booked_before_creation,
+        );
+        match step {
+            Step::Keep => None,
+            Step::Book => {
+                self.book.set(
+                    key.clone(),
+                    ScaleRecord {
+                        desired: decision.desired,
+                        observed_concurrency: observed,
+                        last_scale_time: scaler.last_scale_time.clone(),
+                    },
+                );
+                None
+            }
+            Step::Apply => Some(Pending {
+                handle: scaler.target.handle.clone(),
+                change: ScaleChange {
+                    key: key.clone(),
+                    from: scaler.applied,
+                    to: decision.desired,
+                    reason: decision.reason,
+                    observed_concurrency: observed,
+                },
+                panicking: decision.panicking,
+            }),
+        }
+    }
+
+    /// Applies changes, several at once so that a large batch (or one slow
+    /// apply) does not hold up the rest, then records them.
+    async fn apply_all(&mut self, pending: Vec<Pending<S::Handle>>) {
+        if pending.is_empty() {
+            return;
+        }
+        let sink = &self.sink;
+        let results: Vec<(Pending<S::Handle>, Result<(), K::Error>)> =
+            futures::stream::iter(pending)
+                .map(|p| async move {
+                    let result = sink.apply(&p.handle, &p.change).await;
+                    (p, result)
+                })
+                .buffer_unordered(APPLY_CONCURRENCY)
+                .collect()
+                .await;
+        for (p, result) in results {
+            self.record_applied(p, result);
+        }
+    }
+
+    fn record_applied(&mut self, p: Pending<S::Handle>, result: Result<(), K::Error>) {
+        let Pending {
+            change, panicking, ..
+        } = p;
+        let key = &change.key;
+        match result {
+            Ok(()) => {
+                info!(function = %key, from = ?change.from, to = change.to, reason = change.reason.as_str(),
+                    concurrency = change.observed_concurrency, panicking, "scaled");
+                self.observer.observe(LoopEvent::Applied(&change));
+                let Some(scaler) = self.scalers.get_mut(key) else {
+                    return;
+                };
+                scaler.applied = Some(change.to);
+                scaler.booked_before_creation = false;
+                scaler.last_scale_time = Some(wall_clock());
+                self.book.set(
+                    key.clone(),
+                    ScaleRecord {
+                        desired: change.to,
+                        observed_concurrency: change.observed_concurrency,
+                        last_scale_time: scaler.last_scale_time.clone(),
+                    },
+                );
+            }
+            Err(error) => {
+                // Retried on the next tick: `applied` still differs.
+                self.observer.observe(LoopEvent::ApplyFailed(&change));
+                warn!(function = %key, to = change.to, %error, "applying scaling decision failed");
+            }
+        }
+    }
+
+    /// Adds new functions, updates changed ones, forgets deleted ones.
+    fn sync_functions(&mut self, now: Instant) {
+        let mut seen = HashMap::with_capacity(self.scalers.len());
+        for target in self.source.targets() {
+            let key = target.key.clone();
+            match self.scalers.get_mut(&key) {
+                Some(s) => {
+                    if s.autoscaler.config() != &target.config {
+                        s.autoscaler.set_config(target.config.clone());
+                    }
+                    s.target = target;
+                }
+                None => {
+                    let (known, current, last_scale_time) = match &target.workload {
+                        Workload::NotCreated => (None, None, None),
+                        Workload::Exists {
+                            desired,
+                            current,
+                            last_scale_time,
+                        } => (*desired, *current, last_scale_time.clone()),
+                    };
+                    let applied = self.book.get(&key).map(|r| r.desired).or(known);
+                    let start = applied.or(current).unwrap_or(0);
+                    self.scalers.insert(
+                        key.clone(),
+                        FunctionScaler {
+                            autoscaler: Autoscaler::new(target.config.clone(), now, start),
+                            target,
+                            applied,
+                            booked_before_creation: false,
+                            last_scale_time,
+                        },
+                    );
+                }
+            }
+            seen.insert(key, ());
+        }
+        let gone: Vec<FunctionKey> = self
+            .scalers
+            .keys()
+            .filter(|k| !seen.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.scalers.remove(&key);
+            self.book.remove(&key);
+            self.observer.observe(LoopEvent::Forgot(&key));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exists(desired: Option<u32>) -> Workload {
+        Workload::Exists {
+            desired,
+            current: desired,
+            last_scale_time: None,
+        }
+    }
+
+    #[test]
+    fn a_workload_not_created_gets_a_booking() {
+        let (mut applied, mut booked) = (None, false);
+        assert_eq!(
+            next_step(0, 0, &Workload::NotCreated, &mut applied, &mut booked),
+            Step::Book
+        );
+        assert!(!booked, "the floor cannot miss the workload");
+        assert_eq!(
+            next_step(3, 0, &Workload::NotCreated, &mut applied, &mut booked),
+            Step::Book
+        );
+        assert!(booked);
+        // Created since, with a status that reports the booked count: the
+        // count is applied once all the same.
+        assert_eq!(
+            next_step(3, 0, &exists(Some(3)), &mut applied, &mut booked),
+            Step::Apply
+        );
+    }
+
+    #[test]
+    fn a_known_count_is_kept_and_a_new_one_applied() {
+        let (mut applied, mut booked) = (None, false);
+        assert_eq!(
+            next_step(2, 0, &exists(Some(2)), &mut applied, &mut booked),
+            Step::Keep
+        );
+        assert_eq!(applied, Some(2));
+        assert_eq!(
+            next_step(4, 0, &exists(Some(2)), &mut applied, &mut booked),
+            Step::Apply
+        );
+        let (mut applied, mut booked) = (None, false);
+        assert_eq!(
+            next_step(0, 0, &exists(None), &mut applied, &mut booked),
+            Step::Apply,
+            "unknown: applied, to be sure"
+        );
+    }
+
+    #[test]
+    fn only_pokes_with_demand_decide_at_once() {
+        let mut report = GatewayReport {
+            gateway: "g".into(),
+            sequence: 1,
+            poke: false,
+            functions: vec![
+                crate::FunctionLoad {
+                    namespace: "d".into(),
+                    name: "busy".into(),
+                    queued: 1,
+                    ..Default::default()
+                },
+                crate::FunctionLoad {
+                    namespace: "d".into(),
+                    name: "idle".into(),
+                    ready_environments: 1,
+                    ..Default::default()
+                },
+            ],
+        };
+        assert!(poked_functions(&report).is_empty());
+        report.poke = true;
+        assert_eq!(poked_functions(&report), [FunctionKey::new("d", "busy")]);
+    }
+
+    #[test]
+    fn change_names_its_event() {
+        let change = |from, to| ScaleChange {
+            key: FunctionKey::new("d", "f"),
+            from,
+            to,
+            reason: DecisionReason::Stable,
+            observed_concurrency: 1.0,
+        };
+        assert_eq!(change(Some(0), 1).event_reason(), "ScaledUp");
+        assert_eq!(change(Some(3), 1).event_reason(), "ScaledDown");
+        assert_eq!(change(Some(3), 0).event_reason(), "ScaledToZero");
+        assert_eq!(change(None, 2).event_reason(), "ScaledUp");
+        assert_eq!(
+            change(None, 2).note(),
+            "Desired environments ? -> 2: stable (concurrency 1.00)"
+        );
+    }
+}
