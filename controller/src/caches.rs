@@ -30,7 +30,7 @@ use crate::resources;
 
 /// Annotation on every object the reconciler applies: the hash of that object
 /// as the reconciler rendered it (without this annotation).
-pub const APPLIED_HASH: &str = "porchlight.dev/applied-hash";
+pub use porchlight_core::names::APPLIED_HASH_ANNOTATION as APPLIED_HASH;
 
 /// Readers of the owned-object stores.
 #[derive(Clone)]

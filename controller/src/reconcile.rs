@@ -30,7 +30,8 @@ use crate::resources::{self, WorkloadSettings};
 use crate::sink;
 use crate::validation::{function_key, validate_for_cluster};
 use crate::{Error, Result};
-use porchlight_core::scaling::{ScaleBook, wall_clock};
+use porchlight_core::names::{self, reason};
+use porchlight_core::scaling::{ScaleBook, ScaleRecord, wall_clock};
 
 /// The field manager of everything the reconciler writes, status included.
 pub const MANAGER: &str = "porchlight-controller";
@@ -131,8 +132,7 @@ pub fn error_policy(f: Arc<Function>, error: &Error, ctx: Arc<Context>) -> Actio
 
 /// The delay before retry number `attempt` (1-based).
 pub fn backoff(attempt: u32) -> Duration {
-    let secs = 1u64 << attempt.saturating_sub(1).min(9);
-    Duration::from_secs(secs.min(300))
+    porchlight_core::backoff::exponential(Duration::from_secs(1), attempt, Duration::from_secs(300))
 }
 
 async fn invalid_spec(
@@ -145,10 +145,10 @@ async fn invalid_spec(
     let message = problems.join("; ");
     let previous = ready_condition(f);
     let changed = previous.is_none_or(|c| {
-        c.reason.as_deref() != Some("InvalidSpec") || c.message.as_deref() != Some(&message)
+        c.reason.as_deref() != Some(reason::INVALID_SPEC) || c.message.as_deref() != Some(&message)
     });
     let mut status = f.status.clone().unwrap_or_default();
-    status.conditions = vec![condition(previous, "False", "InvalidSpec", &message)];
+    status.conditions = vec![condition(previous, "False", reason::INVALID_SPEC, &message)];
     status.observed_generation = f.metadata.generation;
     status.selector = Some(resources::selector(&f.name_any()));
     write_status(f, ctx, ns, &status).await?;
@@ -157,7 +157,7 @@ async fn invalid_spec(
             ctx,
             f,
             EventType::Warning,
-            "InvalidSpec",
+            reason::INVALID_SPEC,
             "Validate",
             &message,
         )
@@ -175,42 +175,90 @@ async fn apply_workload(
     settings: &ScalingSettings,
 ) -> Result<Action> {
     let name = f.name_any();
-    let client = ctx.client.clone();
+    let hash = apply_code(f, ctx, ns).await?;
+    let book = ctx.book.get(&function_key(f));
+    let initial = book.as_ref().map_or(settings.min_scale, |r| r.desired);
+    let deployment = apply_deployment(f, ctx, ns, &hash, initial).await?;
+    apply_service(f, ctx, ns).await?;
 
-    // Code: our ConfigMap for inline code; the user's ConfigMap is hashed so
-    // edits to it roll the environments too.
+    // Status from the Deployment, the autoscaler and (when something is not
+    // ready) the environments themselves.
+    let observed = ObservedDeployment::of(&deployment);
+    let trouble = if observed.lacks_ready() {
+        environment_trouble(&ctx.client, ns, &name).await?
+    } else {
+        None
+    };
+    let status = next_status(
+        f,
+        &observed,
+        book.as_ref(),
+        trouble.as_ref(),
+        &ctx.settings.url_base,
+    );
+    let newly_failed = newly_init_failed(f, &status);
+    if f.status.as_ref() != Some(&status) {
+        write_status(f, ctx, ns, &status).await?;
+    }
+    if newly_failed && let Some(message) = status.conditions.first().and_then(|c| c.message.clone())
+    {
+        publish(
+            ctx,
+            f,
+            EventType::Warning,
+            reason::INIT_FAILED,
+            "Init",
+            &message,
+        )
+        .await;
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Applies the ConfigMap of inline code (unless the cache shows it applied)
+/// and returns the hash of the code, read from the user's ConfigMap when the
+/// code lives there, so edits to it roll the environments too.
+async fn apply_code(f: &Function, ctx: &Context, ns: &str) -> Result<String> {
     let user_code = match &f.spec.code.config_map {
-        Some(cm) => Api::<ConfigMap>::namespaced(client.clone(), ns)
+        Some(cm) => Api::<ConfigMap>::namespaced(ctx.client.clone(), ns)
             .get_opt(&cm.name)
             .await?
             .and_then(|c| c.data),
         None => None,
     };
     if let Some(mut cm) = resources::code_config_map(f) {
-        let cm_name = resources::code_config_map_name(&name);
+        let cm_name = resources::code_config_map_name(&f.name_any());
         let applied = caches::stamp(&mut cm);
         if ctx.caches.config_map_hash(ns, &cm_name).as_deref() != Some(applied.as_str()) {
-            Api::<ConfigMap>::namespaced(client.clone(), ns)
+            Api::<ConfigMap>::namespaced(ctx.client.clone(), ns)
                 .patch(&cm_name, &apply_params(), &Patch::Apply(&cm))
                 .await?;
         }
     }
-    let hash = resources::code_hash(f, user_code.as_ref());
+    Ok(resources::code_hash(f, user_code.as_ref()))
+}
 
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+/// Applies the Deployment unless the cache shows it applied; a new one is
+/// created with `initial` replicas (the autoscaler's count, or the floor).
+async fn apply_deployment(
+    f: &Function,
+    ctx: &Context,
+    ns: &str,
+    hash: &str,
+    initial: u32,
+) -> Result<Deployment> {
+    let name = f.name_any();
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let workload = resources::workload_name(&name);
-    let book = ctx.book.get(&function_key(f));
-    let mut d = resources::deployment(f, &ctx.settings.workload, &hash, None);
+    let mut d = resources::deployment(f, &ctx.settings.workload, hash, None);
     let applied = caches::stamp(&mut d);
-    let deployment = match ctx.caches.deployment(ns, &workload) {
+    match ctx.caches.deployment(ns, &workload) {
         Some(cached) if caches::applied_hash(&cached.metadata) == Some(applied.as_str()) => {
-            (*cached).clone()
+            Ok((*cached).clone())
         }
-        Some(_) => {
-            deployments
-                .patch(&workload, &apply_params(), &Patch::Apply(&d))
-                .await?
-        }
+        Some(_) => Ok(deployments
+            .patch(&workload, &apply_params(), &Patch::Apply(&d))
+            .await?),
         None => {
             // Created with the autoscaler's current count (or the floor) and
             // no environment more: replicas are the autoscaler's field from the
@@ -218,7 +266,6 @@ async fn apply_workload(
             // replicas, ours takes the rest, and the autoscaler's second one
             // (replicas only) lets go of the rest, so that a field later
             // dropped from our apply is really removed.
-            let initial = book.as_ref().map_or(settings.min_scale, |r| r.desired);
             let initial = i32::try_from(initial).unwrap_or(i32::MAX);
             let mut created = d.clone();
             if let Some(spec) = created.spec.as_mut() {
@@ -239,94 +286,124 @@ async fn apply_workload(
                 )
                 .await?;
             info!(function = %name, namespace = ns, replicas = initial, "created deployment");
-            created
+            Ok(created)
         }
-    };
+    }
+}
 
+/// Applies the headless Service unless the cache shows it applied.
+async fn apply_service(f: &Function, ctx: &Context, ns: &str) -> Result<()> {
+    let workload = resources::workload_name(&f.name_any());
     let mut service = resources::service(f);
     let applied = caches::stamp(&mut service);
     if ctx.caches.service_hash(ns, &workload).as_deref() != Some(applied.as_str()) {
-        Api::<Service>::namespaced(client.clone(), ns)
+        Api::<Service>::namespaced(ctx.client.clone(), ns)
             .patch(&workload, &apply_params(), &Patch::Apply(&service))
             .await?;
     }
+    Ok(())
+}
 
-    // Status from the Deployment, the autoscaler and (when something is not
-    // ready) the environments themselves.
-    let dstatus = deployment.status.clone().unwrap_or_default();
-    let replicas = dstatus.replicas.unwrap_or(0);
-    let ready = dstatus.ready_replicas.unwrap_or(0);
-    let spec_replicas = deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.replicas)
-        .unwrap_or(0);
-    let trouble = if replicas > ready || spec_replicas > ready {
-        environment_trouble(&client, ns, &name).await?
-    } else {
-        None
-    };
+/// What a Function's Deployment says about its environments.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ObservedDeployment {
+    /// Pods that exist.
+    pub replicas: i32,
+    /// Pods that are ready.
+    pub ready: i32,
+    /// Pods wanted (`spec.replicas`).
+    pub wanted: i32,
+}
+
+impl ObservedDeployment {
+    /// Reads a Deployment.
+    pub fn of(d: &Deployment) -> Self {
+        let status = d.status.clone().unwrap_or_default();
+        ObservedDeployment {
+            replicas: status.replicas.unwrap_or(0),
+            ready: status.ready_replicas.unwrap_or(0),
+            wanted: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
+        }
+    }
+
+    /// Some environment exists or is wanted but is not ready: worth asking the pods why.
+    pub fn lacks_ready(&self) -> bool {
+        self.replicas > self.ready || self.wanted > self.ready
+    }
+}
+
+/// The status a Function should have (pure): the Ready condition from the
+/// environments and their trouble, the counts, and the autoscaler's record.
+pub fn next_status(
+    f: &Function,
+    observed: &ObservedDeployment,
+    book: Option<&ScaleRecord>,
+    trouble: Option<&Trouble>,
+    url_base: &str,
+) -> FunctionStatus {
+    let name = f.name_any();
     let previous_status = f.status.clone().unwrap_or_default();
+    let ObservedDeployment {
+        replicas,
+        ready,
+        wanted,
+    } = *observed;
     let desired = book
-        .as_ref()
         .map(|r| i32::try_from(r.desired).unwrap_or(i32::MAX))
         .or(previous_status.desired_replicas)
-        .unwrap_or(spec_replicas);
-    let previous = ready_condition(f);
-    let (cond_status, reason, message) = if ready > 0 {
+        .unwrap_or(wanted);
+    let (cond_status, why, message) = if ready > 0 {
         (
             "True",
-            "Ready",
+            reason::READY,
             format!("{ready} of {replicas} environments ready"),
         )
-    } else if let Some(Trouble::InitFailed(msg)) = &trouble {
-        ("False", "InitFailed", msg.clone())
+    } else if let Some(Trouble::InitFailed(msg)) = trouble {
+        ("False", reason::INIT_FAILED, msg.clone())
     } else if desired == 0 && replicas == 0 {
         (
             "True",
-            "ScaledToZero",
+            reason::SCALED_TO_ZERO,
             "No environments; the next event starts one".to_string(),
         )
     } else {
-        let detail = match &trouble {
+        let detail = match trouble {
             Some(Trouble::Waiting(msg)) => format!(": {msg}"),
             _ => String::new(),
         };
         (
             "False",
-            "Pending",
+            reason::PENDING,
             format!("Waiting for environments to finish init{detail}"),
         )
     };
-    let newly_failed = reason == "InitFailed"
-        && previous.is_none_or(|c| c.reason.as_deref() != Some("InitFailed"));
-    let status = FunctionStatus {
-        conditions: vec![condition(previous, cond_status, reason, &message)],
+    FunctionStatus {
+        conditions: vec![condition(ready_condition(f), cond_status, why, &message)],
         observed_generation: f.metadata.generation,
         replicas: Some(replicas),
         ready_replicas: Some(ready),
         desired_replicas: Some(desired),
         observed_concurrency: book
-            .as_ref()
             .map(|r| r.observed_concurrency.round() as i32)
             .or(previous_status.observed_concurrency),
         last_scale_time: book
-            .as_ref()
             .and_then(|r| r.last_scale_time.clone())
             .or(previous_status.last_scale_time),
         url: Some(format!(
             "{}/2015-03-31/functions/{name}/invocations",
-            ctx.settings.url_base.trim_end_matches('/')
+            url_base.trim_end_matches('/')
         )),
         selector: Some(resources::selector(&name)),
+    }
+}
+
+/// True when `next` reports an init failure that the Function's current
+/// status does not (so the Warning Event is published once).
+fn newly_init_failed(f: &Function, next: &FunctionStatus) -> bool {
+    let failed = |c: Option<&FunctionCondition>| {
+        c.is_some_and(|c| c.reason.as_deref() == Some(reason::INIT_FAILED))
     };
-    if f.status.as_ref() != Some(&status) {
-        write_status(f, ctx, ns, &status).await?;
-    }
-    if newly_failed {
-        publish(ctx, f, EventType::Warning, "InitFailed", "Init", &message).await;
-    }
-    Ok(Action::requeue(RESYNC))
+    failed(next.conditions.first()) && !failed(ready_condition(f))
 }
 
 /// Why environments are not ready, as far as the pods tell.
@@ -370,7 +447,7 @@ pub fn pod_trouble(pods: &[Pod]) -> Option<Trouble> {
                 let text = t
                     .message
                     .as_deref()
-                    .map(init_error_text)
+                    .map(names::init_failure_message)
                     .or_else(|| t.reason.clone())
                     .unwrap_or_else(|| format!("exit code {}", t.exit_code));
                 return Some(Trouble::InitFailed(truncate(text.trim(), 512)));
@@ -409,24 +486,6 @@ pub fn pod_trouble(pods: &[Pod]) -> Option<Trouble> {
     waiting
 }
 
-/// A termination message as condition text: the shim's init error JSON
-/// becomes `errorType: errorMessage`; anything else (log lines) stays as is.
-pub fn init_error_text(message: &str) -> String {
-    let parsed = serde_json::from_str::<serde_json::Value>(message.trim()).ok();
-    let field = |name: &str| {
-        parsed
-            .as_ref()
-            .and_then(|v| v.get(name))
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_string)
-    };
-    match (field("errorType"), field("errorMessage")) {
-        (Some(t), Some(m)) => format!("{t}: {m}"),
-        (Some(t), None) => t,
-        _ => message.to_string(),
-    }
-}
-
 fn truncate(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((i, _)) => format!("{}...", &text[..i]),
@@ -439,7 +498,7 @@ fn ready_condition(f: &Function) -> Option<&FunctionCondition> {
         .as_ref()?
         .conditions
         .iter()
-        .find(|c| c.type_ == "Ready")
+        .find(|c| c.type_ == names::READY_CONDITION)
 }
 
 /// A Ready condition; the transition time moves only when the status does.
@@ -456,7 +515,7 @@ fn condition(
         _ => Some(wall_clock()),
     };
     FunctionCondition {
-        type_: "Ready".to_string(),
+        type_: names::READY_CONDITION.to_string(),
         status: status.to_string(),
         reason: Some(reason.to_string()),
         message: Some(message.to_string()),
@@ -508,14 +567,103 @@ mod tests {
     #[test]
     fn termination_messages_become_condition_text() {
         assert_eq!(
-            init_error_text(r#"{"errorType":"Runtime.ExitError","errorMessage":"exit status 7"}"#),
+            names::init_failure_message(
+                r#"{"errorType":"Runtime.ExitError","errorMessage":"exit status 7"}"#
+            ),
             "Runtime.ExitError: exit status 7"
         );
         assert_eq!(
-            init_error_text("Traceback (most recent call last):\n  boom"),
+            names::init_failure_message("Traceback (most recent call last):\n  boom"),
             "Traceback (most recent call last):\n  boom",
             "log lines (FallbackToLogsOnError) stay as they are"
         );
-        assert_eq!(init_error_text(r#"{"errorType":"X"}"#), "X");
+        assert_eq!(names::init_failure_message(r#"{"errorType":"X"}"#), "X");
+    }
+
+    fn function() -> Function {
+        serde_yaml::from_str(
+            r#"
+apiVersion: porchlight.dev/v1alpha1
+kind: Function
+metadata: {name: hello, namespace: demo, generation: 4}
+spec:
+  handler: app.handler
+  code: {inline: "def handler(e, c): pass"}
+"#,
+        )
+        .expect("yaml")
+    }
+
+    fn observed(replicas: i32, ready: i32, wanted: i32) -> ObservedDeployment {
+        ObservedDeployment {
+            replicas,
+            ready,
+            wanted,
+        }
+    }
+
+    fn ready_reason(status: &FunctionStatus) -> (&str, &str) {
+        let c = &status.conditions[0];
+        (c.status.as_str(), c.reason.as_deref().unwrap_or(""))
+    }
+
+    #[test]
+    fn status_says_why_environments_are_or_are_not_ready() {
+        let f = function();
+        let s = next_status(&f, &observed(2, 1, 2), None, None, "http://gw");
+        assert_eq!(ready_reason(&s), ("True", reason::READY));
+        assert_eq!(
+            s.conditions[0].message.as_deref(),
+            Some("1 of 2 environments ready")
+        );
+        assert_eq!(s.observed_generation, Some(4));
+        assert_eq!(
+            s.url.as_deref(),
+            Some("http://gw/2015-03-31/functions/hello/invocations")
+        );
+        let failed = Trouble::InitFailed("Runtime.ImportModuleError: no app".into());
+        let s = next_status(&f, &observed(1, 0, 1), None, Some(&failed), "http://gw");
+        assert_eq!(ready_reason(&s), ("False", reason::INIT_FAILED));
+        let s = next_status(&f, &observed(0, 0, 0), None, None, "http://gw");
+        assert_eq!(ready_reason(&s), ("True", reason::SCALED_TO_ZERO));
+        let waiting = Trouble::Waiting("ErrImagePull: no such image".into());
+        let s = next_status(&f, &observed(1, 0, 1), None, Some(&waiting), "http://gw");
+        assert_eq!(ready_reason(&s), ("False", reason::PENDING));
+        assert!(
+            s.conditions[0]
+                .message
+                .as_deref()
+                .is_some_and(|m| m.ends_with(": ErrImagePull: no such image"))
+        );
+    }
+
+    #[test]
+    fn the_autoscaler_s_record_is_the_desired_count() {
+        let f = function();
+        let record = ScaleRecord {
+            desired: 3,
+            observed_concurrency: 2.4,
+            last_scale_time: Some("2026-01-01T00:00:00Z".into()),
+        };
+        let s = next_status(&f, &observed(1, 1, 1), Some(&record), None, "http://gw");
+        assert_eq!(s.desired_replicas, Some(3));
+        assert_eq!(s.observed_concurrency, Some(2));
+        assert_eq!(s.last_scale_time.as_deref(), Some("2026-01-01T00:00:00Z"));
+        let s = next_status(&f, &observed(1, 1, 1), None, None, "http://gw");
+        assert_eq!(
+            s.desired_replicas,
+            Some(1),
+            "without a record: the Deployment's count"
+        );
+    }
+
+    #[test]
+    fn an_init_failure_is_announced_once() {
+        let mut f = function();
+        let failed = Trouble::InitFailed("Runtime.ExitError: exit status 1".into());
+        let next = next_status(&f, &observed(1, 0, 1), None, Some(&failed), "http://gw");
+        assert!(newly_init_failed(&f, &next));
+        f.status = Some(next.clone());
+        assert!(!newly_init_failed(&f, &next));
     }
 }

@@ -22,12 +22,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use porchlight_api::Function;
 
-/// Label on every environment (pod) of a function; the gateway routes by it.
-pub const FUNCTION_LABEL: &str = "porchlight.dev/function";
+pub use porchlight_core::names::{CODE_HASH_ANNOTATION, FUNCTION_LABEL};
+use porchlight_core::shim::{RESERVED_ENV_PREFIX, var};
 /// `app.kubernetes.io/managed-by` value on everything the controller makes.
 pub const MANAGED_BY: &str = "porchlight";
-/// Pod-template annotation holding a hash of the code, so code changes roll out.
-pub const CODE_HASH_ANNOTATION: &str = "porchlight.dev/code-hash";
 /// Port of the shim's invoke endpoint and probes.
 pub const INVOKE_PORT: i32 = 8080;
 /// Where the code is mounted in the environment.
@@ -190,36 +188,37 @@ fn http_probe(path: &str, period: i32, failure_threshold: i32) -> Probe {
 /// The environment variables of the shim, then the user's.
 fn container_env(f: &Function) -> Vec<EnvVar> {
     let s = &f.spec;
-    let mut out = vec![
-        env("PORCHLIGHT_LISTEN", format!("0.0.0.0:{INVOKE_PORT}")),
-        env("PORCHLIGHT_FUNCTION_NAME", f.name_any()),
-        env("PORCHLIGHT_HANDLER", s.handler.clone().unwrap_or_default()),
-        env("PORCHLIGHT_RUNTIME", s.runtime.clone()),
-        env("PORCHLIGHT_TASK_ROOT", TASK_ROOT),
-        env("PORCHLIGHT_TIMEOUT_SECONDS", s.timeout_seconds.to_string()),
-        env("PORCHLIGHT_MEMORY_MIB", s.memory_mib.to_string()),
-        env("PORCHLIGHT_CONCURRENCY", s.concurrency.to_string()),
+    let shim = porchlight_core::ShimSettings {
+        listen: Some(format!("0.0.0.0:{INVOKE_PORT}")),
+        task_root: Some(TASK_ROOT.to_string()),
         // A failed init ends the container with the error as its termination
         // message: the kubelet retries the init with backoff and the
         // reconciler reports the error as InitFailed.
-        env("PORCHLIGHT_EXIT_ON_INIT_ERROR", "true"),
-        EnvVar {
-            name: "PORCHLIGHT_ENVIRONMENT_ID".to_string(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".to_string(),
-                    ..ObjectFieldSelector::default()
-                }),
-                ..EnvVarSource::default()
+        exit_on_init_error: true,
+        ..s.shim_settings(&f.name_any())
+    };
+    let mut out: Vec<EnvVar> = shim
+        .to_env()
+        .into_iter()
+        .map(|(name, value)| env(name, value))
+        .collect();
+    // The environment's identity is its pod's name.
+    out.push(EnvVar {
+        name: var::ENVIRONMENT_ID.env.to_string(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "metadata.name".to_string(),
+                ..ObjectFieldSelector::default()
             }),
-            ..EnvVar::default()
-        },
-    ];
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    });
     // User variables may not override the shim's contract.
     out.extend(
         s.env
             .iter()
-            .filter(|(k, _)| !k.starts_with("PORCHLIGHT_"))
+            .filter(|(k, _)| !k.starts_with(RESERVED_ENV_PREFIX))
             .map(|(k, v)| env(k, v.clone())),
     );
     out
