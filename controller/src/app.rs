@@ -30,7 +30,7 @@ use crate::resources::{FUNCTION_LABEL, MANAGED_BY, WorkloadSettings};
 use crate::scaling::autoscaler_loop;
 use crate::sink::KubeScaleSink;
 use crate::{Error, Result};
-use porchlight_core::scaling::ScaleBook;
+use porchlight_core::scaling::{GatewayMessage, ScaleBook};
 
 /// Bound of the channel from gateway pollers to the autoscaler.
 pub const REPORT_CHANNEL: usize = 256;
@@ -149,6 +149,45 @@ async fn lead_and_work(
     result
 }
 
+/// What the end of a critical task means: its own error, or, when it just
+/// stopped, a clean end only if the work was cancelled.
+pub fn task_ended(what: &'static str, result: Result<()>, cancelled: bool) -> Result<()> {
+    match result {
+        Err(e) => Err(e),
+        Ok(()) if cancelled => Ok(()),
+        Ok(()) => Err(Error::TaskEnded(what)),
+    }
+}
+
+/// Polls the gateways for reports: the pods found by label, or the fixed
+/// URLs given on the command line.
+async fn poll_gateways(
+    config: &Config,
+    client: Client,
+    reports: mpsc::Sender<GatewayMessage>,
+    metrics: Arc<Metrics>,
+    work: &CancellationToken,
+) -> Result<()> {
+    if config.args.gateway_urls.is_empty() {
+        gateways::poll_discovered(
+            client,
+            config.args.namespace.clone(),
+            reports,
+            metrics,
+            work.clone(),
+        )
+        .await
+    } else {
+        gateways::poll_static(
+            config.args.gateway_urls.clone(),
+            reports,
+            metrics,
+            work.clone(),
+        )
+        .await
+    }
+}
+
 async fn work_as_leader(
     config: &Config,
     client: Client,
@@ -224,26 +263,7 @@ async fn work_as_leader(
     let (reports_tx, reports_rx) = mpsc::channel(REPORT_CHANNEL);
     let sink = KubeScaleSink::new(client.clone(), reporter);
     let autoscaler = autoscaler_loop(store.clone(), sink, book, metrics.clone());
-    let gateways = async {
-        if config.args.gateway_urls.is_empty() {
-            gateways::poll_discovered(
-                client.clone(),
-                config.args.namespace.clone(),
-                reports_tx,
-                metrics.clone(),
-                work.clone(),
-            )
-            .await
-        } else {
-            gateways::poll_static(
-                config.args.gateway_urls.clone(),
-                reports_tx,
-                metrics.clone(),
-                work.clone(),
-            )
-            .await
-        }
-    };
+    let gateways = poll_gateways(config, client.clone(), reports_tx, metrics.clone(), &work);
     let synced = {
         let store = store.clone();
         let health = health.clone();
@@ -257,9 +277,13 @@ async fn work_as_leader(
     };
 
     let result = tokio::select! {
-        _ = reconciling => if work.is_cancelled() { Ok(()) } else { Err(Error::TaskEnded("function controller")) },
-        r = autoscaler.run(reports_rx, work.clone()) => r.map_err(|_| Error::TaskEnded("gateway report source")).and_then(|()| if work.is_cancelled() { Ok(()) } else { Err(Error::TaskEnded("autoscaler")) }),
-        r = gateways => r.and_then(|()| if work.is_cancelled() { Ok(()) } else { Err(Error::TaskEnded("gateway pollers")) }),
+        _ = reconciling => task_ended("function controller", Ok(()), work.is_cancelled()),
+        r = autoscaler.run(reports_rx, work.clone()) => task_ended(
+            "autoscaler",
+            r.map_err(|_| Error::TaskEnded("gateway report source")),
+            work.is_cancelled(),
+        ),
+        r = gateways => task_ended("gateway pollers", r, work.is_cancelled()),
         _ = synced => Ok(()),
         _ = work.cancelled() => Ok(()),
     };
@@ -267,4 +291,22 @@ async fn work_as_leader(
         error!(error = %e, "critical task ended");
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_critical_task_may_only_end_when_the_work_is_cancelled() {
+        assert!(task_ended("x", Ok(()), true).is_ok());
+        assert!(matches!(
+            task_ended("x", Ok(()), false),
+            Err(Error::TaskEnded("x"))
+        ));
+        assert!(matches!(
+            task_ended("x", Err(Error::MissingNamespace), true),
+            Err(Error::MissingNamespace)
+        ));
+    }
 }

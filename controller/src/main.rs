@@ -30,7 +30,10 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(on_signal(shutdown.clone()));
+        if let Err(e) = porchlight_core::signal::cancel_on_signal(shutdown.clone(), false) {
+            eprintln!("porchlight-controller: cannot install signal handlers: {e}");
+            return ExitCode::from(70);
+        }
         match porchlight_controller::app::run(config, shutdown).await {
             Ok(()) => {
                 tracing::info!("stopped");
@@ -55,28 +58,4 @@ fn init_logs(json: bool) {
     } else {
         builder.init();
     }
-}
-
-async fn on_signal(shutdown: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {},
-                    _ = term.recv() => {},
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    tracing::info!("shutdown requested");
-    shutdown.cancel();
 }

@@ -390,8 +390,9 @@ pub fn next_status(
             .and_then(|r| r.last_scale_time.clone())
             .or(previous_status.last_scale_time),
         url: Some(format!(
-            "{}/2015-03-31/functions/{name}/invocations",
-            url_base.trim_end_matches('/')
+            "{}{}",
+            url_base.trim_end_matches('/'),
+            porchlight_core::invoke::function_invoke_path(&name)
         )),
         selector: Some(resources::selector(&name)),
     }

@@ -26,6 +26,11 @@ pub const INVOKE_PATH: &str = "/2015-03-31/functions/function/invocations";
 /// The invoke route as the shim and the gateway register it (any function name).
 pub const INVOKE_ROUTE: &str = "/2015-03-31/functions/{name}/invocations";
 
+/// The Lambda Invoke API path of one function (the gateway's public path).
+pub fn function_invoke_path(name: &str) -> String {
+    format!("/2015-03-31/functions/{name}/invocations")
+}
+
 /// Readiness of an environment: 200 once init is done, 503 otherwise.
 pub const READY_PATH: &str = "/ready";
 

@@ -8,16 +8,18 @@ use tokio::time::Instant;
 
 use crate::error::Result;
 
+use porchlight_core::invoke::header;
+
 /// Response header with the gateway's request id.
-pub const REQUEST_ID_HEADER: &str = "x-amzn-requestid";
+pub const REQUEST_ID_HEADER: &str = header::AMZN_REQUEST_ID;
 /// Response header set when the handler returned an error.
-pub const FUNCTION_ERROR_HEADER: &str = "x-amz-function-error";
+pub const FUNCTION_ERROR_HEADER: &str = header::FUNCTION_ERROR;
 /// Response header naming the environment that served the invocation.
-pub const ENVIRONMENT_HEADER: &str = "x-porchlight-environment";
+pub const ENVIRONMENT_HEADER: &str = header::ENVIRONMENT;
 /// Response header set to `true` when the invocation paid a cold start.
-pub const COLD_START_HEADER: &str = "x-porchlight-cold-start";
+pub const COLD_START_HEADER: &str = header::COLD_START;
 /// Response header with the cold start's init duration in milliseconds.
-pub const INIT_DURATION_HEADER: &str = "x-porchlight-init-duration-ms";
+pub const INIT_DURATION_HEADER: &str = header::INIT_DURATION_MS;
 
 /// How an invocation ended, from the caller's point of view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -130,7 +132,12 @@ impl Invoker {
         let base = target.trim_end_matches('/');
         let urls = functions
             .iter()
-            .map(|name| format!("{base}/2015-03-31/functions/{name}/invocations"))
+            .map(|name| {
+                format!(
+                    "{base}{}",
+                    porchlight_core::invoke::function_invoke_path(name)
+                )
+            })
             .collect();
         Ok(Invoker { client, urls })
     }
