@@ -11,10 +11,6 @@ use std::time::Duration;
 
 use clap::Parser;
 
-/// Largest synchronous event or response, as in Lambda and its emulator
-/// (`6 * 1024 * 1024 + 100` bytes).
-pub const MAX_PAYLOAD_BYTES: usize = 6 * 1024 * 1024 + 100;
-
 /// Longest function timeout Lambda allows.
 const MAX_TIMEOUT_SECONDS: f64 = 900.0;
 

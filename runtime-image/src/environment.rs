@@ -18,7 +18,9 @@ use nix::unistd::Pid;
 use tokio::sync::{Notify, oneshot, watch};
 
 use crate::config::Settings;
-use crate::error::{LambdaError, NormalisedError};
+use porchlight_core::LambdaError;
+
+use crate::error::NormalisedError;
 use crate::logs::LogSink;
 use crate::metrics::{ErrorClass, InvocationOutcome, Metrics};
 use crate::process;

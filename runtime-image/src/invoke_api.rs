@@ -11,12 +11,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
 use bytes::Bytes;
+use porchlight_core::LambdaError;
+use porchlight_core::invoke::MAX_PAYLOAD_BYTES;
 
-use crate::config::MAX_PAYLOAD_BYTES;
 use crate::environment::{
     Environment, InvokeRequest, Outcome, Phase, RuntimeAnswer, outcome_label,
 };
-use crate::error::LambdaError;
 use crate::metrics::{ErrorClass, InvocationOutcome};
 use crate::process;
 use crate::runtime_api::{BodyError, read_limited};

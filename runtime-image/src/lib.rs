@@ -25,7 +25,8 @@ mod runtime_api;
 mod server;
 mod supervisor;
 
-pub use config::{Config, ConfigError, MAX_PAYLOAD_BYTES, RuntimeKind, Settings};
+pub use config::{Config, ConfigError, RuntimeKind, Settings};
+pub use porchlight_core::invoke::MAX_PAYLOAD_BYTES;
 pub use process::PYTHON_BOOTSTRAP;
 
 /// Exit code of a bad configuration (EX_USAGE).

@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use nix::sys::signal::Signal;
+use porchlight_core::LambdaError;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::environment::{Environment, KillReason, Phase};
-use crate::error::{LambdaError, NormalisedError};
+use crate::error::NormalisedError;
 use crate::logs::{Stream, pump};
 use crate::metrics::RestartReason;
 use crate::process::{self, RuntimeProcess, describe_exit};
