@@ -15,11 +15,10 @@ use bytes::Bytes;
 use http::HeaderValue;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+use porchlight_core::LambdaError;
 use tokio::sync::{Notify, oneshot, watch};
 
 use crate::config::Settings;
-use porchlight_core::LambdaError;
-
 use crate::error::NormalisedError;
 use crate::logs::LogSink;
 use crate::metrics::{ErrorClass, InvocationOutcome, Metrics};
