@@ -69,6 +69,28 @@ pub mod var {
     pub const PYTHON_BOOTSTRAP: ShimVar = v("python-bootstrap", "PORCHLIGHT_PYTHON_BOOTSTRAP");
     /// The process whose death ends the shim (local mode: the gateway).
     pub const PARENT_PID: ShimVar = v("parent-pid", "PORCHLIGHT_PARENT_PID");
+
+    /// Every setting above, for checks that must cover them all.
+    pub const ALL: [ShimVar; 18] = [
+        LISTEN,
+        RUNTIME_API,
+        FUNCTION_NAME,
+        HANDLER,
+        RUNTIME,
+        TASK_ROOT,
+        TIMEOUT_SECONDS,
+        INIT_TIMEOUT_SECONDS,
+        MEMORY_MIB,
+        CONCURRENCY,
+        FREEZE,
+        EXIT_ON_INIT_ERROR,
+        TERMINATION_LOG,
+        ENVIRONMENT_ID,
+        SHUTDOWN_GRACE_SECONDS,
+        PYTHON,
+        PYTHON_BOOTSTRAP,
+        PARENT_PID,
+    ];
 }
 
 /// The settings one environment is started with. `None` (or `false`) leaves
@@ -205,26 +227,7 @@ mod tests {
 
     #[test]
     fn every_variable_is_reserved() {
-        for v in [
-            var::LISTEN,
-            var::RUNTIME_API,
-            var::FUNCTION_NAME,
-            var::HANDLER,
-            var::RUNTIME,
-            var::TASK_ROOT,
-            var::TIMEOUT_SECONDS,
-            var::INIT_TIMEOUT_SECONDS,
-            var::MEMORY_MIB,
-            var::CONCURRENCY,
-            var::FREEZE,
-            var::EXIT_ON_INIT_ERROR,
-            var::TERMINATION_LOG,
-            var::ENVIRONMENT_ID,
-            var::SHUTDOWN_GRACE_SECONDS,
-            var::PYTHON,
-            var::PYTHON_BOOTSTRAP,
-            var::PARENT_PID,
-        ] {
+        for v in var::ALL {
             assert!(v.env.starts_with(RESERVED_ENV_PREFIX), "{}", v.env);
             assert_eq!(
                 v.env,

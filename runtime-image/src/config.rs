@@ -10,10 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-
-/// Largest synchronous event or response, as in Lambda and its emulator
-/// (`6 * 1024 * 1024 + 100` bytes).
-pub const MAX_PAYLOAD_BYTES: usize = 6 * 1024 * 1024 + 100;
+use porchlight_core::shim::var;
 
 /// Longest function timeout Lambda allows.
 const MAX_TIMEOUT_SECONDS: f64 = 900.0;
@@ -29,89 +26,93 @@ const MAX_TIMEOUT_SECONDS: f64 = 900.0;
 )]
 pub struct Config {
     /// Address of the invoke endpoint and of /live, /ready, /metrics.
-    #[arg(long, env = "PORCHLIGHT_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(long = var::LISTEN.flag, env = var::LISTEN.env, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
     /// Loopback address of the Lambda Runtime API served to the runtime
     /// (port 0 = an ephemeral port).
-    #[arg(long, env = "PORCHLIGHT_RUNTIME_API", default_value = "127.0.0.1:0")]
+    #[arg(long = var::RUNTIME_API.flag, env = var::RUNTIME_API.env, default_value = "127.0.0.1:0")]
     pub runtime_api: SocketAddr,
 
     /// Function name, exported as AWS_LAMBDA_FUNCTION_NAME and used in the ARN.
-    #[arg(long, env = "PORCHLIGHT_FUNCTION_NAME", default_value = "function")]
+    #[arg(long = var::FUNCTION_NAME.flag, env = var::FUNCTION_NAME.env, default_value = "function")]
     pub function_name: String,
 
     /// Handler, e.g. `app.lambda_handler`; exported as `_HANDLER`.
-    #[arg(long, env = "PORCHLIGHT_HANDLER")]
+    #[arg(long = var::HANDLER.flag, env = var::HANDLER.env)]
     pub handler: Option<String>,
 
     /// Runtime: `python3.12` (any `python3.x`) or `provided`.
-    #[arg(long, env = "PORCHLIGHT_RUNTIME")]
+    #[arg(long = var::RUNTIME.flag, env = var::RUNTIME.env)]
     pub runtime: Option<String>,
 
     /// Directory holding the function's code; the runtime's working directory.
-    #[arg(long, env = "PORCHLIGHT_TASK_ROOT", default_value = "/var/task")]
+    #[arg(long = var::TASK_ROOT.flag, env = var::TASK_ROOT.env, default_value = "/var/task")]
     pub task_root: PathBuf,
 
     /// Longest an invocation may run.
-    #[arg(long, env = "PORCHLIGHT_TIMEOUT_SECONDS", default_value_t = 3.0)]
+    #[arg(long = var::TIMEOUT_SECONDS.flag, env = var::TIMEOUT_SECONDS.env, default_value_t = 3.0)]
     pub timeout_seconds: f64,
 
     /// Longest the runtime may take from start to its first request for an event.
-    #[arg(long, env = "PORCHLIGHT_INIT_TIMEOUT_SECONDS", default_value_t = 10.0)]
+    #[arg(
+        long = var::INIT_TIMEOUT_SECONDS.flag,
+        env = var::INIT_TIMEOUT_SECONDS.env,
+        default_value_t = 10.0
+    )]
     pub init_timeout_seconds: f64,
 
     /// Memory size reported to the function (AWS_LAMBDA_FUNCTION_MEMORY_SIZE).
-    #[arg(long, env = "PORCHLIGHT_MEMORY_MIB", default_value_t = 128)]
+    #[arg(long = var::MEMORY_MIB.flag, env = var::MEMORY_MIB.env, default_value_t = 128)]
     pub memory_mib: u32,
 
     /// Invocations this environment handles at once (Lambda: 1).
-    #[arg(long, env = "PORCHLIGHT_CONCURRENCY", default_value_t = 1)]
+    #[arg(long = var::CONCURRENCY.flag, env = var::CONCURRENCY.env, default_value_t = 1)]
     pub concurrency: u32,
 
     /// Stop (SIGSTOP) the runtime's process group while it is idle.
-    #[arg(long, env = "PORCHLIGHT_FREEZE")]
+    #[arg(long = var::FREEZE.flag, env = var::FREEZE.env)]
     pub freeze: bool,
 
     /// After a failed init, write the init error to --termination-log and exit
     /// with status 1 instead of waiting for an invocation to retry the init
     /// (for pods: the kubelet restarts the container, and the error becomes
     /// the container's termination message).
-    #[arg(long, env = "PORCHLIGHT_EXIT_ON_INIT_ERROR")]
+    #[arg(long = var::EXIT_ON_INIT_ERROR.flag, env = var::EXIT_ON_INIT_ERROR.env)]
     pub exit_on_init_error: bool,
 
     /// Where --exit-on-init-error writes the init error (Kubernetes'
     /// terminationMessagePath).
     #[arg(
-        long,
-        env = "PORCHLIGHT_TERMINATION_LOG",
+        long = var::TERMINATION_LOG.flag,
+        env = var::TERMINATION_LOG.env,
         default_value = "/dev/termination-log",
         value_name = "PATH"
     )]
     pub termination_log: PathBuf,
 
     /// Identity of this environment in headers and logs (default: the host name).
-    #[arg(long, env = "PORCHLIGHT_ENVIRONMENT_ID")]
+    #[arg(long = var::ENVIRONMENT_ID.flag, env = var::ENVIRONMENT_ID.env)]
     pub environment_id: Option<String>,
 
     /// Longest a graceful shutdown waits for in-flight invocations.
     #[arg(
-        long,
-        env = "PORCHLIGHT_SHUTDOWN_GRACE_SECONDS",
+        long = var::SHUTDOWN_GRACE_SECONDS.flag,
+        env = var::SHUTDOWN_GRACE_SECONDS.env,
         default_value_t = 10.0
     )]
     pub shutdown_grace_seconds: f64,
 
     /// Python interpreter for the bundled Python bootstrap.
-    #[arg(long, env = "PORCHLIGHT_PYTHON", default_value = "python3")]
+    #[arg(long = var::PYTHON.flag, env = var::PYTHON.env, default_value = "python3")]
     pub python: String,
 
     /// The bundled Python bootstrap as a file (runtime images ship it at
     /// /var/runtime/bootstrap.py); when the file is missing, the copy built
     /// into this binary runs with `python3 -c`.
     #[arg(
-        long,
-        env = "PORCHLIGHT_PYTHON_BOOTSTRAP",
+        long = var::PYTHON_BOOTSTRAP.flag,
+        env = var::PYTHON_BOOTSTRAP.env,
         default_value = "/var/runtime/bootstrap.py",
         value_name = "PATH"
     )]
@@ -175,27 +176,30 @@ impl Config {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
             return Err(invalid(
-                "function-name",
+                var::FUNCTION_NAME.flag,
                 "1 to 64 characters from [A-Za-z0-9_-]",
             ));
         }
         if !self.runtime_api.ip().is_loopback() {
-            return Err(invalid("runtime-api", "must be a loopback address"));
+            return Err(invalid(var::RUNTIME_API.flag, "must be a loopback address"));
         }
-        let timeout = seconds("timeout-seconds", self.timeout_seconds)?;
-        let init_timeout = seconds("init-timeout-seconds", self.init_timeout_seconds)?;
+        let timeout = seconds(var::TIMEOUT_SECONDS.flag, self.timeout_seconds)?;
+        let init_timeout = seconds(var::INIT_TIMEOUT_SECONDS.flag, self.init_timeout_seconds)?;
         let shutdown_grace = if self.shutdown_grace_seconds.is_finite()
             && (0.0..=MAX_TIMEOUT_SECONDS).contains(&self.shutdown_grace_seconds)
         {
             Duration::from_secs_f64(self.shutdown_grace_seconds)
         } else {
-            return Err(invalid("shutdown-grace-seconds", "must be within 0..=900"));
+            return Err(invalid(
+                var::SHUTDOWN_GRACE_SECONDS.flag,
+                "must be within 0..=900",
+            ));
         };
         if !(128..=10_240).contains(&self.memory_mib) {
-            return Err(invalid("memory-mib", "must be within 128..=10240"));
+            return Err(invalid(var::MEMORY_MIB.flag, "must be within 128..=10240"));
         }
         if !(1..=1024).contains(&self.concurrency) {
-            return Err(invalid("concurrency", "must be within 1..=1024"));
+            return Err(invalid(var::CONCURRENCY.flag, "must be within 1..=1024"));
         }
         if self.region.is_empty()
             || !self
@@ -209,7 +213,7 @@ impl Config {
             None | Some("") if !self.command.is_empty() => RuntimeKind::Image,
             None | Some("") => {
                 return Err(invalid(
-                    "runtime",
+                    var::RUNTIME.flag,
                     "required (python3.x or provided) unless a command follows `--`",
                 ));
             }
@@ -223,7 +227,7 @@ impl Config {
             }
             Some(r) => {
                 return Err(invalid(
-                    "runtime",
+                    var::RUNTIME.flag,
                     format!("unknown runtime {r:?}; expected python3.x or provided"),
                 ));
             }
@@ -231,14 +235,17 @@ impl Config {
         if let Some(handler) = &self.handler
             && (handler.is_empty() || handler.len() > 128 || handler.contains(char::is_whitespace))
         {
-            return Err(invalid("handler", "1 to 128 characters without whitespace"));
+            return Err(invalid(
+                var::HANDLER.flag,
+                "1 to 128 characters without whitespace",
+            ));
         }
         if matches!(runtime, RuntimeKind::Python(_)) && self.command.is_empty() {
             match &self.handler {
                 Some(h) if h.contains('.') => {}
                 _ => {
                     return Err(invalid(
-                        "handler",
+                        var::HANDLER.flag,
                         "the Python bootstrap needs a handler like module.function",
                     ));
                 }
@@ -248,7 +255,7 @@ impl Config {
             return Err(invalid("command", "the program after `--` is empty"));
         }
         if self.python.is_empty() {
-            return Err(invalid("python", "must not be empty"));
+            return Err(invalid(var::PYTHON.flag, "must not be empty"));
         }
         let environment_id = match &self.environment_id {
             Some(id) => id.clone(),
@@ -259,7 +266,7 @@ impl Config {
             || !environment_id.bytes().all(|b| b.is_ascii_graphic())
         {
             return Err(invalid(
-                "environment-id",
+                var::ENVIRONMENT_ID.flag,
                 "1 to 128 visible ASCII characters",
             ));
         }
@@ -320,6 +327,12 @@ impl Settings {
 
 #[cfg(test)]
 mod tests {
+    use std::ffi::OsStr;
+
+    use clap::CommandFactory as _;
+    use porchlight_core::ShimSettings;
+    use porchlight_core::shim::{RESERVED_ENV_PREFIX, ShimVar};
+
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Settings, String> {
@@ -371,5 +384,146 @@ mod tests {
         assert_eq!(s.config.memory_mib, 128);
         assert_eq!(s.timeout_message(), "Task timed out after 3.00 seconds");
         assert!(s.function_arn.ends_with(":000000000000:function:function"));
+    }
+
+    /// Settings core knows that the shim's command line does not declare:
+    /// the parent pid is read by the gateway's embedded-shim entry point
+    /// before the shim's arguments are parsed.
+    const NOT_DECLARED: [ShimVar; 1] = [var::PARENT_PID];
+
+    #[test]
+    fn every_shim_setting_is_declared_with_core_s_names() {
+        let command = Config::command();
+        for v in var::ALL {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_long() == Some(v.flag));
+            if NOT_DECLARED.contains(&v) {
+                assert!(arg.is_none(), "--{} is declared now", v.flag);
+                continue;
+            }
+            let arg = arg.unwrap_or_else(|| panic!("--{} is not declared", v.flag));
+            assert_eq!(arg.get_env(), Some(OsStr::new(v.env)), "--{}", v.flag);
+        }
+        // No shim variable outside core's table.
+        for arg in command.get_arguments() {
+            if let Some(env) = arg.get_env().and_then(OsStr::to_str)
+                && env.starts_with(RESERVED_ENV_PREFIX)
+            {
+                assert!(
+                    var::ALL
+                        .iter()
+                        .any(|v| v.env == env && arg.get_long() == Some(v.flag)),
+                    "{env} is not in porchlight_core::shim::var"
+                );
+            }
+        }
+    }
+
+    /// A value for every setting the shim declares, none of them a default.
+    fn every_setting() -> ShimSettings {
+        ShimSettings {
+            listen: Some("127.0.0.1:9123".into()),
+            function_name: Some("hello-fn".into()),
+            handler: Some("app.handler".into()),
+            runtime: Some("python3.12".into()),
+            task_root: Some("/srv/task".into()),
+            timeout_seconds: Some(7),
+            memory_mib: Some(256),
+            concurrency: Some(4),
+            freeze: true,
+            exit_on_init_error: true,
+            environment_id: Some("env-42".into()),
+            parent_pid: None, // NOT_DECLARED
+        }
+    }
+
+    #[test]
+    fn shim_settings_as_flags_parse_to_their_values() {
+        // Naming every field makes a new setting in core fail to compile here.
+        let ShimSettings {
+            listen,
+            function_name,
+            handler,
+            runtime,
+            task_root,
+            timeout_seconds,
+            memory_mib,
+            concurrency,
+            freeze,
+            exit_on_init_error,
+            environment_id,
+            parent_pid,
+        } = every_setting();
+        assert_eq!(parent_pid, None);
+        let argv =
+            std::iter::once("porchlight-runtime".to_owned()).chain(every_setting().to_args());
+        let config = Config::try_parse_from(argv).expect("to_args parses");
+        assert_eq!(Some(config.listen.to_string()), listen);
+        assert_eq!(Some(config.function_name), function_name);
+        assert_eq!(config.handler, handler);
+        assert_eq!(config.runtime, runtime);
+        assert_eq!(Some(config.task_root), task_root.map(PathBuf::from));
+        assert_eq!(Some(config.timeout_seconds), timeout_seconds.map(f64::from));
+        assert_eq!(Some(config.memory_mib), memory_mib);
+        assert_eq!(Some(config.concurrency), concurrency);
+        assert_eq!(config.freeze, freeze);
+        assert_eq!(config.exit_on_init_error, exit_on_init_error);
+        assert_eq!(config.environment_id, environment_id);
+    }
+
+    /// Marks the run of [`parse_in_child`] in a child test process.
+    const CHILD_CASE: &str = "SHIM_CONFIG_TEST_CASE";
+
+    /// The `Config` (as `Debug`) that a fresh process with only `env` parses
+    /// from `args`. The environment is the child's own, so the test's does
+    /// not leak in and no variable is set in this process.
+    fn config_in_child(args: &[String], env: &[(&str, String)]) -> String {
+        let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "config::tests::parse_in_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env_clear()
+            .env(CHILD_CASE, args.join("\n"))
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("run the test binary");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{stdout}");
+        stdout
+            .lines()
+            .find_map(|l| l.split_once("CONFIG ").map(|(_, config)| config))
+            .unwrap_or_else(|| panic!("no config in {stdout}"))
+            .to_owned()
+    }
+
+    #[test]
+    #[ignore = "run by config_in_child in a process of its own"]
+    fn parse_in_child() {
+        let Ok(args) = std::env::var(CHILD_CASE) else {
+            return;
+        };
+        let argv =
+            std::iter::once("porchlight-runtime").chain(args.split('\n').filter(|a| !a.is_empty()));
+        let config = Config::try_parse_from(argv).expect("parses");
+        println!("CONFIG {config:?}");
+    }
+
+    #[test]
+    fn shim_settings_parse_the_same_as_flags_and_as_environment() {
+        let settings = every_setting();
+        let from_args = config_in_child(&settings.to_args(), &[]);
+        let from_env = config_in_child(&[], &settings.to_env());
+        assert_eq!(from_args, from_env);
+        let defaults = config_in_child(&[], &[]);
+        assert_ne!(from_env, defaults, "the environment was not read");
+        assert!(
+            from_env.contains(r#"function_name: "hello-fn""#),
+            "{from_env}"
+        );
     }
 }

@@ -15,12 +15,13 @@ use bytes::Bytes;
 use http::HeaderValue;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+use porchlight_core::LambdaError;
 use tokio::sync::{Notify, oneshot, watch};
 
 use crate::config::Settings;
-use crate::error::{LambdaError, NormalisedError};
+use crate::error::NormalisedError;
 use crate::logs::LogSink;
-use crate::metrics::{ErrorClass, InvocationOutcome, Metrics};
+use crate::metrics::{ErrorClass, InvocationOutcome, Metrics, RestartReason};
 use crate::process;
 
 /// Where the environment is in its lifecycle.
@@ -487,14 +488,13 @@ impl Environment {
         // Admission.
         {
             let mut inner = self.lock();
-            if matches!(inner.phase, Phase::ShuttingDown) {
-                return not_cold(Outcome::ShuttingDown);
-            }
-            if inner.admitted >= self.settings.concurrency {
-                return not_cold(Outcome::Throttled);
-            }
-            if inner.invocations.contains_key(&request.request_id) {
-                return not_cold(Outcome::DuplicateRequestId);
+            if let Err(refusal) = admission(
+                &inner.phase,
+                inner.admitted,
+                self.settings.concurrency,
+                inner.invocations.contains_key(&request.request_id),
+            ) {
+                return not_cold(refusal);
             }
             inner.admitted += 1;
         }
@@ -519,18 +519,19 @@ impl Environment {
                         error,
                         reported,
                     } => {
-                        let fresh = restart_after.is_some_and(|g| *generation > g);
-                        if !*reported || saw_init || fresh {
-                            *reported = true;
-                            return not_cold(Outcome::InitError(error.clone()));
-                        }
-                        if restart_after.is_none() {
-                            restart_after = Some(*generation);
-                            inner.restart_requested = true;
-                            drop(inner);
-                            self.metrics
-                                .restart(crate::metrics::RestartReason::InitRetry);
-                            self.supervisor_wake.notify_one();
+                        match after_init_failure(*generation, *reported, saw_init, restart_after) {
+                            AfterInitFailure::Report => {
+                                *reported = true;
+                                return not_cold(Outcome::InitError(error.clone()));
+                            }
+                            AfterInitFailure::RetryInit => {
+                                restart_after = Some(*generation);
+                                inner.restart_requested = true;
+                                drop(inner);
+                                self.metrics.restart(RestartReason::InitRetry);
+                                self.supervisor_wake.notify_one();
+                            }
+                            AfterInitFailure::Wait => {}
                         }
                     }
                     Phase::ShuttingDown => return not_cold(Outcome::ShuttingDown),
@@ -642,6 +643,57 @@ impl Environment {
     }
 }
 
+/// Whether an invocation may start: refused while stopping, when the
+/// environment already runs its concurrency, or when its request id is in
+/// flight already.
+fn admission(
+    phase: &Phase,
+    admitted: usize,
+    concurrency: usize,
+    duplicate: bool,
+) -> Result<(), Outcome> {
+    if matches!(phase, Phase::ShuttingDown) {
+        Err(Outcome::ShuttingDown)
+    } else if admitted >= concurrency {
+        Err(Outcome::Throttled)
+    } else if duplicate {
+        Err(Outcome::DuplicateRequestId)
+    } else {
+        Ok(())
+    }
+}
+
+/// What an invocation waiting for init does when it finds the init failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterInitFailure {
+    /// Answer with the init error.
+    Report,
+    /// Ask the supervisor for a new init, then wait for it.
+    RetryInit,
+    /// Keep waiting for the init already asked for.
+    Wait,
+}
+
+/// Lambda's behaviour after a failed init: the invocation that waited for
+/// that init (`saw_init`), or the first one to find it (`!reported`), gets
+/// the error; a later one retries the init once and gets the error of the
+/// retried init (a `failed_generation` newer than `retried_after`).
+fn after_init_failure(
+    failed_generation: u64,
+    reported: bool,
+    saw_init: bool,
+    retried_after: Option<u64>,
+) -> AfterInitFailure {
+    let fresh = retried_after.is_some_and(|g| failed_generation > g);
+    if !reported || saw_init || fresh {
+        AfterInitFailure::Report
+    } else if retried_after.is_none() {
+        AfterInitFailure::RetryInit
+    } else {
+        AfterInitFailure::Wait
+    }
+}
+
 fn remove_invocation(inner: &mut Inner, id: &str) -> Option<Invocation> {
     let inv = inner.invocations.remove(id)?;
     if inv.delivered {
@@ -694,5 +746,42 @@ pub fn outcome_label(outcome: &Outcome) -> InvocationOutcome {
         Outcome::InitError(_) => InvocationOutcome::InitError,
         Outcome::Throttled => InvocationOutcome::Throttled,
         Outcome::ShuttingDown | Outcome::DuplicateRequestId => InvocationOutcome::Rejected,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_refuses_in_lambda_s_order() {
+        let ready = Phase::Ready { generation: 1 };
+        assert!(admission(&ready, 0, 1, false).is_ok());
+        assert!(admission(&Phase::Restarting, 1, 2, false).is_ok());
+        assert!(matches!(
+            admission(&Phase::ShuttingDown, 5, 1, true),
+            Err(Outcome::ShuttingDown)
+        ));
+        assert!(matches!(
+            admission(&ready, 1, 1, true),
+            Err(Outcome::Throttled)
+        ));
+        assert!(matches!(
+            admission(&ready, 0, 1, true),
+            Err(Outcome::DuplicateRequestId)
+        ));
+    }
+
+    #[test]
+    fn a_failed_init_is_reported_then_retried_once() {
+        use AfterInitFailure::*;
+        // The first invocation to find it, or one that waited for it, reports it.
+        assert_eq!(after_init_failure(1, false, false, None), Report);
+        assert_eq!(after_init_failure(1, true, true, None), Report);
+        // A later one retries the init, once.
+        assert_eq!(after_init_failure(1, true, false, None), RetryInit);
+        assert_eq!(after_init_failure(1, true, false, Some(1)), Wait);
+        // The retried init failed too: that error is reported.
+        assert_eq!(after_init_failure(2, true, false, Some(1)), Report);
     }
 }

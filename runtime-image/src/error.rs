@@ -1,34 +1,12 @@
-//! Lambda's error shape (`{"errorType","errorMessage"}`) and the normalisation
-//! of the error bodies runtimes post.
+//! The normalisation of the error bodies runtimes post, into Lambda's error
+//! shape (`{"errorType","errorMessage"}`, [`LambdaError`] in `porchlight-core`).
 
 use bytes::Bytes;
-use serde::Serialize;
+use porchlight_core::LambdaError;
 use serde_json::{Map, Value};
 
 /// Longest error message kept from a non-JSON error body.
 const MAX_RAW_MESSAGE_BYTES: usize = 64 * 1024;
-
-/// An error in Lambda's shape.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LambdaError {
-    #[serde(rename = "errorType")]
-    pub error_type: String,
-    #[serde(rename = "errorMessage")]
-    pub error_message: String,
-}
-
-impl LambdaError {
-    pub fn new(error_type: impl Into<String>, error_message: impl Into<String>) -> Self {
-        Self {
-            error_type: error_type.into(),
-            error_message: error_message.into(),
-        }
-    }
-
-    pub fn to_json(&self) -> Bytes {
-        Bytes::from(serde_json::to_vec(self).unwrap_or_else(|_| b"{}".to_vec()))
-    }
-}
 
 /// An error body posted by a runtime, rewritten so that it always holds a
 /// string `errorType` and `errorMessage`.

@@ -2,45 +2,49 @@
 //! Emulator) and the ops endpoints `/live`, `/ready`, `/metrics`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
 use bytes::Bytes;
+use porchlight_core::LambdaError;
+use porchlight_core::invoke::{
+    INVOKE_ROUTE, InvokeReply, LIVE_PATH, MAX_PAYLOAD_BYTES, METRICS_PATH, NOT_READY_ERROR_TYPE,
+    READY_PATH, SHUTTING_DOWN_ERROR_TYPE, header,
+};
 
-use crate::config::MAX_PAYLOAD_BYTES;
+use crate::config::Settings;
 use crate::environment::{
     Environment, InvokeRequest, Outcome, Phase, RuntimeAnswer, outcome_label,
 };
-use crate::error::LambdaError;
 use crate::metrics::{ErrorClass, InvocationOutcome};
 use crate::process;
 use crate::runtime_api::{BodyError, read_limited};
 
-pub const REQUEST_ID_HEADER: &str = "x-porchlight-request-id";
-pub const ENVIRONMENT_HEADER: &str = "x-porchlight-environment";
-pub const COLD_START_HEADER: &str = "x-porchlight-cold-start";
-pub const INIT_DURATION_HEADER: &str = "x-porchlight-init-duration-ms";
-const FUNCTION_ERROR_HEADER: &str = "x-amz-function-error";
-
 /// The invoke endpoint and ops endpoints of `env`.
 pub fn router(env: Arc<Environment>) -> Router {
     Router::new()
-        .route("/2015-03-31/functions/{name}/invocations", post(invoke))
-        .route("/live", get(|| async { "ok" }))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
+        .route(INVOKE_ROUTE, post(invoke))
+        .route(LIVE_PATH, get(|| async { "ok" }))
+        .route(READY_PATH, get(ready))
+        .route(METRICS_PATH, get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(env)
 }
 
 fn json(status: StatusCode, body: Bytes) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    (
+        status,
+        [(http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 async fn not_found() -> Response {
@@ -62,27 +66,35 @@ async fn method_not_allowed() -> Response {
 }
 
 async fn ready(State(env): State<Arc<Environment>>) -> Response {
-    match env.phase() {
-        Phase::Ready { .. } => json(StatusCode::OK, Bytes::from_static(br#"{"status":"ready"}"#)),
-        Phase::InitFailed { error, .. } => json(StatusCode::SERVICE_UNAVAILABLE, error.body),
-        Phase::Starting { .. } | Phase::Restarting => json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            LambdaError::new("NotReady", "The runtime has not finished its init").to_json(),
-        ),
-        Phase::ShuttingDown => json(
+    let (status, body) = readiness(env.phase());
+    json(status, body)
+}
+
+/// What `/ready` answers in `phase` (read by the gateway as a
+/// `porchlight_core::invoke::Readiness`).
+fn readiness(phase: Phase) -> (StatusCode, Bytes) {
+    match phase {
+        Phase::Ready { .. } => (StatusCode::OK, Bytes::from_static(br#"{"status":"ready"}"#)),
+        Phase::InitFailed { error, .. } => (StatusCode::SERVICE_UNAVAILABLE, error.body),
+        Phase::Starting { .. } | Phase::Restarting => (
             StatusCode::SERVICE_UNAVAILABLE,
             LambdaError::new(
-                "ServiceUnavailableException",
-                "The environment is shutting down",
+                NOT_READY_ERROR_TYPE,
+                "The runtime has not finished its init",
             )
             .to_json(),
         ),
+        Phase::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, shutting_down_error()),
     }
+}
+
+fn shutting_down_error() -> Bytes {
+    LambdaError::new(SHUTTING_DOWN_ERROR_TYPE, "The environment is shutting down").to_json()
 }
 
 async fn metrics(State(env): State<Arc<Environment>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         env.metrics.render(),
     )
         .into_response()
@@ -91,7 +103,7 @@ async fn metrics(State(env): State<Arc<Environment>>) -> Response {
 /// A request id from the gateway is kept if it is a sane token.
 fn request_id(headers: &HeaderMap) -> Arc<str> {
     headers
-        .get(REQUEST_ID_HEADER)
+        .get(header::REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(|| Arc::from(uuid::Uuid::new_v4().to_string()), Arc::from)
@@ -99,7 +111,7 @@ fn request_id(headers: &HeaderMap) -> Arc<str> {
 
 fn trace_id(headers: &HeaderMap) -> String {
     if let Some(given) = headers
-        .get("x-amzn-trace-id")
+        .get(header::TRACE_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 512)
     {
@@ -120,7 +132,7 @@ fn trace_id(headers: &HeaderMap) -> String {
 
 /// Decodes `X-Amz-Client-Context` (base64 JSON).
 fn client_context(headers: &HeaderMap) -> Result<Option<String>, LambdaError> {
-    let Some(raw) = headers.get("x-amz-client-context") else {
+    let Some(raw) = headers.get(header::CLIENT_CONTEXT) else {
         return Ok(None);
     };
     let invalid = || {
@@ -140,162 +152,101 @@ fn client_context(headers: &HeaderMap) -> Result<Option<String>, LambdaError> {
     Ok(Some(text))
 }
 
-/// Builds every invoke response, with the environment's headers.
-struct Reply {
-    status: StatusCode,
-    body: Bytes,
-    content_type: HeaderValue,
-    function_error: bool,
-    retry_after: bool,
-}
-
-impl Reply {
-    fn error(status: StatusCode, error: &LambdaError) -> Self {
-        Self {
-            status,
-            body: error.to_json(),
-            content_type: HeaderValue::from_static("application/json"),
-            function_error: false,
-            retry_after: false,
-        }
-    }
-
-    fn unhandled(body: Bytes) -> Self {
-        Self {
-            status: StatusCode::OK,
-            body,
-            content_type: HeaderValue::from_static("application/json"),
-            function_error: true,
-            retry_after: false,
-        }
-    }
-
-    fn into_response(
-        self,
-        env: &Environment,
-        request_id: &str,
-        cold_start: Option<std::time::Duration>,
-    ) -> Response {
-        let mut response = Response::new(Body::from(self.body));
-        *response.status_mut() = self.status;
-        let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, self.content_type);
-        if let Ok(v) = HeaderValue::from_str(request_id) {
-            headers.insert(HeaderName::from_static(REQUEST_ID_HEADER), v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&env.settings.environment_id) {
-            headers.insert(HeaderName::from_static(ENVIRONMENT_HEADER), v);
-        }
-        if self.function_error {
-            headers.insert(
-                HeaderName::from_static(FUNCTION_ERROR_HEADER),
-                HeaderValue::from_static("Unhandled"),
-            );
-        }
-        if self.retry_after {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        if let Some(init) = cold_start {
-            headers.insert(
-                HeaderName::from_static(COLD_START_HEADER),
-                HeaderValue::from_static("true"),
-            );
-            if let Ok(v) = HeaderValue::from_str(&format!("{:.3}", init.as_secs_f64() * 1000.0)) {
-                headers.insert(HeaderName::from_static(INIT_DURATION_HEADER), v);
-            }
-        }
-        response
+fn bad_request(error: &LambdaError) -> InvokeReply {
+    InvokeReply::BadRequest {
+        body: error.to_json(),
     }
 }
 
-fn reject(
-    env: &Environment,
-    request_id: &str,
-    status: StatusCode,
-    error: LambdaError,
-    class: ErrorClass,
-) -> Response {
+/// Validates an invoke request whose body was read as `body`: the event
+/// (an empty or blank body is `{}`), its JSON, and the client context. The
+/// refusal is the reply to send.
+fn admit(
+    request_id: Arc<str>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BodyError>,
+) -> Result<InvokeRequest, InvokeReply> {
+    let event = match body {
+        Ok(event) if event.iter().all(u8::is_ascii_whitespace) => Bytes::from_static(b"{}"),
+        Ok(event) => event,
+        Err(BodyError::TooLarge) => {
+            return Err(InvokeReply::TooLarge {
+                body: LambdaError::new(
+                    "RequestEntityTooLargeException",
+                    format!(
+                        "Request must be smaller than {MAX_PAYLOAD_BYTES} bytes for the InvokeFunction operation"
+                    ),
+                )
+                .to_json(),
+            });
+        }
+        Err(BodyError::Truncated) => {
+            return Err(bad_request(&LambdaError::new(
+                "InvalidRequestContentException",
+                "The request body could not be read",
+            )));
+        }
+    };
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&event).is_err() {
+        return Err(bad_request(&LambdaError::new(
+            "InvalidRequestContentException",
+            "Could not parse request body into json: the event must be valid JSON",
+        )));
+    }
+    let client_context = client_context(headers).map_err(|e| bad_request(&e))?;
+    Ok(InvokeRequest {
+        request_id,
+        event,
+        trace_id: trace_id(headers),
+        client_context,
+    })
+}
+
+/// The response carrying `reply`, with the headers every reply carries.
+fn respond(reply: InvokeReply, request_id: &str, environment_id: &str) -> Response {
+    let (status, encoded, body) = reply.encode();
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    // Content type, request id and environment come first on the wire, then
+    // the reply's own headers.
+    if let Some(content_type) = encoded.get(http::header::CONTENT_TYPE) {
+        headers.insert(http::header::CONTENT_TYPE, content_type.clone());
+    }
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert(HeaderName::from_static(header::REQUEST_ID), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(environment_id) {
+        headers.insert(HeaderName::from_static(header::ENVIRONMENT), v);
+    }
+    for (name, value) in &encoded {
+        if name != http::header::CONTENT_TYPE {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+    response
+}
+
+/// A request refused before it reached the environment.
+fn reject(env: &Environment, request_id: &str, reply: InvokeReply, class: ErrorClass) -> Response {
     env.metrics.invocation(InvocationOutcome::Rejected);
     env.metrics.error(class);
-    let mut reply = Reply::error(status, &error);
-    reply.retry_after = status == StatusCode::SERVICE_UNAVAILABLE;
-    reply.into_response(env, request_id, None)
+    respond(reply, request_id, &env.settings.environment_id)
 }
 
 async fn invoke(State(env): State<Arc<Environment>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let request_id = request_id(&parts.headers);
     if env.is_shutting_down() {
-        return reject(
-            &env,
-            &request_id,
-            StatusCode::SERVICE_UNAVAILABLE,
-            LambdaError::new(
-                "ServiceUnavailableException",
-                "The environment is shutting down",
-            ),
-            ErrorClass::ShuttingDown,
-        );
+        let reply = InvokeReply::ShuttingDown {
+            body: shutting_down_error(),
+        };
+        return reject(&env, &request_id, reply, ErrorClass::ShuttingDown);
     }
-    let event = match read_limited(&parts.headers, body).await {
-        Ok(event) if event.iter().all(u8::is_ascii_whitespace) => Bytes::from_static(b"{}"),
-        Ok(event) => event,
-        Err(BodyError::TooLarge) => {
-            return reject(
-                &env,
-                &request_id,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                LambdaError::new(
-                    "RequestEntityTooLargeException",
-                    format!(
-                        "Request must be smaller than {MAX_PAYLOAD_BYTES} bytes for the InvokeFunction operation"
-                    ),
-                ),
-                ErrorClass::InvalidRequest,
-            );
-        }
-        Err(BodyError::Truncated) => {
-            return reject(
-                &env,
-                &request_id,
-                StatusCode::BAD_REQUEST,
-                LambdaError::new(
-                    "InvalidRequestContentException",
-                    "The request body could not be read",
-                ),
-                ErrorClass::InvalidRequest,
-            );
-        }
-    };
-    if serde_json::from_slice::<serde::de::IgnoredAny>(&event).is_err() {
-        return reject(
-            &env,
-            &request_id,
-            StatusCode::BAD_REQUEST,
-            LambdaError::new(
-                "InvalidRequestContentException",
-                "Could not parse request body into json: the event must be valid JSON",
-            ),
-            ErrorClass::InvalidRequest,
-        );
-    }
-    let client_context = match client_context(&parts.headers) {
-        Ok(cc) => cc,
-        Err(e) => {
-            return reject(
-                &env,
-                &request_id,
-                StatusCode::BAD_REQUEST,
-                e,
-                ErrorClass::InvalidRequest,
-            );
-        }
-    };
-    let invoke_request = InvokeRequest {
-        request_id: request_id.clone(),
-        event,
-        trace_id: trace_id(&parts.headers),
-        client_context,
+    let body = read_limited(&parts.headers, body).await;
+    let invoke_request = match admit(request_id.clone(), &parts.headers, body) {
+        Ok(invoke_request) => invoke_request,
+        Err(reply) => return reject(&env, &request_id, reply, ErrorClass::InvalidRequest),
     };
 
     // The invocation runs in a task of its own, so that its timeout, its
@@ -305,8 +256,18 @@ async fn invoke(State(env): State<Arc<Environment>>, request: Request) -> Respon
     tokio::spawn(async move {
         let result = task_env.invoke(invoke_request.clone()).await;
         let label = outcome_label(&result.outcome);
-        let reply = reply_for(&task_env, &invoke_request.request_id, result.outcome);
-        let _ = reply_tx.send((reply, result.cold_start));
+        if let Some(class) = error_class(&result.outcome) {
+            task_env.metrics.error(class);
+        }
+        let mut reply = reply_for(
+            result.outcome,
+            &invoke_request.request_id,
+            &task_env.settings,
+        );
+        if let Some(init) = result.cold_start {
+            reply = reply.with_cold_start(init.as_secs_f64() * 1000.0);
+        }
+        let _ = reply_tx.send(reply);
         task_env.metrics.invocation(label);
         if let Some(duration) = result.duration {
             task_env
@@ -324,111 +285,77 @@ async fn invoke(State(env): State<Arc<Environment>>, request: Request) -> Respon
             );
         }
     });
-    match reply_rx.await {
-        Ok((reply, cold_start)) => reply.into_response(&env, &request_id, cold_start),
-        Err(_) => Reply::error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &LambdaError::new("ServiceException", "The invocation ended without an answer"),
-        )
-        .into_response(&env, &request_id, None),
+    let reply = reply_rx.await.unwrap_or_else(|_| InvokeReply::Unexpected {
+        status: StatusCode::INTERNAL_SERVER_ERROR.as_u16(),
+        body: LambdaError::new("ServiceException", "The invocation ended without an answer")
+            .to_json(),
+    });
+    respond(reply, &request_id, &env.settings.environment_id)
+}
+
+/// The `errors_total` class of an outcome, if it is an error the invoke side
+/// counts (init errors are counted when the init fails).
+fn error_class(outcome: &Outcome) -> Option<ErrorClass> {
+    match outcome {
+        Outcome::Answer(RuntimeAnswer::Response { .. }) | Outcome::InitError(_) => None,
+        Outcome::Answer(RuntimeAnswer::Error(error)) => {
+            Some(ErrorClass::of_error_type(&error.error_type))
+        }
+        Outcome::Answer(RuntimeAnswer::ResponseTooLarge) => Some(ErrorClass::ResponseTooLarge),
+        Outcome::Answer(RuntimeAnswer::Exited { .. }) => Some(ErrorClass::RuntimeExit),
+        Outcome::Timeout => Some(ErrorClass::Timeout),
+        Outcome::Throttled => Some(ErrorClass::Throttled),
+        Outcome::ShuttingDown => Some(ErrorClass::ShuttingDown),
+        Outcome::DuplicateRequestId => Some(ErrorClass::InvalidRequest),
     }
 }
 
-fn reply_for(env: &Environment, request_id: &str, outcome: Outcome) -> Reply {
-    let metrics = &env.metrics;
+/// The reply to an invocation of `request_id` that ended with `outcome`.
+fn reply_for(outcome: Outcome, request_id: &str, settings: &Settings) -> InvokeReply {
+    let unhandled = |error: LambdaError| InvokeReply::unhandled(error.to_json());
     match outcome {
-        Outcome::Answer(RuntimeAnswer::Response { body, content_type }) => Reply {
-            status: StatusCode::OK,
+        Outcome::Answer(RuntimeAnswer::Response { body, content_type }) => InvokeReply::ok(
             body,
-            content_type: content_type
-                .unwrap_or_else(|| HeaderValue::from_static("application/json")),
-            function_error: false,
-            retry_after: false,
+            content_type.and_then(|ct| ct.to_str().ok().map(str::to_owned)),
+        ),
+        Outcome::Answer(RuntimeAnswer::Error(error)) => InvokeReply::unhandled(error.body),
+        Outcome::Answer(RuntimeAnswer::ResponseTooLarge) => unhandled(LambdaError::new(
+            "Function.ResponseSizeTooLarge",
+            format!(
+                "Response payload size exceeded maximum allowed payload size ({MAX_PAYLOAD_BYTES} bytes)."
+            ),
+        )),
+        Outcome::Answer(RuntimeAnswer::Exited { status }) => unhandled(LambdaError::new(
+            "Runtime.ExitError",
+            format!("RequestId: {request_id} Error: Runtime exited with error: {status}"),
+        )),
+        Outcome::Timeout => unhandled(LambdaError::new(
+            "Sandbox.Timeout",
+            settings.timeout_message(),
+        )),
+        Outcome::InitError(error) => InvokeReply::InitError { body: error.body },
+        Outcome::Throttled => InvokeReply::Busy {
+            body: LambdaError::new(
+                "TooManyRequestsException",
+                format!(
+                    "Rate Exceeded. The environment already runs {} invocation(s) at once",
+                    settings.concurrency
+                ),
+            )
+            .to_json(),
         },
-        Outcome::Answer(RuntimeAnswer::Error(error)) => {
-            metrics.error(ErrorClass::of_error_type(&error.error_type));
-            Reply::unhandled(error.body)
-        }
-        Outcome::Answer(RuntimeAnswer::ResponseTooLarge) => {
-            metrics.error(ErrorClass::ResponseTooLarge);
-            Reply::unhandled(
-                LambdaError::new(
-                    "Function.ResponseSizeTooLarge",
-                    format!("Response payload size exceeded maximum allowed payload size ({MAX_PAYLOAD_BYTES} bytes)."),
-                )
-                .to_json(),
-            )
-        }
-        Outcome::Answer(RuntimeAnswer::Exited { status }) => {
-            metrics.error(ErrorClass::RuntimeExit);
-            Reply::unhandled(
-                LambdaError::new(
-                    "Runtime.ExitError",
-                    format!("RequestId: {request_id} Error: Runtime exited with error: {status}"),
-                )
-                .to_json(),
-            )
-        }
-        Outcome::Timeout => {
-            metrics.error(ErrorClass::Timeout);
-            Reply::unhandled(
-                LambdaError::new("Sandbox.Timeout", env.settings.timeout_message()).to_json(),
-            )
-        }
-        Outcome::InitError(error) => Reply {
-            status: StatusCode::BAD_GATEWAY,
-            body: error.body,
-            content_type: HeaderValue::from_static("application/json"),
-            function_error: false,
-            retry_after: false,
+        Outcome::ShuttingDown => InvokeReply::ShuttingDown {
+            body: shutting_down_error(),
         },
-        Outcome::Throttled => {
-            metrics.error(ErrorClass::Throttled);
-            let mut reply = Reply::error(
-                StatusCode::TOO_MANY_REQUESTS,
-                &LambdaError::new(
-                    "TooManyRequestsException",
-                    format!(
-                        "Rate Exceeded. The environment already runs {} invocation(s) at once",
-                        env.settings.concurrency
-                    ),
-                ),
-            );
-            reply.retry_after = true;
-            reply
-        }
-        Outcome::ShuttingDown => {
-            metrics.error(ErrorClass::ShuttingDown);
-            let mut reply = Reply::error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &LambdaError::new(
-                    "ServiceUnavailableException",
-                    "The environment is shutting down",
-                ),
-            );
-            reply.retry_after = true;
-            reply
-        }
-        Outcome::DuplicateRequestId => {
-            metrics.error(ErrorClass::InvalidRequest);
-            Reply::error(
-                StatusCode::BAD_REQUEST,
-                &LambdaError::new(
-                    "InvalidRequestContentException",
-                    "An invocation with this X-Porchlight-Request-Id is already in flight",
-                ),
-            )
-        }
+        Outcome::DuplicateRequestId => bad_request(&LambdaError::new(
+            "InvalidRequestContentException",
+            "An invocation with this X-Porchlight-Request-Id is already in flight",
+        )),
     }
 }
 
 /// Lambda's `END` and `REPORT` lines.
-fn report(
-    env: &Environment,
-    request_id: &str,
-    duration: std::time::Duration,
-    cold_start: Option<std::time::Duration>,
-) {
+fn report(env: &Environment, request_id: &str, duration: Duration, cold_start: Option<Duration>) {
     let ms = duration.as_secs_f64() * 1000.0;
     let billed = ms.ceil().max(1.0) as u64;
     let memory = env.settings.config.memory_mib;
@@ -444,4 +371,401 @@ fn report(
     env.logs.stdout_line(&format!(
         "REPORT RequestId: {request_id}\tDuration: {ms:.2} ms\tBilled Duration: {billed} ms\tMemory Size: {memory} MB\tMax Memory Used: {used} MB{init}"
     ));
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+    use http_body_util::BodyExt as _;
+    use serde_json::Value;
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::error::normalise_error;
+
+    fn settings() -> Settings {
+        Config::try_parse_from([
+            "porchlight-runtime",
+            "--runtime",
+            "provided",
+            "--environment-id",
+            "env-test",
+            "--concurrency",
+            "2",
+            "--timeout-seconds",
+            "1.5",
+        ])
+        .unwrap()
+        .validate()
+        .unwrap()
+    }
+
+    fn error_type(body: &[u8]) -> String {
+        let v: Value = serde_json::from_slice(body).unwrap();
+        v["errorType"].as_str().unwrap().to_owned()
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    fn admitted(pairs: &[(&'static str, &str)], body: &'static [u8]) -> InvokeRequest {
+        admit(
+            Arc::from("r-1"),
+            &headers(pairs),
+            Ok(Bytes::from_static(body)),
+        )
+        .expect("admitted")
+    }
+
+    fn refused(pairs: &[(&'static str, &str)], body: Result<Bytes, BodyError>) -> InvokeReply {
+        admit(Arc::from("r-1"), &headers(pairs), body).expect_err("refused")
+    }
+
+    #[test]
+    fn admit_takes_the_event_trace_and_client_context() {
+        let request = admitted(&[(header::TRACE_ID, "Root=1-abc")], br#"{"a":1}"#);
+        assert_eq!(&*request.request_id, "r-1");
+        assert_eq!(&request.event[..], br#"{"a":1}"#);
+        assert_eq!(request.trace_id, "Root=1-abc");
+        assert_eq!(request.client_context, None);
+
+        let context = base64::engine::general_purpose::STANDARD.encode(r#"{"custom":{"k":"v"}}"#);
+        let request = admitted(&[(header::CLIENT_CONTEXT, &context)], b"[]");
+        assert_eq!(
+            request.client_context.as_deref(),
+            Some(r#"{"custom":{"k":"v"}}"#)
+        );
+        assert!(
+            request.trace_id.starts_with("Root=1-"),
+            "{}",
+            request.trace_id
+        );
+    }
+
+    #[test]
+    fn admit_turns_a_blank_body_into_an_empty_object() {
+        assert_eq!(&admitted(&[], b"").event[..], b"{}");
+        assert_eq!(&admitted(&[], b" \n\t").event[..], b"{}");
+    }
+
+    #[test]
+    fn admit_refuses_what_lambda_refuses() {
+        let too_large = refused(&[], Err(BodyError::TooLarge));
+        assert_eq!(too_large.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            error_type(too_large.body()),
+            "RequestEntityTooLargeException"
+        );
+
+        for reply in [
+            refused(&[], Err(BodyError::Truncated)),
+            refused(&[], Ok(Bytes::from_static(b"{not json"))),
+            refused(
+                &[(header::CLIENT_CONTEXT, "not base64!")],
+                Ok(Bytes::from_static(b"{}")),
+            ),
+            refused(
+                &[(
+                    header::CLIENT_CONTEXT,
+                    &base64::engine::general_purpose::STANDARD.encode("not json"),
+                )],
+                Ok(Bytes::from_static(b"{}")),
+            ),
+        ] {
+            assert_eq!(reply.status(), StatusCode::BAD_REQUEST, "{reply:?}");
+            assert_eq!(error_type(reply.body()), "InvalidRequestContentException");
+        }
+    }
+
+    /// Status, `X-Amz-Function-Error`, `Retry-After`, and the body's errorType.
+    fn shape(reply: &InvokeReply) -> (u16, Option<String>, Option<String>, Option<String>) {
+        let (status, headers, body) = reply.clone().encode();
+        let text = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
+        let body_type = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("errorType")?.as_str().map(str::to_owned));
+        (
+            status.as_u16(),
+            text(header::FUNCTION_ERROR),
+            text(http::header::RETRY_AFTER.as_str()),
+            body_type,
+        )
+    }
+
+    fn shape_of(outcome: Outcome) -> (u16, Option<String>, Option<String>, Option<String>) {
+        shape(&reply_for(outcome, "r-1", &settings()))
+    }
+
+    fn some(s: &str) -> Option<String> {
+        Some(s.to_owned())
+    }
+
+    #[test]
+    fn a_response_is_passed_through_with_its_content_type() {
+        let reply = reply_for(
+            Outcome::Answer(RuntimeAnswer::Response {
+                body: Bytes::from_static(b"hello"),
+                content_type: Some(HeaderValue::from_static("text/plain")),
+            }),
+            "r-1",
+            &settings(),
+        );
+        let (status, headers, body) = reply.encode();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[http::header::CONTENT_TYPE], "text/plain");
+        assert!(!headers.contains_key(header::FUNCTION_ERROR));
+        assert_eq!(&body[..], b"hello");
+
+        let reply = reply_for(
+            Outcome::Answer(RuntimeAnswer::Response {
+                body: Bytes::from_static(b"{}"),
+                content_type: None,
+            }),
+            "r-1",
+            &settings(),
+        );
+        let (_, headers, _) = reply.encode();
+        assert_eq!(headers[http::header::CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn function_failures_are_200_unhandled() {
+        let handler_error = normalise_error(
+            br#"{"errorType":"ValueError","errorMessage":"bad"}"#,
+            None,
+            "Function.Unknown",
+        );
+        assert_eq!(
+            shape_of(Outcome::Answer(RuntimeAnswer::Error(handler_error))),
+            (200, some("Unhandled"), None, some("ValueError"))
+        );
+        assert_eq!(
+            shape_of(Outcome::Answer(RuntimeAnswer::ResponseTooLarge)),
+            (
+                200,
+                some("Unhandled"),
+                None,
+                some("Function.ResponseSizeTooLarge")
+            )
+        );
+        assert_eq!(
+            shape_of(Outcome::Timeout),
+            (200, some("Unhandled"), None, some("Sandbox.Timeout"))
+        );
+        let crash = reply_for(
+            Outcome::Answer(RuntimeAnswer::Exited {
+                status: "exit status 3".into(),
+            }),
+            "r-9",
+            &settings(),
+        );
+        assert_eq!(
+            shape(&crash),
+            (200, some("Unhandled"), None, some("Runtime.ExitError"))
+        );
+        let message: Value = serde_json::from_slice(crash.body()).unwrap();
+        assert_eq!(
+            message["errorMessage"],
+            "RequestId: r-9 Error: Runtime exited with error: exit status 3"
+        );
+        let timeout = reply_for(Outcome::Timeout, "r-1", &settings());
+        let message: Value = serde_json::from_slice(timeout.body()).unwrap();
+        assert_eq!(message["errorMessage"], "Task timed out after 1.50 seconds");
+    }
+
+    #[test]
+    fn refusals_keep_their_statuses() {
+        let init = normalise_error(
+            b"boom",
+            Some("Runtime.ImportModuleError"),
+            "Runtime.Unknown",
+        );
+        assert_eq!(
+            shape_of(Outcome::InitError(init)),
+            (502, None, None, some("Runtime.ImportModuleError"))
+        );
+        assert_eq!(
+            shape_of(Outcome::Throttled),
+            (429, None, some("1"), some("TooManyRequestsException"))
+        );
+        assert_eq!(
+            shape_of(Outcome::ShuttingDown),
+            (503, None, some("1"), some(SHUTTING_DOWN_ERROR_TYPE))
+        );
+        assert_eq!(
+            shape_of(Outcome::DuplicateRequestId),
+            (400, None, None, some("InvalidRequestContentException"))
+        );
+    }
+
+    #[test]
+    fn only_invoke_side_errors_are_classified() {
+        let error = |t: &str| normalise_error(b"{}", Some(t), "Function.Unknown");
+        let cases = [
+            (
+                Outcome::Answer(RuntimeAnswer::Response {
+                    body: Bytes::new(),
+                    content_type: None,
+                }),
+                None,
+            ),
+            (Outcome::InitError(error("Runtime.Unknown")), None),
+            (
+                Outcome::Answer(RuntimeAnswer::Error(error("ValueError"))),
+                Some(ErrorClass::Function),
+            ),
+            (
+                Outcome::Answer(RuntimeAnswer::Error(error("Runtime.Custom"))),
+                Some(ErrorClass::Runtime),
+            ),
+            (
+                Outcome::Answer(RuntimeAnswer::ResponseTooLarge),
+                Some(ErrorClass::ResponseTooLarge),
+            ),
+            (
+                Outcome::Answer(RuntimeAnswer::Exited { status: "x".into() }),
+                Some(ErrorClass::RuntimeExit),
+            ),
+            (Outcome::Timeout, Some(ErrorClass::Timeout)),
+            (Outcome::Throttled, Some(ErrorClass::Throttled)),
+            (Outcome::ShuttingDown, Some(ErrorClass::ShuttingDown)),
+            (
+                Outcome::DuplicateRequestId,
+                Some(ErrorClass::InvalidRequest),
+            ),
+        ];
+        for (outcome, class) in cases {
+            assert_eq!(error_class(&outcome), class, "{outcome:?}");
+        }
+    }
+
+    #[test]
+    fn respond_adds_the_environment_s_headers_in_wire_order() {
+        let reply = InvokeReply::unhandled(Bytes::from_static(b"{}")).with_cold_start(12.0);
+        let response = respond(reply, "r-1", "env-1");
+        let names: Vec<&str> = response.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "content-type",
+                header::REQUEST_ID,
+                header::ENVIRONMENT,
+                header::FUNCTION_ERROR,
+                header::COLD_START,
+                header::INIT_DURATION_MS,
+            ]
+        );
+        assert_eq!(response.headers()[header::INIT_DURATION_MS], "12.000");
+
+        let busy = respond(
+            InvokeReply::Busy {
+                body: Bytes::from_static(b"{}"),
+            },
+            "r-2",
+            "env-1",
+        );
+        assert_eq!(busy.status(), StatusCode::TOO_MANY_REQUESTS);
+        let names: Vec<&str> = busy.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "content-type",
+                header::REQUEST_ID,
+                header::ENVIRONMENT,
+                "retry-after",
+            ]
+        );
+        assert_eq!(busy.headers()[header::REQUEST_ID], "r-2");
+        assert_eq!(busy.headers()[header::ENVIRONMENT], "env-1");
+    }
+
+    #[test]
+    fn readiness_bodies_are_the_ones_the_gateway_reads() {
+        use porchlight_core::invoke::Readiness;
+        let init = normalise_error(
+            b"boom",
+            Some("Runtime.ImportModuleError"),
+            "Runtime.Unknown",
+        );
+        let cases = [
+            (Phase::Ready { generation: 1 }, Readiness::Ready),
+            (
+                Phase::InitFailed {
+                    generation: 1,
+                    error: init,
+                    reported: false,
+                },
+                Readiness::InitFailed,
+            ),
+            (
+                Phase::Starting {
+                    generation: 1,
+                    since: std::time::Instant::now(),
+                },
+                Readiness::NotYet,
+            ),
+            (Phase::Restarting, Readiness::NotYet),
+            (Phase::ShuttingDown, Readiness::ShuttingDown),
+        ];
+        for (phase, expected) in cases {
+            let (status, body) = readiness(phase.clone());
+            assert_eq!(Readiness::decode(status, &body), expected, "{phase:?}");
+        }
+    }
+
+    async fn call(
+        router: Router,
+        path: &str,
+        pairs: &[(&str, &str)],
+        body: &'static [u8],
+    ) -> Response {
+        let mut request = Request::builder().method("POST").uri(path);
+        for (name, value) in pairs {
+            request = request.header(*name, *value);
+        }
+        router
+            .oneshot(request.body(Body::from(body)).unwrap())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_stopping_environment_refuses_with_retry_after() {
+        let env = Environment::new(settings());
+        env.begin_shutdown();
+        let response = call(
+            router(env),
+            porchlight_core::invoke::INVOKE_PATH,
+            &[(header::REQUEST_ID, "gw-1")],
+            b"{}",
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[http::header::RETRY_AFTER], "1");
+        assert_eq!(response.headers()[header::REQUEST_ID], "gw-1");
+        assert_eq!(response.headers()[header::ENVIRONMENT], "env-test");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(error_type(&body), SHUTTING_DOWN_ERROR_TYPE);
+    }
+
+    #[tokio::test]
+    async fn a_bad_event_is_refused_before_the_runtime_sees_it() {
+        let env = Environment::new(settings());
+        let response = call(
+            router(env.clone()),
+            porchlight_core::invoke::INVOKE_PATH,
+            &[],
+            b"{not json",
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert!(response.headers().contains_key(header::REQUEST_ID));
+        assert_eq!(env.admitted(), 0);
+    }
 }

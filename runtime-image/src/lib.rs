@@ -25,7 +25,8 @@ mod runtime_api;
 mod server;
 mod supervisor;
 
-pub use config::{Config, ConfigError, MAX_PAYLOAD_BYTES, RuntimeKind, Settings};
+pub use config::{Config, ConfigError, RuntimeKind, Settings};
+pub use porchlight_core::invoke::MAX_PAYLOAD_BYTES;
 pub use process::PYTHON_BOOTSTRAP;
 
 /// Exit code of a bad configuration (EX_USAGE).
@@ -112,7 +113,10 @@ where
     };
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        spawn_signal_handler(shutdown.clone())?;
+        // A second signal does not cut the drain short: the grace period
+        // bounds it, and whoever stops the shim (the kubelet, the local
+        // gateway) follows up with SIGKILL.
+        porchlight_core::signal::cancel_on_signal(shutdown.clone(), false)?;
         run_validated(settings, shutdown).await
     });
     match result {
@@ -135,21 +139,6 @@ fn init_tracing() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
-}
-
-/// Cancels `shutdown` on the first SIGTERM or SIGINT.
-fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
-        }
-        shutdown.cancel();
-    });
-    Ok(())
 }
 
 /// What a command line that did not parse ends with: `--help` and

@@ -8,8 +8,6 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 
-use crate::environment::Environment;
-
 /// Longest line re-emitted at once; longer output is split.
 const MAX_LINE_BYTES: usize = 256 * 1024;
 
@@ -55,9 +53,15 @@ pub enum Stream {
     Stderr,
 }
 
-/// Copies a runtime output stream line by line, prefixing the request id of
-/// the invocation in flight, until the stream ends.
-pub async fn pump(env: Arc<Environment>, stream: Stream, output: impl AsyncRead + Unpin) {
+/// Copies a runtime output stream line by line to `sink`, prefixing the
+/// request id of the invocation in flight (as `current_request_id` tells),
+/// until the stream ends.
+pub async fn pump(
+    sink: LogSink,
+    stream: Stream,
+    output: impl AsyncRead + Unpin,
+    current_request_id: impl Fn() -> Option<Arc<str>>,
+) {
     let mut reader = BufReader::with_capacity(16 * 1024, output);
     let mut line = Vec::with_capacity(1024);
     loop {
@@ -72,8 +76,8 @@ pub async fn pump(env: Arc<Environment>, stream: Stream, output: impl AsyncRead 
                 while matches!(line.last(), Some(b'\n' | b'\r')) {
                     line.pop();
                 }
-                let request_id = env.current_request_id();
-                env.logs.write(stream, request_id.as_deref(), &line);
+                let request_id = current_request_id();
+                sink.write(stream, request_id.as_deref(), &line);
             }
             Err(e) => {
                 tracing::debug!(error = %e, "runtime output stream ended");

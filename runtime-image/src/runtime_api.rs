@@ -11,10 +11,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use porchlight_core::LambdaError;
+use porchlight_core::invoke::MAX_PAYLOAD_BYTES;
 
-use crate::config::MAX_PAYLOAD_BYTES;
 use crate::environment::{ApiRefusal, Environment, RuntimeAnswer};
-use crate::error::{LambdaError, normalise_error};
+use crate::error::normalise_error;
 
 const ERROR_TYPE_HEADER: &str = "lambda-runtime-function-error-type";
 

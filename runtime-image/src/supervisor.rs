@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use nix::sys::signal::Signal;
+use porchlight_core::LambdaError;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::environment::{Environment, KillReason, Phase};
-use crate::error::{LambdaError, NormalisedError};
+use crate::error::NormalisedError;
 use crate::logs::{Stream, pump};
 use crate::metrics::RestartReason;
 use crate::process::{self, RuntimeProcess, describe_exit};
@@ -132,11 +133,17 @@ pub async fn supervise(env: Arc<Environment>, shutdown: CancellationToken) -> an
 }
 
 fn start_pumps(env: &Arc<Environment>, runtime: &mut RuntimeProcess) {
+    let current_request_id = |env: &Arc<Environment>| {
+        let env = env.clone();
+        move || env.current_request_id()
+    };
     if let Some(stdout) = runtime.child.stdout.take() {
-        tokio::spawn(pump(env.clone(), Stream::Stdout, stdout));
+        let request_id = current_request_id(env);
+        tokio::spawn(pump(env.logs, Stream::Stdout, stdout, request_id));
     }
     if let Some(stderr) = runtime.child.stderr.take() {
-        tokio::spawn(pump(env.clone(), Stream::Stderr, stderr));
+        let request_id = current_request_id(env);
+        tokio::spawn(pump(env.logs, Stream::Stderr, stderr, request_id));
     }
 }
 
