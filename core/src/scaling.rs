@@ -314,6 +314,9 @@ pub fn next_step(
     }
 }
 
+/// A change and how applying it went.
+type Applied<T, E> = (Pending<T>, Result<(), E>);
+
 /// The autoscaler loop for every function of a source.
 pub struct AutoscalerLoop<S: ScaleSource, K> {
     source: S,
@@ -478,15 +481,14 @@ impl<S: ScaleSource, K: ScaleSink<S::Handle>> AutoscalerLoop<S, K> {
             return;
         }
         let sink = &self.sink;
-        let results: Vec<(Pending<S::Handle>, Result<(), K::Error>)> =
-            futures::stream::iter(pending)
-                .map(|p| async move {
-                    let result = sink.apply(&p.handle, &p.change).await;
-                    (p, result)
-                })
-                .buffer_unordered(APPLY_CONCURRENCY)
-                .collect()
-                .await;
+        let results: Vec<Applied<S::Handle, K::Error>> = futures::stream::iter(pending)
+            .map(|p| async move {
+                let result = sink.apply(&p.handle, &p.change).await;
+                (p, result)
+            })
+            .buffer_unordered(APPLY_CONCURRENCY)
+            .collect()
+            .await;
         for (p, result) in results {
             self.record_applied(p, result);
         }

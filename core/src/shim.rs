@@ -67,11 +67,9 @@ pub mod var {
     pub const PYTHON: ShimVar = v("python", "PORCHLIGHT_PYTHON");
     /// The bundled Python bootstrap as a file.
     pub const PYTHON_BOOTSTRAP: ShimVar = v("python-bootstrap", "PORCHLIGHT_PYTHON_BOOTSTRAP");
-    /// The process whose death ends the shim (local mode: the gateway).
-    pub const PARENT_PID: ShimVar = v("parent-pid", "PORCHLIGHT_PARENT_PID");
 
     /// Every setting above, for checks that must cover them all.
-    pub const ALL: [ShimVar; 18] = [
+    pub const ALL: [ShimVar; 17] = [
         LISTEN,
         RUNTIME_API,
         FUNCTION_NAME,
@@ -89,7 +87,6 @@ pub mod var {
         SHUTDOWN_GRACE_SECONDS,
         PYTHON,
         PYTHON_BOOTSTRAP,
-        PARENT_PID,
     ];
 }
 
@@ -119,8 +116,6 @@ pub struct ShimSettings {
     pub exit_on_init_error: bool,
     /// [`var::ENVIRONMENT_ID`].
     pub environment_id: Option<String>,
-    /// [`var::PARENT_PID`].
-    pub parent_pid: Option<u32>,
 }
 
 impl ShimSettings {
@@ -157,9 +152,6 @@ impl ShimSettings {
         }
         if let Some(id) = &self.environment_id {
             out.push((var::ENVIRONMENT_ID, id.clone()));
-        }
-        if let Some(pid) = self.parent_pid {
-            out.push((var::PARENT_PID, pid.to_string()));
         }
         out
     }

@@ -331,7 +331,7 @@ mod tests {
 
     use clap::CommandFactory as _;
     use porchlight_core::ShimSettings;
-    use porchlight_core::shim::{RESERVED_ENV_PREFIX, ShimVar};
+    use porchlight_core::shim::RESERVED_ENV_PREFIX;
 
     use super::*;
 
@@ -386,11 +386,6 @@ mod tests {
         assert!(s.function_arn.ends_with(":000000000000:function:function"));
     }
 
-    /// Settings core knows that the shim's command line does not declare:
-    /// the parent pid is read by the gateway's embedded-shim entry point
-    /// before the shim's arguments are parsed.
-    const NOT_DECLARED: [ShimVar; 1] = [var::PARENT_PID];
-
     #[test]
     fn every_shim_setting_is_declared_with_core_s_names() {
         let command = Config::command();
@@ -398,10 +393,6 @@ mod tests {
             let arg = command
                 .get_arguments()
                 .find(|a| a.get_long() == Some(v.flag));
-            if NOT_DECLARED.contains(&v) {
-                assert!(arg.is_none(), "--{} is declared now", v.flag);
-                continue;
-            }
             let arg = arg.unwrap_or_else(|| panic!("--{} is not declared", v.flag));
             assert_eq!(arg.get_env(), Some(OsStr::new(v.env)), "--{}", v.flag);
         }
@@ -434,7 +425,6 @@ mod tests {
             freeze: true,
             exit_on_init_error: true,
             environment_id: Some("env-42".into()),
-            parent_pid: None, // NOT_DECLARED
         }
     }
 
@@ -453,9 +443,7 @@ mod tests {
             freeze,
             exit_on_init_error,
             environment_id,
-            parent_pid,
         } = every_setting();
-        assert_eq!(parent_pid, None);
         let argv =
             std::iter::once("porchlight-runtime".to_owned()).chain(every_setting().to_args());
         let config = Config::try_parse_from(argv).expect("to_args parses");
