@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use porchlight_core::backoff;
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
@@ -143,8 +144,7 @@ pub fn retry_decision(
     if attempts >= max_attempts {
         return RetryDecision::GiveUp;
     }
-    let factor = 1u32 << attempts.saturating_sub(1).min(16);
-    RetryDecision::RetryAfter(base.saturating_mul(factor))
+    RetryDecision::RetryAfter(backoff::exponential(base, attempts, Duration::MAX))
 }
 
 /// Accepts an async event for `entry`: queued, or refused with 429.

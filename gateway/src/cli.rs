@@ -324,7 +324,8 @@ where
     let gateway = Gateway::new(cli.gateway_config());
     let shutdown = CancellationToken::new();
     let source_stop = CancellationToken::new();
-    if let Err(e) = spawn_signal_handler(shutdown.clone()) {
+    // The first SIGTERM or SIGINT drains; a second one exits at once.
+    if let Err(e) = porchlight_core::signal::cancel_on_signal(shutdown.clone(), true) {
         eprintln!("porchlight-gateway: cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
     }
@@ -370,27 +371,6 @@ where
     let _ = reports.await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
-}
-
-/// Cancels `shutdown` on the first SIGTERM or SIGINT; a second one exits at once.
-fn spawn_signal_handler(shutdown: CancellationToken) -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
-        }
-        shutdown.cancel();
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::warn!("second signal: exiting now");
-        std::process::exit(130);
-    });
-    Ok(())
 }
 
 /// Builds a gateway with functions registered but no environments, for

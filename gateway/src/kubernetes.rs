@@ -31,13 +31,15 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 use porchlight_api::Function;
 use porchlight_core::FunctionKey;
+use porchlight_core::endpoint::pod_url;
+use porchlight_core::names::{FUNCTION_LABEL, READY_CONDITION, init_failure_error, reason};
 use tokio_util::sync::CancellationToken;
 
 use crate::gateway::Gateway;
 use crate::registry::{EnvironmentInfo, Registry};
 
-/// Label that marks a function's pods, with the function's name as value.
-pub const FUNCTION_LABEL: &str = "porchlight.dev/function";
+/// Kubernetes' pod condition that says a pod passes its readiness probe.
+const POD_READY_CONDITION: &str = "Ready";
 
 /// Settings of the Kubernetes source.
 #[derive(Clone, Debug)]
@@ -68,24 +70,20 @@ pub fn pod_route(pod: &Pod, port: u16) -> Option<(String, PodRoute)> {
     let status = pod.status.as_ref();
     let ready = status
         .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == POD_READY_CONDITION && c.status == "True")
+        });
     let ip = status
         .and_then(|s| s.pod_ip.as_deref())
         .filter(|ip| !ip.is_empty());
     match ip {
-        Some(ip) if ready && !terminating => {
-            let host = if ip.contains(':') {
-                format!("[{ip}]")
-            } else {
-                ip.to_string()
-            };
-            Some((
-                function,
-                PodRoute::Routable {
-                    base_url: format!("http://{host}:{port}"),
-                },
-            ))
-        }
+        Some(ip) if ready && !terminating => Some((
+            function,
+            PodRoute::Routable {
+                base_url: pod_url(ip, port),
+            },
+        )),
         _ => Some((function, PodRoute::Drain)),
     }
 }
@@ -99,21 +97,11 @@ pub fn init_failure(f: &Function) -> Option<Bytes> {
         .as_ref()?
         .conditions
         .iter()
-        .find(|c| c.type_ == "Ready")?;
-    if c.status != "False" || c.reason.as_deref() != Some("InitFailed") {
+        .find(|c| c.type_ == READY_CONDITION)?;
+    if c.status != "False" || c.reason.as_deref() != Some(reason::INIT_FAILED) {
         return None;
     }
-    let message = c
-        .message
-        .as_deref()
-        .unwrap_or("The function's init failed.");
-    let (error_type, error_message) = match message.split_once(": ") {
-        Some((t, m)) if !t.is_empty() && !t.contains(char::is_whitespace) => (t, m),
-        _ => ("Runtime.InitError", message),
-    };
-    Some(Bytes::from(
-        porchlight_core::LambdaError::new(error_type, error_message).to_json(),
-    ))
+    Some(init_failure_error(c.message.as_deref()))
 }
 
 /// Brings the registry in line with the Functions and pods the API reports.

@@ -9,12 +9,15 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use porchlight_core::invoke::{INVOKE_ROUTE, LIVE_PATH, METRICS_PATH, READY_PATH, header};
+use porchlight_core::report::REPORT_PATH;
 use serde_json::{Value, json};
 
 use crate::async_invoke;
@@ -30,7 +33,7 @@ type Gw = State<Arc<Gateway>>;
 /// The gateway's router.
 pub fn app(gateway: Arc<Gateway>) -> Router {
     Router::new()
-        .route("/2015-03-31/functions/{name}/invocations", post(invoke))
+        .route(INVOKE_ROUTE, post(invoke))
         .route("/2015-03-31/functions/{name}", get(get_function))
         .route("/2015-03-31/functions", get(list_functions))
         .route("/2015-03-31/functions/", get(list_functions))
@@ -41,10 +44,10 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
         .route("/events/cloudevents", post(cloud_event))
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/functions", get(functions_status))
-        .route(porchlight_core::report::REPORT_PATH, get(concurrency))
-        .route("/live", get(|| async { "ok" }))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
+        .route(REPORT_PATH, get(concurrency))
+        .route(LIVE_PATH, get(|| async { "ok" }))
+        .route(READY_PATH, get(ready))
+        .route(METRICS_PATH, get(metrics))
         .fallback(|| async { GatewayError::RouteNotFound("No route matches this request.".into()) })
         .with_state(gateway)
 }
@@ -64,7 +67,7 @@ pub async fn read_body(
     limit: usize,
 ) -> Result<Bytes, GatewayError> {
     let declared = headers
-        .get(header::CONTENT_LENGTH)
+        .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|len| len > limit + DRAIN_BEYOND_LIMIT) {
@@ -132,7 +135,7 @@ fn lookup(
 fn lambda_headers(response: &mut Response, request_id: &str) {
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        h.insert("x-amzn-requestid", v);
+        h.insert(header::AMZN_REQUEST_ID, v);
     }
 }
 
@@ -175,7 +178,7 @@ async fn invoke_inner(
 ) -> Result<Response, GatewayError> {
     let entry = lookup(gw, raw_name, query)?;
     let invocation_type = headers
-        .get("x-amz-invocation-type")
+        .get(header::INVOCATION_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("RequestResponse");
     let limit = match invocation_type {
@@ -214,20 +217,17 @@ async fn invoke_inner(
                 .await?;
             let mut r = (StatusCode::OK, result.body.clone()).into_response();
             let h = r.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             if let Some(fe) = result
                 .function_error
                 .as_deref()
                 .and_then(|v| HeaderValue::from_str(v).ok())
             {
-                h.insert("x-amz-function-error", fe);
+                h.insert(header::FUNCTION_ERROR, fe);
             }
             environment_headers(h, &result);
             if headers
-                .get("x-amz-log-type")
+                .get(header::LOG_TYPE)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"tail"))
             {
                 let log = format!(
@@ -236,7 +236,7 @@ async fn invoke_inner(
                 );
                 let encoded = base64::engine::general_purpose::STANDARD.encode(log);
                 if let Ok(v) = HeaderValue::from_str(&encoded) {
-                    h.insert("x-amz-log-result", v);
+                    h.insert(header::LOG_RESULT, v);
                 }
             }
             r
@@ -244,7 +244,7 @@ async fn invoke_inner(
     };
     lambda_headers(&mut response, request_id);
     response.headers_mut().insert(
-        "x-amz-executed-version",
+        header::EXECUTED_VERSION,
         HeaderValue::from_static("$LATEST"),
     );
     Ok(response)
@@ -254,14 +254,14 @@ async fn invoke_inner(
 /// cold start (with the init duration), for load tools and debugging.
 fn environment_headers(h: &mut HeaderMap, result: &InvocationResult) {
     if let Ok(v) = HeaderValue::from_str(&result.environment) {
-        h.insert("x-porchlight-environment", v);
+        h.insert(header::ENVIRONMENT, v);
     }
     if result.cold_start {
-        h.insert("x-porchlight-cold-start", HeaderValue::from_static("true"));
+        h.insert(header::COLD_START, HeaderValue::from_static("true"));
         if let Some(ms) = result.init_duration_ms
             && let Ok(v) = HeaderValue::from_str(&format!("{ms:.1}"))
         {
-            h.insert("x-porchlight-init-duration-ms", v);
+            h.insert(header::INIT_DURATION_MS, v);
         }
     }
 }
@@ -530,7 +530,7 @@ async fn ready(State(gw): Gw) -> Response {
 
 async fn metrics(State(gw): Gw) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(CONTENT_TYPE, "text/plain; version=0.0.4")],
         gw.metrics.render(),
     )
         .into_response()
