@@ -15,7 +15,6 @@ use crate::local::manifests::{LoadedFunction, load_dir};
 use crate::local::process::{Launcher, run_embedded_shim};
 use crate::local::{LocalConfig, LocalSource};
 use crate::registry::DispatchConfig;
-use crate::report::ReportHub;
 
 /// Exit code for bad configuration (sysexits EX_USAGE).
 pub const EXIT_BAD_CONFIG: u8 = 64;
@@ -329,7 +328,7 @@ where
         eprintln!("porchlight-gateway: cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
     }
-    let reports = tokio::spawn(ReportHub::run(gateway.clone(), source_stop.clone()));
+    let reports = tokio::spawn(gateway.run_reports(source_stop.clone()));
     let source = start_source(gateway.clone(), addr, source_stop.clone(), shutdown.clone());
     tracing::info!(%addr, "serving");
     let app =
@@ -359,11 +358,7 @@ where
         }
     }
     gateway.begin_shutdown();
-    gateway.tasks.close();
-    if tokio::time::timeout(Duration::from_secs(5), gateway.tasks.wait())
-        .await
-        .is_err()
-    {
+    if !gateway.finish_async(Duration::from_secs(5)).await {
         tracing::warn!("async invocations still running at shutdown were abandoned");
     }
     source_stop.cancel();
@@ -378,7 +373,7 @@ where
 pub fn gateway_with(functions: &[LoadedFunction], config: GatewayConfig) -> Arc<Gateway> {
     let gw = Gateway::new(config);
     for f in functions {
-        gw.registry
+        gw.registry()
             .upsert(f.key.clone(), f.spec.clone(), f.settings.clone());
     }
     gw.set_ready(true);
