@@ -605,6 +605,80 @@ async fn dead_letters<G: Ingress>(State(gw): Gw<G>, RawQuery(query): RawQuery) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tower::ServiceExt;
+
+    /// An ingress with no functions: the routes need nothing more.
+    struct Empty;
+
+    impl Ingress for Empty {
+        fn function(&self, name: &str) -> Result<Arc<FunctionEntry>, GatewayError> {
+            Err(GatewayError::not_found(name))
+        }
+        fn functions(&self) -> Vec<Arc<FunctionEntry>> {
+            Vec::new()
+        }
+        async fn invoke(
+            &self,
+            _: &Arc<FunctionEntry>,
+            _: Bytes,
+            _: &str,
+            _: TriggerKind,
+        ) -> Result<InvocationResult, GatewayError> {
+            Err(GatewayError::ShuttingDown)
+        }
+        fn enqueue(
+            &self,
+            _: &Arc<FunctionEntry>,
+            _: Bytes,
+            _: String,
+            _: TriggerKind,
+        ) -> Result<(), GatewayError> {
+            Err(GatewayError::ShuttingDown)
+        }
+        fn is_ready(&self) -> bool {
+            false
+        }
+        fn metrics_text(&self) -> String {
+            String::new()
+        }
+        fn latest_report(&self) -> Arc<GatewayReport> {
+            Arc::default()
+        }
+        async fn report_after(&self, _: u64, _: Duration) -> Arc<GatewayReport> {
+            Arc::default()
+        }
+        fn dead_letters(&self, _: Option<&str>) -> DeadLetterList {
+            DeadLetterList {
+                dead_letters: Vec::new(),
+                total: 0,
+                evicted: 0,
+            }
+        }
+    }
+
+    async fn status(uri: &str, method: &str) -> (StatusCode, HeaderMap) {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::from("{}"))
+            .expect("request");
+        let r = app(Arc::new(Empty)).oneshot(req).await.expect("infallible");
+        (r.status(), r.headers().clone())
+    }
+
+    #[tokio::test]
+    async fn routes_work_against_any_ingress() {
+        let (code, headers) = status("/2015-03-31/functions/nope/invocations", "POST").await;
+        assert_eq!(code, StatusCode::NOT_FOUND);
+        assert!(headers.contains_key("x-amzn-requestid"));
+        assert_eq!(
+            status("/ready", "GET").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(status("/v1/functions", "GET").await.0, StatusCode::OK);
+        let (code, _) = status("/events/cloudevents", "POST").await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "no ce- headers");
+    }
 
     #[test]
     fn function_names_in_every_form() {
