@@ -6,11 +6,12 @@
 //! from gateways to the controller ([`report`]), the names of labels,
 //! annotations and conditions ([`names`]), the shim's settings ([`shim`]),
 //! the autoscaler maths ([`autoscaler`]) and the autoscaler loop that local
-//! mode and the controller share ([`scaling`]), plus two small helpers
-//! written once ([`signal`], [`backoff`]).
+//! mode and the controller share ([`scaling`]), plus small helpers
+//! written once ([`signal`], [`backoff`], [`endpoint`]).
 
 pub mod autoscaler;
 pub mod backoff;
+pub mod endpoint;
 pub mod error;
 pub mod invoke;
 pub mod names;

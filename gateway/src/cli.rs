@@ -15,7 +15,6 @@ use crate::local::manifests::{LoadedFunction, load_dir};
 use crate::local::process::{Launcher, run_embedded_shim};
 use crate::local::{LocalConfig, LocalSource};
 use crate::registry::DispatchConfig;
-use crate::report::ReportHub;
 
 /// Exit code for bad configuration (sysexits EX_USAGE).
 pub const EXIT_BAD_CONFIG: u8 = 64;
@@ -324,11 +323,12 @@ where
     let gateway = Gateway::new(cli.gateway_config());
     let shutdown = CancellationToken::new();
     let source_stop = CancellationToken::new();
-    if let Err(e) = spawn_signal_handler(shutdown.clone()) {
+    // The first SIGTERM or SIGINT drains; a second one exits at once.
+    if let Err(e) = porchlight_core::signal::cancel_on_signal(shutdown.clone(), true) {
         eprintln!("porchlight-gateway: cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
     }
-    let reports = tokio::spawn(ReportHub::run(gateway.clone(), source_stop.clone()));
+    let reports = tokio::spawn(gateway.run_reports(source_stop.clone()));
     let source = start_source(gateway.clone(), addr, source_stop.clone(), shutdown.clone());
     tracing::info!(%addr, "serving");
     let app =
@@ -358,11 +358,7 @@ where
         }
     }
     gateway.begin_shutdown();
-    gateway.tasks.close();
-    if tokio::time::timeout(Duration::from_secs(5), gateway.tasks.wait())
-        .await
-        .is_err()
-    {
+    if !gateway.finish_async(Duration::from_secs(5)).await {
         tracing::warn!("async invocations still running at shutdown were abandoned");
     }
     source_stop.cancel();
@@ -372,33 +368,12 @@ where
     ExitCode::SUCCESS
 }
 
-/// Cancels `shutdown` on the first SIGTERM or SIGINT; a second one exits at once.
-fn spawn_signal_handler(shutdown: CancellationToken) -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
-        }
-        shutdown.cancel();
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::warn!("second signal: exiting now");
-        std::process::exit(130);
-    });
-    Ok(())
-}
-
 /// Builds a gateway with functions registered but no environments, for
 /// tests and benchmarks that bring their own.
 pub fn gateway_with(functions: &[LoadedFunction], config: GatewayConfig) -> Arc<Gateway> {
     let gw = Gateway::new(config);
     for f in functions {
-        gw.registry
+        gw.registry()
             .upsert(f.key.clone(), f.spec.clone(), f.settings.clone());
     }
     gw.set_ready(true);

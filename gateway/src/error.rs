@@ -147,7 +147,7 @@ impl IntoResponse for GatewayError {
             HeaderValue::from_static("application/json"),
         );
         headers.insert(
-            "x-amzn-errortype",
+            porchlight_core::invoke::header::AMZN_ERROR_TYPE,
             HeaderValue::from_static(self.error_type()),
         );
         if let Some(after) = self.retry_after() {

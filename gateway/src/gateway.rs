@@ -1,26 +1,30 @@
-//! The gateway's shared state and its synchronous invocation path: take a
-//! slot on an environment (waiting, bounded), send the event, classify the
-//! answer into a Lambda outcome.
+//! The gateway's shared state, behind one handle: the registry of functions,
+//! the synchronous and asynchronous invocation paths, the concurrency
+//! reports and the metrics. Fields are private; what callers may do is a
+//! method that says what happens. The HTTP routes see only [`Ingress`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::time::Instant;
-use tokio_util::task::TaskTracker;
+use porchlight_core::GatewayReport;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-use crate::async_invoke::DeadLetters;
+use crate::async_invoke::{AsyncInvoker, AsyncSettings};
+use crate::dead_letters::DeadLetterList;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::registry::{DispatchConfig, FunctionEntry, Registry};
 use crate::report::ReportHub;
-use crate::upstream::{UpstreamClient, UpstreamReply};
+use crate::routes::Ingress;
+use crate::sync_invoke::SyncInvoker;
+use crate::upstream::Readiness;
 
-/// Lambda's synchronous payload limit (request and response).
-pub const SYNC_PAYLOAD_LIMIT: usize = 6_291_456;
-/// Lambda's asynchronous payload limit.
-pub const ASYNC_PAYLOAD_LIMIT: usize = 1_048_576;
+pub use crate::sync_invoke::{
+    ASYNC_PAYLOAD_LIMIT, InvocationResult, SYNC_PAYLOAD_LIMIT, TriggerKind,
+};
 
 /// Settings of the gateway core.
 #[derive(Clone, Debug)]
@@ -52,94 +56,72 @@ impl Default for GatewayConfig {
     }
 }
 
-/// Where an invocation came from (a bounded set, used as a metric label).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TriggerKind {
-    /// Lambda Invoke API, RequestResponse.
-    Invoke,
-    /// Lambda Invoke API, Event.
-    Event,
-    /// HTTP trigger.
-    Http,
-    /// S3 notification.
-    S3,
-    /// CloudEvent.
-    CloudEvents,
-}
-
-impl TriggerKind {
-    /// Label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TriggerKind::Invoke => "invoke",
-            TriggerKind::Event => "event",
-            TriggerKind::Http => "http",
-            TriggerKind::S3 => "s3",
-            TriggerKind::CloudEvents => "cloudevents",
-        }
-    }
-}
-
-/// A handler's answer.
-#[derive(Clone, Debug, PartialEq)]
-pub struct InvocationResult {
-    /// Result or error JSON.
-    pub body: Bytes,
-    /// `Unhandled` (or `Handled`) when the function failed.
-    pub function_error: Option<String>,
-    /// Whether the environment initialised for this event.
-    pub cold_start: bool,
-    /// The environment's init duration, on cold starts.
-    pub init_duration_ms: Option<f64>,
-    /// Environment that ran it.
-    pub environment: Arc<str>,
-}
-
-impl InvocationResult {
-    /// The outcome label for metrics.
-    pub fn outcome(&self) -> &'static str {
-        if self.function_error.is_some() {
-            "function_error"
-        } else {
-            "success"
-        }
-    }
-}
-
 /// The gateway core, shared by every route and background task.
 pub struct Gateway {
-    /// Functions and their queues.
-    pub registry: Registry,
-    /// Client to environments.
-    pub client: UpstreamClient,
-    /// Metrics.
-    pub metrics: Metrics,
-    /// Dead letters of async events.
-    pub dead_letters: DeadLetters,
-    /// Concurrency reports.
-    pub reports: ReportHub,
-    /// Settings.
-    pub config: GatewayConfig,
-    /// Async invocations and other background work, awaited at shutdown.
-    pub tasks: TaskTracker,
-    shutting_down: AtomicBool,
+    registry: Arc<Registry>,
+    sync: Arc<SyncInvoker>,
+    asynchronous: Arc<AsyncInvoker>,
+    reports: Arc<ReportHub>,
+    metrics: Metrics,
     ready: AtomicBool,
 }
 
 impl Gateway {
     /// A gateway with no functions.
     pub fn new(config: GatewayConfig) -> Arc<Self> {
+        let metrics = Metrics::new();
+        let sync = Arc::new(SyncInvoker::new(config.dispatch.clone(), metrics.clone()));
+        let asynchronous = Arc::new(AsyncInvoker::new(
+            sync.clone(),
+            metrics.clone(),
+            AsyncSettings {
+                retry_base: config.async_retry_base,
+                max_attempts: config.async_max_attempts,
+                max_age: config.async_max_age,
+                queue_depth: config.dispatch.async_queue_depth,
+                dead_letter_capacity: config.dead_letter_capacity,
+            },
+        ));
         Arc::new(Gateway {
-            registry: Registry::new(config.dispatch.clone()),
-            client: UpstreamClient::new(),
-            metrics: Metrics::new(),
-            dead_letters: DeadLetters::new(config.dead_letter_capacity),
-            reports: ReportHub::new(config.gateway_name.clone()),
-            config,
-            tasks: TaskTracker::new(),
-            shutting_down: AtomicBool::new(false),
+            registry: Arc::new(Registry::new(config.dispatch)),
+            sync,
+            asynchronous,
+            reports: Arc::new(ReportHub::new(config.gateway_name)),
+            metrics,
             ready: AtomicBool::new(false),
         })
+    }
+
+    /// The functions and their queues (environment sources add, drain and
+    /// remove environments here; the demand signal is [`Registry::demand`]).
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The concurrency reports.
+    pub fn reports(&self) -> &Arc<ReportHub> {
+        &self.reports
+    }
+
+    /// Follows the concurrency reports as they are published.
+    pub fn subscribe_reports(&self) -> watch::Receiver<Arc<GatewayReport>> {
+        self.reports.subscribe()
+    }
+
+    /// The report loop (sample every 100 ms, publish every second or on a
+    /// poke) until `shutdown`.
+    pub fn run_reports(
+        &self,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        self.reports
+            .clone()
+            .run(self.registry.clone(), self.metrics.clone(), shutdown)
     }
 
     /// Marks the gateway ready (functions loaded) or not.
@@ -154,7 +136,7 @@ impl Gateway {
 
     /// Refuses new invocations from now on and fails those still waiting.
     pub fn begin_shutdown(&self) {
-        self.shutting_down.store(true, Ordering::SeqCst);
+        self.sync.begin_shutdown();
         for f in self.registry.all() {
             f.close_waiters();
         }
@@ -162,7 +144,13 @@ impl Gateway {
 
     /// Whether shutdown began.
     pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::SeqCst)
+        self.sync.is_shutting_down()
+    }
+
+    /// Waits up to `bound` for async invocations still running; returns
+    /// false when some were abandoned.
+    pub async fn finish_async(&self, bound: Duration) -> bool {
+        self.asynchronous.finish(bound).await
     }
 
     /// Looks a function up.
@@ -180,186 +168,82 @@ impl Gateway {
         request_id: &str,
         trigger: TriggerKind,
     ) -> Result<InvocationResult, GatewayError> {
-        let started = Instant::now();
-        let result = self.invoke_inner(entry, payload, request_id).await;
-        let outcome = match &result {
-            Ok(r) => {
-                if r.cold_start {
-                    self.metrics
-                        .cold_starts
-                        .with_label_values(&[entry.name()])
-                        .inc();
-                }
-                r.outcome()
-            }
-            Err(e) => {
-                if let GatewayError::Throttled { .. } | GatewayError::Unavailable { .. } = e {
-                    let reason = if matches!(e, GatewayError::Unavailable { .. }) {
-                        "no_environment"
-                    } else {
-                        "concurrency"
-                    };
-                    self.metrics
-                        .throttles
-                        .with_label_values(&[entry.name(), reason])
-                        .inc();
-                }
-                e.outcome()
-            }
-        };
-        self.metrics
-            .invocations
-            .with_label_values(&[entry.name(), trigger.as_str(), outcome])
-            .inc();
-        self.metrics
-            .latency
-            .with_label_values(&[entry.name()])
-            .observe(started.elapsed().as_secs_f64());
-        match &result {
-            Ok(r) => tracing::debug!(
-                request_id,
-                function = entry.name(),
-                environment = &*r.environment,
-                outcome,
-                "invocation finished"
-            ),
-            Err(e) => tracing::debug!(
-                request_id,
-                function = entry.name(),
-                outcome,
-                error = %e,
-                "invocation refused"
-            ),
-        }
-        result
+        self.sync.invoke(entry, payload, request_id, trigger).await
     }
 
-    async fn invoke_inner(
+    /// Accepts an async event: queued, or refused with 429.
+    pub fn enqueue(
+        &self,
+        entry: &Arc<FunctionEntry>,
+        payload: Bytes,
+        request_id: String,
+        trigger: TriggerKind,
+    ) -> Result<(), GatewayError> {
+        self.asynchronous
+            .enqueue(entry, payload, request_id, trigger)
+    }
+
+    /// The dead letters, optionally of one function.
+    pub fn dead_letters(&self, function: Option<&str>) -> DeadLetterList {
+        self.asynchronous.dead_letters(function)
+    }
+
+    /// Asks an environment whether its init finished.
+    pub async fn readiness(&self, base_url: &str) -> Readiness {
+        self.sync.readiness(base_url).await
+    }
+}
+
+impl Ingress for Gateway {
+    fn function(&self, name: &str) -> Result<Arc<FunctionEntry>, GatewayError> {
+        Gateway::function(self, name)
+    }
+
+    fn functions(&self) -> Vec<Arc<FunctionEntry>> {
+        self.registry.all()
+    }
+
+    fn invoke(
         &self,
         entry: &Arc<FunctionEntry>,
         payload: Bytes,
         request_id: &str,
-    ) -> Result<InvocationResult, GatewayError> {
-        if self.is_shutting_down() {
-            return Err(GatewayError::ShuttingDown);
-        }
-        entry
-            .counters
-            .invocations
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let deadline = Instant::now() + entry.wait_bound(&self.config.dispatch);
-        let timeout_secs = entry.spec.timeout_seconds;
-        // The shim enforces the function timeout; this only guards against a
-        // shim that stops answering.
-        let upstream_timeout =
-            Duration::from_secs(u64::from(timeout_secs)) + Duration::from_secs(5);
-        // Retry elsewhere only when nothing reached a handler.
-        for _ in 0..8 {
-            let lease = match entry.acquire(deadline).await {
-                Ok(lease) => lease,
-                Err(e) => {
-                    // The platform reports that this function's init fails:
-                    // the caller gets that error, as from Lambda.
-                    if let Some(body) = entry.current_init_failure() {
-                        return Ok(InvocationResult {
-                            body,
-                            function_error: Some("Unhandled".into()),
-                            cold_start: false,
-                            init_duration_ms: None,
-                            environment: Arc::from("none"),
-                        });
-                    }
-                    return Err(e);
-                }
-            };
-            let env = lease.environment().clone();
-            let reply = self
-                .client
-                .invoke(&env.base_url, request_id, payload.clone(), upstream_timeout)
-                .await;
-            let done = |body: Bytes,
-                        function_error: Option<String>,
-                        cold_start: bool,
-                        init_duration_ms: Option<f64>| {
-                Ok(InvocationResult {
-                    body,
-                    function_error,
-                    cold_start,
-                    init_duration_ms,
-                    environment: env.id.clone(),
-                })
-            };
-            match reply {
-                UpstreamReply::Done {
-                    body,
-                    function_error,
-                    cold_start,
-                    init_duration_ms,
-                } => return done(body, function_error, cold_start, init_duration_ms),
-                UpstreamReply::InitError { body } => {
-                    return done(body, Some("Unhandled".into()), true, None);
-                }
-                UpstreamReply::Died => {
-                    tracing::warn!(
-                        request_id,
-                        function = entry.name(),
-                        environment = &*env.id,
-                        "environment connection broke during an invocation"
-                    );
-                    entry.mark_unreachable(&env.id);
-                    let body = porchlight_core::LambdaError::new(
-                        "Runtime.ExitError",
-                        format!("RequestId: {request_id} Error: Runtime exited without providing a reason"),
-                    )
-                    .to_json();
-                    return done(Bytes::from(body), Some("Unhandled".into()), false, None);
-                }
-                UpstreamReply::TimedOut => {
-                    let body = porchlight_core::LambdaError::new(
-                        "Sandbox.Timeout",
-                        format!("RequestId: {request_id} Error: Task timed out after {timeout_secs}.00 seconds"),
-                    )
-                    .to_json();
-                    return done(Bytes::from(body), Some("Unhandled".into()), false, None);
-                }
-                UpstreamReply::TooLarge => {
-                    return Err(GatewayError::TooLarge {
-                        limit: SYNC_PAYLOAD_LIMIT,
-                    });
-                }
-                UpstreamReply::BadRequest { .. } => {
-                    return Err(GatewayError::InvalidJson(
-                        "the execution environment rejected the payload".into(),
-                    ));
-                }
-                UpstreamReply::Unexpected { status } => {
-                    tracing::warn!(request_id, function = entry.name(), %status,
-                        "environment answered with an unexpected status");
-                    return Err(GatewayError::Service(
-                        "The execution environment gave an unexpected answer.".into(),
-                    ));
-                }
-                UpstreamReply::Busy => {
-                    drop(lease);
-                    tokio::task::yield_now().await;
-                }
-                UpstreamReply::Unreachable | UpstreamReply::ShuttingDown => {
-                    tracing::warn!(
-                        request_id,
-                        function = entry.name(),
-                        environment = &*env.id,
-                        "environment unreachable; trying another"
-                    );
-                    entry.mark_unreachable(&env.id);
-                    drop(lease);
-                }
-            }
-            if Instant::now() >= deadline {
-                break;
-            }
-        }
-        Err(GatewayError::Service(
-            "No execution environment could take the invocation.".into(),
-        ))
+        trigger: TriggerKind,
+    ) -> impl Future<Output = Result<InvocationResult, GatewayError>> + Send {
+        self.sync.invoke(entry, payload, request_id, trigger)
+    }
+
+    fn enqueue(
+        &self,
+        entry: &Arc<FunctionEntry>,
+        payload: Bytes,
+        request_id: String,
+        trigger: TriggerKind,
+    ) -> Result<(), GatewayError> {
+        Gateway::enqueue(self, entry, payload, request_id, trigger)
+    }
+
+    fn is_ready(&self) -> bool {
+        Gateway::is_ready(self)
+    }
+
+    fn metrics_text(&self) -> String {
+        self.metrics.render()
+    }
+
+    fn latest_report(&self) -> Arc<GatewayReport> {
+        self.reports.latest()
+    }
+
+    fn report_after(
+        &self,
+        after: u64,
+        wait: Duration,
+    ) -> impl Future<Output = Arc<GatewayReport>> + Send {
+        self.reports.wait_after(after, wait)
+    }
+
+    fn dead_letters(&self, function: Option<&str>) -> DeadLetterList {
+        Gateway::dead_letters(self, function)
     }
 }

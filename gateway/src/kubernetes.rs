@@ -22,7 +22,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -31,13 +30,15 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 use porchlight_api::Function;
 use porchlight_core::FunctionKey;
+use porchlight_core::endpoint::pod_url;
+use porchlight_core::names::{FUNCTION_LABEL, READY_CONDITION, init_failure_error, reason};
 use tokio_util::sync::CancellationToken;
 
 use crate::gateway::Gateway;
 use crate::registry::{EnvironmentInfo, Registry};
 
-/// Label that marks a function's pods, with the function's name as value.
-pub const FUNCTION_LABEL: &str = "porchlight.dev/function";
+/// Kubernetes' pod condition that says a pod passes its readiness probe.
+const POD_READY_CONDITION: &str = "Ready";
 
 /// Settings of the Kubernetes source.
 #[derive(Clone, Debug)]
@@ -68,24 +69,20 @@ pub fn pod_route(pod: &Pod, port: u16) -> Option<(String, PodRoute)> {
     let status = pod.status.as_ref();
     let ready = status
         .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == POD_READY_CONDITION && c.status == "True")
+        });
     let ip = status
         .and_then(|s| s.pod_ip.as_deref())
         .filter(|ip| !ip.is_empty());
     match ip {
-        Some(ip) if ready && !terminating => {
-            let host = if ip.contains(':') {
-                format!("[{ip}]")
-            } else {
-                ip.to_string()
-            };
-            Some((
-                function,
-                PodRoute::Routable {
-                    base_url: format!("http://{host}:{port}"),
-                },
-            ))
-        }
+        Some(ip) if ready && !terminating => Some((
+            function,
+            PodRoute::Routable {
+                base_url: pod_url(ip, port),
+            },
+        )),
         _ => Some((function, PodRoute::Drain)),
     }
 }
@@ -99,21 +96,11 @@ pub fn init_failure(f: &Function) -> Option<Bytes> {
         .as_ref()?
         .conditions
         .iter()
-        .find(|c| c.type_ == "Ready")?;
-    if c.status != "False" || c.reason.as_deref() != Some("InitFailed") {
+        .find(|c| c.type_ == READY_CONDITION)?;
+    if c.status != "False" || c.reason.as_deref() != Some(reason::INIT_FAILED) {
         return None;
     }
-    let message = c
-        .message
-        .as_deref()
-        .unwrap_or("The function's init failed.");
-    let (error_type, error_message) = match message.split_once(": ") {
-        Some((t, m)) if !t.is_empty() && !t.contains(char::is_whitespace) => (t, m),
-        _ => ("Runtime.InitError", message),
-    };
-    Some(Bytes::from(
-        porchlight_core::LambdaError::new(error_type, error_message).to_json(),
-    ))
+    Some(init_failure_error(c.message.as_deref()))
 }
 
 /// Brings the registry in line with the Functions and pods the API reports.
@@ -124,7 +111,7 @@ pub fn sync(registry: &Registry, functions: &[Arc<Function>], pods: &[Arc<Pod>],
         wanted.insert(f.name_any(), f);
     }
     for (name, f) in &wanted {
-        let current = registry.get(name).filter(|e| e.spec == f.spec);
+        let current = registry.get(name).filter(|e| *e.spec() == f.spec);
         let entry = match current {
             Some(entry) => Some(entry),
             None => match f.spec.validate() {
@@ -150,8 +137,8 @@ pub fn sync(registry: &Registry, functions: &[Arc<Function>], pods: &[Arc<Pod>],
                 .status
                 .as_ref()
                 .and_then(|s| s.desired_replicas)
-                .map_or(0, |d| u64::try_from(d).unwrap_or(0));
-            entry.counters.desired.store(desired, Ordering::Relaxed);
+                .map_or(0, |d| u32::try_from(d).unwrap_or(0));
+            entry.set_desired(desired);
             entry.set_init_failure(init_failure(f));
         }
     }
@@ -176,7 +163,7 @@ pub fn sync(registry: &Registry, functions: &[Arc<Function>], pods: &[Arc<Pod>],
     let none = HashMap::new();
     for entry in registry.all() {
         let pods = routes.get(entry.name()).unwrap_or(&none);
-        let capacity = entry.spec.concurrency.max(1);
+        let capacity = entry.spec().concurrency.max(1);
         let known: HashMap<Arc<str>, bool> = entry.environment_states().into_iter().collect();
         for (pod_name, route) in pods {
             let draining = known.get(pod_name.as_str()).copied();
@@ -259,7 +246,7 @@ pub async fn run(
                         tracing::info!("caches synced; serving");
                     }
                     sync(
-                        &gateway.registry,
+                        gateway.registry(),
                         &function_store.state(),
                         &pod_store.state(),
                         config.environment_port,
@@ -380,13 +367,7 @@ mod tests {
     #[test]
     fn desired_comes_from_the_function_status() {
         let registry = Registry::new(DispatchConfig::default());
-        let desired = |r: &Registry| {
-            r.get("hello")
-                .expect("entry")
-                .counters
-                .desired
-                .load(Ordering::Relaxed)
-        };
+        let desired = |r: &Registry| r.get("hello").expect("entry").status().desired;
         sync(&registry, &[function("hello", 5)], &[], 8080);
         assert_eq!(desired(&registry), 0, "no status yet");
         let mut scaled = (*function("hello", 5)).clone();
@@ -440,8 +421,8 @@ mod tests {
     async fn a_function_whose_init_fails_answers_at_once() {
         use crate::gateway::{Gateway, GatewayConfig, TriggerKind};
         let gateway = Gateway::new(GatewayConfig::default());
-        sync(&gateway.registry, &[function("hello", 5)], &[], 8080);
-        let entry = gateway.registry.get("hello").expect("entry");
+        sync(gateway.registry(), &[function("hello", 5)], &[], 8080);
+        let entry = gateway.registry().get("hello").expect("entry");
         // A caller waits for an environment (the function is at zero) ...
         let waiting = {
             let (gateway, entry) = (gateway.clone(), entry.clone());
@@ -460,7 +441,7 @@ mod tests {
         assert_eq!(entry.load().queued, 1);
         // ... until the status says the init fails: then it gets the error.
         let broken = failing("hello", "Runtime.ExitError: exit status 1");
-        sync(&gateway.registry, std::slice::from_ref(&broken), &[], 8080);
+        sync(gateway.registry(), std::slice::from_ref(&broken), &[], 8080);
         let result = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
             .await
             .expect("answered at once")
@@ -477,7 +458,7 @@ mod tests {
         assert_eq!(again.function_error.as_deref(), Some("Unhandled"));
         // A Ready pod wins over the reported failure.
         let p = pod("hello-1", "hello", Some("10.88.0.5"), true, false);
-        sync(&gateway.registry, &[broken], &[p], 8080);
+        sync(gateway.registry(), &[broken], &[p], 8080);
         assert!(entry.current_init_failure().is_none());
     }
 
@@ -499,7 +480,7 @@ mod tests {
         );
         let after = registry.get("hello").expect("entry");
         assert!(!Arc::ptr_eq(&before, &after));
-        assert_eq!(after.settings.max_scale, 6);
+        assert_eq!(after.settings().max_scale, 6);
 
         let mut broken = (*function("other", 5)).clone();
         broken.spec.runtime = "cobol".into();

@@ -6,8 +6,10 @@
 //! - Queue and dispatch ([`registry`]): one bounded queue per function; an
 //!   event goes to a ready environment with room, most recently used first;
 //!   events for a function at zero wait while the scaler is poked at once.
-//! - Sync invocations ([`gateway`]) and async ones with retries and dead
-//!   letters ([`async_invoke`]); the client to environments ([`upstream`]).
+//! - Sync invocations ([`sync_invoke`]) and async ones with retries
+//!   ([`async_invoke`]) ending in [`dead_letters`]; the client to
+//!   environments ([`upstream`]); all behind one handle, [`gateway::Gateway`],
+//!   of which the routes see only the narrow [`routes::Ingress`].
 //! - Concurrency reports ([`report`]) for the controller and the metrics ([`metrics`]).
 //! - Environment sources: [`local`] runs shim processes and scales them with
 //!   the shared autoscaler; [`kubernetes`] watches Functions and their pods,
@@ -16,6 +18,7 @@
 
 pub mod async_invoke;
 pub mod cli;
+pub mod dead_letters;
 pub mod error;
 pub mod events;
 pub mod gateway;
@@ -25,15 +28,10 @@ pub mod metrics;
 pub mod registry;
 pub mod report;
 pub mod routes;
+pub mod sync_invoke;
 pub mod upstream;
 
+pub use dead_letters::now_rfc3339;
 pub use error::GatewayError;
 pub use gateway::{Gateway, GatewayConfig};
 pub use routes::app;
-
-/// Now, as RFC 3339 (UTC).
-pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}

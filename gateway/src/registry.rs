@@ -83,36 +83,46 @@ impl Default for DispatchConfig {
     }
 }
 
-/// Counters of one function (monotonic, for reports).
+/// Counters of one function, changed only through [`FunctionEntry`]'s methods.
 #[derive(Default, Debug)]
-pub struct FunctionCounters {
-    /// Invocations accepted.
-    pub invocations: AtomicU64,
+struct FunctionCounters {
+    /// Invocations accepted (monotonic, for reports).
+    invocations: AtomicU64,
     /// Async events accepted and not yet finished (queued, running or waiting to retry).
-    pub async_pending: AtomicU64,
+    async_pending: AtomicU64,
     /// Async events waiting to be dispatched (not in backoff).
-    pub async_waiting: AtomicU64,
+    async_waiting: AtomicU64,
     /// Environments the scaler wants (set by the environment source).
-    pub desired: AtomicU64,
+    desired: AtomicU64,
     /// Environments starting (set by the environment source).
-    pub starting: AtomicU64,
+    starting: AtomicU64,
 }
 
-/// A function known to the gateway.
+/// A function known to the gateway. Its state changes only through methods
+/// that say what happens; nothing outside reaches its counters or queue.
 pub struct FunctionEntry {
-    /// Namespace and name.
-    pub key: FunctionKey,
-    /// The spec as applied.
-    pub spec: FunctionSpec,
-    /// Parsed scaling settings.
-    pub settings: ScalingSettings,
-    /// Counters.
-    pub counters: FunctionCounters,
+    key: FunctionKey,
+    spec: FunctionSpec,
+    settings: ScalingSettings,
+    counters: FunctionCounters,
     dispatch: Mutex<DispatchState>,
     queue_depth: usize,
     demand: Arc<DemandSignal>,
-    /// Async events for this function (set once by the async dispatcher).
-    pub(crate) async_tx: Mutex<Option<tokio::sync::mpsc::Sender<crate::async_invoke::AsyncEvent>>>,
+}
+
+/// What `/v1/functions` says about one function.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FunctionStatus {
+    /// Environments the scaler wants.
+    pub desired: u64,
+    /// Environments starting.
+    pub starting: u64,
+    /// Load right now.
+    pub load: LoadSnapshot,
+    /// Async events accepted and not finished.
+    pub async_pending: u64,
+    /// Invocations accepted since start.
+    pub invocations: u64,
 }
 
 /// Load of one function at one instant.
@@ -216,13 +226,92 @@ impl FunctionEntry {
             dispatch: Mutex::new(DispatchState::default()),
             queue_depth: config.queue_depth,
             demand,
-            async_tx: Mutex::new(None),
         }
     }
 
     /// The function's name.
     pub fn name(&self) -> &str {
         &self.key.name
+    }
+
+    /// Namespace and name.
+    pub fn key(&self) -> &FunctionKey {
+        &self.key
+    }
+
+    /// The spec as applied.
+    pub fn spec(&self) -> &FunctionSpec {
+        &self.spec
+    }
+
+    /// The parsed scaling settings.
+    pub fn settings(&self) -> &ScalingSettings {
+        &self.settings
+    }
+
+    /// Counts an invocation accepted for dispatch.
+    pub fn record_invocation(&self) {
+        self.counters.invocations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Invocations accepted since the gateway started.
+    pub fn invocations_total(&self) -> u64 {
+        self.counters.invocations.load(Ordering::Relaxed)
+    }
+
+    /// Records how many environments the scaler wants.
+    pub fn set_desired(&self, environments: u32) {
+        self.counters
+            .desired
+            .store(u64::from(environments), Ordering::Relaxed);
+    }
+
+    /// Records how many environments are starting.
+    pub fn set_starting(&self, environments: u32) {
+        self.counters
+            .starting
+            .store(u64::from(environments), Ordering::Relaxed);
+    }
+
+    /// Accepts one async event unless `bound` are already pending.
+    pub fn try_accept_async(&self, bound: usize) -> bool {
+        let pending = &self.counters.async_pending;
+        if pending.fetch_add(1, Ordering::SeqCst) >= bound as u64 {
+            pending.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// An accepted async event waits for dispatch (counted as queued).
+    pub fn async_enqueued(&self) {
+        self.counters.async_waiting.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// An async event stopped waiting (dispatched, or given up).
+    pub fn async_dispatched(&self) {
+        self.counters.async_waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// An accepted async event is done (answered, dead-lettered or refused).
+    pub fn async_finished(&self) {
+        self.counters.async_pending.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Signals demand for this function to whoever scales it.
+    pub fn signal_demand(&self) {
+        self.demand.poke(self.name());
+    }
+
+    /// Counts and load, for `/v1/functions`.
+    pub fn status(&self) -> FunctionStatus {
+        FunctionStatus {
+            desired: self.counters.desired.load(Ordering::Relaxed),
+            starting: self.counters.starting.load(Ordering::Relaxed),
+            load: self.load(),
+            async_pending: self.counters.async_pending.load(Ordering::Relaxed),
+            invocations: self.invocations_total(),
+        }
     }
 
     /// Current load.

@@ -10,7 +10,8 @@ use porchlight_core::{FunctionLoad, GatewayReport};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::gateway::Gateway;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
 
 /// Sampling period.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
@@ -51,6 +52,11 @@ impl ReportHub {
         self.tx.borrow().clone()
     }
 
+    /// Follows the reports as they are published (for in-process consumers).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<GatewayReport>> {
+        self.tx.subscribe()
+    }
+
     /// Waits for a report with `sequence > after`, up to `wait`.
     pub async fn wait_after(&self, after: u64, wait: Duration) -> Arc<GatewayReport> {
         let mut rx = self.tx.subscribe();
@@ -59,15 +65,16 @@ impl ReportHub {
         self.latest()
     }
 
-    fn sample(&self, gateway: &Gateway) {
+    /// Adds one sample of every function's load and updates the gauges.
+    pub fn sample(&self, registry: &Registry, metrics: &Metrics) {
         let mut acc = self.acc.lock().unwrap_or_else(|p| p.into_inner());
-        for f in gateway.registry.all() {
+        for f in registry.all() {
             let load = f.load();
             let name = f.name();
             let a = acc.entry(name.to_string()).or_default();
             a.sum += f64::from(load.concurrency());
             a.count += 1;
-            let m = &gateway.metrics;
+            let m = metrics;
             m.queue_depth
                 .with_label_values(&[name])
                 .set(i64::from(load.queued));
@@ -84,10 +91,10 @@ impl ReportHub {
     }
 
     /// Builds and publishes the next report from the samples so far.
-    pub fn publish(&self, gateway: &Gateway, poke: bool) {
+    pub fn publish(&self, registry: &Registry, poke: bool) {
         let mut acc = std::mem::take(&mut *self.acc.lock().unwrap_or_else(|p| p.into_inner()));
         let mut functions = Vec::new();
-        for f in gateway.registry.all() {
+        for f in registry.all() {
             let load = f.load();
             let a = acc.remove(f.name()).unwrap_or_default();
             let average = if a.count == 0 {
@@ -99,16 +106,13 @@ impl ReportHub {
                 continue;
             }
             functions.push(FunctionLoad {
-                namespace: f.key.namespace.clone(),
-                name: f.key.name.clone(),
+                namespace: f.key().namespace.clone(),
+                name: f.key().name.clone(),
                 in_flight: load.in_flight,
                 queued: load.queued,
                 average_concurrency: average,
                 ready_environments: load.ready,
-                invocations_total: f
-                    .counters
-                    .invocations
-                    .load(std::sync::atomic::Ordering::Relaxed),
+                invocations_total: f.invocations_total(),
             });
         }
         let sequence = self.tx.borrow().sequence + 1;
@@ -121,9 +125,14 @@ impl ReportHub {
     }
 
     /// Samples every 100 ms and publishes every second or on a poke, until cancelled.
-    pub async fn run(gateway: Arc<Gateway>, shutdown: CancellationToken) {
-        let hub = &gateway.reports;
-        let mut pokes = gateway.registry.demand().subscribe();
+    pub async fn run(
+        self: Arc<Self>,
+        registry: Arc<Registry>,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+    ) {
+        let hub = &self;
+        let mut pokes = registry.demand().subscribe();
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut samples = 0u32;
@@ -131,17 +140,17 @@ impl ReportHub {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {
-                    hub.sample(&gateway);
+                    hub.sample(&registry, &metrics);
                     samples += 1;
                     if samples >= SAMPLES_PER_REPORT {
                         samples = 0;
-                        hub.publish(&gateway, false);
+                        hub.publish(&registry, false);
                     }
                 }
                 changed = pokes.changed() => {
                     if changed.is_err() { return; }
-                    hub.sample(&gateway);
-                    hub.publish(&gateway, true);
+                    hub.sample(&registry, &metrics);
+                    hub.publish(&registry, true);
                 }
             }
         }

@@ -1,50 +1,92 @@
 //! HTTP routes: the Lambda Invoke API, the triggers, and the ops surface.
+//!
+//! The handlers depend on [`Ingress`], the few things they need from the
+//! gateway, not on the gateway itself.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use porchlight_core::GatewayReport;
+use porchlight_core::invoke::{INVOKE_ROUTE, LIVE_PATH, METRICS_PATH, READY_PATH, header};
+use porchlight_core::report::REPORT_PATH;
 use serde_json::{Value, json};
 
-use crate::async_invoke;
+use crate::dead_letters::DeadLetterList;
 use crate::error::{GatewayError, function_arn};
 use crate::events::{apigw, cloudevents, decode_query_component, s3};
-use crate::gateway::{
-    ASYNC_PAYLOAD_LIMIT, Gateway, InvocationResult, SYNC_PAYLOAD_LIMIT, TriggerKind,
-};
 use crate::registry::FunctionEntry;
+use crate::sync_invoke::{ASYNC_PAYLOAD_LIMIT, InvocationResult, SYNC_PAYLOAD_LIMIT, TriggerKind};
 
-type Gw = State<Arc<Gateway>>;
+/// What the HTTP handlers need from the gateway.
+pub trait Ingress: Send + Sync + 'static {
+    /// A function by name, or `ResourceNotFoundException`.
+    fn function(&self, name: &str) -> Result<Arc<FunctionEntry>, GatewayError>;
+    /// Every function, sorted by name.
+    fn functions(&self) -> Vec<Arc<FunctionEntry>>;
+    /// Runs one event and waits for its answer.
+    fn invoke(
+        &self,
+        entry: &Arc<FunctionEntry>,
+        payload: Bytes,
+        request_id: &str,
+        trigger: TriggerKind,
+    ) -> impl Future<Output = Result<InvocationResult, GatewayError>> + Send;
+    /// Accepts one event to run later: queued, or refused.
+    fn enqueue(
+        &self,
+        entry: &Arc<FunctionEntry>,
+        payload: Bytes,
+        request_id: String,
+        trigger: TriggerKind,
+    ) -> Result<(), GatewayError>;
+    /// Ready to take traffic.
+    fn is_ready(&self) -> bool;
+    /// The metrics, in Prometheus' text format.
+    fn metrics_text(&self) -> String;
+    /// The latest concurrency report.
+    fn latest_report(&self) -> Arc<GatewayReport>;
+    /// The first report with a sequence above `after`, waiting up to `wait`.
+    fn report_after(
+        &self,
+        after: u64,
+        wait: Duration,
+    ) -> impl Future<Output = Arc<GatewayReport>> + Send;
+    /// The dead letters, optionally of one function.
+    fn dead_letters(&self, function: Option<&str>) -> DeadLetterList;
+}
+
+type Gw<G> = State<Arc<G>>;
 
 /// The gateway's router.
-pub fn app(gateway: Arc<Gateway>) -> Router {
+pub fn app<G: Ingress>(gateway: Arc<G>) -> Router {
     Router::new()
-        .route("/2015-03-31/functions/{name}/invocations", post(invoke))
-        .route("/2015-03-31/functions/{name}", get(get_function))
-        .route("/2015-03-31/functions", get(list_functions))
-        .route("/2015-03-31/functions/", get(list_functions))
-        .route("/http/{name}", any(http_trigger))
-        .route("/http/{name}/", any(http_trigger))
-        .route("/http/{name}/{*path}", any(http_trigger))
-        .route("/events/s3", post(s3_notification))
-        .route("/events/cloudevents", post(cloud_event))
-        .route("/v1/dead-letters", get(dead_letters))
-        .route("/v1/functions", get(functions_status))
-        .route(porchlight_core::report::REPORT_PATH, get(concurrency))
-        .route("/live", get(|| async { "ok" }))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
+        .route(INVOKE_ROUTE, post(invoke::<G>))
+        .route("/2015-03-31/functions/{name}", get(get_function::<G>))
+        .route("/2015-03-31/functions", get(list_functions::<G>))
+        .route("/2015-03-31/functions/", get(list_functions::<G>))
+        .route("/http/{name}", any(http_trigger::<G>))
+        .route("/http/{name}/", any(http_trigger::<G>))
+        .route("/http/{name}/{*path}", any(http_trigger::<G>))
+        .route("/events/s3", post(s3_notification::<G>))
+        .route("/events/cloudevents", post(cloud_event::<G>))
+        .route("/v1/dead-letters", get(dead_letters::<G>))
+        .route("/v1/functions", get(functions_status::<G>))
+        .route(REPORT_PATH, get(concurrency::<G>))
+        .route(LIVE_PATH, get(|| async { "ok" }))
+        .route(READY_PATH, get(ready::<G>))
+        .route(METRICS_PATH, get(metrics::<G>))
         .fallback(|| async { GatewayError::RouteNotFound("No route matches this request.".into()) })
         .with_state(gateway)
 }
@@ -64,7 +106,7 @@ pub async fn read_body(
     limit: usize,
 ) -> Result<Bytes, GatewayError> {
     let declared = headers
-        .get(header::CONTENT_LENGTH)
+        .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|len| len > limit + DRAIN_BEYOND_LIMIT) {
@@ -115,7 +157,7 @@ fn query_param(query: Option<&str>, key: &str) -> Option<String> {
 }
 
 fn lookup(
-    gw: &Gateway,
+    gw: &impl Ingress,
     raw_name: &str,
     query: Option<&str>,
 ) -> Result<Arc<FunctionEntry>, GatewayError> {
@@ -132,7 +174,7 @@ fn lookup(
 fn lambda_headers(response: &mut Response, request_id: &str) {
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        h.insert("x-amzn-requestid", v);
+        h.insert(header::AMZN_REQUEST_ID, v);
     }
 }
 
@@ -142,8 +184,8 @@ fn with_request_id(e: GatewayError, request_id: &str) -> Response {
     r
 }
 
-async fn invoke(
-    State(gw): Gw,
+async fn invoke<G: Ingress>(
+    State(gw): Gw<G>,
     Path(raw_name): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -151,7 +193,7 @@ async fn invoke(
 ) -> Response {
     let request_id = request_id();
     let result = invoke_inner(
-        &gw,
+        &*gw,
         &raw_name,
         query.as_deref(),
         &headers,
@@ -166,7 +208,7 @@ async fn invoke(
 }
 
 async fn invoke_inner(
-    gw: &Arc<Gateway>,
+    gw: &impl Ingress,
     raw_name: &str,
     query: Option<&str>,
     headers: &HeaderMap,
@@ -175,7 +217,7 @@ async fn invoke_inner(
 ) -> Result<Response, GatewayError> {
     let entry = lookup(gw, raw_name, query)?;
     let invocation_type = headers
-        .get("x-amz-invocation-type")
+        .get(header::INVOCATION_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("RequestResponse");
     let limit = match invocation_type {
@@ -199,13 +241,7 @@ async fn invoke_inner(
     let mut response = match invocation_type {
         "DryRun" => StatusCode::NO_CONTENT.into_response(),
         "Event" => {
-            async_invoke::enqueue(
-                gw,
-                &entry,
-                payload,
-                request_id.to_string(),
-                TriggerKind::Event,
-            )?;
+            gw.enqueue(&entry, payload, request_id.to_string(), TriggerKind::Event)?;
             StatusCode::ACCEPTED.into_response()
         }
         _ => {
@@ -214,20 +250,17 @@ async fn invoke_inner(
                 .await?;
             let mut r = (StatusCode::OK, result.body.clone()).into_response();
             let h = r.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             if let Some(fe) = result
                 .function_error
                 .as_deref()
                 .and_then(|v| HeaderValue::from_str(v).ok())
             {
-                h.insert("x-amz-function-error", fe);
+                h.insert(header::FUNCTION_ERROR, fe);
             }
             environment_headers(h, &result);
             if headers
-                .get("x-amz-log-type")
+                .get(header::LOG_TYPE)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"tail"))
             {
                 let log = format!(
@@ -236,7 +269,7 @@ async fn invoke_inner(
                 );
                 let encoded = base64::engine::general_purpose::STANDARD.encode(log);
                 if let Ok(v) = HeaderValue::from_str(&encoded) {
-                    h.insert("x-amz-log-result", v);
+                    h.insert(header::LOG_RESULT, v);
                 }
             }
             r
@@ -244,7 +277,7 @@ async fn invoke_inner(
     };
     lambda_headers(&mut response, request_id);
     response.headers_mut().insert(
-        "x-amz-executed-version",
+        header::EXECUTED_VERSION,
         HeaderValue::from_static("$LATEST"),
     );
     Ok(response)
@@ -254,20 +287,20 @@ async fn invoke_inner(
 /// cold start (with the init duration), for load tools and debugging.
 fn environment_headers(h: &mut HeaderMap, result: &InvocationResult) {
     if let Ok(v) = HeaderValue::from_str(&result.environment) {
-        h.insert("x-porchlight-environment", v);
+        h.insert(header::ENVIRONMENT, v);
     }
     if result.cold_start {
-        h.insert("x-porchlight-cold-start", HeaderValue::from_static("true"));
+        h.insert(header::COLD_START, HeaderValue::from_static("true"));
         if let Some(ms) = result.init_duration_ms
             && let Ok(v) = HeaderValue::from_str(&format!("{ms:.1}"))
         {
-            h.insert("x-porchlight-init-duration-ms", v);
+            h.insert(header::INIT_DURATION_MS, v);
         }
     }
 }
 
 fn configuration(entry: &FunctionEntry) -> Value {
-    let spec = &entry.spec;
+    let spec = entry.spec();
     let env: BTreeMap<_, _> = spec.env.iter().collect();
     json!({
         "FunctionName": entry.name(),
@@ -280,17 +313,17 @@ fn configuration(entry: &FunctionEntry) -> Value {
         "State": "Active",
         "LastUpdateStatus": "Successful",
         "PackageType": "Zip",
-        "Description": format!("{}/{}", entry.key.namespace, entry.key.name),
+        "Description": format!("{}/{}", entry.key().namespace, entry.key().name),
         "Environment": { "Variables": env },
     })
 }
 
-async fn get_function(
-    State(gw): Gw,
+async fn get_function<G: Ingress>(
+    State(gw): Gw<G>,
     Path(raw_name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    match lookup(&gw, &raw_name, query.as_deref()) {
+    match lookup(&*gw, &raw_name, query.as_deref()) {
         Ok(entry) => axum::Json(json!({
             "Configuration": configuration(&entry),
             "Code": { "RepositoryType": "Porchlight", "Location": "" },
@@ -300,8 +333,8 @@ async fn get_function(
     }
 }
 
-async fn list_functions(State(gw): Gw) -> Response {
-    let functions: Vec<Value> = gw.registry.all().iter().map(|e| configuration(e)).collect();
+async fn list_functions<G: Ingress>(State(gw): Gw<G>) -> Response {
+    let functions: Vec<Value> = gw.functions().iter().map(|e| configuration(e)).collect();
     axum::Json(json!({ "Functions": functions })).into_response()
 }
 
@@ -317,16 +350,16 @@ fn http_reply(reply: apigw::HttpReply) -> Response {
         .unwrap_or_else(|_| http_reply(apigw::HttpReply::internal_server_error()))
 }
 
-async fn http_trigger(State(gw): Gw, request: Request) -> Response {
+async fn http_trigger<G: Ingress>(State(gw): Gw<G>, request: Request) -> Response {
     let request_id = request_id();
-    match http_trigger_inner(&gw, request, &request_id).await {
+    match http_trigger_inner(&*gw, request, &request_id).await {
         Ok(r) => r,
         Err(e) => with_request_id(e, &request_id),
     }
 }
 
 async fn http_trigger_inner(
-    gw: &Arc<Gateway>,
+    gw: &impl Ingress,
     request: Request,
     request_id: &str,
 ) -> Result<Response, GatewayError> {
@@ -339,7 +372,7 @@ async fn http_trigger_inner(
     };
     let name = decode_query_component(raw_name);
     let entry = gw.function(&name)?;
-    let Some(trigger) = entry.spec.http_trigger() else {
+    let Some(trigger) = entry.spec().http_trigger() else {
         return Err(GatewayError::RouteNotFound(format!(
             "Function {name} has no http trigger."
         )));
@@ -394,48 +427,64 @@ async fn http_trigger_inner(
 
 // ------------------------------------------------------------ async triggers
 
-/// Enqueues one event for several functions; returns per-function counts.
-fn fan_out(
-    gw: &Arc<Gateway>,
-    targets: Vec<(Arc<FunctionEntry>, Value)>,
+/// What one notification fanned out to: events queued and refused per
+/// function, notifications no function matched, and the last refusal.
+#[derive(Debug, Default)]
+struct FanOut {
+    queued: BTreeMap<String, u32>,
+    refused: BTreeMap<String, u32>,
+    unmatched: u32,
+    matched: usize,
+    last_error: Option<GatewayError>,
+}
+
+/// Enqueues each incoming event for every function whose triggers match it
+/// (`event_for` gives the function's event, or `None` when it does not match).
+fn fan_out<E>(
+    gw: &impl Ingress,
+    incoming: &[E],
     trigger: TriggerKind,
-) -> (
-    BTreeMap<String, u32>,
-    BTreeMap<String, u32>,
-    Option<GatewayError>,
-) {
-    let mut queued: BTreeMap<String, u32> = BTreeMap::new();
-    let mut refused: BTreeMap<String, u32> = BTreeMap::new();
-    let mut last_err = None;
+    event_for: impl Fn(&FunctionEntry, &E) -> Option<Value>,
+) -> FanOut {
+    let functions = gw.functions();
+    let mut targets = Vec::new();
+    let mut out = FanOut::default();
+    for item in incoming {
+        let before = targets.len();
+        for f in &functions {
+            if let Some(event) = event_for(f, item) {
+                targets.push((f.clone(), event));
+            }
+        }
+        if targets.len() == before {
+            out.unmatched += 1;
+        }
+    }
+    out.matched = targets.len();
     for (entry, event) in targets {
         let payload = Bytes::from(serde_json::to_vec(&event).unwrap_or_default());
         let name = entry.name().to_string();
         if payload.len() > ASYNC_PAYLOAD_LIMIT {
-            *refused.entry(name).or_default() += 1;
-            last_err = Some(GatewayError::TooLarge {
+            *out.refused.entry(name).or_default() += 1;
+            out.last_error = Some(GatewayError::TooLarge {
                 limit: ASYNC_PAYLOAD_LIMIT,
             });
             continue;
         }
-        match async_invoke::enqueue(gw, &entry, payload, request_id(), trigger) {
-            Ok(()) => *queued.entry(name).or_default() += 1,
+        match gw.enqueue(&entry, payload, request_id(), trigger) {
+            Ok(()) => *out.queued.entry(name).or_default() += 1,
             Err(e) => {
-                *refused.entry(name).or_default() += 1;
-                last_err = Some(e);
+                *out.refused.entry(name).or_default() += 1;
+                out.last_error = Some(e);
             }
         }
     }
-    (queued, refused, last_err)
+    out
 }
 
-fn accepted(
-    queued: BTreeMap<String, u32>,
-    refused: BTreeMap<String, u32>,
-    unmatched: u32,
-    err: Option<GatewayError>,
-) -> Response {
-    let body = json!({ "queued": queued, "refused": refused, "unmatched": unmatched });
-    match err {
+fn accepted(out: FanOut) -> Response {
+    let body = json!({ "queued": out.queued, "refused": out.refused, "unmatched": out.unmatched });
+    match out.last_error {
         None => (StatusCode::ACCEPTED, axum::Json(body)).into_response(),
         Some(e) => {
             let mut r = e.clone().into_response();
@@ -448,7 +497,7 @@ fn accepted(
     }
 }
 
-async fn s3_notification(State(gw): Gw, headers: HeaderMap, body: Body) -> Response {
+async fn s3_notification<G: Ingress>(State(gw): Gw<G>, headers: HeaderMap, body: Body) -> Response {
     let body = match read_body(&headers, body, SYNC_PAYLOAD_LIMIT).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
@@ -457,30 +506,18 @@ async fn s3_notification(State(gw): Gw, headers: HeaderMap, body: Body) -> Respo
         Ok(r) => r,
         Err(why) => return GatewayError::InvalidJson(why).into_response(),
     };
-    let functions = gw.registry.all();
-    let mut targets = Vec::new();
-    let mut unmatched = 0;
-    for record in &records {
-        let before = targets.len();
-        for f in &functions {
-            if f.spec
-                .triggers
-                .iter()
-                .filter_map(|t| t.s3.as_ref())
-                .any(|t| s3::trigger_matches(t, record))
-            {
-                targets.push((f.clone(), record.event()));
-            }
-        }
-        if targets.len() == before {
-            unmatched += 1;
-        }
-    }
-    let (queued, refused, err) = fan_out(&gw, targets, TriggerKind::S3);
-    accepted(queued, refused, unmatched, err)
+    let out = fan_out(&*gw, &records, TriggerKind::S3, |f, record| {
+        f.spec()
+            .triggers
+            .iter()
+            .filter_map(|t| t.s3.as_ref())
+            .any(|t| s3::trigger_matches(t, record))
+            .then(|| record.event())
+    });
+    accepted(out)
 }
 
-async fn cloud_event(State(gw): Gw, headers: HeaderMap, body: Body) -> Response {
+async fn cloud_event<G: Ingress>(State(gw): Gw<G>, headers: HeaderMap, body: Body) -> Response {
     let body = match read_body(&headers, body, SYNC_PAYLOAD_LIMIT).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
@@ -489,38 +526,26 @@ async fn cloud_event(State(gw): Gw, headers: HeaderMap, body: Body) -> Response 
         Ok(e) => e,
         Err(why) => return GatewayError::InvalidParameter(why).into_response(),
     };
-    let functions = gw.registry.all();
-    let mut targets = Vec::new();
-    let mut unmatched = 0;
-    for ev in &events {
-        let before = targets.len();
-        for f in &functions {
-            if f.spec
-                .triggers
-                .iter()
-                .filter_map(|t| t.cloudevents.as_ref())
-                .any(|t| ev.matches(t))
-            {
-                targets.push((f.clone(), ev.to_json()));
-            }
-        }
-        if targets.len() == before {
-            unmatched += 1;
-        }
-    }
-    if targets.is_empty() {
+    let out = fan_out(&*gw, &events, TriggerKind::CloudEvents, |f, ev| {
+        f.spec()
+            .triggers
+            .iter()
+            .filter_map(|t| t.cloudevents.as_ref())
+            .any(|t| ev.matches(t))
+            .then(|| ev.to_json())
+    });
+    if out.matched == 0 {
         return GatewayError::RouteNotFound(
             "No function has a cloudevents trigger matching this event's type and source.".into(),
         )
         .into_response();
     }
-    let (queued, refused, err) = fan_out(&gw, targets, TriggerKind::CloudEvents);
-    accepted(queued, refused, unmatched, err)
+    accepted(out)
 }
 
 // ------------------------------------------------------------------------ ops
 
-async fn ready(State(gw): Gw) -> Response {
+async fn ready<G: Ingress>(State(gw): Gw<G>) -> Response {
     if gw.is_ready() {
         "ready".into_response()
     } else {
@@ -528,63 +553,132 @@ async fn ready(State(gw): Gw) -> Response {
     }
 }
 
-async fn metrics(State(gw): Gw) -> Response {
+async fn metrics<G: Ingress>(State(gw): Gw<G>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        gw.metrics.render(),
+        [(CONTENT_TYPE, "text/plain; version=0.0.4")],
+        gw.metrics_text(),
     )
         .into_response()
 }
 
-async fn concurrency(State(gw): Gw, RawQuery(query): RawQuery) -> Response {
+async fn concurrency<G: Ingress>(State(gw): Gw<G>, RawQuery(query): RawQuery) -> Response {
     let q = query.as_deref();
     let after = query_param(q, "after").and_then(|v| v.parse::<u64>().ok());
     let wait_ms = query_param(q, "waitMs")
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(1000);
     let report = match after {
-        Some(after) => {
-            gw.reports
-                .wait_after(after, Duration::from_millis(wait_ms))
-                .await
-        }
-        None => gw.reports.latest(),
+        Some(after) => gw.report_after(after, Duration::from_millis(wait_ms)).await,
+        None => gw.latest_report(),
     };
     axum::Json(&*report).into_response()
 }
 
-async fn functions_status(State(gw): Gw) -> Response {
+async fn functions_status<G: Ingress>(State(gw): Gw<G>) -> Response {
     let functions: Vec<Value> = gw
-        .registry
-        .all()
+        .functions()
         .iter()
         .map(|f| {
-            let load = f.load();
+            let status = f.status();
             json!({
-                "namespace": f.key.namespace,
-                "name": f.key.name,
-                "desired": f.counters.desired.load(Ordering::Relaxed),
-                "starting": f.counters.starting.load(Ordering::Relaxed),
-                "ready": load.ready,
-                "draining": load.draining,
-                "inFlight": load.in_flight,
-                "queued": load.queued,
-                "asyncPending": f.counters.async_pending.load(Ordering::Relaxed),
-                "invocations": f.counters.invocations.load(Ordering::Relaxed),
+                "namespace": f.key().namespace,
+                "name": f.key().name,
+                "desired": status.desired,
+                "starting": status.starting,
+                "ready": status.load.ready,
+                "draining": status.load.draining,
+                "inFlight": status.load.in_flight,
+                "queued": status.load.queued,
+                "asyncPending": status.async_pending,
+                "invocations": status.invocations,
             })
         })
         .collect();
     axum::Json(json!({ "functions": functions })).into_response()
 }
 
-async fn dead_letters(State(gw): Gw, RawQuery(query): RawQuery) -> Response {
+async fn dead_letters<G: Ingress>(State(gw): Gw<G>, RawQuery(query): RawQuery) -> Response {
     let function = query_param(query.as_deref(), "function");
-    axum::Json(gw.dead_letters.list(function.as_deref())).into_response()
+    axum::Json(gw.dead_letters(function.as_deref())).into_response()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tower::ServiceExt;
+
+    /// An ingress with no functions: the routes need nothing more.
+    struct Empty;
+
+    impl Ingress for Empty {
+        fn function(&self, name: &str) -> Result<Arc<FunctionEntry>, GatewayError> {
+            Err(GatewayError::not_found(name))
+        }
+        fn functions(&self) -> Vec<Arc<FunctionEntry>> {
+            Vec::new()
+        }
+        async fn invoke(
+            &self,
+            _: &Arc<FunctionEntry>,
+            _: Bytes,
+            _: &str,
+            _: TriggerKind,
+        ) -> Result<InvocationResult, GatewayError> {
+            Err(GatewayError::ShuttingDown)
+        }
+        fn enqueue(
+            &self,
+            _: &Arc<FunctionEntry>,
+            _: Bytes,
+            _: String,
+            _: TriggerKind,
+        ) -> Result<(), GatewayError> {
+            Err(GatewayError::ShuttingDown)
+        }
+        fn is_ready(&self) -> bool {
+            false
+        }
+        fn metrics_text(&self) -> String {
+            String::new()
+        }
+        fn latest_report(&self) -> Arc<GatewayReport> {
+            Arc::default()
+        }
+        async fn report_after(&self, _: u64, _: Duration) -> Arc<GatewayReport> {
+            Arc::default()
+        }
+        fn dead_letters(&self, _: Option<&str>) -> DeadLetterList {
+            DeadLetterList {
+                dead_letters: Vec::new(),
+                total: 0,
+                evicted: 0,
+            }
+        }
+    }
+
+    async fn status(uri: &str, method: &str) -> (StatusCode, HeaderMap) {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::from("{}"))
+            .expect("request");
+        let r = app(Arc::new(Empty)).oneshot(req).await.expect("infallible");
+        (r.status(), r.headers().clone())
+    }
+
+    #[tokio::test]
+    async fn routes_work_against_any_ingress() {
+        let (code, headers) = status("/2015-03-31/functions/nope/invocations", "POST").await;
+        assert_eq!(code, StatusCode::NOT_FOUND);
+        assert!(headers.contains_key("x-amzn-requestid"));
+        assert_eq!(
+            status("/ready", "GET").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(status("/v1/functions", "GET").await.0, StatusCode::OK);
+        let (code, _) = status("/events/cloudevents", "POST").await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "no ce- headers");
+    }
 
     #[test]
     fn function_names_in_every_form() {

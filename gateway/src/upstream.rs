@@ -1,51 +1,35 @@
 //! The HTTP client to execution environments (the shim's invoke endpoint),
-//! with pooled keep-alive connections, and the classification of its answers.
+//! with pooled keep-alive connections. The shim's answers are read through
+//! the contract in `porchlight_core::invoke`; this module adds only what
+//! happens on the way (nothing reached the environment, it died, it went
+//! silent).
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode};
+use http::Request;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use porchlight_core::invoke::{INVOKE_PATH, InvokeReply, READY_PATH, header};
 
-/// Path of the shim's invoke endpoint (as the Runtime Interface Emulator).
-pub const INVOKE_PATH: &str = "/2015-03-31/functions/function/invocations";
-/// Header carrying the gateway's request id to the shim.
-pub const REQUEST_ID_HEADER: &str = "x-porchlight-request-id";
+pub use porchlight_core::invoke::Readiness;
 
 /// Largest response accepted from an environment (Lambda's sync limit plus slack).
 const MAX_RESPONSE: usize = 6 * 1024 * 1024 + 1024;
 
-/// What an environment answered.
+/// What came of sending one event to an environment.
 #[derive(Debug, Clone, PartialEq)]
 pub enum UpstreamReply {
-    /// 200: a result, or a function error when `function_error` is set.
-    Done {
-        body: Bytes,
-        function_error: Option<String>,
-        cold_start: bool,
-        init_duration_ms: Option<f64>,
-    },
-    /// 502: init failed; the body is the init error.
-    InitError { body: Bytes },
-    /// 429: the environment has no room (the gateway's view was stale).
-    Busy,
-    /// 503: the environment is shutting down.
-    ShuttingDown,
-    /// 413 from the shim.
-    TooLarge,
-    /// 400 from the shim (not JSON).
-    BadRequest { body: Bytes },
+    /// The environment answered (see [`InvokeReply`] for what each answer means).
+    Reply(InvokeReply),
     /// Could not connect: nothing was sent, safe to try elsewhere.
     Unreachable,
     /// The connection broke after the event was sent (the environment died).
     Died,
     /// No answer within the function timeout plus grace.
     TimedOut,
-    /// Any other status.
-    Unexpected { status: StatusCode },
 }
 
 /// A pooled client for environments.
@@ -83,7 +67,7 @@ impl UpstreamClient {
     ) -> UpstreamReply {
         let request = match Request::post(format!("{base_url}{INVOKE_PATH}"))
             .header(http::header::CONTENT_TYPE, "application/json")
-            .header(REQUEST_ID_HEADER, request_id)
+            .header(header::REQUEST_ID, request_id)
             .body(Full::new(payload))
         {
             Ok(r) => r,
@@ -100,7 +84,7 @@ impl UpstreamClient {
                 Ok(b) => b.to_bytes(),
                 Err(_) => return UpstreamReply::Died,
             };
-            classify(parts.status, &parts.headers, body)
+            UpstreamReply::Reply(InvokeReply::decode(parts.status, &parts.headers, body))
         };
         tokio::time::timeout(timeout, fut)
             .await
@@ -109,7 +93,7 @@ impl UpstreamClient {
 
     /// Asks an environment whether its init finished (`GET <base>/ready`).
     pub async fn readiness(&self, base_url: &str) -> Readiness {
-        let Ok(uri) = format!("{base_url}/ready").parse::<http::Uri>() else {
+        let Ok(uri) = format!("{base_url}{READY_PATH}").parse::<http::Uri>() else {
             return Readiness::NotYet;
         };
         let Ok(req) = Request::get(uri).body(Full::new(Bytes::new())) else {
@@ -126,62 +110,9 @@ impl UpstreamClient {
             Some((status, body))
         };
         match tokio::time::timeout(Duration::from_secs(1), fut).await {
-            Ok(Some((StatusCode::OK, _))) => Readiness::Ready,
-            Ok(Some((StatusCode::SERVICE_UNAVAILABLE, body))) => {
-                let kind = serde_json::from_slice::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|v| {
-                        v.get("errorType")
-                            .and_then(|t| t.as_str())
-                            .map(str::to_string)
-                    });
-                match kind.as_deref() {
-                    None | Some("NotReady") => Readiness::NotYet,
-                    Some("ServiceUnavailableException") => Readiness::ShuttingDown,
-                    Some(_) => Readiness::InitFailed,
-                }
-            }
+            Ok(Some((status, body))) => Readiness::decode(status, &body),
             _ => Readiness::NotYet,
         }
-    }
-}
-
-/// What an environment's `/ready` says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Readiness {
-    /// Init done.
-    Ready,
-    /// Init failed: invocations get the init error (and trigger a re-init).
-    InitFailed,
-    /// Still starting, or not answering yet.
-    NotYet,
-    /// Stopping.
-    ShuttingDown,
-}
-
-/// Maps the shim's status and headers to a reply (pure, for tests).
-pub fn classify(status: StatusCode, headers: &HeaderMap, body: Bytes) -> UpstreamReply {
-    match status.as_u16() {
-        200 => UpstreamReply::Done {
-            function_error: headers
-                .get("x-amz-function-error")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
-            cold_start: headers
-                .get("x-porchlight-cold-start")
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true")),
-            init_duration_ms: headers
-                .get("x-porchlight-init-duration-ms")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok()),
-            body,
-        },
-        502 => UpstreamReply::InitError { body },
-        429 => UpstreamReply::Busy,
-        503 => UpstreamReply::ShuttingDown,
-        413 => UpstreamReply::TooLarge,
-        400 => UpstreamReply::BadRequest { body },
-        _ => UpstreamReply::Unexpected { status },
     }
 }
 
@@ -189,33 +120,61 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: Bytes) -> Upstrea
 mod tests {
     use super::*;
 
-    #[test]
-    fn classifies_shim_answers() {
-        let mut h = HeaderMap::new();
-        h.insert("x-amz-function-error", "Unhandled".parse().expect("hv"));
-        h.insert("x-porchlight-cold-start", "true".parse().expect("hv"));
-        match classify(StatusCode::OK, &h, Bytes::from_static(b"{}")) {
-            UpstreamReply::Done {
-                function_error,
-                cold_start,
-                ..
-            } => {
-                assert_eq!(function_error.as_deref(), Some("Unhandled"));
-                assert!(cold_start);
+    /// A shim on a random port that answers every request with `answer`.
+    async fn shim(answer: InvokeReply) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = axum::Router::new().fallback(move || {
+            let answer = answer.clone();
+            async move {
+                let (status, headers, body) = answer.encode();
+                (status, headers, body)
             }
-            other => panic!("unexpected {other:?}"),
-        }
-        assert!(matches!(
-            classify(StatusCode::BAD_GATEWAY, &HeaderMap::new(), Bytes::new()),
-            UpstreamReply::InitError { .. }
-        ));
-        assert_eq!(
-            classify(
-                StatusCode::TOO_MANY_REQUESTS,
-                &HeaderMap::new(),
-                Bytes::new()
-            ),
-            UpstreamReply::Busy
-        );
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn answers_are_read_through_the_contract() {
+        let client = UpstreamClient::new();
+        let cold = InvokeReply::unhandled(Bytes::from_static(b"{}")).with_cold_start(12.5);
+        let url = shim(cold.clone()).await;
+        let got = client
+            .invoke(
+                &url,
+                "r1",
+                Bytes::from_static(b"{}"),
+                Duration::from_secs(5),
+            )
+            .await;
+        assert_eq!(got, UpstreamReply::Reply(cold));
+        let busy = InvokeReply::Busy {
+            body: Bytes::from_static(b"{}"),
+        };
+        let url = shim(busy.clone()).await;
+        let got = client
+            .invoke(
+                &url,
+                "r2",
+                Bytes::from_static(b"{}"),
+                Duration::from_secs(5),
+            )
+            .await;
+        assert_eq!(got, UpstreamReply::Reply(busy));
+        assert_eq!(client.readiness(&url).await, Readiness::NotYet);
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_unreachable() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        drop(listener);
+        let got = UpstreamClient::new()
+            .invoke(&url, "r", Bytes::new(), Duration::from_secs(5))
+            .await;
+        assert_eq!(got, UpstreamReply::Unreachable);
     }
 }

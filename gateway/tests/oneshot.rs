@@ -81,7 +81,7 @@ fn gateway(base_url: &str) -> Arc<Gateway> {
     .expect("spec");
     let settings = spec.validate().expect("valid");
     let entry = gw
-        .registry
+        .registry()
         .upsert(FunctionKey::new("default", "f"), spec, settings);
     entry.add_environment(EnvironmentInfo {
         id: "f-1".into(),

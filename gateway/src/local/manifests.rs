@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use porchlight_api::{Function, FunctionSpec};
 use porchlight_core::FunctionKey;
 use porchlight_core::ScalingSettings;
+use porchlight_core::names;
 use serde::Deserialize;
 
 /// A validated function with its code on disk.
@@ -71,7 +72,10 @@ pub fn parse_dir(dir: &Path) -> Result<Vec<(PathBuf, Function)>, ManifestError> 
                 .get("apiVersion")
                 .and_then(|k| k.as_str())
                 .unwrap_or("");
-            if kind != "Function" || !api_version.starts_with("porchlight.dev/") {
+            let in_group = api_version
+                .split_once('/')
+                .is_some_and(|(group, _)| group == names::GROUP);
+            if kind != names::FUNCTION_KIND || !in_group {
                 tracing::debug!(file = %file.display(), kind, "skipping a document that is not a porchlight.dev Function");
                 continue;
             }

@@ -91,9 +91,10 @@ impl LocalSource {
         let now = Instant::now().into_std();
         let mut scalers: HashMap<String, FunctionScaler> = HashMap::new();
         for f in self.functions {
-            let entry = gateway
-                .registry
-                .upsert(f.key.clone(), f.spec.clone(), f.settings.clone());
+            let entry =
+                gateway
+                    .registry()
+                    .upsert(f.key.clone(), f.spec.clone(), f.settings.clone());
             let autoscaler = Autoscaler::new(AutoscalerConfig::from_settings(&f.settings), now, 0);
             scalers.insert(
                 f.key.name.clone(),
@@ -117,7 +118,7 @@ impl LocalSource {
             tracker: tracker.clone(),
             events: events_tx,
         };
-        let mut pokes = gateway.registry.demand().subscribe();
+        let mut pokes = gateway.registry().demand().subscribe();
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut samples = 0u32;
@@ -139,7 +140,7 @@ impl LocalSource {
                 changed = pokes.changed() => {
                     if changed.is_err() { break; }
                     let now = Instant::now();
-                    for name in gateway.registry.demand().take_poked() {
+                    for name in gateway.registry().demand().take_poked() {
                         if let Some(s) = scalers.get_mut(&name) {
                             let load = s.entry.load();
                             s.autoscaler.record(now.into_std(), f64::from(load.concurrency().max(1)));
@@ -213,10 +214,7 @@ impl FunctionScaler {
             .values()
             .filter(|e| e.state == EnvState::Starting)
             .count();
-        self.entry
-            .counters
-            .starting
-            .store(starting as u64, std::sync::atomic::Ordering::Relaxed);
+        self.entry.set_starting(starting as u32);
     }
 
     fn scale(&mut self, ctx: &Ctx, now: Instant) {
@@ -229,10 +227,7 @@ impl FunctionScaler {
         let decision = self.autoscaler.decide(now.into_std(), ready);
         let desired = decision.desired;
         let name = self.function.key.name.clone();
-        self.entry
-            .counters
-            .desired
-            .store(u64::from(desired), std::sync::atomic::Ordering::Relaxed);
+        self.entry.set_desired(desired);
         if desired != before {
             tracing::info!(
                 function = %name,
@@ -245,7 +240,7 @@ impl FunctionScaler {
                 "scaling decision"
             );
             ctx.gateway
-                .metrics
+                .metrics()
                 .scaling_decisions
                 .with_label_values(&[&name, decision.reason.as_str()])
                 .inc();
@@ -355,7 +350,7 @@ async fn run_environment(
                 } else {
                     Duration::from_millis(50)
                 };
-                match gateway.client.readiness(&base_url).await {
+                match gateway.readiness(&base_url).await {
                     Readiness::Ready | Readiness::InitFailed => return true,
                     Readiness::ShuttingDown => return false,
                     Readiness::NotYet => {}

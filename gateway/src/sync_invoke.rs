@@ -1,0 +1,449 @@
+//! The synchronous invocation path: take a slot on an environment (waiting,
+//! bounded), send the event, turn the answer into a Lambda outcome. The
+//! decisions (what an answer means, when to try another environment, what
+//! the caller gets without one) are pure functions below the I/O.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use crate::registry::{DispatchConfig, FunctionEntry};
+use crate::upstream::{Readiness, UpstreamClient, UpstreamReply};
+use porchlight_core::LambdaError;
+use porchlight_core::invoke::{InvokeReply, UNHANDLED};
+
+/// Lambda's synchronous payload limit (request and response).
+pub const SYNC_PAYLOAD_LIMIT: usize = 6_291_456;
+/// Lambda's asynchronous payload limit.
+pub const ASYNC_PAYLOAD_LIMIT: usize = 1_048_576;
+
+/// Where an invocation came from (a bounded set, used as a metric label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TriggerKind {
+    /// Lambda Invoke API, RequestResponse.
+    Invoke,
+    /// Lambda Invoke API, Event.
+    Event,
+    /// HTTP trigger.
+    Http,
+    /// S3 notification.
+    S3,
+    /// CloudEvent.
+    CloudEvents,
+}
+
+impl TriggerKind {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerKind::Invoke => "invoke",
+            TriggerKind::Event => "event",
+            TriggerKind::Http => "http",
+            TriggerKind::S3 => "s3",
+            TriggerKind::CloudEvents => "cloudevents",
+        }
+    }
+}
+
+/// A handler's answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InvocationResult {
+    /// Result or error JSON.
+    pub body: Bytes,
+    /// `Unhandled` (or `Handled`) when the function failed.
+    pub function_error: Option<String>,
+    /// Whether the environment initialised for this event.
+    pub cold_start: bool,
+    /// The environment's init duration, on cold starts.
+    pub init_duration_ms: Option<f64>,
+    /// Environment that ran it.
+    pub environment: Arc<str>,
+}
+
+impl InvocationResult {
+    /// The outcome label for metrics.
+    pub fn outcome(&self) -> &'static str {
+        if self.function_error.is_some() {
+            "function_error"
+        } else {
+            "success"
+        }
+    }
+}
+
+/// Sends invocations to environments and records their outcome.
+pub struct SyncInvoker {
+    client: UpstreamClient,
+    metrics: Metrics,
+    dispatch: DispatchConfig,
+    shutting_down: AtomicBool,
+}
+
+impl SyncInvoker {
+    /// An invoker with its own pooled client.
+    pub fn new(dispatch: DispatchConfig, metrics: Metrics) -> Self {
+        SyncInvoker {
+            client: UpstreamClient::new(),
+            metrics,
+            dispatch,
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    /// Refuses new invocations from now on.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether shutdown began.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Asks an environment whether its init finished.
+    pub async fn readiness(&self, base_url: &str) -> Readiness {
+        self.client.readiness(base_url).await
+    }
+
+    /// Invokes synchronously and records metrics.
+    pub async fn invoke(
+        &self,
+        entry: &Arc<FunctionEntry>,
+        payload: Bytes,
+        request_id: &str,
+        trigger: TriggerKind,
+    ) -> Result<InvocationResult, GatewayError> {
+        let started = Instant::now();
+        let result = self.invoke_inner(entry, payload, request_id).await;
+        let outcome = match &result {
+            Ok(r) => {
+                if r.cold_start {
+                    self.metrics
+                        .cold_starts
+                        .with_label_values(&[entry.name()])
+                        .inc();
+                }
+                r.outcome()
+            }
+            Err(e) => {
+                if let GatewayError::Throttled { .. } | GatewayError::Unavailable { .. } = e {
+                    let reason = if matches!(e, GatewayError::Unavailable { .. }) {
+                        "no_environment"
+                    } else {
+                        "concurrency"
+                    };
+                    self.metrics
+                        .throttles
+                        .with_label_values(&[entry.name(), reason])
+                        .inc();
+                }
+                e.outcome()
+            }
+        };
+        self.metrics
+            .invocations
+            .with_label_values(&[entry.name(), trigger.as_str(), outcome])
+            .inc();
+        self.metrics
+            .latency
+            .with_label_values(&[entry.name()])
+            .observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(r) => tracing::debug!(
+                request_id,
+                function = entry.name(),
+                environment = &*r.environment,
+                outcome,
+                "invocation finished"
+            ),
+            Err(e) => tracing::debug!(
+                request_id,
+                function = entry.name(),
+                outcome,
+                error = %e,
+                "invocation refused"
+            ),
+        }
+        result
+    }
+
+    async fn invoke_inner(
+        &self,
+        entry: &Arc<FunctionEntry>,
+        payload: Bytes,
+        request_id: &str,
+    ) -> Result<InvocationResult, GatewayError> {
+        if self.is_shutting_down() {
+            return Err(GatewayError::ShuttingDown);
+        }
+        entry.record_invocation();
+        let deadline = Instant::now() + entry.wait_bound(&self.dispatch);
+        let timeout_seconds = entry.spec().timeout_seconds;
+        let upstream_timeout = upstream_timeout(timeout_seconds);
+        for _ in 0..MAX_DISPATCH_ATTEMPTS {
+            let lease = match entry.acquire(deadline).await {
+                Ok(lease) => lease,
+                Err(e) => return no_environment(e, entry.current_init_failure()),
+            };
+            let env = lease.environment().clone();
+            let reply = self
+                .client
+                .invoke(&env.base_url, request_id, payload.clone(), upstream_timeout)
+                .await;
+            if let UpstreamReply::Reply(InvokeReply::Unexpected { status, .. }) = &reply {
+                tracing::warn!(
+                    request_id,
+                    function = entry.name(),
+                    status,
+                    "environment answered with an unexpected status"
+                );
+            }
+            match next_step(reply, request_id, timeout_seconds, &env.id) {
+                Step::Answer(result) => return result,
+                Step::AnswerAndDrain(result) => {
+                    tracing::warn!(
+                        request_id,
+                        function = entry.name(),
+                        environment = &*env.id,
+                        "environment connection broke during an invocation"
+                    );
+                    entry.mark_unreachable(&env.id);
+                    return Ok(result);
+                }
+                Step::TryAgain => {
+                    drop(lease);
+                    tokio::task::yield_now().await;
+                }
+                Step::TryAnother => {
+                    tracing::warn!(
+                        request_id,
+                        function = entry.name(),
+                        environment = &*env.id,
+                        "environment unreachable; trying another"
+                    );
+                    entry.mark_unreachable(&env.id);
+                    drop(lease);
+                }
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        Err(GatewayError::Service(
+            "No execution environment could take the invocation.".into(),
+        ))
+    }
+}
+
+/// Environments tried for one invocation while nothing reaches a handler.
+const MAX_DISPATCH_ATTEMPTS: usize = 8;
+
+/// How long the gateway waits for an environment's answer. The shim enforces
+/// the function timeout; this only guards against a shim that stops answering.
+pub fn upstream_timeout(timeout_seconds: u32) -> Duration {
+    Duration::from_secs(u64::from(timeout_seconds)) + Duration::from_secs(5)
+}
+
+/// What the caller gets when no environment took the invocation in time:
+/// the init error the platform reports for the function (as Lambda answers
+/// a failed init), else the gateway's refusal.
+pub fn no_environment(
+    refusal: GatewayError,
+    init_failure: Option<Bytes>,
+) -> Result<InvocationResult, GatewayError> {
+    match init_failure {
+        Some(body) => Ok(InvocationResult {
+            body,
+            function_error: Some(UNHANDLED.into()),
+            cold_start: false,
+            init_duration_ms: None,
+            environment: Arc::from("none"),
+        }),
+        None => Err(refusal),
+    }
+}
+
+/// What to do after one attempt on an environment.
+#[derive(Debug, PartialEq)]
+pub enum Step {
+    /// Answer the caller.
+    Answer(Result<InvocationResult, GatewayError>),
+    /// The environment broke with the event in hand: answer with Lambda's
+    /// error for a runtime that exited, and route nothing more to it.
+    AnswerAndDrain(InvocationResult),
+    /// The environment was full (the gateway's view was stale): try again.
+    TryAgain,
+    /// Nothing reached a handler (unreachable, or stopping): route nothing
+    /// more to it and try another.
+    TryAnother,
+}
+
+/// Turns an environment's answer into the next step (pure).
+pub fn next_step(
+    reply: UpstreamReply,
+    request_id: &str,
+    timeout_seconds: u32,
+    environment: &Arc<str>,
+) -> Step {
+    let function_error = |body: Bytes, cold_start: bool| InvocationResult {
+        body,
+        function_error: Some(UNHANDLED.into()),
+        cold_start,
+        init_duration_ms: None,
+        environment: environment.clone(),
+    };
+    match reply {
+        UpstreamReply::Reply(InvokeReply::Done {
+            body,
+            function_error,
+            cold_start_ms,
+            ..
+        }) => Step::Answer(Ok(InvocationResult {
+            body,
+            function_error,
+            cold_start: cold_start_ms.is_some(),
+            init_duration_ms: cold_start_ms,
+            environment: environment.clone(),
+        })),
+        UpstreamReply::Reply(InvokeReply::InitError { body }) => {
+            Step::Answer(Ok(function_error(body, true)))
+        }
+        UpstreamReply::Died => Step::AnswerAndDrain(function_error(
+            LambdaError::new(
+                "Runtime.ExitError",
+                format!("RequestId: {request_id} Error: Runtime exited without providing a reason"),
+            )
+            .to_json(),
+            false,
+        )),
+        UpstreamReply::TimedOut => Step::Answer(Ok(function_error(
+            LambdaError::new(
+                "Sandbox.Timeout",
+                format!(
+                    "RequestId: {request_id} Error: Task timed out after {timeout_seconds}.00 seconds"
+                ),
+            )
+            .to_json(),
+            false,
+        ))),
+        UpstreamReply::Reply(InvokeReply::TooLarge { .. }) => {
+            Step::Answer(Err(GatewayError::TooLarge {
+                limit: SYNC_PAYLOAD_LIMIT,
+            }))
+        }
+        UpstreamReply::Reply(InvokeReply::BadRequest { .. }) => {
+            Step::Answer(Err(GatewayError::InvalidJson(
+                "the execution environment rejected the payload".into(),
+            )))
+        }
+        UpstreamReply::Reply(InvokeReply::Unexpected { .. }) => {
+            Step::Answer(Err(GatewayError::Service(
+                "The execution environment gave an unexpected answer.".into(),
+            )))
+        }
+        UpstreamReply::Reply(InvokeReply::Busy { .. }) => Step::TryAgain,
+        UpstreamReply::Unreachable | UpstreamReply::Reply(InvokeReply::ShuttingDown { .. }) => {
+            Step::TryAnother
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(reply: UpstreamReply) -> Step {
+        next_step(reply, "r1", 3, &Arc::from("env-1"))
+    }
+
+    fn error_type(result: &InvocationResult) -> String {
+        let v: serde_json::Value = serde_json::from_slice(&result.body).expect("json");
+        v["errorType"].as_str().unwrap_or_default().to_string()
+    }
+
+    #[test]
+    fn answers_carry_the_function_s_result_and_cold_start() {
+        let reply = InvokeReply::ok(Bytes::from_static(b"1"), None).with_cold_start(7.5);
+        let Step::Answer(Ok(r)) = step(UpstreamReply::Reply(reply)) else {
+            panic!("an answer");
+        };
+        assert_eq!(&r.body[..], b"1");
+        assert!(r.cold_start);
+        assert_eq!(r.init_duration_ms, Some(7.5));
+        assert_eq!(r.function_error, None);
+        assert_eq!(&*r.environment, "env-1");
+        let init = InvokeReply::InitError {
+            body: Bytes::from_static(b"{}"),
+        };
+        let Step::Answer(Ok(r)) = step(UpstreamReply::Reply(init)) else {
+            panic!("an answer");
+        };
+        assert_eq!(r.function_error.as_deref(), Some("Unhandled"));
+        assert!(r.cold_start);
+    }
+
+    #[test]
+    fn a_dead_or_silent_environment_is_a_function_error() {
+        let Step::AnswerAndDrain(r) = step(UpstreamReply::Died) else {
+            panic!("answer and drain");
+        };
+        assert_eq!(error_type(&r), "Runtime.ExitError");
+        let Step::Answer(Ok(r)) = step(UpstreamReply::TimedOut) else {
+            panic!("an answer");
+        };
+        assert_eq!(error_type(&r), "Sandbox.Timeout");
+        assert!(String::from_utf8_lossy(&r.body).contains("after 3.00 seconds"));
+    }
+
+    #[test]
+    fn only_answers_that_reached_no_handler_are_retried() {
+        let body = Bytes::new;
+        assert_eq!(
+            step(UpstreamReply::Reply(InvokeReply::Busy { body: body() })),
+            Step::TryAgain
+        );
+        assert_eq!(step(UpstreamReply::Unreachable), Step::TryAnother);
+        assert_eq!(
+            step(UpstreamReply::Reply(InvokeReply::ShuttingDown {
+                body: body()
+            })),
+            Step::TryAnother
+        );
+        assert!(matches!(
+            step(UpstreamReply::Reply(InvokeReply::TooLarge { body: body() })),
+            Step::Answer(Err(GatewayError::TooLarge { .. }))
+        ));
+        assert!(matches!(
+            step(UpstreamReply::Reply(InvokeReply::BadRequest {
+                body: body()
+            })),
+            Step::Answer(Err(GatewayError::InvalidJson(_)))
+        ));
+        assert!(matches!(
+            step(UpstreamReply::Reply(InvokeReply::Unexpected {
+                status: 500,
+                body: body()
+            })),
+            Step::Answer(Err(GatewayError::Service(_)))
+        ));
+    }
+
+    #[test]
+    fn without_an_environment_the_reported_init_error_wins() {
+        let refusal = GatewayError::Unavailable {
+            retry_after: Duration::from_secs(2),
+        };
+        assert!(matches!(
+            no_environment(refusal.clone(), None),
+            Err(GatewayError::Unavailable { .. })
+        ));
+        let r = no_environment(refusal, Some(Bytes::from_static(b"{}"))).expect("init error");
+        assert_eq!(r.function_error.as_deref(), Some("Unhandled"));
+        assert_eq!(&*r.environment, "none");
+    }
+}
