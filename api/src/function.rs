@@ -350,7 +350,7 @@ impl FunctionSpec {
     pub fn shim_settings(&self, name: &str) -> porchlight_core::ShimSettings {
         porchlight_core::ShimSettings {
             function_name: Some(name.to_string()),
-            handler: Some(self.handler.clone().unwrap_or_default()),
+            handler: self.handler.clone(),
             runtime: Some(self.runtime.clone()),
             timeout_seconds: Some(self.timeout_seconds),
             memory_mib: Some(self.memory_mib),

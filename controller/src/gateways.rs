@@ -134,7 +134,12 @@ pub fn gateway_urls(pods: &[Arc<Pod>]) -> HashMap<String, String> {
                 .flatten()
                 .any(|c| c.type_ == "Ready" && c.status == "True");
             let ip = status.pod_ip.as_ref()?;
-            ready.then(|| (p.name_any(), porchlight_core::endpoint::pod_url(ip, GATEWAY_PORT)))
+            ready.then(|| {
+                (
+                    p.name_any(),
+                    porchlight_core::endpoint::pod_url(ip, GATEWAY_PORT),
+                )
+            })
         })
         .collect()
 }

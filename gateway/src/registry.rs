@@ -145,40 +145,28 @@ impl LoadSnapshot {
     }
 }
 
-/// Signals demand at zero to whoever scales (the local scaler, the report long-poll).
+/// Signals demand at zero to the report publisher, which sends an early
+/// report (a poke) so the autoscaler loop decides at once.
 #[derive(Debug)]
 pub struct DemandSignal {
     tx: watch::Sender<u64>,
-    poked: Mutex<Vec<String>>,
 }
 
 impl DemandSignal {
     fn new() -> Self {
         DemandSignal {
             tx: watch::channel(0).0,
-            poked: Mutex::new(Vec::new()),
         }
     }
 
-    /// Records demand for `function` at zero and wakes subscribers.
-    pub fn poke(&self, function: &str) {
-        {
-            let mut poked = lock(&self.poked);
-            if poked.len() < 10_000 && !poked.iter().any(|p| p == function) {
-                poked.push(function.to_string());
-            }
-        }
+    /// Records demand at zero (the report names the function) and wakes subscribers.
+    pub fn poke(&self) {
         self.tx.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// A receiver that changes at every poke.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.tx.subscribe()
-    }
-
-    /// Functions poked since the last call.
-    pub fn take_poked(&self) -> Vec<String> {
-        std::mem::take(&mut *lock(&self.poked))
     }
 }
 
@@ -300,7 +288,7 @@ impl FunctionEntry {
 
     /// Signals demand for this function to whoever scales it.
     pub fn signal_demand(&self) {
-        self.demand.poke(self.name());
+        self.demand.poke();
     }
 
     /// Counts and load, for `/v1/functions`.
@@ -486,7 +474,7 @@ impl FunctionEntry {
                 // into the init error), and still ask for an environment, as
                 // the next event retries the init in Lambda.
                 drop(st);
-                self.demand.poke(self.name());
+                self.demand.poke();
                 return Err(GatewayError::Unavailable {
                     retry_after: Duration::from_secs(2),
                 });
@@ -498,7 +486,7 @@ impl FunctionEntry {
             (id, rx, at_zero)
         };
         if at_zero {
-            self.demand.poke(self.name());
+            self.demand.poke();
         }
         let mut rx = rx;
         match tokio::time::timeout_at(deadline, &mut rx).await {
@@ -684,7 +672,6 @@ mod tests {
             Ok::<_, GatewayError>(lease.environment().id.to_string())
         });
         pokes.changed().await.expect("poked");
-        assert_eq!(reg.demand().take_poked(), vec!["f".to_string()]);
         assert_eq!(e.load().queued, 1);
         e.add_environment(env("a", 1));
         assert_eq!(task.await.expect("join").expect("lease"), "a");

@@ -1,11 +1,14 @@
 //! Local mode: functions from a directory of manifests, environments as
-//! local shim processes, scaled by the shared autoscaler.
+//! local shim processes, scaled by the shared autoscaler loop.
 //!
-//! One task owns the scaler state of every function: it samples load every
-//! 100 ms, decides every second and at once on a poke (demand at zero), and
-//! starts or drains environments to match. Each environment has a task that
-//! owns its process: it waits for `/ready`, adds the environment to the
-//! registry, and on stop drains it, then SIGTERMs its process group.
+//! The loop is the controller's ([`porchlight_core::scaling`]), fed the same
+//! way: by this gateway's own concurrency reports (every second, and at once
+//! on demand at zero), followed in process. Its sink hands each new desired
+//! count to the environment manager, which plays the part a Deployment plays
+//! on a cluster: it starts or drains environments to match, and replaces
+//! those that crash (with backoff). Each environment has a task that owns its
+//! process: it waits for `/ready`, adds the environment to the registry, and
+//! on stop drains it, then SIGTERMs its process group.
 
 pub mod manifests;
 pub mod process;
@@ -14,15 +17,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use porchlight_core::autoscaler::{Autoscaler, AutoscalerConfig};
-use tokio::sync::mpsc;
+use porchlight_core::GatewayReport;
+use porchlight_core::autoscaler::AutoscalerConfig;
+use porchlight_core::scaling::{
+    AutoscalerLoop, GatewayMessage, LoopEvent, ScaleBook, ScaleChange, ScaleObserver, ScaleSink,
+    ScaleSource, ScaleTarget, Workload,
+};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::gateway::Gateway;
+use crate::metrics::Metrics;
 use crate::registry::{EnvironmentInfo, FunctionEntry};
-use crate::report::SAMPLE_EVERY;
 use crate::upstream::Readiness;
 use manifests::LoadedFunction;
 use process::{EnvironmentProcess, Launcher, free_port};
@@ -50,11 +58,12 @@ struct LocalEnv {
     stop: CancellationToken,
 }
 
-struct FunctionScaler {
+/// One function's environments, kept at the count the autoscaler wants.
+struct FunctionEnvironments {
     function: Arc<LoadedFunction>,
     entry: Arc<FunctionEntry>,
-    autoscaler: Autoscaler,
     envs: HashMap<Arc<str>, LocalEnv>,
+    desired: u32,
     next_id: u64,
     failures: u32,
     retry_at: Option<Instant>,
@@ -73,6 +82,88 @@ enum EnvEvent {
     },
 }
 
+/// A new desired count from the autoscaler loop.
+#[derive(Debug)]
+struct Desired {
+    function: String,
+    count: u32,
+}
+
+/// The local functions as the autoscaler loop's source: every function is
+/// always there, its ready environments read from the registry.
+struct LocalFunctions {
+    functions: Vec<(AutoscalerConfig, Arc<FunctionEntry>)>,
+}
+
+impl ScaleSource for LocalFunctions {
+    type Handle = ();
+
+    fn targets(&self) -> Vec<ScaleTarget<()>> {
+        self.functions
+            .iter()
+            .map(|(config, entry)| ScaleTarget {
+                key: entry.key().clone(),
+                config: config.clone(),
+                ready: entry.load().ready,
+                // Local environments start at zero when the gateway starts.
+                workload: Workload::Exists {
+                    desired: Some(0),
+                    current: Some(0),
+                    last_scale_time: None,
+                },
+                handle: (),
+            })
+            .collect()
+    }
+}
+
+/// The loop's sink in local mode: the environment manager.
+struct LocalScaleSink {
+    desired: mpsc::Sender<Desired>,
+}
+
+impl ScaleSink<()> for LocalScaleSink {
+    type Error = &'static str;
+
+    async fn apply(&self, _: &(), change: &ScaleChange) -> Result<(), Self::Error> {
+        self.desired
+            .send(Desired {
+                function: change.key.name.clone(),
+                count: change.to,
+            })
+            .await
+            .map_err(|_| "local mode is stopping")
+    }
+}
+
+/// Counts the loop's decisions in the gateway's metrics.
+struct LocalObserver(Metrics);
+
+impl ScaleObserver for LocalObserver {
+    fn observe(&self, event: LoopEvent<'_>) {
+        if let LoopEvent::Applied(change) = event {
+            self.0
+                .scaling_decisions
+                .with_label_values(&[&change.key.name, change.reason.as_str()])
+                .inc();
+        }
+    }
+}
+
+/// Follows this gateway's reports in process, as the controller's pollers
+/// follow a gateway's long-poll: every published report goes to the loop.
+async fn forward_reports(
+    mut reports: watch::Receiver<Arc<GatewayReport>>,
+    loop_tx: mpsc::Sender<GatewayMessage>,
+) {
+    while reports.changed().await.is_ok() {
+        let report = (**reports.borrow_and_update()).clone();
+        if loop_tx.send(GatewayMessage::Report(report)).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// The local environment source.
 pub struct LocalSource {
     config: LocalConfig,
@@ -88,27 +179,42 @@ impl LocalSource {
     /// Registers the functions, then scales them until `shutdown`; then
     /// drains and stops every environment.
     pub async fn run(self, gateway: Arc<Gateway>, shutdown: CancellationToken) {
-        let now = Instant::now().into_std();
-        let mut scalers: HashMap<String, FunctionScaler> = HashMap::new();
+        let mut managed: HashMap<String, FunctionEnvironments> = HashMap::new();
+        let mut targets = Vec::new();
         for f in self.functions {
             let entry =
                 gateway
                     .registry()
                     .upsert(f.key.clone(), f.spec.clone(), f.settings.clone());
-            let autoscaler = Autoscaler::new(AutoscalerConfig::from_settings(&f.settings), now, 0);
-            scalers.insert(
+            targets.push((AutoscalerConfig::from_settings(&f.settings), entry.clone()));
+            managed.insert(
                 f.key.name.clone(),
-                FunctionScaler {
+                FunctionEnvironments {
                     function: Arc::new(f),
                     entry,
-                    autoscaler,
                     envs: HashMap::new(),
+                    desired: 0,
                     next_id: 0,
                     failures: 0,
                     retry_at: None,
                 },
             );
         }
+        // The shared autoscaler loop, fed by this gateway's own reports.
+        let (desired_tx, mut desired_rx) = mpsc::channel::<Desired>(1024);
+        let (reports_tx, reports_rx) = mpsc::channel::<GatewayMessage>(64);
+        let autoscaler = AutoscalerLoop::new(
+            LocalFunctions { functions: targets },
+            LocalScaleSink {
+                desired: desired_tx,
+            },
+            Arc::new(ScaleBook::default()),
+            Arc::new(LocalObserver(gateway.metrics().clone())),
+        );
+        let scaling = CancellationToken::new();
+        let autoscaler = tokio::spawn(autoscaler.run(reports_rx, scaling.clone()));
+        let forwarder = tokio::spawn(forward_reports(gateway.subscribe_reports(), reports_tx));
+
         gateway.set_ready(true);
         let tracker = TaskTracker::new();
         let (events_tx, mut events) = mpsc::channel::<EnvEvent>(1024);
@@ -118,75 +224,69 @@ impl LocalSource {
             tracker: tracker.clone(),
             events: events_tx,
         };
-        let mut pokes = gateway.registry().demand().subscribe();
-        let mut tick = tokio::time::interval(SAMPLE_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut samples = 0u32;
         loop {
+            let next_retry = managed.values().filter_map(|m| m.retry_at).min();
+            let retry = async {
+                match next_retry {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {
-                    samples += 1;
-                    let decide = samples.is_multiple_of(10);
-                    let now = Instant::now();
-                    for s in scalers.values_mut() {
-                        let load = s.entry.load();
-                        let poke = s.autoscaler.record(now.into_std(), f64::from(load.concurrency()));
-                        if decide || poke || s.retry_at.is_some_and(|t| now >= t) {
-                            s.scale(&ctx, now);
-                        }
+                Some(d) = desired_rx.recv() => {
+                    if let Some(m) = managed.get_mut(&d.function) {
+                        m.desired = d.count;
+                        m.entry.set_desired(d.count);
+                        m.reconcile(&ctx, Instant::now());
                     }
                 }
-                changed = pokes.changed() => {
-                    if changed.is_err() { break; }
+                _ = retry => {
                     let now = Instant::now();
-                    for name in gateway.registry().demand().take_poked() {
-                        if let Some(s) = scalers.get_mut(&name) {
-                            let load = s.entry.load();
-                            s.autoscaler.record(now.into_std(), f64::from(load.concurrency().max(1)));
-                            s.scale(&ctx, now);
-                        }
+                    for m in managed.values_mut().filter(|m| m.retry_at.is_some_and(|t| t <= now)) {
+                        m.reconcile(&ctx, now);
                     }
                 }
                 Some(ev) = events.recv() => {
                     let now = Instant::now();
                     match ev {
                         EnvEvent::Ready { function, id } => {
-                            if let Some(s) = scalers.get_mut(&function) {
-                                s.failures = 0;
-                                if let Some(e) = s.envs.get_mut(&id)
+                            if let Some(m) = managed.get_mut(&function) {
+                                m.failures = 0;
+                                if let Some(e) = m.envs.get_mut(&id)
                                     && e.state == EnvState::Starting
                                 {
                                     e.state = EnvState::Ready;
                                 }
-                                s.publish_counts();
+                                m.publish_counts();
                             }
                         }
                         EnvEvent::Exited { function, id, expected } => {
-                            if let Some(s) = scalers.get_mut(&function) {
-                                s.envs.remove(&id);
+                            if let Some(m) = managed.get_mut(&function) {
+                                m.envs.remove(&id);
                                 if !expected {
-                                    s.failures = s.failures.saturating_add(1);
-                                    let backoff = Duration::from_millis(100)
-                                        .saturating_mul(1 << s.failures.min(7))
-                                        .min(Duration::from_secs(10));
-                                    s.retry_at = Some(now + backoff);
+                                    m.failures = m.failures.saturating_add(1);
+                                    let backoff = crash_backoff(m.failures);
+                                    m.retry_at = Some(now + backoff);
                                     tracing::warn!(function = %function, environment = %id,
                                         retry_in_ms = backoff.as_millis() as u64,
                                         "environment exited unexpectedly; it will be replaced");
                                 }
-                                s.publish_counts();
+                                m.reconcile(&ctx, now);
                             }
                         }
                     }
                 }
             }
         }
+        scaling.cancel();
+        forwarder.abort();
+        let _ = autoscaler.await;
         // Environment tasks report into a closed channel from here on.
         drop(events);
         tracing::info!("stopping every environment");
-        for s in scalers.values() {
-            for e in s.envs.values() {
+        for m in managed.values() {
+            for e in m.envs.values() {
                 e.stop.cancel();
             }
         }
@@ -200,6 +300,15 @@ impl LocalSource {
     }
 }
 
+/// The wait before replacing an environment after its `failures`-th crash in a row.
+fn crash_backoff(failures: u32) -> Duration {
+    porchlight_core::backoff::exponential(
+        Duration::from_millis(200),
+        failures,
+        Duration::from_secs(10),
+    )
+}
+
 struct Ctx {
     gateway: Arc<Gateway>,
     config: LocalConfig,
@@ -207,7 +316,28 @@ struct Ctx {
     events: mpsc::Sender<EnvEvent>,
 }
 
-impl FunctionScaler {
+/// What to do to bring `active` environments (starting or ready) to
+/// `desired` (pure): how many to start, or which to drain. Starting ones
+/// are drained first, then ready ones from the least recently used.
+fn plan(
+    desired: u32,
+    starting: &[Arc<str>],
+    ready_most_recent_first: &[Arc<str>],
+) -> (u32, Vec<Arc<str>>) {
+    let active = (starting.len() + ready_most_recent_first.len()) as u32;
+    if desired >= active {
+        return (desired - active, Vec::new());
+    }
+    let victims = starting
+        .iter()
+        .chain(ready_most_recent_first.iter().rev())
+        .take((active - desired) as usize)
+        .cloned()
+        .collect();
+    (0, victims)
+}
+
+impl FunctionEnvironments {
     fn publish_counts(&self) {
         let starting = self
             .envs
@@ -217,72 +347,51 @@ impl FunctionScaler {
         self.entry.set_starting(starting as u32);
     }
 
-    fn scale(&mut self, ctx: &Ctx, now: Instant) {
-        let ready = self
-            .envs
-            .values()
-            .filter(|e| e.state == EnvState::Ready)
-            .count() as u32;
-        let before = self.autoscaler.last_desired();
-        let decision = self.autoscaler.decide(now.into_std(), ready);
-        let desired = decision.desired;
-        let name = self.function.key.name.clone();
-        self.entry.set_desired(desired);
-        if desired != before {
-            tracing::info!(
-                function = %name,
-                desired,
-                ready,
-                reason = decision.reason.as_str(),
-                panicking = decision.panicking,
-                stable_concurrency = decision.stable_concurrency,
-                panic_concurrency = decision.panic_concurrency,
-                "scaling decision"
-            );
-            ctx.gateway
-                .metrics()
-                .scaling_decisions
-                .with_label_values(&[&name, decision.reason.as_str()])
-                .inc();
-        }
-        let active: Vec<Arc<str>> = self
-            .envs
-            .iter()
-            .filter(|(_, e)| e.state != EnvState::Stopping)
-            .map(|(id, _)| id.clone())
+    /// Starts or drains environments until the count is the desired one.
+    fn reconcile(&mut self, ctx: &Ctx, now: Instant) {
+        let ids_in = |state: EnvState| -> Vec<Arc<str>> {
+            self.envs
+                .iter()
+                .filter(|(_, e)| e.state == state)
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        let starting = ids_in(EnvState::Starting);
+        let ready: Vec<Arc<str>> = self
+            .entry
+            .environments_by_recency()
+            .into_iter()
+            .map(|(id, _)| id)
+            .filter(|id| {
+                self.envs
+                    .get(id)
+                    .is_some_and(|e| e.state == EnvState::Ready)
+            })
             .collect();
-        let active_n = active.len() as u32;
-        if desired > active_n {
+        // Ready environments the registry does not list yet still count.
+        let mut ready_all = ready;
+        for id in ids_in(EnvState::Ready) {
+            if !ready_all.contains(&id) {
+                ready_all.insert(0, id);
+            }
+        }
+        let (start, victims) = plan(self.desired, &starting, &ready_all);
+        if start > 0 {
             if self.retry_at.is_some_and(|t| now < t) {
                 return;
             }
             self.retry_at = None;
-            for _ in active_n..desired {
+            for _ in 0..start {
                 self.start_one(ctx);
             }
-        } else if desired < active_n {
-            let mut victims: Vec<Arc<str>> = self
-                .envs
-                .iter()
-                .filter(|(_, e)| e.state == EnvState::Starting)
-                .map(|(id, _)| id.clone())
-                .collect();
-            // Least recently used ready environments go first.
-            let mut by_recency = self.entry.environments_by_recency();
-            by_recency.reverse();
-            victims.extend(by_recency.into_iter().map(|(id, _)| id).filter(|id| {
-                self.envs
-                    .get(id)
-                    .is_some_and(|e| e.state == EnvState::Ready)
-            }));
-            for id in victims.into_iter().take((active_n - desired) as usize) {
-                if let Some(e) = self.envs.get_mut(&id) {
-                    tracing::debug!(function = %name, environment = %id, "draining environment");
-                    e.state = EnvState::Stopping;
-                    // Stop routing at once; the environment task finishes the drain.
-                    drop(self.entry.drain_environment(&id));
-                    e.stop.cancel();
-                }
+        }
+        for id in victims {
+            if let Some(e) = self.envs.get_mut(&id) {
+                tracing::debug!(function = %self.function.key.name, environment = %id, "draining environment");
+                e.state = EnvState::Stopping;
+                // Stop routing at once; the environment task finishes the drain.
+                drop(self.entry.drain_environment(&id));
+                e.stop.cancel();
             }
         }
         self.publish_counts();
@@ -416,5 +525,36 @@ async fn run_environment(
             tracing::info!(function = %name, environment = %id, "environment stopped");
             let _ = events.send(exited(true)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(names: &[&str]) -> Vec<Arc<str>> {
+        names.iter().map(|n| Arc::from(*n)).collect()
+    }
+
+    #[test]
+    fn plan_starts_what_is_missing() {
+        assert_eq!(plan(3, &ids(&["s1"]), &ids(&["r1"])), (1, vec![]));
+        assert_eq!(plan(2, &ids(&["s1"]), &ids(&["r1"])), (0, vec![]));
+    }
+
+    #[test]
+    fn plan_drains_starting_then_least_recently_used() {
+        let (start, victims) = plan(1, &ids(&["s1"]), &ids(&["new", "mid", "old"]));
+        assert_eq!(start, 0);
+        assert_eq!(victims, ids(&["s1", "old", "mid"]));
+        let (_, victims) = plan(0, &[], &ids(&["new", "old"]));
+        assert_eq!(victims, ids(&["old", "new"]));
+    }
+
+    #[test]
+    fn crashes_back_off_up_to_ten_seconds() {
+        assert_eq!(crash_backoff(1), Duration::from_millis(200));
+        assert_eq!(crash_backoff(2), Duration::from_millis(400));
+        assert_eq!(crash_backoff(20), Duration::from_secs(10));
     }
 }

@@ -11,7 +11,13 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
+use porchlight_core::ShimSettings;
+
 use super::manifests::LoadedFunction;
+
+/// The gateway's pid, for the embedded shim to check that its parent still
+/// lives once its parent-death signal is armed.
+const PARENT_PID_ENV: &str = "PORCHLIGHT_PARENT_PID";
 
 /// How environments are started.
 #[derive(Clone, Debug)]
@@ -62,29 +68,16 @@ impl EnvironmentProcess {
         port: u16,
     ) -> std::io::Result<Self> {
         let spec = &function.spec;
+        let shim = ShimSettings {
+            listen: Some(format!("127.0.0.1:{port}")),
+            task_root: Some(function.task_root.to_string_lossy().into_owned()),
+            environment_id: Some(environment_id.to_string()),
+            ..spec.shim_settings(&function.key.name)
+        };
         let mut cmd = Command::new(&launcher.program);
-        cmd.args(&launcher.prefix)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--function-name")
-            .arg(&function.key.name)
-            .arg("--runtime")
-            .arg(&spec.runtime)
-            .arg("--task-root")
-            .arg(&function.task_root)
-            .arg("--timeout-seconds")
-            .arg(spec.timeout_seconds.to_string())
-            .arg("--memory-mib")
-            .arg(spec.memory_mib.to_string())
-            .arg("--concurrency")
-            .arg(spec.concurrency.to_string())
-            .arg("--environment-id")
-            .arg(environment_id);
-        if let Some(h) = &spec.handler {
-            cmd.arg("--handler").arg(h);
-        }
+        cmd.args(&launcher.prefix).args(shim.to_args());
         cmd.envs(&spec.env)
-            .env("PORCHLIGHT_PARENT_PID", std::process::id().to_string())
+            .env(PARENT_PID_ENV, std::process::id().to_string())
             .stdin(std::process::Stdio::null())
             .process_group(0)
             .kill_on_drop(true);
@@ -136,7 +129,7 @@ pub fn run_embedded_shim(args: Vec<OsString>) -> std::process::ExitCode {
         // The kernel signals us when the thread that spawned us exits; the
         // gateway spawns from long-lived runtime worker threads.
         let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
-        if let Some(parent) = std::env::var("PORCHLIGHT_PARENT_PID")
+        if let Some(parent) = std::env::var(PARENT_PID_ENV)
             .ok()
             .and_then(|p| p.parse::<i32>().ok())
             && nix::unistd::getppid().as_raw() != parent
