@@ -83,15 +83,17 @@ enum EnvEvent {
 }
 
 /// A new desired count from the autoscaler loop.
-#[derive(Debug)]
-struct Desired {
-    function: String,
-    count: u32,
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    /// The function's name.
+    pub function: String,
+    /// Environments it should have.
+    pub count: u32,
 }
 
 /// The local functions as the autoscaler loop's source: every function is
 /// always there, its ready environments read from the registry.
-struct LocalFunctions {
+pub struct LocalFunctions {
     functions: Vec<(AutoscalerConfig, Arc<FunctionEntry>)>,
 }
 
@@ -118,7 +120,7 @@ impl ScaleSource for LocalFunctions {
 }
 
 /// The loop's sink in local mode: the environment manager.
-struct LocalScaleSink {
+pub struct LocalScaleSink {
     desired: mpsc::Sender<Desired>,
 }
 
@@ -137,7 +139,16 @@ impl ScaleSink<()> for LocalScaleSink {
 }
 
 /// Counts the loop's decisions in the gateway's metrics.
-struct LocalObserver(Metrics);
+pub struct LocalObserver(pub Metrics);
+
+/// Local mode's source and sink for the shared autoscaler loop, and where
+/// the sink's desired counts arrive.
+pub fn autoscaler_parts(
+    functions: Vec<(AutoscalerConfig, Arc<FunctionEntry>)>,
+) -> (LocalFunctions, LocalScaleSink, mpsc::Receiver<Desired>) {
+    let (desired, rx) = mpsc::channel(1024);
+    (LocalFunctions { functions }, LocalScaleSink { desired }, rx)
+}
 
 impl ScaleObserver for LocalObserver {
     fn observe(&self, event: LoopEvent<'_>) {
@@ -201,13 +212,11 @@ impl LocalSource {
             );
         }
         // The shared autoscaler loop, fed by this gateway's own reports.
-        let (desired_tx, mut desired_rx) = mpsc::channel::<Desired>(1024);
+        let (source, sink, mut desired_rx) = autoscaler_parts(targets);
         let (reports_tx, reports_rx) = mpsc::channel::<GatewayMessage>(64);
         let autoscaler = AutoscalerLoop::new(
-            LocalFunctions { functions: targets },
-            LocalScaleSink {
-                desired: desired_tx,
-            },
+            source,
+            sink,
             Arc::new(ScaleBook::default()),
             Arc::new(LocalObserver(gateway.metrics().clone())),
         );
