@@ -27,6 +27,9 @@ fi
 export PORCHLIGHT_PYTHON="$venv/bin/python"
 "$PORCHLIGHT_PYTHON" -c 'import awslambdaric, boto3; print("awslambdaric", awslambdaric.__version__, "boto3", boto3.__version__)'
 
+step "No import cycles between modules (tests/module-cycles.py)"
+python3 tests/module-cycles.py
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

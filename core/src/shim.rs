@@ -20,6 +20,10 @@ pub struct ShimVar {
 /// variables may not use it.
 pub const RESERVED_ENV_PREFIX: &str = "PORCHLIGHT_";
 
+/// The log filter of the shim and of the gateway that embeds it (tracing's
+/// `EnvFilter` syntax, e.g. `debug` or `porchlight_runtime=debug`).
+pub const LOG_FILTER_ENV: &str = "PORCHLIGHT_LOG";
+
 /// Every setting the gateway or the controller passes to the shim.
 pub mod var {
     use super::ShimVar;

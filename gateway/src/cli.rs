@@ -179,7 +179,7 @@ fn new_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 
 fn init_tracing(json: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("PORCHLIGHT_LOG")
+    let filter = EnvFilter::try_from_env(porchlight_core::shim::LOG_FILTER_ENV)
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

@@ -130,7 +130,7 @@ where
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("PORCHLIGHT_LOG")
+    let filter = EnvFilter::try_from_env(porchlight_core::shim::LOG_FILTER_ENV)
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
