@@ -160,29 +160,6 @@ impl Gateway {
             .ok_or_else(|| GatewayError::not_found(name))
     }
 
-    /// Invokes synchronously and records metrics.
-    pub async fn invoke(
-        &self,
-        entry: &Arc<FunctionEntry>,
-        payload: Bytes,
-        request_id: &str,
-        trigger: TriggerKind,
-    ) -> Result<InvocationResult, GatewayError> {
-        self.sync.invoke(entry, payload, request_id, trigger).await
-    }
-
-    /// Accepts an async event: queued, or refused with 429.
-    pub fn enqueue(
-        &self,
-        entry: &Arc<FunctionEntry>,
-        payload: Bytes,
-        request_id: String,
-        trigger: TriggerKind,
-    ) -> Result<(), GatewayError> {
-        self.asynchronous
-            .enqueue(entry, payload, request_id, trigger)
-    }
-
     /// The dead letters, optionally of one function.
     pub fn dead_letters(&self, function: Option<&str>) -> DeadLetterList {
         self.asynchronous.dead_letters(function)
@@ -220,7 +197,8 @@ impl Ingress for Gateway {
         request_id: String,
         trigger: TriggerKind,
     ) -> Result<(), GatewayError> {
-        Gateway::enqueue(self, entry, payload, request_id, trigger)
+        self.asynchronous
+            .enqueue(entry, payload, request_id, trigger)
     }
 
     fn is_ready(&self) -> bool {

@@ -262,6 +262,7 @@ pub async fn run(
 mod tests {
     use super::*;
     use crate::registry::DispatchConfig;
+    use crate::routes::Ingress;
     use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
