@@ -37,8 +37,13 @@ struct Environment {
     info: EnvironmentInfo,
     in_flight: u32,
     draining: bool,
+    /// Marked after a failed connection: not routed to until a probe finds
+    /// it answering again ([`FunctionEntry::recover_environment`]).
+    unreachable: bool,
     last_used: Instant,
     drained: Arc<Notify>,
+    /// Notified when a probe gave up on it: whoever owns it replaces it.
+    lost: Arc<Notify>,
 }
 
 /// A slot on an environment, handed to a waiting invocation.
@@ -355,8 +360,10 @@ impl FunctionEntry {
             info,
             in_flight: 0,
             draining: false,
+            unreachable: false,
             last_used: Instant::now(),
             drained: Arc::new(Notify::new()),
+            lost: Arc::new(Notify::new()),
         });
         let idx = st.environments.len() - 1;
         Self::hand_out(&mut st, idx);
@@ -370,6 +377,7 @@ impl FunctionEntry {
             match st.environments.iter_mut().find(|e| &*e.info.id == id) {
                 Some(e) => {
                     e.draining = true;
+                    e.unreachable = false;
                     (e.in_flight > 0).then(|| e.drained.clone())
                 }
                 None => None,
@@ -391,11 +399,65 @@ impl FunctionEntry {
         }
     }
 
-    /// Stops routing to an environment that failed (connection refused).
-    pub fn mark_unreachable(&self, id: &str) {
+    /// Stops routing to an environment that failed (connection refused or
+    /// broken). Returns true the first time, when the caller should probe it.
+    pub fn mark_unreachable(&self, id: &str) -> bool {
         let mut st = lock(&self.dispatch);
-        if let Some(e) = st.environments.iter_mut().find(|e| &*e.info.id == id) {
-            e.draining = true;
+        match st.environments.iter_mut().find(|e| &*e.info.id == id) {
+            Some(e) if !e.draining => {
+                e.draining = true;
+                e.unreachable = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Routes to an unreachable environment again: a probe found it
+    /// answering. An environment drained on purpose stays drained.
+    pub fn recover_environment(&self, id: &str) -> bool {
+        let mut st = lock(&self.dispatch);
+        let Some(idx) = st
+            .environments
+            .iter()
+            .position(|e| &*e.info.id == id && e.unreachable)
+        else {
+            return false;
+        };
+        let e = &mut st.environments[idx];
+        e.unreachable = false;
+        e.draining = false;
+        Self::hand_out(&mut st, idx);
+        true
+    }
+
+    /// A probe gave up on an unreachable environment: it stays out of
+    /// routing and its owner is told to replace it.
+    pub fn lose_environment(&self, id: &str) {
+        let st = lock(&self.dispatch);
+        if let Some(e) = st
+            .environments
+            .iter()
+            .find(|e| &*e.info.id == id && e.unreachable)
+        {
+            e.lost.notify_one();
+        }
+    }
+
+    /// Completes when a probe gave up on this environment (never, if it is unknown).
+    pub fn environment_lost(&self, id: &str) -> impl Future<Output = ()> + Send + 'static {
+        let lost = {
+            let st = lock(&self.dispatch);
+            st.environments
+                .iter()
+                .find(|e| &*e.info.id == id)
+                .map(|e| e.lost.clone())
+        };
+        async move {
+            match lost {
+                Some(n) => n.notified().await,
+                None => std::future::pending().await,
+            }
         }
     }
 

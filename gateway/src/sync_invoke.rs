@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
-use crate::registry::{DispatchConfig, FunctionEntry};
+use crate::registry::{DispatchConfig, EnvironmentInfo, FunctionEntry};
 use crate::upstream::{Readiness, UpstreamClient, UpstreamReply};
 use porchlight_core::LambdaError;
 use porchlight_core::invoke::{InvokeReply, UNHANDLED};
@@ -110,6 +110,47 @@ impl SyncInvoker {
         self.client.readiness(base_url).await
     }
 
+    /// Takes an environment out of routing after a failed connection and
+    /// probes it in the background: back in routing once `/ready` answers,
+    /// given up (its owner replaces it) after [`PROBE_FOR`].
+    fn probe_unreachable(&self, entry: &Arc<FunctionEntry>, env: &EnvironmentInfo) {
+        if !entry.mark_unreachable(&env.id) {
+            return;
+        }
+        let client = self.client.clone();
+        let entry = entry.clone();
+        let env = env.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut attempt = 0;
+            while started.elapsed() < PROBE_FOR {
+                if client.readiness(&env.base_url).await == Readiness::Ready {
+                    if entry.recover_environment(&env.id) {
+                        tracing::info!(
+                            function = entry.name(),
+                            environment = &*env.id,
+                            "environment answers again; routing to it resumed"
+                        );
+                    }
+                    return;
+                }
+                attempt += 1;
+                tokio::time::sleep(porchlight_core::backoff::exponential(
+                    Duration::from_millis(20),
+                    attempt,
+                    Duration::from_secs(1),
+                ))
+                .await;
+            }
+            tracing::warn!(
+                function = entry.name(),
+                environment = &*env.id,
+                "environment does not answer; it is given up"
+            );
+            entry.lose_environment(&env.id);
+        });
+    }
+
     /// Invokes synchronously and records metrics.
     pub async fn invoke(
         &self,
@@ -185,16 +226,34 @@ impl SyncInvoker {
         let deadline = Instant::now() + entry.wait_bound(&self.dispatch);
         let timeout_seconds = entry.spec().timeout_seconds;
         let upstream_timeout = upstream_timeout(timeout_seconds);
-        for _ in 0..MAX_DISPATCH_ATTEMPTS {
+        let mut unreachable = 0;
+        let mut busy = 0;
+        loop {
             let lease = match entry.acquire(deadline).await {
                 Ok(lease) => lease,
                 Err(e) => return no_environment(e, entry.current_init_failure()),
             };
             let env = lease.environment().clone();
-            let reply = self
-                .client
-                .invoke(&env.base_url, request_id, payload.clone(), upstream_timeout)
-                .await;
+            // The attempt runs in a task of its own that holds the slot until
+            // the environment answers: a caller that goes away must not free
+            // a slot the environment is still using.
+            let attempt = {
+                let client = self.client.clone();
+                let payload = payload.clone();
+                let request_id = request_id.to_string();
+                let base_url = env.base_url.clone();
+                tokio::spawn(async move {
+                    let reply = client
+                        .invoke(&base_url, &request_id, payload, upstream_timeout)
+                        .await;
+                    (reply, lease)
+                })
+            };
+            let Ok((reply, lease)) = attempt.await else {
+                return Err(GatewayError::Service(
+                    "The invocation ended without an answer.".into(),
+                ));
+            };
             if let UpstreamReply::Reply(InvokeReply::Unexpected { status, .. }) = &reply {
                 tracing::warn!(
                     request_id,
@@ -212,12 +271,17 @@ impl SyncInvoker {
                         environment = &*env.id,
                         "environment connection broke during an invocation"
                     );
-                    entry.mark_unreachable(&env.id);
+                    self.probe_unreachable(entry, &env);
                     return Ok(result);
                 }
                 Step::TryAgain => {
+                    // The environment is busy although the gateway counted a
+                    // free slot: keep the slot a little while, then queue again.
+                    busy += 1;
+                    let wait =
+                        busy_backoff(busy).min(deadline.saturating_duration_since(Instant::now()));
+                    tokio::time::sleep(wait).await;
                     drop(lease);
-                    tokio::task::yield_now().await;
                 }
                 Step::TryAnother => {
                     tracing::warn!(
@@ -226,8 +290,12 @@ impl SyncInvoker {
                         environment = &*env.id,
                         "environment unreachable; trying another"
                     );
-                    entry.mark_unreachable(&env.id);
+                    self.probe_unreachable(entry, &env);
                     drop(lease);
+                    unreachable += 1;
+                    if unreachable >= MAX_DISPATCH_ATTEMPTS {
+                        break;
+                    }
                 }
             }
             if Instant::now() >= deadline {
@@ -242,6 +310,19 @@ impl SyncInvoker {
 
 /// Environments tried for one invocation while nothing reaches a handler.
 const MAX_DISPATCH_ATTEMPTS: usize = 8;
+
+/// How long a busy environment keeps the slot of an event it refused before
+/// the event queues again: 5 ms doubling to 200 ms.
+pub fn busy_backoff(attempt: u32) -> Duration {
+    porchlight_core::backoff::exponential(
+        Duration::from_millis(5),
+        attempt,
+        Duration::from_millis(200),
+    )
+}
+
+/// How long an unreachable environment is probed before it is given up.
+const PROBE_FOR: Duration = Duration::from_secs(10);
 
 /// How long the gateway waits for an environment's answer. The shim enforces
 /// the function timeout; this only guards against a shim that stops answering.
@@ -321,6 +402,16 @@ pub fn next_step(
             .to_json(),
             false,
         )),
+        UpstreamReply::ResponseTooLarge => Step::Answer(Ok(function_error(
+            LambdaError::new(
+                "Function.ResponseSizeTooLarge",
+                format!(
+                    "Response payload size exceeded maximum allowed payload size ({SYNC_PAYLOAD_LIMIT} bytes)."
+                ),
+            )
+            .to_json(),
+            false,
+        ))),
         UpstreamReply::TimedOut => Step::Answer(Ok(function_error(
             LambdaError::new(
                 "Sandbox.Timeout",

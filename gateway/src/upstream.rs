@@ -30,6 +30,9 @@ pub enum UpstreamReply {
     Died,
     /// No answer within the function timeout plus grace.
     TimedOut,
+    /// The answer was larger than any the shim sends (a re-serialised error
+    /// body, for one): the environment is fine, the answer is not.
+    ResponseTooLarge,
 }
 
 /// A pooled client for environments.
@@ -82,6 +85,9 @@ impl UpstreamClient {
             let (parts, body) = response.into_parts();
             let body = match Limited::new(body, MAX_RESPONSE).collect().await {
                 Ok(b) => b.to_bytes(),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                    return UpstreamReply::ResponseTooLarge;
+                }
                 Err(_) => return UpstreamReply::Died,
             };
             UpstreamReply::Reply(InvokeReply::decode(parts.status, &parts.headers, body))

@@ -517,10 +517,18 @@ async fn run_environment(
             id: id.clone(),
         })
         .await;
+    let lost = entry.environment_lost(&id);
     tokio::select! {
         status = process.wait() => {
             entry.remove_environment(&id);
             tracing::warn!(function = %name, environment = %id, status = ?status.ok(), "environment exited");
+            let _ = events.send(exited(false)).await;
+        }
+        _ = lost => {
+            // Unreachable and not answering its probes: replace it.
+            entry.remove_environment(&id);
+            process.stop(config.stop_grace).await;
+            tracing::warn!(function = %name, environment = %id, "environment stopped answering; it is replaced");
             let _ = events.send(exited(false)).await;
         }
         _ = stop.cancelled() => {
