@@ -34,6 +34,8 @@ pub struct Metrics {
     pub gateway_poll_errors: IntCounter,
     /// Gateways whose reports are trusted.
     pub gateways_live: IntGauge,
+    /// 1 while no gateway reports and every desired count is held.
+    pub holding: IntGauge,
     /// 1 while this replica holds the leader lease.
     pub leader: IntGauge,
 }
@@ -95,6 +97,11 @@ impl Metrics {
             "Gateways whose reports are trusted",
         )
         .expect("valid metric");
+        let holding = IntGauge::new(
+            "porchlight_autoscaler_holding",
+            "1 while no gateway reports and every desired count is held",
+        )
+        .expect("valid metric");
         let leader = IntGauge::new(
             "porchlight_controller_leader",
             "1 while this replica holds the leader lease",
@@ -107,6 +114,7 @@ impl Metrics {
             Box::new(observed_concurrency.clone()),
             Box::new(desired_environments.clone()),
             Box::new(gateways_live.clone()),
+            Box::new(holding.clone()),
             Box::new(leader.clone()),
         ] {
             registry.register(m).expect("metric registered once");
@@ -149,6 +157,7 @@ impl Metrics {
             observed_concurrency,
             desired_environments,
             gateways_live,
+            holding,
             leader,
         }
     }

@@ -193,6 +193,7 @@ async fn apply_workload(
         f,
         &observed,
         book.as_ref(),
+        ctx.book.is_holding(),
         trouble.as_ref(),
         &ctx.settings.url_base,
     );
@@ -338,6 +339,7 @@ pub fn next_status(
     f: &Function,
     observed: &ObservedDeployment,
     book: Option<&ScaleRecord>,
+    holding: bool,
     trouble: Option<&Trouble>,
     url_base: &str,
 ) -> FunctionStatus {
@@ -377,8 +379,24 @@ pub fn next_status(
             format!("Waiting for environments to finish init{detail}"),
         )
     };
+    let mut conditions = vec![condition(ready_condition(f), cond_status, why, &message)];
+    if holding {
+        let previous = f.status.as_ref().and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == names::SCALING_CONDITION)
+        });
+        let mut held = condition(
+            previous,
+            "False",
+            reason::NO_GATEWAY_REPORTS,
+            "No gateway reports load; the last desired count is held until one does",
+        );
+        held.type_ = names::SCALING_CONDITION.to_string();
+        conditions.push(held);
+    }
     FunctionStatus {
-        conditions: vec![condition(ready_condition(f), cond_status, why, &message)],
+        conditions,
         observed_generation: f.metadata.generation,
         replicas: Some(replicas),
         ready_replicas: Some(ready),
@@ -611,7 +629,7 @@ spec:
     #[test]
     fn status_says_why_environments_are_or_are_not_ready() {
         let f = function();
-        let s = next_status(&f, &observed(2, 1, 2), None, None, "http://gw");
+        let s = next_status(&f, &observed(2, 1, 2), None, false, None, "http://gw");
         assert_eq!(ready_reason(&s), ("True", reason::READY));
         assert_eq!(
             s.conditions[0].message.as_deref(),
@@ -623,12 +641,26 @@ spec:
             Some("http://gw/2015-03-31/functions/hello/invocations")
         );
         let failed = Trouble::InitFailed("Runtime.ImportModuleError: no app".into());
-        let s = next_status(&f, &observed(1, 0, 1), None, Some(&failed), "http://gw");
+        let s = next_status(
+            &f,
+            &observed(1, 0, 1),
+            None,
+            false,
+            Some(&failed),
+            "http://gw",
+        );
         assert_eq!(ready_reason(&s), ("False", reason::INIT_FAILED));
-        let s = next_status(&f, &observed(0, 0, 0), None, None, "http://gw");
+        let s = next_status(&f, &observed(0, 0, 0), None, false, None, "http://gw");
         assert_eq!(ready_reason(&s), ("True", reason::SCALED_TO_ZERO));
         let waiting = Trouble::Waiting("ErrImagePull: no such image".into());
-        let s = next_status(&f, &observed(1, 0, 1), None, Some(&waiting), "http://gw");
+        let s = next_status(
+            &f,
+            &observed(1, 0, 1),
+            None,
+            false,
+            Some(&waiting),
+            "http://gw",
+        );
         assert_eq!(ready_reason(&s), ("False", reason::PENDING));
         assert!(
             s.conditions[0]
@@ -646,11 +678,18 @@ spec:
             observed_concurrency: 2.4,
             last_scale_time: Some("2026-01-01T00:00:00Z".into()),
         };
-        let s = next_status(&f, &observed(1, 1, 1), Some(&record), None, "http://gw");
+        let s = next_status(
+            &f,
+            &observed(1, 1, 1),
+            Some(&record),
+            false,
+            None,
+            "http://gw",
+        );
         assert_eq!(s.desired_replicas, Some(3));
         assert_eq!(s.observed_concurrency, Some(2));
         assert_eq!(s.last_scale_time.as_deref(), Some("2026-01-01T00:00:00Z"));
-        let s = next_status(&f, &observed(1, 1, 1), None, None, "http://gw");
+        let s = next_status(&f, &observed(1, 1, 1), None, false, None, "http://gw");
         assert_eq!(
             s.desired_replicas,
             Some(1),
@@ -659,10 +698,30 @@ spec:
     }
 
     #[test]
+    fn a_held_count_is_said_in_a_scaling_condition() {
+        let f = function();
+        let s = next_status(&f, &observed(2, 2, 2), None, true, None, "http://gw");
+        assert_eq!(ready_reason(&s), ("True", reason::READY));
+        let held = &s.conditions[1];
+        assert_eq!(held.type_, names::SCALING_CONDITION);
+        assert_eq!(held.status, "False");
+        assert_eq!(held.reason.as_deref(), Some(reason::NO_GATEWAY_REPORTS));
+        let s = next_status(&f, &observed(2, 2, 2), None, false, None, "http://gw");
+        assert_eq!(s.conditions.len(), 1);
+    }
+
+    #[test]
     fn an_init_failure_is_announced_once() {
         let mut f = function();
         let failed = Trouble::InitFailed("Runtime.ExitError: exit status 1".into());
-        let next = next_status(&f, &observed(1, 0, 1), None, Some(&failed), "http://gw");
+        let next = next_status(
+            &f,
+            &observed(1, 0, 1),
+            None,
+            false,
+            Some(&failed),
+            "http://gw",
+        );
         assert!(newly_init_failed(&f, &next));
         f.status = Some(next.clone());
         assert!(!newly_init_failed(&f, &next));

@@ -93,6 +93,7 @@ impl ScaleObserver for Metrics {
                 .inc(),
             LoopEvent::ApplyFailed(_) => self.scale_errors.inc(),
             LoopEvent::Forgot(key) => self.forget_function(&key.namespace, &key.name),
+            LoopEvent::Holding(on) => self.holding.set(i64::from(on)),
         }
     }
 }

@@ -418,3 +418,32 @@ async fn many_changes_at_once_are_applied_concurrently() {
     stop.cancel();
     task.await.expect("join").expect("clean stop");
 }
+
+#[tokio::test(start_paused = true)]
+async fn silent_gateways_hold_every_count_instead_of_scaling_to_zero() {
+    let h = start(function("5s"));
+    let g = gateway(h.tx.clone(), "gw-a", 4, |_| 3.5);
+    sleep(Duration::from_secs(4)).await;
+    g.await.expect("gateway");
+    let up = h.book.get(&key()).map(|r| r.desired).expect("scaled up");
+    assert!(up >= 5, "3.5 / 0.7 = 5, got {up}");
+    // Every gateway goes silent (a network partition, a gateway rollout):
+    // long past the 5 s staleness and the 5 s idle window.
+    sleep(Duration::from_secs(30)).await;
+    assert_eq!(
+        h.book.get(&key()).map(|r| r.desired),
+        Some(up),
+        "silence is not zero load: {:?}",
+        h.sink.changes()
+    );
+    assert!(h.book.is_holding());
+    assert_eq!(h.metrics.holding.get(), 1);
+    // Reports resume, idle: the function scales to zero after its window.
+    let g = gateway(h.tx.clone(), "gw-a", 12, |_| 0.0);
+    sleep(Duration::from_secs(12)).await;
+    g.await.expect("gateway");
+    assert!(!h.book.is_holding());
+    assert_eq!(h.metrics.holding.get(), 0);
+    assert_eq!(h.book.get(&key()).map(|r| r.desired), Some(0));
+    h.stop.cancel();
+}

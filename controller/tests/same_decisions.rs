@@ -190,10 +190,9 @@ async fn local_mode_and_the_controller_decide_alike() {
         local_decisions.len() >= 4,
         "woke, scaled up, down and to zero: {local_decisions:?}"
     );
-    assert_eq!(
-        local_decisions.first().map(|d| d.1),
-        Some(1),
-        "woke at once"
+    assert!(
+        local_decisions.first().is_some_and(|d| d.0 < 2_400 && d.1 >= 1),
+        "woke on the poke: {local_decisions:?}"
     );
     assert_eq!(
         local_decisions.last().map(|d| d.1),

@@ -20,8 +20,10 @@ pub const CODE_HASH_ANNOTATION: &str = "porchlight.dev/code-hash";
 /// Annotation on every applied object: the hash of what was applied.
 pub const APPLIED_HASH_ANNOTATION: &str = "porchlight.dev/applied-hash";
 
-/// The Function's one condition type.
+/// The Function's main condition type.
 pub const READY_CONDITION: &str = "Ready";
+/// Set (False) while the autoscaler holds every count because no gateway reports.
+pub const SCALING_CONDITION: &str = "Scaling";
 
 /// Reasons of the `Ready` condition.
 pub mod reason {
@@ -35,6 +37,8 @@ pub mod reason {
     pub const PENDING: &str = "Pending";
     /// The spec breaks a rule; the message lists every problem.
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// No gateway reports load: the last desired count is held.
+    pub const NO_GATEWAY_REPORTS: &str = "NoGatewayReports";
 }
 
 /// The condition message of an `InitFailed` Function, from the init error

@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -58,9 +59,15 @@ pub struct ScaleRecord {
 #[derive(Debug, Default)]
 pub struct ScaleBook {
     records: RwLock<HashMap<FunctionKey, ScaleRecord>>,
+    holding: AtomicBool,
 }
 
 impl ScaleBook {
+    /// True while no gateway reports: every function keeps its last count.
+    pub fn is_holding(&self) -> bool {
+        self.holding.load(Ordering::Relaxed)
+    }
+
     /// The record of a function.
     pub fn get(&self, key: &FunctionKey) -> Option<ScaleRecord> {
         self.records.read().ok()?.get(key).cloned()
@@ -195,6 +202,8 @@ pub enum LoopEvent<'a> {
     ApplyFailed(&'a ScaleChange),
     /// A function went away.
     Forgot(&'a FunctionKey),
+    /// No gateway reports (true): every count is held; or reports resumed (false).
+    Holding(bool),
 }
 
 /// Counts what the loop does (metrics); the default counts nothing.
@@ -326,6 +335,7 @@ pub struct AutoscalerLoop<S: ScaleSource, K> {
     aggregator: ReportAggregator,
     scalers: HashMap<FunctionKey, FunctionScaler<S::Handle>>,
     tick: Duration,
+    ever_reported: bool,
 }
 
 impl<S: ScaleSource, K: ScaleSink<S::Handle>> AutoscalerLoop<S, K> {
@@ -339,6 +349,7 @@ impl<S: ScaleSource, K: ScaleSink<S::Handle>> AutoscalerLoop<S, K> {
             aggregator: ReportAggregator::new(DEFAULT_REPORT_STALE_AFTER),
             scalers: HashMap::new(),
             tick: Duration::from_secs(1),
+            ever_reported: false,
         }
     }
 
@@ -378,6 +389,7 @@ impl<S: ScaleSource, K: ScaleSink<S::Handle>> AutoscalerLoop<S, K> {
             GatewayMessage::Report(report) => report,
         };
         self.observer.observe(LoopEvent::Report);
+        self.ever_reported = true;
         let demand = poked_functions(&report);
         self.aggregator.ingest(now, report);
         if demand.is_empty() {
@@ -404,12 +416,17 @@ impl<S: ScaleSource, K: ScaleSink<S::Handle>> AutoscalerLoop<S, K> {
     }
 
     /// One tick: sync the function list, record, decide and apply for each.
+    /// With no gateway reporting, nothing is decided: silence is not zero
+    /// load, and scaling every function to zero on it would be wrong.
     pub async fn on_tick(&mut self) {
         let now = now();
         self.sync_functions(now);
+        let live = self.aggregator.live_gateways(now);
+        self.observer.observe(LoopEvent::GatewaysLive(live));
+        if !self.hold_while_silent(live) {
+            return;
+        }
         let totals = self.aggregator.totals(now);
-        self.observer
-            .observe(LoopEvent::GatewaysLive(self.aggregator.live_gateways(now)));
         let keys: Vec<FunctionKey> = self.scalers.keys().cloned().collect();
         let mut pending = Vec::new();
         for key in keys {
@@ -417,6 +434,23 @@ impl<S: ScaleSource, K: ScaleSink<S::Handle>> AutoscalerLoop<S, K> {
             pending.extend(self.decide(&key, now, &load));
         }
         self.apply_all(pending).await;
+    }
+
+    /// Holds every count while no gateway reports; true when deciding may go on.
+    fn hold_while_silent(&mut self, live_gateways: usize) -> bool {
+        let silent = live_gateways == 0;
+        if silent != self.book.is_holding() {
+            self.book.holding.store(silent, Ordering::Relaxed);
+            self.observer.observe(LoopEvent::Holding(silent));
+            if silent && self.ever_reported {
+                warn!("no gateway reports: every function keeps its desired count until one does");
+            } else if silent {
+                info!("waiting for the first gateway report before deciding");
+            } else {
+                info!("gateway reports resumed: scaling decisions resume");
+            }
+        }
+        !silent
     }
 
     /// The desired count the loop holds for a function (tests).
