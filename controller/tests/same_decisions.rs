@@ -191,7 +191,9 @@ async fn local_mode_and_the_controller_decide_alike() {
         "woke, scaled up, down and to zero: {local_decisions:?}"
     );
     assert!(
-        local_decisions.first().is_some_and(|d| d.0 < 2_400 && d.1 >= 1),
+        local_decisions
+            .first()
+            .is_some_and(|d| d.0 < 2_400 && d.1 >= 1),
         "woke on the poke: {local_decisions:?}"
     );
     assert_eq!(

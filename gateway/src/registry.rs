@@ -107,8 +107,9 @@ struct FunctionCounters {
 /// that say what happens; nothing outside reaches its counters or queue.
 pub struct FunctionEntry {
     key: FunctionKey,
-    spec: FunctionSpec,
-    settings: ScalingSettings,
+    /// Spec and settings as last applied; replaced in place on a change, so
+    /// the queue, its waiters and the counts in flight carry over.
+    definition: RwLock<Definition>,
     counters: FunctionCounters,
     dispatch: Mutex<DispatchState>,
     queue_depth: usize,
@@ -203,6 +204,12 @@ impl Drop for Lease {
     }
 }
 
+#[derive(Clone)]
+struct Definition {
+    spec: Arc<FunctionSpec>,
+    settings: Arc<ScalingSettings>,
+}
+
 impl FunctionEntry {
     fn new(
         key: FunctionKey,
@@ -213,8 +220,10 @@ impl FunctionEntry {
     ) -> Self {
         FunctionEntry {
             key,
-            spec,
-            settings,
+            definition: RwLock::new(Definition {
+                spec: Arc::new(spec),
+                settings: Arc::new(settings),
+            }),
             counters: FunctionCounters::default(),
             dispatch: Mutex::new(DispatchState::default()),
             queue_depth: config.queue_depth,
@@ -233,13 +242,31 @@ impl FunctionEntry {
     }
 
     /// The spec as applied.
-    pub fn spec(&self) -> &FunctionSpec {
-        &self.spec
+    pub fn spec(&self) -> Arc<FunctionSpec> {
+        self.definition
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .spec
+            .clone()
     }
 
     /// The parsed scaling settings.
-    pub fn settings(&self) -> &ScalingSettings {
-        &self.settings
+    pub fn settings(&self) -> Arc<ScalingSettings> {
+        self.definition
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .settings
+            .clone()
+    }
+
+    /// Applies a changed spec in place: queued and waiting events, the
+    /// environments and every count stay; what follows from the spec (the
+    /// timeout, the triggers) applies from the next event on.
+    fn redefine(&self, spec: FunctionSpec, settings: ScalingSettings) {
+        *self.definition.write().unwrap_or_else(|p| p.into_inner()) = Definition {
+            spec: Arc::new(spec),
+            settings: Arc::new(settings),
+        };
     }
 
     /// Counts an invocation accepted for dispatch.
@@ -512,7 +539,7 @@ impl FunctionEntry {
 
     /// How long an invocation may wait for an environment.
     pub fn wait_bound(&self, config: &DispatchConfig) -> Duration {
-        Duration::from_secs(u64::from(self.spec.timeout_seconds)) + config.cold_start_allowance
+        Duration::from_secs(u64::from(self.spec().timeout_seconds)) + config.cold_start_allowance
     }
 
     /// Waits for a slot on an environment, up to `deadline`. Refuses at once
@@ -646,14 +673,19 @@ impl Registry {
         &self.demand
     }
 
-    /// Adds or replaces a function. Replacing keeps nothing of the old entry
-    /// (its environments belong to the old spec).
+    /// Adds a function, or applies a changed spec to the one registered in
+    /// place (its queue, waiters, environments and counts carry over; on a
+    /// cluster the Deployment rolls the environments themselves).
     pub fn upsert(
         &self,
         key: FunctionKey,
         spec: FunctionSpec,
         settings: ScalingSettings,
     ) -> Arc<FunctionEntry> {
+        if let Some(entry) = self.get(&key.name).filter(|e| e.key == key) {
+            entry.redefine(spec, settings);
+            return entry;
+        }
         let entry = Arc::new(FunctionEntry::new(
             key.clone(),
             spec,

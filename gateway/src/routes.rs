@@ -372,7 +372,8 @@ async fn http_trigger_inner(
     };
     let name = decode_query_component(raw_name);
     let entry = gw.function(&name)?;
-    let Some(trigger) = entry.spec().http_trigger() else {
+    let spec = entry.spec();
+    let Some(trigger) = spec.http_trigger() else {
         return Err(GatewayError::RouteNotFound(format!(
             "Function {name} has no http trigger."
         )));

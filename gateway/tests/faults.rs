@@ -209,3 +209,44 @@ async fn an_oversized_answer_is_a_function_error_not_a_dead_environment() {
         .expect("answered at once");
     assert_eq!((status, body.as_str()), (StatusCode::OK, "{}"));
 }
+
+#[tokio::test]
+async fn a_spec_change_keeps_the_events_waiting_for_an_environment() {
+    let shim = Arc::new(Shim::default());
+    let base_url = fake_shim(shim.clone(), Duration::from_millis(1)).await;
+    let gw = Gateway::new(GatewayConfig::default());
+    let spec = |timeout: u32| -> FunctionSpec {
+        serde_yaml::from_str(&format!(
+            "handler: app.h\ncode: {{inline: x}}\ntimeoutSeconds: {timeout}\n"
+        ))
+        .expect("spec")
+    };
+    let key = FunctionKey::new("default", "f");
+    let first = spec(5);
+    let settings = first.validate().expect("valid");
+    gw.registry().upsert(key.clone(), first, settings);
+    gw.set_ready(true);
+    // An event waits for the function's first environment...
+    let waiting = {
+        let gw = gw.clone();
+        tokio::spawn(async move { invoke(&gw, r#"{"n":1}"#).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...while the spec changes (`kubectl scale fn`, a new timeout, ...).
+    let changed = spec(6);
+    let settings = changed.validate().expect("valid");
+    let entry = gw.registry().upsert(key, changed, settings);
+    assert_eq!(entry.spec().timeout_seconds, 6);
+    assert_eq!(entry.load().queued, 1, "the waiting event is still queued");
+    entry.add_environment(EnvironmentInfo {
+        id: "f-1".into(),
+        base_url: base_url.as_str().into(),
+        capacity: 1,
+    });
+    let (status, body, error) = tokio::time::timeout(Duration::from_secs(3), waiting)
+        .await
+        .expect("served when the environment arrived")
+        .expect("join");
+    assert_eq!((status, error), (StatusCode::OK, None), "{body}");
+    assert_eq!(body, r#"{"n":1}"#);
+}
