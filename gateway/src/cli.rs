@@ -11,6 +11,7 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use crate::gateway::{Gateway, GatewayConfig};
+use crate::listener::ListenerLimits;
 use crate::local::manifests::{LoadedFunction, load_dir};
 use crate::local::process::{Launcher, run_embedded_shim};
 use crate::local::{LocalConfig, LocalSource};
@@ -55,6 +56,18 @@ pub struct Cli {
     /// Address to serve on.
     #[arg(long, default_value = "127.0.0.1:8080", env = "PORCHLIGHT_LISTEN")]
     pub listen: SocketAddr,
+    /// Open connections at most; more wait in the kernel's accept queue.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Longest a client may take to send a request's headers.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Longest a client may take to send a request's body.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+    /// A kept-alive connection with no request for this long is closed.
+    #[arg(long, default_value = "75s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
     /// Invocations that may wait for an environment, per function.
     #[arg(long, default_value_t = 1000)]
     pub queue_depth: usize,
@@ -331,30 +344,26 @@ where
     let reports = tokio::spawn(gateway.run_reports(source_stop.clone()));
     let source = start_source(gateway.clone(), addr, source_stop.clone(), shutdown.clone());
     tracing::info!(%addr, "serving");
-    let app =
-        crate::routes::app(gateway.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let graceful = shutdown.clone();
-    // Small responses must not wait for Nagle's algorithm.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        graceful.cancelled().await;
-    });
-    let server = async {
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "server failed");
-        }
+    let limits = ListenerLimits {
+        max_connections: cli.max_connections,
+        header_read_timeout: cli.header_read_timeout,
+        body_read_timeout: cli.body_read_timeout,
+        idle_timeout: cli.idle_timeout,
     };
+    let server = crate::listener::serve(
+        listener,
+        crate::routes::app(gateway.clone()),
+        limits,
+        shutdown.clone(),
+        // Finish the requests being answered, within a bound.
+        Duration::from_secs(30),
+    );
     tokio::pin!(server);
     tokio::select! {
         _ = &mut server => {}
         _ = shutdown.cancelled() => {
             gateway.set_ready(false);
-            // Finish the requests being answered, within a bound.
-            if tokio::time::timeout(Duration::from_secs(30), &mut server).await.is_err() {
-                tracing::warn!("requests still open after 30 s; closing them");
-            }
+            server.await;
         }
     }
     gateway.begin_shutdown();

@@ -117,7 +117,7 @@ pub fn sync(registry: &Registry, functions: &[Arc<Function>], pods: &[Arc<Pod>],
             None => match f.spec.validate() {
                 Ok(settings) => {
                     let key = FunctionKey::new(f.namespace().unwrap_or_default(), name.clone());
-                    tracing::info!(function = %name, "function registered");
+                    tracing::info!(function = %name, "function registered or updated");
                     Some(registry.upsert(key, f.spec.clone(), settings))
                 }
                 Err(problems) => {
@@ -464,7 +464,7 @@ mod tests {
     }
 
     #[test]
-    fn spec_changes_reregister_and_deleted_or_invalid_functions_go() {
+    fn spec_changes_apply_in_place_and_deleted_or_invalid_functions_go() {
         let registry = Registry::new(DispatchConfig::default());
         sync(
             &registry,
@@ -480,7 +480,10 @@ mod tests {
             8080,
         );
         let after = registry.get("hello").expect("entry");
-        assert!(!Arc::ptr_eq(&before, &after));
+        assert!(
+            Arc::ptr_eq(&before, &after),
+            "the same entry: its queue and waiters carry over"
+        );
         assert_eq!(after.settings().max_scale, 6);
 
         let mut broken = (*function("other", 5)).clone();

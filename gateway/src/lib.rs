@@ -23,6 +23,7 @@ pub mod error;
 pub mod events;
 pub mod gateway;
 pub mod kubernetes;
+pub mod listener;
 pub mod local;
 pub mod metrics;
 pub mod registry;
