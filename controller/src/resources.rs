@@ -36,9 +36,7 @@ pub const RUNTIME_UID: i64 = 10001;
 pub const CONTAINER_NAME: &str = "runtime";
 
 /// Deployment and Service name of a function.
-pub fn workload_name(function: &str) -> String {
-    format!("fn-{function}")
-}
+pub use porchlight_core::names::workload_name;
 
 /// Name of the ConfigMap holding a function's inline code.
 pub fn code_config_map_name(function: &str) -> String {

@@ -20,6 +20,11 @@ pub const CODE_HASH_ANNOTATION: &str = "porchlight.dev/code-hash";
 /// Annotation on every applied object: the hash of what was applied.
 pub const APPLIED_HASH_ANNOTATION: &str = "porchlight.dev/applied-hash";
 
+/// Name of a Function's Deployment and Service.
+pub fn workload_name(function: &str) -> String {
+    format!("fn-{function}")
+}
+
 /// The Function's main condition type.
 pub const READY_CONDITION: &str = "Ready";
 /// Set (False) while the autoscaler holds every count because no gateway reports.

@@ -31,7 +31,9 @@ use kube::{Api, Client, ResourceExt};
 use porchlight_api::Function;
 use porchlight_core::FunctionKey;
 use porchlight_core::endpoint::pod_url;
-use porchlight_core::names::{FUNCTION_LABEL, READY_CONDITION, init_failure_error, reason};
+use porchlight_core::names::{
+    FUNCTION_KIND, FUNCTION_LABEL, READY_CONDITION, init_failure_error, reason, workload_name,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::gateway::Gateway;
@@ -61,10 +63,31 @@ pub enum PodRoute {
     Drain,
 }
 
+/// Whether a pod belongs to the Function it is labelled with: its
+/// controller is the ReplicaSet of the Function's Deployment (`fn-NAME-*`),
+/// or the Function itself. A label alone proves nothing: anyone who can
+/// create a pod can put it on.
+pub fn owned_by_function(pod: &Pod, function: &str) -> bool {
+    let replica_sets = format!("{}-", workload_name(function));
+    pod.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|o| o.controller == Some(true))
+        .any(|o| {
+            (o.kind == "ReplicaSet" && o.name.starts_with(&replica_sets))
+                || (o.kind == FUNCTION_KIND && o.name == function)
+        })
+}
+
 /// The function a pod serves and how to use it; `None` for pods that are
-/// not environments (no label) or have no IP yet and were never routable.
+/// not its environments (no label, not owned by its workload) or have no IP
+/// yet and were never routable.
 pub fn pod_route(pod: &Pod, port: u16) -> Option<(String, PodRoute)> {
     let function = pod.labels().get(FUNCTION_LABEL)?.clone();
+    if !owned_by_function(pod, &function) {
+        return None;
+    }
     let terminating = pod.metadata.deletion_timestamp.is_some();
     let status = pod.status.as_ref();
     let ready = status
@@ -264,7 +287,7 @@ mod tests {
     use crate::registry::DispatchConfig;
     use crate::routes::Ingress;
     use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 
     fn function(name: &str, max_scale: u32) -> Arc<Function> {
         let spec = serde_yaml::from_str(&format!(
@@ -287,6 +310,13 @@ mod tests {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 labels: Some([(FUNCTION_LABEL.to_string(), function.to_string())].into()),
+                owner_references: Some(vec![OwnerReference {
+                    api_version: "apps/v1".into(),
+                    kind: "ReplicaSet".into(),
+                    name: format!("fn-{function}-6d4cf56db6"),
+                    controller: Some(true),
+                    ..Default::default()
+                }]),
                 deletion_timestamp: terminating.then(|| Time(Default::default())),
                 ..Default::default()
             },
@@ -313,6 +343,39 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn routes_only_pods_the_function_owns() {
+        let owned = pod("hello-1", "hello", Some("10.88.0.5"), true, false);
+        assert!(pod_route(&owned, 8080).is_some());
+        let mut stray = (*owned).clone();
+        stray.metadata.owner_references = None;
+        assert_eq!(pod_route(&stray, 8080), None, "a label alone is not enough");
+        let mut other = (*owned).clone();
+        other.metadata.owner_references.as_mut().expect("owners")[0].name =
+            "fn-other-6d4cf56db6".into();
+        assert_eq!(pod_route(&other, 8080), None);
+        let mut not_controller = (*owned).clone();
+        not_controller
+            .metadata
+            .owner_references
+            .as_mut()
+            .expect("owners")[0]
+            .controller = None;
+        assert_eq!(pod_route(&not_controller, 8080), None);
+        let mut claimed = (*owned).clone();
+        claimed.metadata.owner_references = Some(vec![OwnerReference {
+            api_version: porchlight_core::names::API_VERSION.into(),
+            kind: FUNCTION_KIND.into(),
+            name: "hello".into(),
+            controller: Some(true),
+            ..Default::default()
+        }]);
+        assert!(
+            pod_route(&claimed, 8080).is_some(),
+            "owned by the Function itself"
+        );
     }
 
     #[test]
