@@ -9,8 +9,8 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use porchlight_core::LambdaError;
 use porchlight_core::invoke::MAX_PAYLOAD_BYTES;
 
@@ -95,20 +95,68 @@ pub enum BodyError {
     Truncated,
 }
 
-/// Reads a body of at most [`MAX_PAYLOAD_BYTES`].
+/// Reads a body of at most [`MAX_PAYLOAD_BYTES`]. A larger one is read to
+/// its end and discarded (up to [`DRAIN_BYTES`] within [`DRAIN_FOR`]), so
+/// that a client still sending sees the 413 instead of a broken pipe.
 pub async fn read_limited(headers: &HeaderMap, body: Body) -> Result<Bytes, BodyError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > MAX_PAYLOAD_BYTES as u64) {
+        drain(body).await;
         return Err(BodyError::TooLarge);
     }
-    match Limited::new(body, MAX_PAYLOAD_BYTES).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(BodyError::TooLarge),
-        Err(_) => Err(BodyError::Truncated),
+    let mut body = body;
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(BodyError::Truncated);
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        len += data.len();
+        if len > MAX_PAYLOAD_BYTES {
+            drain(body).await;
+            return Err(BodyError::TooLarge);
+        }
+        chunks.push(data);
     }
+    // One chunk (the usual case) is passed on without a copy.
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => {
+            let mut joined = BytesMut::with_capacity(len);
+            for c in chunks {
+                joined.extend_from_slice(&c);
+            }
+            joined.freeze()
+        }
+    })
+}
+
+/// Most bytes of a refused body read and discarded.
+pub const DRAIN_BYTES: usize = 4 * MAX_PAYLOAD_BYTES;
+/// Longest a refused body is read.
+pub const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads and discards what is left of a refused body, within bounds.
+async fn drain(mut body: Body) {
+    let discard = async {
+        let mut drained = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                drained += data.len();
+                if drained > DRAIN_BYTES {
+                    return;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_FOR, discard).await;
 }
 
 fn truncated() -> Response {
