@@ -75,8 +75,14 @@ pub struct Cli {
     pub dead_letters: usize,
     /// MiB the gateway may hold for payloads, queued and retried events and
     /// dead letters (a quarter at most); past it, invocations get 429. The
-    /// default is half the gateway pod's 512 MiB limit.
-    #[arg(long, value_name = "MIB", default_value_t = crate::budget::DEFAULT_MEMORY_BUDGET_MIB as u64, value_parser = clap::value_parser!(u64).range(1..=1024 * 1024), env = "PORCHLIGHT_MEMORY_BUDGET_MIB")]
+    /// default suits the gateway pod's 512 MiB limit.
+    #[arg(
+        long,
+        value_name = "MIB",
+        default_value_t = crate::budget::DEFAULT_MEMORY_BUDGET_MIB as u64,
+        value_parser = clap::value_parser!(u64).range(1..=1024 * 1024),
+        env = "PORCHLIGHT_MEMORY_BUDGET_MIB"
+    )]
     pub memory_budget_mib: u64,
     /// Run environments with this porchlight-runtime binary instead of the embedded shim.
     #[arg(long, value_name = "PATH")]
