@@ -166,11 +166,12 @@ pub async fn read_body_reserved(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|len| len > limit) {
-        // Answered 413 without keeping any of it.
-        return Err(read_body(headers, body, limit)
-            .await
-            .err()
-            .unwrap_or(GatewayError::TooLarge { limit }));
+        // Answered 413; what is read of it first is not kept.
+        if declared.is_some_and(|len| len <= limit + DRAIN_BEYOND_LIMIT) {
+            let mut body = body;
+            while let Some(Ok(_)) = body.frame().await {}
+        }
+        return Err(GatewayError::TooLarge { limit });
     }
     let mut held = gw.reserve(declared.unwrap_or(limit), purpose)?;
     let bytes = read_body(headers, body, limit).await?;
