@@ -1,7 +1,8 @@
 //! Asynchronous invocations (`Event`, S3, CloudEvents): a bounded queue per
 //! function, retries on function error with doubling backoff (Lambda: two
 //! retries, 1 min then 2 min apart), and dead letters for events that fail
-//! every attempt.
+//! every attempt. An event's bytes are held against the memory budget from
+//! acceptance until it is answered, and then by its dead letter.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use crate::dead_letters::{DeadLetter, DeadLetterList, DeadLetters, now_rfc3339};
+use crate::budget::{Purpose, Reservation};
+use crate::dead_letters::{DeadLetter, DeadLetterList, DeadLetters, PageRequest, now_rfc3339};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::registry::FunctionEntry;
@@ -30,6 +32,8 @@ pub struct AsyncEvent {
     pub trigger: TriggerKind,
     /// When it was accepted.
     pub accepted_at: Instant,
+    /// The payload's bytes, held against the memory budget.
+    pub held: Reservation,
 }
 
 /// Why an attempt failed, and whether it counts as an attempt.
@@ -83,7 +87,13 @@ pub struct AsyncSettings {
     pub queue_depth: usize,
     /// Dead letters kept (oldest evicted first, and counted).
     pub dead_letter_capacity: usize,
+    /// Bytes of dead letters kept (oldest evicted first, and counted).
+    pub dead_letter_bytes: usize,
 }
+
+/// Most bytes of a function's error kept with a dead letter; a longer one
+/// is kept as the start of its text.
+pub const DEAD_LETTER_ERROR_LIMIT: usize = 64 * 1024;
 
 /// The queue of one function and the entry its worker serves.
 struct Queue {
@@ -109,16 +119,24 @@ impl AsyncInvoker {
         AsyncInvoker {
             invoker,
             metrics,
-            dead_letters: DeadLetters::new(settings.dead_letter_capacity),
+            dead_letters: DeadLetters::new(
+                settings.dead_letter_capacity,
+                settings.dead_letter_bytes,
+            ),
             settings,
             queues: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
         }
     }
 
-    /// The dead letters, optionally of one function.
-    pub fn dead_letters(&self, function: Option<&str>) -> DeadLetterList {
-        self.dead_letters.list(function)
+    /// One page of the dead letters.
+    pub fn dead_letters(&self, page: &PageRequest) -> DeadLetterList {
+        self.dead_letters.page(page)
+    }
+
+    /// Whether `entry`'s queue has room for one more event now.
+    pub fn has_room(&self, entry: &FunctionEntry) -> bool {
+        entry.status().async_pending < self.settings.queue_depth as u64
     }
 
     /// Stops taking work and waits up to `bound` for events in flight;
@@ -128,11 +146,13 @@ impl AsyncInvoker {
         tokio::time::timeout(bound, self.tasks.wait()).await.is_ok()
     }
 
-    /// Accepts an async event for `entry`: queued, or refused with 429.
+    /// Accepts an async event for `entry`, whose bytes `held` counts:
+    /// queued, or refused with 429.
     pub fn enqueue(
         self: &Arc<Self>,
         entry: &Arc<FunctionEntry>,
         payload: Bytes,
+        held: Reservation,
         request_id: String,
         trigger: TriggerKind,
     ) -> Result<(), GatewayError> {
@@ -160,6 +180,7 @@ impl AsyncInvoker {
             payload,
             trigger,
             accepted_at: Instant::now(),
+            held: held.repurpose(Purpose::Async),
         };
         if tx.try_send(event).is_err() {
             // Cannot happen while `try_accept_async` bounds the channel; answer anyway.
@@ -235,7 +256,7 @@ impl AsyncInvoker {
         let cfg = &self.settings;
         let mut attempts = 0u32;
         let mut waiting = true;
-        let last_error: serde_json::Value = loop {
+        let last_error: Option<Bytes> = loop {
             if waiting {
                 entry.async_dispatched();
             }
@@ -251,30 +272,23 @@ impl AsyncInvoker {
             drop(permit);
             let (error, throttled) = match result {
                 Ok(r) if r.function_error.is_none() => {
-                    break serde_json::Value::Null;
+                    break None;
                 }
-                Ok(r) => (
-                    serde_json::from_slice(&r.body).unwrap_or_else(|_| {
-                        serde_json::Value::String(String::from_utf8_lossy(&r.body).into_owned())
-                    }),
-                    false,
-                ),
+                Ok(r) => (error_to_keep(&r.body), false),
                 Err(e) => {
                     let throttled = matches!(
                         e,
                         GatewayError::Throttled { .. } | GatewayError::Unavailable { .. }
                     );
-                    (
-                        serde_json::json!({"errorType": e.error_type(), "errorMessage": e.to_string()}),
-                        throttled,
-                    )
+                    let error = serde_json::json!({"errorType": e.error_type(), "errorMessage": e.to_string()});
+                    (Bytes::from(error.to_string()), throttled)
                 }
             };
             if !throttled {
                 attempts += 1;
             }
             if self.invoker.is_shutting_down() {
-                break error;
+                break Some(error);
             }
             match retry_decision(
                 attempts,
@@ -284,7 +298,7 @@ impl AsyncInvoker {
                 cfg.max_attempts,
                 cfg.max_age,
             ) {
-                RetryDecision::Done | RetryDecision::GiveUp => break error,
+                RetryDecision::Done | RetryDecision::GiveUp => break Some(error),
                 RetryDecision::RetryAfter(delay) => {
                     tracing::info!(
                         request_id = %event.request_id,
@@ -304,13 +318,13 @@ impl AsyncInvoker {
                         Ok(p) => p,
                         Err(_) => {
                             entry.async_dispatched();
-                            break error;
+                            break Some(error);
                         }
                     };
                 }
             }
         };
-        if !last_error.is_null() {
+        if let Some(error) = last_error {
             tracing::warn!(
                 request_id = %event.request_id,
                 function = entry.name(),
@@ -321,28 +335,66 @@ impl AsyncInvoker {
                 .dead_letters
                 .with_label_values(&[entry.name()])
                 .inc();
-            let evicted = self.dead_letters.push(DeadLetter {
+            let AsyncEvent {
+                request_id,
+                payload,
+                trigger,
+                held,
+                ..
+            } = event;
+            let mut letter = DeadLetter {
                 function: entry.name().to_string(),
-                request_id: event.request_id.clone(),
-                trigger: event.trigger.as_str(),
-                event: serde_json::from_slice(&event.payload).unwrap_or_else(|_| {
-                    serde_json::Value::String(String::from_utf8_lossy(&event.payload).into_owned())
-                }),
-                error: last_error,
+                request_id,
+                trigger: trigger.as_str(),
+                event: payload,
+                error,
                 attempts,
                 time: now_rfc3339(),
-            });
-            if evicted {
-                self.metrics.dead_letters_evicted.inc();
+            };
+            // The event's bytes move to its dead letter; the error and the
+            // record are added if they fit, or the error is left out.
+            let mut held = held.repurpose(Purpose::DeadLetter);
+            if held.try_resize(letter.size()).is_err() {
+                letter.error = Bytes::from_static(
+                    br#"{"errorType":"ErrorNotKept","errorMessage":"The error was not kept: the gateway's memory budget was spent."}"#,
+                );
+            }
+            let evicted = self.dead_letters.push(letter, held);
+            if evicted > 0 {
+                self.metrics.dead_letters_evicted.inc_by(evicted);
             }
         }
         entry.async_finished();
     }
 }
 
+/// A function's error as it is kept with a dead letter: its JSON, or the
+/// start of it as a string when it is not JSON or too long; copied, so that
+/// it holds no larger buffer.
+fn error_to_keep(body: &[u8]) -> Bytes {
+    if body.len() <= DEAD_LETTER_ERROR_LIMIT
+        && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+    {
+        return Bytes::copy_from_slice(body);
+    }
+    let start = &body[..body.len().min(DEAD_LETTER_ERROR_LIMIT)];
+    let text = serde_json::Value::String(String::from_utf8_lossy(start).into_owned());
+    Bytes::from(text.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_are_kept_as_json_and_bounded() {
+        assert_eq!(&error_to_keep(br#"{"a":1}"#)[..], br#"{"a":1}"#);
+        assert_eq!(&error_to_keep(b"boom")[..], br#""boom""#);
+        let long = format!("\"{}\"", "x".repeat(DEAD_LETTER_ERROR_LIMIT * 2));
+        let kept = error_to_keep(long.as_bytes());
+        assert!(kept.len() <= DEAD_LETTER_ERROR_LIMIT + 16);
+        assert!(serde_json::from_slice::<serde_json::Value>(&kept).is_ok());
+    }
 
     #[test]
     fn lambda_retry_schedule() {

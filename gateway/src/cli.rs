@@ -86,6 +86,17 @@ pub struct Cli {
     /// Dead letters kept in memory (the oldest are evicted and counted).
     #[arg(long, default_value_t = 1000)]
     pub dead_letters: usize,
+    /// MiB the gateway may hold for payloads, queued and retried events and
+    /// dead letters (a quarter at most); past it, invocations get 429. The
+    /// default suits the gateway pod's 512 MiB limit.
+    #[arg(
+        long,
+        value_name = "MIB",
+        default_value_t = crate::budget::DEFAULT_MEMORY_BUDGET_MIB as u64,
+        value_parser = clap::value_parser!(u64).range(1..=1024 * 1024),
+        env = "PORCHLIGHT_MEMORY_BUDGET_MIB"
+    )]
+    pub memory_budget_mib: u64,
     /// Run environments with this porchlight-runtime binary instead of the embedded shim.
     #[arg(long, value_name = "PATH")]
     pub runtime_bin: Option<PathBuf>,
@@ -117,6 +128,7 @@ impl Cli {
             async_max_attempts: 3,
             async_max_age: self.async_max_age,
             dead_letter_capacity: self.dead_letters,
+            memory_budget: (self.memory_budget_mib as usize).saturating_mul(1024 * 1024),
             gateway_name: self.gateway_name.clone(),
         }
     }

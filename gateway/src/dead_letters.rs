@@ -1,11 +1,18 @@
 //! Dead letters: async events that failed every attempt or expired, kept in
-//! a bounded ring (the oldest is evicted and counted) for `/v1/dead-letters`.
+//! a ring bounded by count and by bytes (the oldest are evicted and counted)
+//! for `/v1/dead-letters`, which reads it a page at a time.
+//!
+//! Each letter keeps the event and the last error as the JSON text they
+//! arrived as, and holds their bytes against the memory budget.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::Serialize;
+use bytes::Bytes;
+use serde::{Serialize, Serializer};
+
+use crate::budget::Reservation;
 
 /// An async event that failed every attempt or expired.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -17,69 +24,194 @@ pub struct DeadLetter {
     pub request_id: String,
     /// Trigger that produced it.
     pub trigger: &'static str,
-    /// The event (JSON, or a string when it is not JSON).
-    pub event: serde_json::Value,
-    /// Last error (the function's error JSON, or the gateway's).
-    pub error: serde_json::Value,
+    /// The event, as JSON text.
+    #[serde(serialize_with = "raw_json")]
+    pub event: Bytes,
+    /// Last error (the function's error JSON, or the gateway's), as JSON text.
+    #[serde(serialize_with = "raw_json")]
+    pub error: Bytes,
     /// Attempts made.
     pub attempts: u32,
     /// When it was dead-lettered (RFC 3339).
     pub time: String,
 }
 
-/// A bounded ring of dead letters; the oldest is evicted and counted.
+impl DeadLetter {
+    /// Bytes the letter holds (what the ring's byte bound counts).
+    pub fn size(&self) -> usize {
+        self.event.len()
+            + self.error.len()
+            + self.function.len()
+            + self.request_id.len()
+            + self.time.len()
+            + LETTER_OVERHEAD
+    }
+}
+
+/// Bytes counted for a letter besides its text (the record and ring slot).
+const LETTER_OVERHEAD: usize = 256;
+
+/// Writes JSON text as it is (a string when it is not JSON), without
+/// building a tree of it.
+fn raw_json<S: Serializer>(text: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+    let raw = std::str::from_utf8(text)
+        .ok()
+        .and_then(|t| serde_json::from_str::<&serde_json::value::RawValue>(t).ok());
+    match raw {
+        Some(raw) => raw.serialize(s),
+        None => s.serialize_str(&String::from_utf8_lossy(text)),
+    }
+}
+
+struct Kept {
+    /// Position since start (the listing marker).
+    sequence: u64,
+    letter: DeadLetter,
+    /// The letter's bytes, held against the memory budget.
+    _held: Reservation,
+}
+
+#[derive(Default)]
+struct Ring {
+    letters: VecDeque<Kept>,
+    bytes: usize,
+}
+
+/// A ring of dead letters bounded by count and by bytes; the oldest are
+/// evicted and counted.
 pub struct DeadLetters {
-    ring: Mutex<VecDeque<DeadLetter>>,
+    ring: Mutex<Ring>,
     capacity: usize,
+    max_bytes: usize,
     evicted: AtomicU64,
     total: AtomicU64,
 }
 
-/// What `GET /v1/dead-letters` returns.
+/// One page of `GET /v1/dead-letters`.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeadLetterList {
     /// Dead letters, oldest first.
     pub dead_letters: Vec<DeadLetter>,
+    /// Where the next page starts (`?Marker=`), when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_marker: Option<String>,
     /// Recorded since start.
     pub total: u64,
-    /// Dropped from the ring because it was full.
+    /// Dropped from the ring because it was full (by count or by bytes).
     pub evicted: u64,
 }
 
+impl DeadLetterList {
+    /// An empty page.
+    pub fn empty() -> Self {
+        DeadLetterList {
+            dead_letters: Vec::new(),
+            next_marker: None,
+            total: 0,
+            evicted: 0,
+        }
+    }
+
+    /// About how many bytes the page takes as JSON.
+    pub fn size(&self) -> usize {
+        self.dead_letters
+            .iter()
+            .map(DeadLetter::size)
+            .sum::<usize>()
+            + LETTER_OVERHEAD
+    }
+}
+
+/// Which page to read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PageRequest {
+    /// Only this function's letters.
+    pub function: Option<String>,
+    /// Letters after this marker (a `nextMarker` of an earlier page).
+    pub after: Option<u64>,
+    /// At most this many letters.
+    pub max_items: usize,
+    /// At most about this many bytes (but always one letter, if any).
+    pub max_bytes: usize,
+}
+
 impl DeadLetters {
-    /// A ring holding at most `capacity` letters.
-    pub fn new(capacity: usize) -> Self {
+    /// A ring holding at most `capacity` letters and `max_bytes` bytes.
+    pub fn new(capacity: usize, max_bytes: usize) -> Self {
         DeadLetters {
-            ring: Mutex::new(VecDeque::new()),
+            ring: Mutex::new(Ring::default()),
             capacity: capacity.max(1),
+            max_bytes,
             evicted: AtomicU64::new(0),
             total: AtomicU64::new(0),
         }
     }
 
-    /// Adds a letter; returns true when an old one was evicted.
-    pub fn push(&self, letter: DeadLetter) -> bool {
-        self.total.fetch_add(1, Ordering::Relaxed);
+    /// Adds a letter whose bytes `held` counts; evicts the oldest until it
+    /// fits and returns how many were evicted.
+    pub fn push(&self, letter: DeadLetter, held: Reservation) -> u64 {
+        let sequence = self.total.fetch_add(1, Ordering::Relaxed) + 1;
+        let size = letter.size();
         let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-        let evicted = ring.len() >= self.capacity;
-        if evicted {
-            ring.pop_front();
-            self.evicted.fetch_add(1, Ordering::Relaxed);
+        let mut evicted = 0;
+        while !ring.letters.is_empty()
+            && (ring.letters.len() >= self.capacity || ring.bytes + size > self.max_bytes)
+        {
+            if let Some(old) = ring.letters.pop_front() {
+                ring.bytes -= old.letter.size();
+                evicted += 1;
+            }
         }
-        ring.push_back(letter);
+        ring.bytes += size;
+        ring.letters.push_back(Kept {
+            sequence,
+            letter,
+            _held: held,
+        });
+        drop(ring);
+        self.evicted.fetch_add(evicted, Ordering::Relaxed);
         evicted
     }
 
-    /// A copy of the ring, optionally for one function.
-    pub fn list(&self, function: Option<&str>) -> DeadLetterList {
+    /// Bytes the ring holds.
+    pub fn bytes(&self) -> usize {
+        self.ring.lock().unwrap_or_else(|p| p.into_inner()).bytes
+    }
+
+    /// One page, oldest first. The letters share their text with the ring,
+    /// so a page copies no event.
+    pub fn page(&self, request: &PageRequest) -> DeadLetterList {
         let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        let after = request.after.unwrap_or(0);
+        // Sequences rise along the ring: skip to the first one past the marker.
+        let start = ring.letters.partition_point(|k| k.sequence <= after);
+        let mut page = Vec::new();
+        let mut bytes = 0usize;
+        let mut next_marker = None;
+        let mut last = None;
+        for kept in ring.letters.iter().skip(start) {
+            if request
+                .function
+                .as_deref()
+                .is_some_and(|f| kept.letter.function != f)
+            {
+                continue;
+            }
+            let size = kept.letter.size();
+            if page.len() >= request.max_items
+                || (!page.is_empty() && bytes + size > request.max_bytes)
+            {
+                next_marker = last.map(|s: u64| s.to_string());
+                break;
+            }
+            bytes += size;
+            last = Some(kept.sequence);
+            page.push(kept.letter.clone());
+        }
         DeadLetterList {
-            dead_letters: ring
-                .iter()
-                .filter(|d| function.is_none_or(|f| d.function == f))
-                .cloned()
-                .collect(),
+            dead_letters: page,
+            next_marker,
             total: self.total.load(Ordering::Relaxed),
             evicted: self.evicted.load(Ordering::Relaxed),
         }
@@ -96,25 +228,115 @@ pub fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::budget::{MemoryBudget, Purpose};
+
+    fn letter(function: &str, i: usize, event: &str) -> DeadLetter {
+        DeadLetter {
+            function: function.into(),
+            request_id: format!("r{i}"),
+            trigger: "event",
+            event: Bytes::from(event.to_string()),
+            error: Bytes::from_static(br#"{"errorMessage":"boom"}"#),
+            attempts: 3,
+            time: String::new(),
+        }
+    }
+
+    fn all(d: &DeadLetters, function: Option<&str>) -> DeadLetterList {
+        d.page(&PageRequest {
+            function: function.map(str::to_string),
+            after: None,
+            max_items: usize::MAX,
+            max_bytes: usize::MAX,
+        })
+    }
+
+    fn push(d: &DeadLetters, budget: &MemoryBudget, l: DeadLetter) -> u64 {
+        let held = budget
+            .try_reserve(l.size(), Purpose::DeadLetter)
+            .expect("fits");
+        d.push(l, held)
+    }
 
     #[test]
     fn dead_letter_ring_evicts_oldest_and_counts() {
-        let d = DeadLetters::new(2);
+        let budget = MemoryBudget::new(1 << 20);
+        let d = DeadLetters::new(2, usize::MAX);
         for i in 0..3 {
-            d.push(DeadLetter {
-                function: "f".into(),
-                request_id: format!("r{i}"),
-                trigger: "event",
-                event: serde_json::Value::Null,
-                error: serde_json::Value::Null,
-                attempts: 3,
-                time: String::new(),
-            });
+            push(&d, &budget, letter("f", i, "{}"));
         }
-        let l = d.list(None);
+        let l = all(&d, None);
         assert_eq!(l.evicted, 1);
         assert_eq!(l.total, 3);
         assert_eq!(l.dead_letters[0].request_id, "r1");
-        assert!(d.list(Some("g")).dead_letters.is_empty());
+        assert!(all(&d, Some("g")).dead_letters.is_empty());
+        assert_eq!(
+            budget.held(),
+            d.bytes(),
+            "evicted letters give their bytes back"
+        );
+    }
+
+    #[test]
+    fn the_ring_is_bounded_by_bytes_too() {
+        let budget = MemoryBudget::new(1 << 20);
+        let big = format!("\"{}\"", "x".repeat(1000));
+        let one = letter("f", 0, &big).size();
+        let d = DeadLetters::new(1000, one * 3);
+        for i in 0..10 {
+            push(&d, &budget, letter("f", i, &big));
+            assert!(d.bytes() <= one * 3);
+        }
+        let l = all(&d, None);
+        assert_eq!(l.dead_letters.len(), 3);
+        assert_eq!(l.evicted, 7);
+        assert_eq!(l.dead_letters[0].request_id, "r7");
+        assert_eq!(budget.held(), one * 3);
+    }
+
+    #[test]
+    fn pages_follow_the_marker_and_stop_at_their_bounds() {
+        let budget = MemoryBudget::new(1 << 20);
+        let d = DeadLetters::new(100, usize::MAX);
+        for i in 0..10 {
+            let f = if i % 2 == 0 { "even" } else { "odd" };
+            push(&d, &budget, letter(f, i, &format!("{{\"n\":{i}}}")));
+        }
+        let mut request = PageRequest {
+            function: Some("odd".into()),
+            after: None,
+            max_items: 2,
+            max_bytes: usize::MAX,
+        };
+        let mut seen = Vec::new();
+        loop {
+            let page = d.page(&request);
+            assert!(page.dead_letters.len() <= 2);
+            seen.extend(page.dead_letters.iter().map(|l| l.request_id.clone()));
+            match page.next_marker {
+                Some(m) => request.after = Some(m.parse().expect("number")),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ["r1", "r3", "r5", "r7", "r9"]);
+        // A byte bound still returns one letter per page.
+        let page = d.page(&PageRequest {
+            function: None,
+            after: None,
+            max_items: 100,
+            max_bytes: 1,
+        });
+        assert_eq!(page.dead_letters.len(), 1);
+        assert_eq!(page.next_marker.as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn letters_serialize_their_json_as_it_is() {
+        let mut l = letter("f", 0, r#"{"order": 42}"#);
+        l.error = Bytes::from_static(b"not json");
+        let v = serde_json::to_value(&l).expect("json");
+        assert_eq!(v["event"]["order"], 42);
+        assert_eq!(v["error"], "not json");
+        assert_eq!(v["requestId"], "r0");
     }
 }

@@ -1,6 +1,6 @@
 //! The gateway's shared state, behind one handle: the registry of functions,
 //! the synchronous and asynchronous invocation paths, the concurrency
-//! reports and the metrics. Fields are private; what callers may do is a
+//! reports, the memory budget and the metrics. Fields are private; what callers may do is a
 //! method that says what happens. The HTTP routes see only [`Ingress`].
 
 use std::sync::Arc;
@@ -13,7 +13,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::async_invoke::{AsyncInvoker, AsyncSettings};
-use crate::dead_letters::DeadLetterList;
+use crate::budget::{DEFAULT_MEMORY_BUDGET_MIB, MemoryBudget, Purpose, Reservation};
+use crate::dead_letters::{DeadLetterList, PageRequest};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::registry::{DispatchConfig, FunctionEntry, Registry};
@@ -39,6 +40,9 @@ pub struct GatewayConfig {
     pub async_max_age: Duration,
     /// Dead letters kept (oldest evicted first, and counted).
     pub dead_letter_capacity: usize,
+    /// Bytes the gateway may hold for payloads, events and dead letters;
+    /// past it, invocations get 429. Dead letters may take a quarter of it.
+    pub memory_budget: usize,
     /// Identity of this gateway in reports.
     pub gateway_name: String,
 }
@@ -51,6 +55,7 @@ impl Default for GatewayConfig {
             async_max_attempts: 3,
             async_max_age: Duration::from_secs(6 * 3600),
             dead_letter_capacity: 1000,
+            memory_budget: DEFAULT_MEMORY_BUDGET_MIB * 1024 * 1024,
             gateway_name: "local".to_string(),
         }
     }
@@ -62,6 +67,7 @@ pub struct Gateway {
     sync: Arc<SyncInvoker>,
     asynchronous: Arc<AsyncInvoker>,
     reports: Arc<ReportHub>,
+    budget: MemoryBudget,
     metrics: Metrics,
     ready: AtomicBool,
 }
@@ -80,6 +86,7 @@ impl Gateway {
                 max_age: config.async_max_age,
                 queue_depth: config.dispatch.async_queue_depth,
                 dead_letter_capacity: config.dead_letter_capacity,
+                dead_letter_bytes: config.memory_budget / 4,
             },
         ));
         Arc::new(Gateway {
@@ -87,6 +94,7 @@ impl Gateway {
             sync,
             asynchronous,
             reports: Arc::new(ReportHub::new(config.gateway_name)),
+            budget: MemoryBudget::new(config.memory_budget),
             metrics,
             ready: AtomicBool::new(false),
         })
@@ -101,6 +109,11 @@ impl Gateway {
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The memory budget.
+    pub fn budget(&self) -> &MemoryBudget {
+        &self.budget
     }
 
     /// The concurrency reports.
@@ -160,9 +173,9 @@ impl Gateway {
             .ok_or_else(|| GatewayError::not_found(name))
     }
 
-    /// The dead letters, optionally of one function.
-    pub fn dead_letters(&self, function: Option<&str>) -> DeadLetterList {
-        self.asynchronous.dead_letters(function)
+    /// One page of the dead letters.
+    pub fn dead_letters(&self, page: &PageRequest) -> DeadLetterList {
+        self.asynchronous.dead_letters(page)
     }
 
     /// Asks an environment whether its init finished.
@@ -190,15 +203,24 @@ impl Ingress for Gateway {
         self.sync.invoke(entry, payload, request_id, trigger)
     }
 
+    fn reserve(&self, bytes: usize, purpose: Purpose) -> Result<Reservation, GatewayError> {
+        Ok(self.budget.try_reserve(bytes, purpose)?)
+    }
+
+    fn has_async_room(&self, entry: &FunctionEntry) -> bool {
+        self.asynchronous.has_room(entry)
+    }
+
     fn enqueue(
         &self,
         entry: &Arc<FunctionEntry>,
         payload: Bytes,
+        held: Reservation,
         request_id: String,
         trigger: TriggerKind,
     ) -> Result<(), GatewayError> {
         self.asynchronous
-            .enqueue(entry, payload, request_id, trigger)
+            .enqueue(entry, payload, held, request_id, trigger)
     }
 
     fn is_ready(&self) -> bool {
@@ -206,7 +228,9 @@ impl Ingress for Gateway {
     }
 
     fn metrics_text(&self) -> String {
-        self.metrics.render()
+        let mut text = self.metrics.render();
+        text.push_str(&self.budget.render());
+        text
     }
 
     fn latest_report(&self) -> Arc<GatewayReport> {
@@ -221,7 +245,7 @@ impl Ingress for Gateway {
         self.reports.wait_after(after, wait)
     }
 
-    fn dead_letters(&self, function: Option<&str>) -> DeadLetterList {
-        Gateway::dead_letters(self, function)
+    fn dead_letters(&self, page: &PageRequest) -> DeadLetterList {
+        Gateway::dead_letters(self, page)
     }
 }

@@ -17,6 +17,7 @@
 //!   scaling to the controller, which reads the reports.
 
 pub mod async_invoke;
+pub mod budget;
 pub mod cli;
 pub mod dead_letters;
 pub mod error;

@@ -2,10 +2,20 @@
 //!
 //! The handlers depend on [`Ingress`], the few things they need from the
 //! gateway, not on the gateway itself.
+//!
+//! Every payload is read under a reservation of the memory budget (by its
+//! `Content-Length`, or by the limit while it is read, then by its real
+//! size), held while the gateway holds the bytes: a sync payload until its
+//! answer is sent, an async one until its event is finished. The S3 and
+//! CloudEvents fan-out checks the queue and the budget for each target
+//! before building its event.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -23,7 +33,8 @@ use porchlight_core::invoke::{INVOKE_ROUTE, LIVE_PATH, METRICS_PATH, READY_PATH,
 use porchlight_core::report::REPORT_PATH;
 use serde_json::{Value, json};
 
-use crate::dead_letters::DeadLetterList;
+use crate::budget::{Purpose, Reservation};
+use crate::dead_letters::{DeadLetterList, PageRequest};
 use crate::error::{GatewayError, function_arn};
 use crate::events::{apigw, cloudevents, decode_query_component, s3};
 use crate::registry::FunctionEntry;
@@ -43,11 +54,16 @@ pub trait Ingress: Send + Sync + 'static {
         request_id: &str,
         trigger: TriggerKind,
     ) -> impl Future<Output = Result<InvocationResult, GatewayError>> + Send;
-    /// Accepts one event to run later: queued, or refused.
+    /// Holds `bytes` against the memory budget, or refuses with 429.
+    fn reserve(&self, bytes: usize, purpose: Purpose) -> Result<Reservation, GatewayError>;
+    /// Whether `entry`'s async queue has room for one more event now.
+    fn has_async_room(&self, entry: &FunctionEntry) -> bool;
+    /// Accepts one event to run later, whose bytes `held` counts: queued, or refused.
     fn enqueue(
         &self,
         entry: &Arc<FunctionEntry>,
         payload: Bytes,
+        held: Reservation,
         request_id: String,
         trigger: TriggerKind,
     ) -> Result<(), GatewayError>;
@@ -63,8 +79,8 @@ pub trait Ingress: Send + Sync + 'static {
         after: u64,
         wait: Duration,
     ) -> impl Future<Output = Arc<GatewayReport>> + Send;
-    /// The dead letters, optionally of one function.
-    fn dead_letters(&self, function: Option<&str>) -> DeadLetterList;
+    /// One page of the dead letters.
+    fn dead_letters(&self, page: &PageRequest) -> DeadLetterList;
 }
 
 type Gw<G> = State<Arc<G>>;
@@ -133,6 +149,70 @@ pub async fn read_body(
         return Err(GatewayError::TooLarge { limit });
     }
     Ok(buf.freeze())
+}
+
+/// Reads a body up to `limit` bytes under a reservation of the memory
+/// budget: by `Content-Length` when declared, otherwise by the limit, then
+/// shrunk to the body's real size. Refused with 429 past the budget.
+pub async fn read_body_reserved(
+    gw: &impl Ingress,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    purpose: Purpose,
+) -> Result<(Bytes, Reservation), GatewayError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        // Answered 413; what is read of it first is not kept.
+        if declared.is_some_and(|len| len <= limit + DRAIN_BEYOND_LIMIT) {
+            let mut body = body;
+            while let Some(Ok(_)) = body.frame().await {}
+        }
+        return Err(GatewayError::TooLarge { limit });
+    }
+    let mut held = gw.reserve(declared.unwrap_or(limit), purpose)?;
+    let bytes = read_body(headers, body, limit).await?;
+    held.shrink_to(bytes.len());
+    Ok((bytes, held))
+}
+
+/// A response body that holds its bytes against the memory budget until
+/// it is sent (or the client goes away).
+struct HeldBody {
+    data: Option<Bytes>,
+    _held: Reservation,
+}
+
+impl HeldBody {
+    fn body(data: Bytes, held: Reservation) -> Body {
+        Body::new(HeldBody {
+            data: Some(data),
+            _held: held,
+        })
+    }
+}
+
+impl hyper::body::Body for HeldBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.data.take().map(|d| Ok(hyper::body::Frame::data(d))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
 }
 
 /// Splits `NAME`, `NAME:QUALIFIER`, `ACCOUNT:function:NAME[:Q]` and full ARNs.
@@ -229,7 +309,12 @@ async fn invoke_inner(
             )));
         }
     };
-    let payload = read_body(headers, body, limit).await?;
+    let purpose = if invocation_type == "Event" {
+        Purpose::Async
+    } else {
+        Purpose::Sync
+    };
+    let (payload, mut held) = read_body_reserved(gw, headers, body, limit, purpose).await?;
     let payload = if payload.iter().all(u8::is_ascii_whitespace) {
         Bytes::from_static(b"{}")
     } else {
@@ -241,14 +326,23 @@ async fn invoke_inner(
     let mut response = match invocation_type {
         "DryRun" => StatusCode::NO_CONTENT.into_response(),
         "Event" => {
-            gw.enqueue(&entry, payload, request_id.to_string(), TriggerKind::Event)?;
+            gw.enqueue(
+                &entry,
+                payload,
+                held,
+                request_id.to_string(),
+                TriggerKind::Event,
+            )?;
             StatusCode::ACCEPTED.into_response()
         }
         _ => {
+            // The payload's bytes stay held through the call; then the
+            // answer's, until it is sent, when they fit.
             let result = gw
                 .invoke(&entry, payload, request_id, TriggerKind::Invoke)
                 .await?;
-            let mut r = (StatusCode::OK, result.body.clone()).into_response();
+            let _ = held.try_resize(result.body.len());
+            let mut r = (StatusCode::OK, HeldBody::body(result.body.clone(), held)).into_response();
             let h = r.headers_mut();
             h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             if let Some(fe) = result
@@ -379,7 +473,8 @@ async fn http_trigger_inner(
         )));
     };
     let format = trigger.payload_format;
-    let body = read_body(&parts.headers, body, SYNC_PAYLOAD_LIMIT).await?;
+    let (body, mut held) =
+        read_body_reserved(gw, &parts.headers, body, SYNC_PAYLOAD_LIMIT, Purpose::Sync).await?;
     let source_ip = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
@@ -401,6 +496,10 @@ async fn http_trigger_inner(
     };
     let event = apigw::request_event(format, &req);
     let payload = Bytes::from(serde_json::to_vec(&event).unwrap_or_default());
+    drop(event);
+    drop(body);
+    // The event replaces the body (it holds it, base64-encoded or not).
+    held.try_resize(payload.len())?;
     let result = gw
         .invoke(&entry, payload, request_id, TriggerKind::Http)
         .await?;
@@ -439,48 +538,111 @@ struct FanOut {
     last_error: Option<GatewayError>,
 }
 
-/// Enqueues each incoming event for every function whose triggers match it
-/// (`event_for` gives the function's event, or `None` when it does not match).
-fn fan_out<E>(
-    gw: &impl Ingress,
-    incoming: &[E],
-    trigger: TriggerKind,
-    event_for: impl Fn(&FunctionEntry, &E) -> Option<Value>,
-) -> FanOut {
+impl FanOut {
+    fn refuse(&mut self, entry: &FunctionEntry, error: GatewayError) {
+        *self.refused.entry(entry.name().to_string()).or_default() += 1;
+        self.last_error = Some(error);
+    }
+}
+
+/// How the fan-out sees one incoming event: which functions want it, and
+/// its event, whose size is known before it is built.
+trait Incoming {
+    fn wanted_by(&self, function: &FunctionEntry) -> bool;
+    fn event_len(&self) -> usize;
+    fn event(&self) -> Bytes;
+}
+
+impl Incoming for s3::S3Record<'_> {
+    fn wanted_by(&self, f: &FunctionEntry) -> bool {
+        f.spec()
+            .triggers
+            .iter()
+            .filter_map(|t| t.s3.as_ref())
+            .any(|t| s3::trigger_matches(t, self))
+    }
+    fn event_len(&self) -> usize {
+        s3::S3Record::event_len(self)
+    }
+    fn event(&self) -> Bytes {
+        s3::S3Record::event(self)
+    }
+}
+
+impl Incoming for cloudevents::CloudEvent {
+    fn wanted_by(&self, f: &FunctionEntry) -> bool {
+        f.spec()
+            .triggers
+            .iter()
+            .filter_map(|t| t.cloudevents.as_ref())
+            .any(|t| self.matches(t))
+    }
+    fn event_len(&self) -> usize {
+        self.json.len()
+    }
+    fn event(&self) -> Bytes {
+        self.json.clone()
+    }
+}
+
+/// Enqueues each incoming event for every function that wants it. Each
+/// target's room is checked (its queue, then the memory budget for the
+/// event's exact size) before its event is built, so a refused target
+/// costs nothing but its count.
+fn fan_out<E: Incoming>(gw: &impl Ingress, incoming: &[E], trigger: TriggerKind) -> FanOut {
     let functions = gw.functions();
-    let mut targets = Vec::new();
     let mut out = FanOut::default();
     for item in incoming {
-        let before = targets.len();
-        for f in &functions {
-            if let Some(event) = event_for(f, item) {
-                targets.push((f.clone(), event));
+        let mut wanted = false;
+        for entry in functions.iter().filter(|f| item.wanted_by(f)) {
+            wanted = true;
+            out.matched += 1;
+            let size = item.event_len();
+            if size > ASYNC_PAYLOAD_LIMIT {
+                out.refuse(
+                    entry,
+                    GatewayError::TooLarge {
+                        limit: ASYNC_PAYLOAD_LIMIT,
+                    },
+                );
+                continue;
+            }
+            if !gw.has_async_room(entry) {
+                out.refuse(
+                    entry,
+                    GatewayError::Throttled {
+                        retry_after: Duration::from_secs(1),
+                        reason: "AsyncQueueFull",
+                    },
+                );
+                continue;
+            }
+            let held = match gw.reserve(size, Purpose::Async) {
+                Ok(held) => held,
+                Err(e) => {
+                    out.refuse(entry, e);
+                    continue;
+                }
+            };
+            match gw.enqueue(entry, item.event(), held, request_id(), trigger) {
+                Ok(()) => *out.queued.entry(entry.name().to_string()).or_default() += 1,
+                Err(e) => out.refuse(entry, e),
             }
         }
-        if targets.len() == before {
+        if !wanted {
             out.unmatched += 1;
         }
     }
-    out.matched = targets.len();
-    for (entry, event) in targets {
-        let payload = Bytes::from(serde_json::to_vec(&event).unwrap_or_default());
-        let name = entry.name().to_string();
-        if payload.len() > ASYNC_PAYLOAD_LIMIT {
-            *out.refused.entry(name).or_default() += 1;
-            out.last_error = Some(GatewayError::TooLarge {
-                limit: ASYNC_PAYLOAD_LIMIT,
-            });
-            continue;
-        }
-        match gw.enqueue(&entry, payload, request_id(), trigger) {
-            Ok(()) => *out.queued.entry(name).or_default() += 1,
-            Err(e) => {
-                *out.refused.entry(name).or_default() += 1;
-                out.last_error = Some(e);
-            }
-        }
-    }
     out
+}
+
+/// Reads an S3 or CloudEvents request under a fan-out reservation.
+async fn read_fan_out(
+    gw: &impl Ingress,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Bytes, Reservation), GatewayError> {
+    read_body_reserved(gw, headers, body, SYNC_PAYLOAD_LIMIT, Purpose::FanOut).await
 }
 
 fn accepted(out: FanOut) -> Response {
@@ -499,7 +661,7 @@ fn accepted(out: FanOut) -> Response {
 }
 
 async fn s3_notification<G: Ingress>(State(gw): Gw<G>, headers: HeaderMap, body: Body) -> Response {
-    let body = match read_body(&headers, body, SYNC_PAYLOAD_LIMIT).await {
+    let (body, mut held) = match read_fan_out(&*gw, &headers, body).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
@@ -507,19 +669,15 @@ async fn s3_notification<G: Ingress>(State(gw): Gw<G>, headers: HeaderMap, body:
         Ok(r) => r,
         Err(why) => return GatewayError::InvalidJson(why).into_response(),
     };
-    let out = fan_out(&*gw, &records, TriggerKind::S3, |f, record| {
-        f.spec()
-            .triggers
-            .iter()
-            .filter_map(|t| t.s3.as_ref())
-            .any(|t| s3::trigger_matches(t, record))
-            .then(|| record.event())
-    });
-    accepted(out)
+    let parsed: usize = records.iter().map(s3::S3Record::parsed_size).sum();
+    if let Err(e) = held.try_resize(body.len() + parsed) {
+        return GatewayError::from(e).into_response();
+    }
+    accepted(fan_out(&*gw, &records, TriggerKind::S3))
 }
 
 async fn cloud_event<G: Ingress>(State(gw): Gw<G>, headers: HeaderMap, body: Body) -> Response {
-    let body = match read_body(&headers, body, SYNC_PAYLOAD_LIMIT).await {
+    let (body, mut held) = match read_fan_out(&*gw, &headers, body).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
@@ -527,14 +685,14 @@ async fn cloud_event<G: Ingress>(State(gw): Gw<G>, headers: HeaderMap, body: Bod
         Ok(e) => e,
         Err(why) => return GatewayError::InvalidParameter(why).into_response(),
     };
-    let out = fan_out(&*gw, &events, TriggerKind::CloudEvents, |f, ev| {
-        f.spec()
-            .triggers
-            .iter()
-            .filter_map(|t| t.cloudevents.as_ref())
-            .any(|t| ev.matches(t))
-            .then(|| ev.to_json())
-    });
+    let parsed: usize = events
+        .iter()
+        .map(cloudevents::CloudEvent::parsed_size)
+        .sum();
+    if let Err(e) = held.try_resize(body.len() + parsed) {
+        return GatewayError::from(e).into_response();
+    }
+    let out = fan_out(&*gw, &events, TriggerKind::CloudEvents);
     if out.matched == 0 {
         return GatewayError::RouteNotFound(
             "No function has a cloudevents trigger matching this event's type and source.".into(),
@@ -598,9 +756,61 @@ async fn functions_status<G: Ingress>(State(gw): Gw<G>) -> Response {
     axum::Json(json!({ "functions": functions })).into_response()
 }
 
+/// Dead letters per page unless `MaxItems` asks for fewer (Lambda's list
+/// calls answer 50); never more than [`DEAD_LETTER_PAGE_MAX_ITEMS`].
+pub const DEAD_LETTER_PAGE_ITEMS: usize = 50;
+/// Most dead letters on one page.
+pub const DEAD_LETTER_PAGE_MAX_ITEMS: usize = 1000;
+/// About the most bytes of one page (at least one letter is always sent).
+pub const DEAD_LETTER_PAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// `GET /v1/dead-letters[?function=][&MaxItems=][&Marker=]`: one page,
+/// oldest first, with `nextMarker` when more follow. The page shares the
+/// letters' bytes with the ring; its JSON is held against the budget until sent.
 async fn dead_letters<G: Ingress>(State(gw): Gw<G>, RawQuery(query): RawQuery) -> Response {
-    let function = query_param(query.as_deref(), "function");
-    axum::Json(gw.dead_letters(function.as_deref())).into_response()
+    match dead_letter_page(&*gw, query.as_deref()) {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn dead_letter_page(gw: &impl Ingress, query: Option<&str>) -> Result<Response, GatewayError> {
+    let param =
+        |upper: &str, lower: &str| query_param(query, upper).or_else(|| query_param(query, lower));
+    let max_items = match param("MaxItems", "maxItems") {
+        None => DEAD_LETTER_PAGE_ITEMS,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=DEAD_LETTER_PAGE_MAX_ITEMS).contains(n))
+            .ok_or_else(|| {
+                GatewayError::InvalidParameter(format!(
+                    "MaxItems must be a whole number from 1 to {DEAD_LETTER_PAGE_MAX_ITEMS}."
+                ))
+            })?,
+    };
+    let after = match param("Marker", "marker") {
+        None => None,
+        Some(v) => Some(v.parse::<u64>().map_err(|_| {
+            GatewayError::InvalidParameter("Marker is not one this gateway gave out.".into())
+        })?),
+    };
+    let request = PageRequest {
+        function: query_param(query, "function"),
+        after,
+        max_items,
+        max_bytes: DEAD_LETTER_PAGE_BYTES,
+    };
+    // The page's JSON is about its letters' size; reserve it before writing it.
+    let page = gw.dead_letters(&request);
+    let mut held = gw.reserve(page.size(), Purpose::Listing)?;
+    let body = Bytes::from(serde_json::to_vec(&page).unwrap_or_default());
+    drop(page);
+    held.shrink_to(body.len());
+    let mut r = HeldBody::body(body, held).into_response();
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(r)
 }
 
 #[cfg(test)]
@@ -627,10 +837,17 @@ mod tests {
         ) -> Result<InvocationResult, GatewayError> {
             Err(GatewayError::ShuttingDown)
         }
+        fn reserve(&self, bytes: usize, purpose: Purpose) -> Result<Reservation, GatewayError> {
+            Ok(crate::budget::MemoryBudget::new(usize::MAX).try_reserve(bytes, purpose)?)
+        }
+        fn has_async_room(&self, _: &FunctionEntry) -> bool {
+            false
+        }
         fn enqueue(
             &self,
             _: &Arc<FunctionEntry>,
             _: Bytes,
+            _: Reservation,
             _: String,
             _: TriggerKind,
         ) -> Result<(), GatewayError> {
@@ -648,12 +865,8 @@ mod tests {
         async fn report_after(&self, _: u64, _: Duration) -> Arc<GatewayReport> {
             Arc::default()
         }
-        fn dead_letters(&self, _: Option<&str>) -> DeadLetterList {
-            DeadLetterList {
-                dead_letters: Vec::new(),
-                total: 0,
-                evicted: 0,
-            }
+        fn dead_letters(&self, _: &PageRequest) -> DeadLetterList {
+            DeadLetterList::empty()
         }
     }
 

@@ -1,46 +1,87 @@
 //! CloudEvents 1.0 over HTTP: binary mode (`ce-*` headers, body = data) and
 //! structured mode (`application/cloudevents+json`), normalised to the
 //! structured JSON form that handlers receive.
+//!
+//! A structured event is passed on as the text it arrived as and a binary
+//! one is written once; neither builds a JSON tree of the data, so parsing
+//! costs about the request's own size.
+
+use std::collections::BTreeMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
 use http::HeaderMap;
 use percent_encoding::percent_decode_str;
 use porchlight_api::function::CloudEventsTrigger;
-use serde_json::{Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
-/// A CloudEvent in structured JSON form.
+/// A CloudEvent in structured JSON form, with the attributes that matching reads.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CloudEvent(pub Map<String, Value>);
+pub struct CloudEvent {
+    /// `type`.
+    pub event_type: String,
+    /// `source`.
+    pub source: String,
+    /// The structured JSON handlers receive.
+    pub json: Bytes,
+}
 
 impl CloudEvent {
-    /// An attribute as a string.
-    pub fn attr(&self, name: &str) -> Option<&str> {
-        self.0.get(name).and_then(Value::as_str)
-    }
-
-    /// The JSON handlers receive.
+    /// The event as a JSON value (for inspection; the fan-out passes [`CloudEvent::json`] on).
     pub fn to_json(&self) -> Value {
-        Value::Object(self.0.clone())
+        serde_json::from_slice(&self.json).unwrap_or(Value::Null)
     }
 
     /// Whether a trigger wants this event.
     pub fn matches(&self, trigger: &CloudEventsTrigger) -> bool {
-        self.attr("type") == Some(trigger.event_type.as_str())
-            && trigger
-                .source
-                .as_deref()
-                .is_none_or(|s| self.attr("source") == Some(s))
+        self.event_type == trigger.event_type
+            && trigger.source.as_deref().is_none_or(|s| self.source == s)
+    }
+
+    /// Bytes the parsed event holds.
+    pub fn parsed_size(&self) -> usize {
+        std::mem::size_of::<Self>() + self.event_type.len() + self.source.len() + self.json.len()
     }
 }
 
 const REQUIRED: [&str; 4] = ["id", "source", "specversion", "type"];
 
-fn check_required(ev: &Map<String, Value>) -> Result<(), String> {
+/// The required attributes of a structured event; the rest is skipped unread.
+#[derive(Deserialize)]
+struct Required<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    source: Option<&'a RawValue>,
+    #[serde(borrow)]
+    specversion: Option<&'a RawValue>,
+    #[serde(rename = "type", borrow)]
+    event_type: Option<&'a RawValue>,
+}
+
+/// A JSON string's value; `None` for any other JSON.
+fn string(raw: Option<&RawValue>) -> Option<String> {
+    let raw = raw?.get();
+    raw.starts_with('"')
+        .then(|| serde_json::from_str::<String>(raw).ok())
+        .flatten()
+}
+
+/// Checks the required attributes (`get` reads one as a string) and returns
+/// `type` and `source`.
+fn check_required(get: impl Fn(&str) -> Option<String>) -> Result<(String, String), String> {
+    let values: Vec<Option<String>> = REQUIRED
+        .iter()
+        .map(|a| get(a).filter(|v| !v.is_empty()))
+        .collect();
     let missing: Vec<&str> = REQUIRED
         .iter()
-        .copied()
-        .filter(|a| ev.get(*a).and_then(Value::as_str).is_none_or(str::is_empty))
+        .zip(&values)
+        .filter(|(_, v)| v.is_none())
+        .map(|(a, _)| *a)
         .collect();
     if !missing.is_empty() {
         return Err(format!(
@@ -48,10 +89,12 @@ fn check_required(ev: &Map<String, Value>) -> Result<(), String> {
             missing.join(", ")
         ));
     }
-    if ev.get("specversion").and_then(Value::as_str) != Some("1.0") {
+    let [_, source, specversion, event_type] =
+        <[Option<String>; 4]>::try_from(values).map_err(|_| "attributes".to_string())?;
+    if specversion.as_deref() != Some("1.0") {
         return Err("specversion must be 1.0".into());
     }
-    Ok(())
+    Ok((event_type.unwrap_or_default(), source.unwrap_or_default()))
 }
 
 fn is_json_content_type(ct: &str) -> bool {
@@ -91,56 +134,90 @@ pub fn parse_request(headers: &HeaderMap, body: &[u8]) -> Result<Vec<CloudEvent>
         .trim()
         .to_ascii_lowercase();
     if media.starts_with("application/cloudevents-batch") {
-        let batch: Vec<Value> =
-            serde_json::from_slice(body).map_err(|e| format!("batch is not a JSON array: {e}"))?;
+        let batch: Vec<&RawValue> = std::str::from_utf8(body)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_str(t).map_err(|e| e.to_string()))
+            .map_err(|e| format!("batch is not a JSON array: {e}"))?;
         return batch.into_iter().map(structured).collect();
     }
     if media.starts_with("application/cloudevents") {
-        let v: Value =
-            serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
+        let v: &RawValue = std::str::from_utf8(body)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_str(t).map_err(|e| e.to_string()))
+            .map_err(|e| format!("body is not JSON: {e}"))?;
         return Ok(vec![structured(v)?]);
     }
     binary(headers, content_type, body).map(|e| vec![e])
 }
 
-fn structured(v: Value) -> Result<CloudEvent, String> {
-    let Value::Object(map) = v else {
-        return Err("a structured CloudEvent must be a JSON object".into());
-    };
-    check_required(&map)?;
-    Ok(CloudEvent(map))
+fn structured(raw: &RawValue) -> Result<CloudEvent, String> {
+    let text = raw.get();
+    let required = text
+        .starts_with('{')
+        .then(|| serde_json::from_str::<Required<'_>>(text).ok())
+        .flatten()
+        .ok_or_else(|| "a structured CloudEvent must be a JSON object".to_string())?;
+    let (event_type, source) = check_required(|a| match a {
+        "id" => string(required.id),
+        "source" => string(required.source),
+        "specversion" => string(required.specversion),
+        _ => string(required.event_type),
+    })?;
+    Ok(CloudEvent {
+        event_type,
+        source,
+        json: Bytes::copy_from_slice(text.as_bytes()),
+    })
+}
+
+/// A value of the structured form written from binary mode.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Field<'a> {
+    Text(String),
+    Json(&'a RawValue),
 }
 
 fn binary(headers: &HeaderMap, content_type: &str, body: &[u8]) -> Result<CloudEvent, String> {
-    let mut map = Map::new();
+    let mut map: BTreeMap<String, Field<'_>> = BTreeMap::new();
     for (name, value) in headers {
         if let Some(attr) = name.as_str().strip_prefix("ce-") {
             if attr.is_empty() {
                 continue;
             }
             let v = decode_header_value(value.as_bytes()).map_err(|e| format!("ce-{attr}: {e}"))?;
-            map.insert(attr.to_string(), Value::String(v));
+            map.insert(attr.to_string(), Field::Text(v));
         }
     }
-    check_required(&map)?;
+    let (event_type, source) = check_required(|a| match map.get(a) {
+        Some(Field::Text(v)) => Some(v.clone()),
+        _ => None,
+    })?;
     if !content_type.is_empty() {
         map.insert(
             "datacontenttype".into(),
-            Value::String(content_type.to_string()),
+            Field::Text(content_type.to_string()),
         );
     }
     if !body.is_empty() {
         if is_json_content_type(content_type) {
-            let data: Value =
-                serde_json::from_slice(body).map_err(|e| format!("data is not JSON: {e}"))?;
-            map.insert("data".into(), data);
+            let data: &RawValue = std::str::from_utf8(body)
+                .map_err(|e| e.to_string())
+                .and_then(|t| serde_json::from_str(t).map_err(|e| e.to_string()))
+                .map_err(|e| format!("data is not JSON: {e}"))?;
+            map.insert("data".into(), Field::Json(data));
         } else if let Ok(text) = std::str::from_utf8(body) {
-            map.insert("data".into(), Value::String(text.to_string()));
+            map.insert("data".into(), Field::Text(text.to_string()));
         } else {
-            map.insert("data_base64".into(), Value::String(B64.encode(body)));
+            map.insert("data_base64".into(), Field::Text(B64.encode(body)));
         }
     }
-    Ok(CloudEvent(map))
+    let json = serde_json::to_vec(&map).map_err(|e| format!("cannot write the event: {e}"))?;
+    Ok(CloudEvent {
+        event_type,
+        source,
+        json: Bytes::from(json),
+    })
 }
 
 #[cfg(test)]
@@ -169,11 +246,12 @@ mod tests {
             ("content-type", "application/json"),
         ]);
         let ev = &parse_request(&headers, br#"{"n":1}"#).expect("valid")[0];
-        assert_eq!(ev.attr("source"), Some("/orders eu"));
-        assert_eq!(ev.attr("id"), Some("42"));
-        assert_eq!(ev.attr("myext"), Some("Jörg"));
-        assert_eq!(ev.attr("datacontenttype"), Some("application/json"));
-        assert_eq!(ev.to_json()["data"]["n"], 1);
+        assert_eq!(ev.source, "/orders eu");
+        let json = ev.to_json();
+        assert_eq!(json["id"], "42");
+        assert_eq!(json["myext"], "Jörg");
+        assert_eq!(json["datacontenttype"], "application/json");
+        assert_eq!(json["data"]["n"], 1);
         let trig = CloudEventsTrigger {
             event_type: "com.example.order.created".into(),
             source: Some("/orders eu".into()),
@@ -213,6 +291,7 @@ mod tests {
         let body = br#"{"specversion":"1.0","type":"t","source":"s","id":"1","data":{"x":true}}"#;
         let ev = &parse_request(&headers, body).expect("valid")[0];
         assert_eq!(ev.to_json()["data"]["x"], true);
+        assert_eq!(&ev.json[..], &body[..], "passed on as it arrived");
         let batch = h(&[("content-type", "application/cloudevents-batch+json")]);
         let body = format!(
             "[{},{}]",
@@ -234,5 +313,10 @@ mod tests {
         assert!(parse_request(&headers, b"nope").is_err());
         let v03 = br#"{"specversion":"0.3","type":"t","source":"s","id":"1"}"#;
         assert!(parse_request(&headers, v03).is_err());
+        let not_strings = br#"{"specversion":"1.0","type":1,"source":"s","id":"1"}"#;
+        assert!(parse_request(&headers, not_strings).is_err());
+        assert!(parse_request(&headers, b"[1]").is_err());
+        let batch = h(&[("content-type", "application/cloudevents-batch+json")]);
+        assert!(parse_request(&batch, b"{}").is_err());
     }
 }
