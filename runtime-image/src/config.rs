@@ -12,6 +12,8 @@ use std::time::Duration;
 use clap::Parser;
 use porchlight_core::shim::var;
 
+use crate::launcher::RuntimeLauncher;
+
 /// Longest function timeout Lambda allows.
 const MAX_TIMEOUT_SECONDS: f64 = 900.0;
 
@@ -163,6 +165,10 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     pub concurrency: usize,
     pub function_arn: String,
+    /// Starts the runtime through this binary so that it dies with the shim
+    /// (see `launcher.rs`); `None` spawns it directly, for a shim run inside
+    /// a process whose binary does not know the launcher (tests).
+    pub runtime_launcher: Option<RuntimeLauncher>,
 }
 
 impl Config {
@@ -282,6 +288,7 @@ impl Config {
             shutdown_grace,
             concurrency: self.concurrency as usize,
             function_arn,
+            runtime_launcher: None,
             config: self,
         })
     }

@@ -18,6 +18,7 @@ mod config;
 mod environment;
 mod error;
 mod invoke_api;
+mod launcher;
 mod logs;
 mod metrics;
 mod process;
@@ -26,6 +27,7 @@ mod server;
 mod supervisor;
 
 pub use config::{Config, ConfigError, RuntimeKind, Settings};
+pub use launcher::{LAUNCH_RUNTIME_ARG, RuntimeLauncher};
 pub use porchlight_core::invoke::MAX_PAYLOAD_BYTES;
 pub use process::PYTHON_BOOTSTRAP;
 
@@ -84,22 +86,32 @@ pub fn cli_main() -> ExitCode {
 
 /// [`cli_main`] with explicit arguments (the first one is the program name),
 /// for binaries that embed the shim behind a subcommand.
+///
+/// The shim starts its runtime by running its own binary
+/// (`/proc/self/exe`) with [`LAUNCH_RUNTIME_ARG`] as the first argument; a
+/// binary that embeds the shim must hand such a command line to this
+/// function as it is.
 pub fn cli_main_from<I, T>(args: I) -> ExitCode
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    if launcher::is_launch(&args) {
+        return launcher::launch(&args[2..]);
+    }
     let config = match Config::try_parse_from(args) {
         Ok(config) => config,
         Err(e) => return exit_for_cli_error("porchlight-runtime", &e),
     };
-    let settings = match config.validate() {
+    let mut settings = match config.validate() {
         Ok(settings) => settings,
         Err(e) => {
             eprintln!("porchlight-runtime: {e}");
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
+    settings.runtime_launcher = Some(RuntimeLauncher::this_binary());
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
