@@ -37,6 +37,13 @@ pub const EXIT_BAD_CONFIG: u8 = 64;
 /// How long open invoke connections may take to finish after the runtime stopped.
 const CONNECTION_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
 
+// Whoever stops the shim gives it this long after its drain (core's
+// contract with the controller and the local gateway).
+const _: () = assert!(
+    supervisor::TERMINATE_GRACE.as_secs() + CONNECTION_DRAIN.as_secs()
+        <= porchlight_core::shim::SHUTDOWN_STOP_SECONDS as u64
+);
+
 /// Runs one execution environment until `shutdown` is cancelled, then drains
 /// it: /ready turns false, new invocations get 503, in-flight ones finish
 /// within the grace period, and the runtime is stopped.

@@ -64,3 +64,61 @@ fn the_runtime_dies_with_a_killed_shim() {
     }
     assert!(gone, "runtime {runtime} outlived its shim by 5 s");
 }
+
+const SLOW_APP: &str = r#"
+import time
+
+def handler(event, context):
+    time.sleep(event["sleep"])
+    return {"slept": event["sleep"], "remaining_ms": context.get_remaining_time_in_millis()}
+"#;
+
+/// Longer than the shim's former fixed 10 s drain, shorter than the
+/// function's timeout.
+#[test]
+fn sigterm_lets_an_invocation_within_its_timeout_finish() {
+    let python = common::plain_python();
+    let root = task_root(&[("app.py", SLOW_APP)]);
+    let mut shim = Shim::start(
+        &root,
+        &[
+            "--runtime",
+            "python3.12",
+            "--handler",
+            "app.handler",
+            "--timeout-seconds",
+            "13",
+        ],
+        &[("PORCHLIGHT_PYTHON", &python)],
+    );
+    assert_eq!(shim.wait_ready().status, 200);
+    let addr = shim.addr;
+    let slow = std::thread::spawn(move || {
+        common::http(
+            addr,
+            "POST",
+            "/2015-03-31/functions/function/invocations",
+            &[],
+            br#"{"sleep":10.5}"#,
+        )
+    });
+    let in_flight = wait_until(Duration::from_secs(5), || {
+        shim.request("GET", "/metrics", &[], b"")
+            .text()
+            .contains("porchlight_runtime_in_flight_invocations 1")
+    });
+    assert!(in_flight, "the invocation started");
+    kill(Pid::from_raw(shim.child.id() as i32), Signal::SIGTERM).expect("SIGTERM the shim");
+
+    let reply = slow.join().expect("the invocation thread");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        reply.header("x-amz-function-error"),
+        None,
+        "{}",
+        reply.text()
+    );
+    assert_eq!(reply.json()["slept"], 10.5, "{}", reply.text());
+    let status = shim.terminate().expect("the shim exits");
+    assert!(status.success(), "{status:?}");
+}
