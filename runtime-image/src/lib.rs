@@ -22,6 +22,7 @@ mod launcher;
 mod logs;
 mod metrics;
 mod process;
+mod reaper;
 mod runtime_api;
 mod server;
 mod supervisor;
@@ -136,7 +137,10 @@ where
         // bounds it, and whoever stops the shim (the kubelet, the local
         // gateway) follows up with SIGKILL.
         porchlight_core::signal::cancel_on_signal(shutdown.clone(), false)?;
-        run_validated(settings, shutdown).await
+        tokio::select! {
+            result = run_validated(settings, shutdown) => result,
+            never = reaper::reap_while_pid_1() => match never {},
+        }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

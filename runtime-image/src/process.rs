@@ -10,7 +10,7 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
 use crate::config::{RuntimeKind, Settings};
-use crate::launcher;
+use crate::{launcher, reaper};
 
 /// The dependency-free Python bootstrap, run with `python3 -c` when the
 /// image does not ship it as a file.
@@ -121,6 +121,7 @@ impl Drop for RuntimeProcess {
     /// panic), no process of its group outlives the handle.
     fn drop(&mut self) {
         signal_group(self.pgid, Signal::SIGKILL);
+        reaper::release(self.pgid.as_raw());
     }
 }
 
@@ -157,7 +158,7 @@ pub fn spawn(settings: &Settings, runtime_api: SocketAddr) -> std::io::Result<Ru
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let child = command.spawn()?;
+    let child = reaper::spawn_managed(&mut command)?;
     let pid = child
         .id()
         .and_then(|id| i32::try_from(id).ok())

@@ -65,6 +65,79 @@ fn the_runtime_dies_with_a_killed_shim() {
     assert!(gone, "runtime {runtime} outlived its shim by 5 s");
 }
 
+/// A runtime whose helpers outlive the processes that started them: each
+/// `( sleep & )` leaves an orphan that ends 0.2 s later.
+const ORPHANING_BOOTSTRAP: &str = r#"#!/bin/sh
+for i in 1 2 3; do ( sleep 0.2 & ) ; done
+echo $$ > "$LAMBDA_TASK_ROOT/runtime.pid"
+exec sleep 600
+"#;
+
+/// Direct children of `parent` (host pids), with their state.
+fn children_of(parent: i32) -> Vec<(i32, char)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+            let state = fields.next()?.chars().next()?;
+            let ppid: i32 = fields.next()?.parse().ok()?;
+            (ppid == parent).then_some((pid, state))
+        })
+        .collect()
+}
+
+#[test]
+fn as_pid_1_the_shim_reaps_orphaned_processes() {
+    let usable = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !usable {
+        common::missing(
+            "`unshare --pid --fork --mount-proc` (util-linux, as root)",
+            "Run the tests as root on Linux with util-linux installed",
+        );
+        return;
+    }
+    let root = task_root(&[("bootstrap", ORPHANING_BOOTSTRAP)]);
+    // `--kill-child`: should the test fail, the namespace goes with unshare.
+    let mut shim = Shim::start_wrapped(
+        &["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"],
+        &root,
+        &["--runtime", "provided"],
+        &[],
+    );
+    // The shim is unshare's only child, and PID 1 of the new namespace.
+    let unshare = shim.child.id() as i32;
+    let mut shim_pid = None;
+    wait_until(Duration::from_secs(5), || {
+        shim_pid = children_of(unshare).first().map(|(pid, _)| *pid);
+        shim_pid.is_some()
+    });
+    let shim_pid = shim_pid.expect("unshare started the shim");
+    let _ = pid_written(&root, "runtime.pid");
+
+    // Three orphans end 0.2 s after the runtime started; the runtime itself
+    // (the one process left) keeps running.
+    let reaped = wait_until(Duration::from_secs(5), || children_of(shim_pid).len() == 1);
+    let children = children_of(shim_pid);
+    let zombies = children.iter().filter(|(_, state)| *state == 'Z').count();
+
+    let _ = kill(Pid::from_raw(shim_pid), Signal::SIGTERM);
+    let stopped = wait_until(Duration::from_secs(10), || {
+        matches!(shim.child.try_wait(), Ok(Some(_)))
+    });
+    assert!(reaped, "children of the shim after 5 s: {children:?}");
+    assert_eq!(zombies, 0, "{children:?}");
+    assert!(stopped, "the shim stops on SIGTERM as PID 1");
+}
+
 const SLOW_APP: &str = r#"
 import time
 
