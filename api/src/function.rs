@@ -355,6 +355,11 @@ impl FunctionSpec {
             timeout_seconds: Some(self.timeout_seconds),
             memory_mib: Some(self.memory_mib),
             concurrency: Some(self.concurrency),
+            // A stop (a scale-down, a rollout) lets invocations in flight
+            // run to their timeout.
+            shutdown_grace_seconds: Some(porchlight_core::shim::shutdown_grace_seconds(
+                self.timeout_seconds,
+            )),
             ..porchlight_core::ShimSettings::default()
         }
     }
@@ -528,6 +533,15 @@ code:
         let settings = spec.validate().expect("valid");
         assert_eq!(settings.scale_to_zero_after, Duration::from_secs(30));
         assert_eq!(settings.stable_window, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn environments_drain_for_longer_than_the_timeout() {
+        let mut spec = hello();
+        spec.timeout_seconds = 60;
+        let shim = spec.shim_settings("hello");
+        assert_eq!(shim.timeout_seconds, Some(60));
+        assert_eq!(shim.shutdown_grace_seconds, Some(62));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use porchlight_api::Function;
+use porchlight_api::{Function, FunctionSpec};
 
 pub use porchlight_core::names::{CODE_HASH_ANNOTATION, FUNCTION_LABEL};
 use porchlight_core::shim::{RESERVED_ENV_PREFIX, var};
@@ -181,6 +181,14 @@ fn http_probe(path: &str, period: i32, failure_threshold: i32) -> Probe {
         success_threshold: Some(1),
         ..Probe::default()
     }
+}
+
+/// How long the kubelet waits between SIGTERM and SIGKILL: the shim's
+/// shutdown grace (invocations in flight run to their timeout), then what it
+/// takes to stop the runtime, plus a second of slack.
+fn termination_grace_seconds(spec: &FunctionSpec) -> i64 {
+    let grace = porchlight_core::shim::shutdown_grace_seconds(spec.timeout_seconds);
+    i64::from(grace) + i64::from(porchlight_core::shim::SHUTDOWN_STOP_SECONDS) + 1
 }
 
 /// The environment variables of the shim, then the user's.
@@ -364,7 +372,7 @@ pub fn deployment(
                     volumes: Some(volumes),
                     enable_service_links: Some(false),
                     automount_service_account_token: Some(false),
-                    termination_grace_period_seconds: Some(i64::from(s.timeout_seconds) + 5),
+                    termination_grace_period_seconds: Some(termination_grace_seconds(s)),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         // The runtime image's user (`sbx_user`); images of
@@ -444,6 +452,38 @@ spec:
     }
 
     #[test]
+    fn pods_drain_invocations_to_their_timeout_before_the_kubelet_kills_them() {
+        let mut f = function(HELLO);
+        f.spec.timeout_seconds = 60;
+        let d = deployment(
+            &f,
+            &WorkloadSettings {
+                runtime_image: "img:1".into(),
+            },
+            "h",
+            Some(1),
+        );
+        let pod = d.spec.expect("spec").template.spec.expect("pod");
+        let env: BTreeMap<_, _> = pod.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.as_str(), e.value.clone()))
+            .collect();
+        let grace: i64 = env["PORCHLIGHT_SHUTDOWN_GRACE_SECONDS"]
+            .as_deref()
+            .expect("the shim's shutdown grace is set")
+            .parse()
+            .expect("a number");
+        assert!(grace > 60, "an invocation of 60 s fits the drain: {grace}");
+        let kill_after = pod.termination_grace_period_seconds.expect("grace period");
+        assert!(
+            kill_after >= grace + i64::from(porchlight_core::shim::SHUTDOWN_STOP_SECONDS),
+            "the kubelet waits for the drain and the runtime's stop: {kill_after} vs {grace}"
+        );
+    }
+
+    #[test]
     fn deployment_has_contract_env_probes_and_security() {
         let f = function(HELLO);
         let d = deployment(
@@ -457,7 +497,7 @@ spec:
         let spec = d.spec.expect("spec");
         assert_eq!(spec.replicas, Some(0));
         let pod = spec.template.spec.expect("pod");
-        assert_eq!(pod.termination_grace_period_seconds, Some(35));
+        assert_eq!(pod.termination_grace_period_seconds, Some(36));
         assert_eq!(pod.enable_service_links, Some(false));
         assert_eq!(pod.automount_service_account_token, Some(false));
         let c = &pod.containers[0];

@@ -24,6 +24,23 @@ pub const RESERVED_ENV_PREFIX: &str = "PORCHLIGHT_";
 /// `EnvFilter` syntax, e.g. `debug` or `porchlight_runtime=debug`).
 pub const LOG_FILTER_ENV: &str = "PORCHLIGHT_LOG";
 
+/// How much longer than the function's timeout a graceful stop of an
+/// environment waits for its invocations in flight: enough for one that
+/// started just before the stop to end, with its answer or its timeout.
+pub const SHUTDOWN_GRACE_BEYOND_TIMEOUT_SECONDS: u32 = 2;
+
+/// What the shim takes after its drain: stopping the runtime (SIGTERM, then
+/// SIGKILL 2 s later) and letting the last answers reach their callers
+/// (1 s). Whoever stops an environment (the kubelet through
+/// `terminationGracePeriodSeconds`, the local gateway) waits at least the
+/// shutdown grace plus this before it kills the shim.
+pub const SHUTDOWN_STOP_SECONDS: u32 = 3;
+
+/// The shutdown grace of an environment of a function with this timeout.
+pub fn shutdown_grace_seconds(timeout_seconds: u32) -> u32 {
+    timeout_seconds.saturating_add(SHUTDOWN_GRACE_BEYOND_TIMEOUT_SECONDS)
+}
+
 /// Every setting the gateway or the controller passes to the shim.
 pub mod var {
     use super::ShimVar;
@@ -120,6 +137,8 @@ pub struct ShimSettings {
     pub exit_on_init_error: bool,
     /// [`var::ENVIRONMENT_ID`].
     pub environment_id: Option<String>,
+    /// [`var::SHUTDOWN_GRACE_SECONDS`].
+    pub shutdown_grace_seconds: Option<u32>,
 }
 
 impl ShimSettings {
@@ -140,6 +159,7 @@ impl ShimSettings {
             (var::TIMEOUT_SECONDS, self.timeout_seconds),
             (var::MEMORY_MIB, self.memory_mib),
             (var::CONCURRENCY, self.concurrency),
+            (var::SHUTDOWN_GRACE_SECONDS, self.shutdown_grace_seconds),
         ];
         out.extend(
             numbers
@@ -192,6 +212,7 @@ mod tests {
             function_name: Some("hello".into()),
             handler: Some("app.handler".into()),
             timeout_seconds: Some(3),
+            shutdown_grace_seconds: Some(5),
             exit_on_init_error: true,
             ..ShimSettings::default()
         };
@@ -202,6 +223,7 @@ mod tests {
                 ("PORCHLIGHT_FUNCTION_NAME", "hello".to_string()),
                 ("PORCHLIGHT_HANDLER", "app.handler".to_string()),
                 ("PORCHLIGHT_TIMEOUT_SECONDS", "3".to_string()),
+                ("PORCHLIGHT_SHUTDOWN_GRACE_SECONDS", "5".to_string()),
                 ("PORCHLIGHT_EXIT_ON_INIT_ERROR", "true".to_string()),
             ]
         );
@@ -216,6 +238,8 @@ mod tests {
                 "app.handler",
                 "--timeout-seconds",
                 "3",
+                "--shutdown-grace-seconds",
+                "5",
                 "--exit-on-init-error"
             ]
         );

@@ -135,8 +135,15 @@ impl Cli {
 }
 
 /// The binary's `main`: the hidden `runtime` subcommand runs the embedded
-/// shim; anything else runs the gateway.
+/// shim, the embedded shim's runtime launcher goes back to the shim library;
+/// anything else runs the gateway.
 pub fn main_from_args(args: Vec<OsString>) -> ExitCode {
+    if args
+        .get(1)
+        .is_some_and(|a| a == porchlight_runtime::LAUNCH_RUNTIME_ARG)
+    {
+        return porchlight_runtime::cli_main_from(args);
+    }
     if args.get(1).is_some_and(|a| a == "runtime") {
         return run_embedded_shim(args[2..].to_vec());
     }

@@ -10,10 +10,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use porchlight_core::shim::var;
+use porchlight_core::shim::{SHUTDOWN_GRACE_BEYOND_TIMEOUT_SECONDS, var};
+
+use crate::launcher::RuntimeLauncher;
 
 /// Longest function timeout Lambda allows.
 const MAX_TIMEOUT_SECONDS: f64 = 900.0;
+/// Longest shutdown grace: the one of the longest timeout.
+const MAX_SHUTDOWN_GRACE_SECONDS: f64 =
+    MAX_TIMEOUT_SECONDS + SHUTDOWN_GRACE_BEYOND_TIMEOUT_SECONDS as f64;
 
 /// Configuration of one execution environment.
 #[derive(Debug, Clone, Parser)]
@@ -95,13 +100,14 @@ pub struct Config {
     #[arg(long = var::ENVIRONMENT_ID.flag, env = var::ENVIRONMENT_ID.env)]
     pub environment_id: Option<String>,
 
-    /// Longest a graceful shutdown waits for in-flight invocations.
+    /// Longest a graceful shutdown waits for in-flight invocations
+    /// (default: the timeout plus 2 s, so that they can finish).
     #[arg(
         long = var::SHUTDOWN_GRACE_SECONDS.flag,
         env = var::SHUTDOWN_GRACE_SECONDS.env,
-        default_value_t = 10.0
+        value_name = "SECONDS"
     )]
-    pub shutdown_grace_seconds: f64,
+    pub shutdown_grace_seconds: Option<f64>,
 
     /// Python interpreter for the bundled Python bootstrap.
     #[arg(long = var::PYTHON.flag, env = var::PYTHON.env, default_value = "python3")]
@@ -163,6 +169,10 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     pub concurrency: usize,
     pub function_arn: String,
+    /// Starts the runtime through this binary so that it dies with the shim
+    /// (see `launcher.rs`); `None` spawns it directly, for a shim run inside
+    /// a process whose binary does not know the launcher (tests).
+    pub runtime_launcher: Option<RuntimeLauncher>,
 }
 
 impl Config {
@@ -185,15 +195,19 @@ impl Config {
         }
         let timeout = seconds(var::TIMEOUT_SECONDS.flag, self.timeout_seconds)?;
         let init_timeout = seconds(var::INIT_TIMEOUT_SECONDS.flag, self.init_timeout_seconds)?;
-        let shutdown_grace = if self.shutdown_grace_seconds.is_finite()
-            && (0.0..=MAX_TIMEOUT_SECONDS).contains(&self.shutdown_grace_seconds)
-        {
-            Duration::from_secs_f64(self.shutdown_grace_seconds)
-        } else {
-            return Err(invalid(
-                var::SHUTDOWN_GRACE_SECONDS.flag,
-                "must be within 0..=900",
-            ));
+        let shutdown_grace = match self.shutdown_grace_seconds {
+            None => timeout + Duration::from_secs(u64::from(SHUTDOWN_GRACE_BEYOND_TIMEOUT_SECONDS)),
+            Some(grace)
+                if grace.is_finite() && (0.0..=MAX_SHUTDOWN_GRACE_SECONDS).contains(&grace) =>
+            {
+                Duration::from_secs_f64(grace)
+            }
+            Some(_) => {
+                return Err(invalid(
+                    var::SHUTDOWN_GRACE_SECONDS.flag,
+                    "must be within 0..=902",
+                ));
+            }
         };
         if !(128..=10_240).contains(&self.memory_mib) {
             return Err(invalid(var::MEMORY_MIB.flag, "must be within 128..=10240"));
@@ -282,6 +296,7 @@ impl Config {
             shutdown_grace,
             concurrency: self.concurrency as usize,
             function_arn,
+            runtime_launcher: None,
             config: self,
         })
     }
@@ -381,6 +396,7 @@ mod tests {
         assert_eq!(s.timeout, Duration::from_secs(3));
         assert_eq!(s.init_timeout, Duration::from_secs(10));
         assert_eq!(s.concurrency, 1);
+        assert_eq!(s.shutdown_grace, Duration::from_secs(5));
         assert_eq!(s.config.memory_mib, 128);
         assert_eq!(s.timeout_message(), "Task timed out after 3.00 seconds");
         assert!(s.function_arn.ends_with(":000000000000:function:function"));
@@ -425,6 +441,7 @@ mod tests {
             freeze: true,
             exit_on_init_error: true,
             environment_id: Some("env-42".into()),
+            shutdown_grace_seconds: Some(11),
         }
     }
 
@@ -443,6 +460,7 @@ mod tests {
             freeze,
             exit_on_init_error,
             environment_id,
+            shutdown_grace_seconds,
         } = every_setting();
         let argv =
             std::iter::once("porchlight-runtime".to_owned()).chain(every_setting().to_args());
@@ -458,6 +476,27 @@ mod tests {
         assert_eq!(config.freeze, freeze);
         assert_eq!(config.exit_on_init_error, exit_on_init_error);
         assert_eq!(config.environment_id, environment_id);
+        assert_eq!(
+            config.shutdown_grace_seconds,
+            shutdown_grace_seconds.map(f64::from)
+        );
+    }
+
+    #[test]
+    fn the_shutdown_grace_follows_the_timeout_unless_set() {
+        let s = parse(&["--runtime", "provided", "--timeout-seconds", "60"]).unwrap();
+        assert_eq!(s.shutdown_grace, Duration::from_secs(62));
+        let s = parse(&[
+            "--runtime",
+            "provided",
+            "--timeout-seconds",
+            "60",
+            "--shutdown-grace-seconds",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(s.shutdown_grace, Duration::ZERO);
+        assert!(parse(&["--runtime", "provided", "--shutdown-grace-seconds", "-1"]).is_err());
     }
 
     /// Marks the run of [`parse_in_child`] in a child test process.

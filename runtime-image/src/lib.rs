@@ -18,14 +18,17 @@ mod config;
 mod environment;
 mod error;
 mod invoke_api;
+mod launcher;
 mod logs;
 mod metrics;
 mod process;
+mod reaper;
 mod runtime_api;
 mod server;
 mod supervisor;
 
 pub use config::{Config, ConfigError, RuntimeKind, Settings};
+pub use launcher::{LAUNCH_RUNTIME_ARG, RuntimeLauncher};
 pub use porchlight_core::invoke::MAX_PAYLOAD_BYTES;
 pub use process::PYTHON_BOOTSTRAP;
 
@@ -34,6 +37,13 @@ pub const EXIT_BAD_CONFIG: u8 = 64;
 
 /// How long open invoke connections may take to finish after the runtime stopped.
 const CONNECTION_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+// Whoever stops the shim gives it this long after its drain (core's
+// contract with the controller and the local gateway).
+const _: () = assert!(
+    supervisor::TERMINATE_GRACE.as_secs() + CONNECTION_DRAIN.as_secs()
+        <= porchlight_core::shim::SHUTDOWN_STOP_SECONDS as u64
+);
 
 /// Runs one execution environment until `shutdown` is cancelled, then drains
 /// it: /ready turns false, new invocations get 503, in-flight ones finish
@@ -84,22 +94,32 @@ pub fn cli_main() -> ExitCode {
 
 /// [`cli_main`] with explicit arguments (the first one is the program name),
 /// for binaries that embed the shim behind a subcommand.
+///
+/// The shim starts its runtime by running its own binary
+/// (`/proc/self/exe`) with [`LAUNCH_RUNTIME_ARG`] as the first argument; a
+/// binary that embeds the shim must hand such a command line to this
+/// function as it is.
 pub fn cli_main_from<I, T>(args: I) -> ExitCode
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    if launcher::is_launch(&args) {
+        return launcher::launch(&args[2..]);
+    }
     let config = match Config::try_parse_from(args) {
         Ok(config) => config,
         Err(e) => return exit_for_cli_error("porchlight-runtime", &e),
     };
-    let settings = match config.validate() {
+    let mut settings = match config.validate() {
         Ok(settings) => settings,
         Err(e) => {
             eprintln!("porchlight-runtime: {e}");
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
+    settings.runtime_launcher = Some(RuntimeLauncher::this_binary());
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -117,7 +137,10 @@ where
         // bounds it, and whoever stops the shim (the kubelet, the local
         // gateway) follows up with SIGKILL.
         porchlight_core::signal::cancel_on_signal(shutdown.clone(), false)?;
-        run_validated(settings, shutdown).await
+        tokio::select! {
+            result = run_validated(settings, shutdown) => result,
+            never = reaper::reap_while_pid_1() => match never {},
+        }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,7 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
 use crate::config::{RuntimeKind, Settings};
+use crate::{launcher, reaper};
 
 /// The dependency-free Python bootstrap, run with `python3 -c` when the
 /// image does not ship it as a file.
@@ -115,12 +116,41 @@ pub struct RuntimeProcess {
     pub pgid: Pid,
 }
 
-/// Starts the runtime in its own process group with piped output.
+impl Drop for RuntimeProcess {
+    /// Whatever way the shim leaves the runtime (a normal stop, an error, a
+    /// panic), no process of its group outlives the handle.
+    fn drop(&mut self) {
+        signal_group(self.pgid, Signal::SIGKILL);
+        reaper::release(self.pgid.as_raw());
+    }
+}
+
+/// Starts the runtime in its own process group with piped output, through
+/// the launcher when the settings name one.
 pub fn spawn(settings: &Settings, runtime_api: SocketAddr) -> std::io::Result<RuntimeProcess> {
     let (program, args) = runtime_command(settings);
-    let mut command = Command::new(resolve_program(&program, &settings.config.task_root));
+    let task_root = &settings.config.task_root;
+    let mut command = match &settings.runtime_launcher {
+        Some(launcher) => {
+            // Found here rather than by the launcher's exec, so that a
+            // missing entrypoint still fails the spawn itself.
+            let path = std::env::var_os("PATH");
+            let file = launcher::resolve(Path::new(&program), task_root, path.as_deref())?;
+            let mut command = Command::new(&launcher.program);
+            command.arg0("porchlight-runtime").args(launcher.args(
+                std::process::id(),
+                &file,
+                &args,
+            ));
+            command
+        }
+        None => {
+            let mut command = Command::new(resolve_program(&program, task_root));
+            command.args(&args);
+            command
+        }
+    };
     command
-        .args(&args)
         .envs(runtime_env(settings, runtime_api))
         .current_dir(&settings.config.task_root)
         .stdin(Stdio::null())
@@ -128,7 +158,7 @@ pub fn spawn(settings: &Settings, runtime_api: SocketAddr) -> std::io::Result<Ru
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let child = command.spawn()?;
+    let child = reaper::spawn_managed(&mut command)?;
     let pid = child
         .id()
         .and_then(|id| i32::try_from(id).ok())

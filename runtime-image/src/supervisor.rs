@@ -24,7 +24,7 @@ use crate::server::{ScopedServer, spawn_scoped};
 /// How long a runtime that posted `/init/error` may take to exit by itself.
 const INIT_ERROR_EXIT_GRACE: Duration = Duration::from_secs(1);
 /// How long a runtime has between SIGTERM and SIGKILL at shutdown.
-const TERMINATE_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const TERMINATE_GRACE: Duration = Duration::from_secs(2);
 
 enum InitEnd {
     Ready,

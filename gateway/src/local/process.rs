@@ -12,6 +12,7 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
 use porchlight_core::ShimSettings;
+use porchlight_core::shim;
 
 use super::manifests::LoadedFunction;
 
@@ -57,6 +58,16 @@ pub fn free_port() -> std::io::Result<u16> {
 pub struct EnvironmentProcess {
     child: Child,
     pgid: Option<Pid>,
+    /// Least time between SIGTERM and SIGKILL: what the shim may take to
+    /// drain its invocations and stop its runtime.
+    shim_stop: Duration,
+}
+
+/// What a shim started with `shim` may take from SIGTERM until it exits:
+/// its shutdown grace, then the stop of its runtime.
+pub fn shim_stop_time(shim: &ShimSettings) -> Duration {
+    let grace = shim.shutdown_grace_seconds.unwrap_or(0);
+    Duration::from_secs(u64::from(grace) + u64::from(shim::SHUTDOWN_STOP_SECONDS))
 }
 
 impl EnvironmentProcess {
@@ -83,7 +94,11 @@ impl EnvironmentProcess {
             .kill_on_drop(true);
         let child = cmd.spawn()?;
         let pgid = child.id().map(|id| Pid::from_raw(id as i32));
-        Ok(EnvironmentProcess { child, pgid })
+        Ok(EnvironmentProcess {
+            child,
+            pgid,
+            shim_stop: shim_stop_time(&shim),
+        })
     }
 
     /// Waits for the process to exit.
@@ -91,8 +106,11 @@ impl EnvironmentProcess {
         self.child.wait().await
     }
 
-    /// SIGTERM to the group, then SIGKILL after `grace`.
+    /// SIGTERM to the group, then SIGKILL after `grace`, or after the time
+    /// the shim may take to drain and stop if that is longer (a shim with
+    /// nothing in flight exits at once).
     pub async fn stop(&mut self, grace: Duration) {
+        let grace = grace.max(self.shim_stop);
         if let Some(pgid) = self.pgid {
             let _ = killpg(pgid, Signal::SIGTERM);
         }
@@ -140,4 +158,23 @@ pub fn run_embedded_shim(args: Vec<OsString>) -> std::process::ExitCode {
     }
     let argv = std::iter::once(OsString::from("porchlight-runtime")).chain(args);
     porchlight_runtime::cli_main_from(argv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stop_waits_for_the_shim_s_drain_and_its_runtime_s_stop() {
+        let spec: porchlight_api::FunctionSpec =
+            serde_yaml::from_str("runtime: provided\ntimeoutSeconds: 60\ncode: {inline: x}\n")
+                .expect("spec");
+        let settings = spec.shim_settings("slow");
+        let grace = settings.shutdown_grace_seconds.expect("a shutdown grace");
+        assert!(grace > 60, "{grace}");
+        assert_eq!(
+            shim_stop_time(&settings),
+            Duration::from_secs(u64::from(grace + shim::SHUTDOWN_STOP_SECONDS))
+        );
+    }
 }

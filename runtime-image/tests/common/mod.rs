@@ -113,7 +113,25 @@ impl Shim {
     /// Starts the shim with `args` (listening on an ephemeral port) and waits
     /// until it reports its address.
     pub fn start(task_root: &Path, args: &[&str], envs: &[(&str, &str)]) -> Shim {
-        let mut command = Command::new(SHIM);
+        Self::start_wrapped(&[], task_root, args, envs)
+    }
+
+    /// [`Shim::start`] under a wrapper command (`unshare ...`): the shim
+    /// becomes `wrapper... <shim> <args>`, and `child` is the wrapper.
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        task_root: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Shim {
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(SHIM);
+                command
+            }
+            None => Command::new(SHIM),
+        };
         command
             .arg("--listen")
             .arg("127.0.0.1:0")
