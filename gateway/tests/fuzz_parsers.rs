@@ -1239,7 +1239,7 @@ mod manifests {
                 "--- !!map\n? [a, b]\n: c\n",
                 "%YAML 1.2\n---\n{",
             ]).prop_map(String::from),
-            1 => (1usize..5_000).prop_map(|n| format!("apiVersion: porchlight.dev/v1alpha1\nkind: Function\nspec: {}", "[".repeat(n))),
+            1 => (1usize..1_000).prop_map(|n| format!("apiVersion: porchlight.dev/v1alpha1\nkind: Function\nspec: {}", "[".repeat(n))),
         ]
     }
 
