@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -251,6 +252,16 @@ fn lookup(
     }
 }
 
+/// The `{name}` of a route. A name that is not UTF-8 once percent-decoded
+/// (`%8A`) gets a Lambda-shaped 400 rather than axum's plain-text one.
+fn name_param(path: Result<Path<String>, PathRejection>) -> Result<String, GatewayError> {
+    path.map(|Path(name)| name).map_err(|_| {
+        GatewayError::InvalidParameter(
+            "1 validation error detected: Value at 'functionName' failed to satisfy constraint: Member must be valid UTF-8".into(),
+        )
+    })
+}
+
 fn lambda_headers(response: &mut Response, request_id: &str) {
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(request_id) {
@@ -266,21 +277,26 @@ fn with_request_id(e: GatewayError, request_id: &str) -> Response {
 
 async fn invoke<G: Ingress>(
     State(gw): Gw<G>,
-    Path(raw_name): Path<String>,
+    raw_name: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let request_id = request_id();
-    let result = invoke_inner(
-        &*gw,
-        &raw_name,
-        query.as_deref(),
-        &headers,
-        body,
-        &request_id,
-    )
-    .await;
+    let result = match name_param(raw_name) {
+        Ok(raw_name) => {
+            invoke_inner(
+                &*gw,
+                &raw_name,
+                query.as_deref(),
+                &headers,
+                body,
+                &request_id,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
     match result {
         Ok(r) => r,
         Err(e) => with_request_id(e, &request_id),
@@ -414,10 +430,11 @@ fn configuration(entry: &FunctionEntry) -> Value {
 
 async fn get_function<G: Ingress>(
     State(gw): Gw<G>,
-    Path(raw_name): Path<String>,
+    raw_name: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    match lookup(&*gw, &raw_name, query.as_deref()) {
+    let entry = name_param(raw_name).and_then(|name| lookup(&*gw, &name, query.as_deref()));
+    match entry {
         Ok(entry) => axum::Json(json!({
             "Configuration": configuration(&entry),
             "Code": { "RepositoryType": "Porchlight", "Location": "" },
@@ -892,6 +909,27 @@ mod tests {
         assert_eq!(status("/v1/functions", "GET").await.0, StatusCode::OK);
         let (code, _) = status("/events/cloudevents", "POST").await;
         assert_eq!(code, StatusCode::BAD_REQUEST, "no ce- headers");
+    }
+
+    /// Found by `gateway/tests/fuzz_parsers.rs`: a name that percent-decodes
+    /// to invalid UTF-8 got axum's plain-text 400.
+    #[tokio::test]
+    async fn name_percent_8a_gets_a_lambda_shaped_400() {
+        for (uri, method) in [
+            ("/2015-03-31/functions/%8A/invocations", "POST"),
+            ("/2015-03-31/functions/%8A", "GET"),
+        ] {
+            let req = Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::from("{}"))
+                .expect("request");
+            let r = app(Arc::new(Empty)).oneshot(req).await.expect("infallible");
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{uri}");
+            let body = r.into_body().collect().await.expect("body").to_bytes();
+            let v: Value = serde_json::from_slice(&body).expect("JSON");
+            assert_eq!(v["errorType"], "InvalidParameterValueException", "{uri}");
+        }
     }
 
     #[test]

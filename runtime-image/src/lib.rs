@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 mod config;
 mod environment;
 mod error;
+#[cfg(test)]
+mod fuzz;
 mod invoke_api;
 mod launcher;
 mod logs;

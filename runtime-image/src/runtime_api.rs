@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -40,6 +41,7 @@ pub fn router(env: Arc<Environment>, generation: u64) -> Router {
         .route("/2018-06-01/runtime/init/error", post(init_error))
         .route("/2018-06-01/ping", get(|| async { "pong" }))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(ApiState { env, generation })
 }
 
@@ -87,6 +89,25 @@ async fn not_found() -> Response {
         StatusCode::NOT_FOUND,
         LambdaError::new("NotFound", "No such Runtime API endpoint").to_json(),
     )
+}
+
+async fn method_not_allowed() -> Response {
+    json(
+        StatusCode::METHOD_NOT_ALLOWED,
+        LambdaError::new(
+            "MethodNotAllowed",
+            "This Runtime API endpoint does not take this method",
+        )
+        .to_json(),
+    )
+}
+
+/// The `{id}` of a route. One that is not UTF-8 once percent-decoded
+/// (`%FF`) names no invocation: `InvalidRequestID`, in Lambda's shape,
+/// rather than axum's plain-text rejection.
+fn request_id_param(id: Result<Path<String>, PathRejection>) -> Result<String, ApiRefusal> {
+    id.map(|Path(id)| id)
+        .map_err(|_| ApiRefusal::InvalidRequestId)
 }
 
 /// Why a request body could not be read.
@@ -203,9 +224,13 @@ async fn next(State(state): State<ApiState>) -> Response {
 
 async fn response(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> Response {
+    let id = match request_id_param(id) {
+        Ok(id) => id,
+        Err(r) => return refusal(r),
+    };
     if let Err(r) = state.env.check_answerable(state.generation, &id) {
         return refusal(r);
     }
@@ -238,9 +263,13 @@ fn error_type_header(headers: &HeaderMap) -> Option<&str> {
 
 async fn invocation_error(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> Response {
+    let id = match request_id_param(id) {
+        Ok(id) => id,
+        Err(r) => return refusal(r),
+    };
     if let Err(r) = state.env.check_answerable(state.generation, &id) {
         return refusal(r);
     }
@@ -655,6 +684,36 @@ mod tests {
         .await;
         assert_eq!(status, StatusCode::FORBIDDEN);
         assert_eq!(body["errorType"], "InvalidStateTransition");
+    }
+
+    /// Found by `src/fuzz.rs`: a wrong method got an empty 405.
+    #[tokio::test]
+    async fn get_on_invocation_req_1_error_gets_a_lambda_shaped_405() {
+        let (_, api, _) = ready("1");
+        let (status, _, body) = call(
+            &api,
+            "GET",
+            "/2018-06-01/runtime/invocation/req-1/error",
+            &[],
+            vec![],
+        )
+        .await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(body["errorType"], "MethodNotAllowed");
+        assert!(body["errorMessage"].is_string());
+    }
+
+    /// Found by `src/fuzz.rs`: an id that is not UTF-8 once decoded got
+    /// axum's plain-text 400.
+    #[tokio::test]
+    async fn response_for_id_percent_ff_is_an_invalid_request_id() {
+        let (_, api, _) = ready("1");
+        for kind in ["response", "error"] {
+            let path = format!("/2018-06-01/runtime/invocation/%FF/{kind}");
+            let (status, _, body) = call(&api, "POST", &path, &[], b"{}".to_vec()).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{kind}");
+            assert_eq!(body["errorType"], "InvalidRequestID", "{kind}");
+        }
     }
 
     #[tokio::test]

@@ -61,28 +61,41 @@ pub fn parse_dir(dir: &Path) -> Result<Vec<(PathBuf, Function)>, ManifestError> 
     for file in files {
         let text =
             std::fs::read_to_string(&file).map_err(|e| err(&file, format!("cannot read: {e}")))?;
-        for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-            let value = serde_yaml::Value::deserialize(doc)
-                .map_err(|e| err(&file, format!("document {}: invalid YAML: {e}", i + 1)))?;
-            if value.is_null() {
-                continue;
-            }
-            let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
-            let api_version = value
-                .get("apiVersion")
-                .and_then(|k| k.as_str())
-                .unwrap_or("");
-            let in_group = api_version
-                .split_once('/')
-                .is_some_and(|(group, _)| group == names::GROUP);
-            if kind != names::FUNCTION_KIND || !in_group {
-                tracing::debug!(file = %file.display(), kind, "skipping a document that is not a porchlight.dev Function");
-                continue;
-            }
-            let function: Function = serde_yaml::from_value(value)
-                .map_err(|e| err(&file, format!("document {}: {e}", i + 1)))?;
-            out.push((file.clone(), function));
+        out.extend(
+            parse_manifest(&file, &text)?
+                .into_iter()
+                .map(|function| (file.clone(), function)),
+        );
+    }
+    Ok(out)
+}
+
+/// Parses the text of one manifest file (`file` names it in errors and
+/// logs): its porchlight.dev Functions, skipping documents of other kinds.
+/// Pure: reads nothing from disk.
+pub fn parse_manifest(file: &Path, text: &str) -> Result<Vec<Function>, ManifestError> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = serde_yaml::Value::deserialize(doc)
+            .map_err(|e| err(file, format!("document {}: invalid YAML: {e}", i + 1)))?;
+        if value.is_null() {
+            continue;
         }
+        let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+        let api_version = value
+            .get("apiVersion")
+            .and_then(|k| k.as_str())
+            .unwrap_or("");
+        let in_group = api_version
+            .split_once('/')
+            .is_some_and(|(group, _)| group == names::GROUP);
+        if kind != names::FUNCTION_KIND || !in_group {
+            tracing::debug!(file = %file.display(), kind, "skipping a document that is not a porchlight.dev Function");
+            continue;
+        }
+        let function: Function = serde_yaml::from_value(value)
+            .map_err(|e| err(file, format!("document {}: {e}", i + 1)))?;
+        out.push(function);
     }
     Ok(out)
 }
