@@ -105,6 +105,7 @@ pub fn app<G: Ingress>(gateway: Arc<G>) -> Router {
         .route(READY_PATH, get(ready::<G>))
         .route(METRICS_PATH, get(metrics::<G>))
         .fallback(|| async { GatewayError::RouteNotFound("No route matches this request.".into()) })
+        .method_not_allowed_fallback(|| async { method_not_allowed() })
         .with_state(gateway)
 }
 
@@ -312,10 +313,14 @@ async fn invoke_inner(
     request_id: &str,
 ) -> Result<Response, GatewayError> {
     let entry = lookup(gw, raw_name, query)?;
-    let invocation_type = headers
-        .get(header::INVOCATION_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("RequestResponse");
+    let invocation_type = match headers.get(header::INVOCATION_TYPE) {
+        None => "RequestResponse",
+        Some(v) => v.to_str().map_err(|_| {
+            GatewayError::InvalidParameter(
+                "1 validation error detected: Value at 'invocationType' failed to satisfy constraint: Member must satisfy enum value set: [Event, RequestResponse, DryRun]".into(),
+            )
+        })?,
+    };
     let limit = match invocation_type {
         "RequestResponse" | "DryRun" => SYNC_PAYLOAD_LIMIT,
         "Event" => ASYNC_PAYLOAD_LIMIT,
@@ -449,11 +454,46 @@ async fn list_functions<G: Ingress>(State(gw): Gw<G>) -> Response {
     axum::Json(json!({ "Functions": functions })).into_response()
 }
 
+/// A known path with a method it does not take, in Lambda's error shape.
+fn method_not_allowed() -> Response {
+    let mut response = (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(CONTENT_TYPE, "application/json")],
+        porchlight_core::LambdaError::new(
+            "MethodNotAllowedException",
+            "The method is not allowed on this endpoint.",
+        )
+        .to_json(),
+    )
+        .into_response();
+    response.headers_mut().insert(
+        header::AMZN_ERROR_TYPE,
+        HeaderValue::from_static("MethodNotAllowedException"),
+    );
+    response
+}
+
 // ---------------------------------------------------------------- HTTP trigger
+
+/// Headers a handler may not set: the gateway frames the response itself
+/// (a wrong `content-length` would hang the client) and owns the connection.
+const HOP_BY_HOP: [&str; 8] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+];
 
 fn http_reply(reply: apigw::HttpReply) -> Response {
     let mut builder = Response::builder().status(reply.status);
     for (k, v) in &reply.headers {
+        if HOP_BY_HOP.iter().any(|h| k.eq_ignore_ascii_case(h)) {
+            continue;
+        }
         builder = builder.header(k.as_str(), v.as_str());
     }
     builder

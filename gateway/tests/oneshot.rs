@@ -18,6 +18,15 @@ async fn fake_environment() -> String {
         "/2015-03-31/functions/function/invocations",
         post(|body: axum::body::Bytes| async move {
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            if v["body"].as_str() == Some("framing-headers") {
+                return (
+                    StatusCode::OK,
+                    [("x-porchlight-cold-start", "false")],
+                    r#"{"statusCode":200,"headers":{"content-length":"999","transfer-encoding":"chunked","connection":"upgrade","x-ok":"1"},"body":"ok"}"#
+                        .to_string(),
+                )
+                    .into_response_parts();
+            }
             match v["reply"].as_str() {
                 Some("init-error") => (
                     StatusCode::BAD_GATEWAY,
@@ -177,6 +186,48 @@ async fn http_trigger_and_ops_routes() {
     .await;
     // The body is wrapped in an API Gateway event, so `reply` is not at the top: 502 again.
     assert_eq!(s, StatusCode::BAD_GATEWAY, "{h:?} {b}");
+
+    // A handler cannot frame the response: a wrong content-length would
+    // hang the client.
+    let (s, h, b) = send(
+        &gw,
+        Request::post("/http/f/")
+            .body(Body::from("framing-headers"))
+            .expect("req"),
+    )
+    .await;
+    assert_eq!((s, b.as_str()), (StatusCode::OK, "ok"));
+    assert_eq!(h["x-ok"], "1");
+    assert!(
+        h.get("transfer-encoding").is_none() && h.get("connection").is_none(),
+        "{h:?}"
+    );
+    assert!(h.get("content-length").is_none_or(|v| v == "2"), "{h:?}");
+    // A method an endpoint does not take, and an invocation type that is not
+    // text, get Lambda-shaped refusals.
+    let (s, h, b) = send(
+        &gw,
+        Request::delete("/2015-03-31/functions/f/invocations")
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(h["x-amzn-errortype"], "MethodNotAllowedException");
+    assert!(
+        b.contains(r#""errorType":"MethodNotAllowedException""#),
+        "{b}"
+    );
+    let (s, _, b) = send(
+        &gw,
+        Request::post("/2015-03-31/functions/f/invocations")
+            .header("x-amz-invocation-type", &[0xC3u8, 0xA9][..])
+            .body(Body::from("{}"))
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert!(b.contains("invocationType"), "{b}");
 
     let (s, _, b) = send(
         &gw,
