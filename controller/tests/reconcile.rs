@@ -115,7 +115,7 @@ async fn create_applies_configmap_deployment_service_and_status() {
     );
     assert_eq!(pod["spec"]["enableServiceLinks"], false);
     assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
-    assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 15);
+    assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 16);
     assert_eq!(
         env_value(&d, "PORCHLIGHT_FUNCTION_NAME").as_deref(),
         Some("hello")
