@@ -261,7 +261,7 @@ fn rbac_is_least_privilege_and_sufficient() {
         ),
         ("", "services", &["list", "watch", "patch"]),
         ("", "configmaps", &["get", "list", "watch", "patch"]),
-        ("", "pods", &["list", "watch"]),
+        ("", "pods", &["list", "watch", "patch"]),
         ("events.k8s.io", "events", &["create", "patch"]),
         ("coordination.k8s.io", "leases", &["get", "create", "patch"]),
     ] {

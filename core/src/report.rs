@@ -62,6 +62,10 @@ pub struct FunctionLoad {
     pub ready_environments: u32,
     /// Invocations accepted since the gateway started (a counter).
     pub invocations_total: u64,
+    /// Environments (pod names) running invocations right now, with how many.
+    /// A scale-down removes the others first.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub busy_environments: BTreeMap<String, u32>,
 }
 
 impl FunctionLoad {
@@ -106,6 +110,8 @@ pub struct AggregatedLoad {
     pub average_concurrency: f64,
     /// Number of gateways that reported this function.
     pub gateways: u32,
+    /// In-flight invocations per environment, summed over gateways.
+    pub busy_environments: BTreeMap<String, u32>,
 }
 
 impl ReportAggregator {
@@ -143,6 +149,10 @@ impl ReportAggregator {
                 entry.concurrency = entry.concurrency.saturating_add(f.concurrency());
                 entry.average_concurrency += f.average_concurrency.max(0.0);
                 entry.gateways += 1;
+                for (env, n) in &f.busy_environments {
+                    let busy = entry.busy_environments.entry(env.clone()).or_default();
+                    *busy = busy.saturating_add(*n);
+                }
             }
         }
         out
@@ -172,6 +182,11 @@ mod tests {
                 average_concurrency: f64::from(in_flight + queued),
                 ready_environments: 1,
                 invocations_total: 0,
+                busy_environments: if in_flight > 0 {
+                    BTreeMap::from([(format!("{gateway}-env"), in_flight)])
+                } else {
+                    BTreeMap::new()
+                },
             }],
         }
     }
@@ -186,6 +201,10 @@ mod tests {
         let totals = agg.totals(t0 + Duration::from_secs(4));
         assert_eq!(totals[&key].concurrency, 6);
         assert_eq!(totals[&key].gateways, 2);
+        assert_eq!(
+            totals[&key].busy_environments,
+            BTreeMap::from([("a-env".to_string(), 3), ("b-env".to_string(), 2)])
+        );
         // Gateway a said nothing for 6 s: it is no longer trusted.
         let totals = agg.totals(t0 + Duration::from_secs(6));
         assert_eq!(totals[&key].concurrency, 2);
@@ -207,6 +226,10 @@ mod tests {
         let json = serde_json::to_string(&report("a", 1, 2)).expect("serialises");
         assert!(json.contains(r#""inFlight":1"#));
         assert!(json.contains(r#""readyEnvironments":1"#));
+        assert!(json.contains(r#""busyEnvironments":{"a-env":1}"#));
+        // Older gateways send no busy environments: still a valid report.
+        let idle = serde_json::to_string(&report("a", 0, 2)).expect("serialises");
+        assert!(!idle.contains("busyEnvironments"));
         let back: GatewayReport = serde_json::from_str(&json).expect("parses");
         assert_eq!(back, report("a", 1, 2));
     }

@@ -14,7 +14,7 @@
 //! where decisions go is a [`ScaleSink`]; the [`ScaleBook`] keeps the last
 //! decision of each function for whoever writes status.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -101,6 +101,9 @@ pub struct ScaleChange {
     pub reason: DecisionReason,
     /// The concurrency the decision was based on.
     pub observed_concurrency: f64,
+    /// Environments running invocations when the decision was made (pod
+    /// name -> in flight): a scale-down should remove the others first.
+    pub busy_environments: BTreeMap<String, u32>,
 }
 
 impl ScaleChange {
@@ -502,6 +505,7 @@ impl<S: ScaleSource, K: ScaleSink<S::Handle>> AutoscalerLoop<S, K> {
                     to: decision.desired,
                     reason: decision.reason,
                     observed_concurrency: observed,
+                    busy_environments: load.busy_environments.clone(),
                 },
                 panicking: decision.panicking,
             }),
@@ -698,6 +702,7 @@ mod tests {
             from,
             to,
             reason: DecisionReason::Stable,
+            busy_environments: BTreeMap::new(),
             observed_concurrency: 1.0,
         };
         assert_eq!(change(Some(0), 1).event_reason(), "ScaledUp");

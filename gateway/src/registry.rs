@@ -7,7 +7,7 @@
 //! [`FunctionEntry::acquire`]. Locks are `std` mutexes held for a few
 //! instructions, never across `.await`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
@@ -352,6 +352,17 @@ impl FunctionEntry {
         drop(st);
         snap.queued += self.counters.async_waiting.load(Ordering::Relaxed) as u32;
         snap
+    }
+
+    /// Environments running invocations (draining ones too), with how many:
+    /// reported so that a scale-down removes idle environments first.
+    pub fn busy_environments(&self) -> BTreeMap<String, u32> {
+        let st = lock(&self.dispatch);
+        st.environments
+            .iter()
+            .filter(|e| e.in_flight > 0)
+            .map(|e| (e.info.id.to_string(), e.in_flight))
+            .collect()
     }
 
     /// Ids of routable environments, most recently used first, with in flight counts.

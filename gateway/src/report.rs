@@ -113,6 +113,7 @@ impl ReportHub {
                 average_concurrency: average,
                 ready_environments: load.ready,
                 invocations_total: f.invocations_total(),
+                busy_environments: f.busy_environments(),
             });
         }
         let sequence = self.tx.borrow().sequence + 1;

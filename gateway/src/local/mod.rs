@@ -331,15 +331,20 @@ struct Ctx {
 fn plan(
     desired: u32,
     starting: &[Arc<str>],
-    ready_most_recent_first: &[Arc<str>],
+    ready_most_recent_first: &[(Arc<str>, u32)],
 ) -> (u32, Vec<Arc<str>>) {
     let active = (starting.len() + ready_most_recent_first.len()) as u32;
     if desired >= active {
         return (desired - active, Vec::new());
     }
+    // Idle before busy, then least recently used first: a scale-down never
+    // drains an environment running an invocation while an idle one is left.
+    let mut ready: Vec<(usize, &(Arc<str>, u32))> =
+        ready_most_recent_first.iter().rev().enumerate().collect();
+    ready.sort_by_key(|(lru_rank, (_, in_flight))| (*in_flight > 0, *in_flight, *lru_rank));
     let victims = starting
         .iter()
-        .chain(ready_most_recent_first.iter().rev())
+        .chain(ready.into_iter().map(|(_, (id, _))| id))
         .take((active - desired) as usize)
         .cloned()
         .collect();
@@ -366,12 +371,11 @@ impl FunctionEnvironments {
                 .collect()
         };
         let starting = ids_in(EnvState::Starting);
-        let ready: Vec<Arc<str>> = self
+        let ready: Vec<(Arc<str>, u32)> = self
             .entry
             .environments_by_recency()
             .into_iter()
-            .map(|(id, _)| id)
-            .filter(|id| {
+            .filter(|(id, _)| {
                 self.envs
                     .get(id)
                     .is_some_and(|e| e.state == EnvState::Ready)
@@ -380,8 +384,8 @@ impl FunctionEnvironments {
         // Ready environments the registry does not list yet still count.
         let mut ready_all = ready;
         for id in ids_in(EnvState::Ready) {
-            if !ready_all.contains(&id) {
-                ready_all.insert(0, id);
+            if !ready_all.iter().any(|(known, _)| *known == id) {
+                ready_all.insert(0, (id, 0));
             }
         }
         let (start, victims) = plan(self.desired, &starting, &ready_all);
@@ -553,19 +557,33 @@ mod tests {
         names.iter().map(|n| Arc::from(*n)).collect()
     }
 
+    fn idle(names: &[&str]) -> Vec<(Arc<str>, u32)> {
+        names.iter().map(|n| (Arc::from(*n), 0)).collect()
+    }
+
     #[test]
     fn plan_starts_what_is_missing() {
-        assert_eq!(plan(3, &ids(&["s1"]), &ids(&["r1"])), (1, vec![]));
-        assert_eq!(plan(2, &ids(&["s1"]), &ids(&["r1"])), (0, vec![]));
+        assert_eq!(plan(3, &ids(&["s1"]), &idle(&["r1"])), (1, vec![]));
+        assert_eq!(plan(2, &ids(&["s1"]), &idle(&["r1"])), (0, vec![]));
     }
 
     #[test]
     fn plan_drains_starting_then_least_recently_used() {
-        let (start, victims) = plan(1, &ids(&["s1"]), &ids(&["new", "mid", "old"]));
+        let (start, victims) = plan(1, &ids(&["s1"]), &idle(&["new", "mid", "old"]));
         assert_eq!(start, 0);
         assert_eq!(victims, ids(&["s1", "old", "mid"]));
-        let (_, victims) = plan(0, &[], &ids(&["new", "old"]));
+        let (_, victims) = plan(0, &[], &idle(&["new", "old"]));
         assert_eq!(victims, ids(&["old", "new"]));
+    }
+
+    #[test]
+    fn plan_drains_idle_environments_before_busy_ones() {
+        // "old" has run one long invocation since before the others were used.
+        let ready: Vec<(Arc<str>, u32)> =
+            vec![("new".into(), 0), ("mid".into(), 2), ("old".into(), 1)];
+        assert_eq!(plan(2, &[], &ready).1, ids(&["new"]));
+        assert_eq!(plan(1, &[], &ready).1, ids(&["new", "old"]));
+        assert_eq!(plan(0, &[], &ready).1, ids(&["new", "old", "mid"]));
     }
 
     #[test]
