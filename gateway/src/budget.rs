@@ -23,6 +23,9 @@ use crate::error::GatewayError;
 /// (responses from environments, requests being parsed).
 pub const DEFAULT_MEMORY_BUDGET_MIB: usize = 192;
 
+/// How often a reservation waiting for room looks again.
+const ROOM_POLL: Duration = Duration::from_millis(10);
+
 /// What a reservation holds bytes for (a bounded set, used as a metric label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Purpose {
@@ -239,6 +242,41 @@ impl MemoryBudget {
         })
     }
 
+    /// Reserves `bytes` for `purpose`, waiting up to `wait` for room while
+    /// other callers give theirs back (an answer being sent, an event done);
+    /// one refusal is counted when none came.
+    pub async fn reserve_within(
+        &self,
+        bytes: usize,
+        purpose: Purpose,
+        wait: Duration,
+    ) -> Result<Reservation, BudgetExceeded> {
+        let deadline = tokio::time::Instant::now() + wait;
+        while !self.inner.take(bytes) {
+            if bytes > self.inner.capacity || tokio::time::Instant::now() >= deadline {
+                self.inner
+                    .refusals
+                    .with_label_values(&[purpose.as_str()])
+                    .inc();
+                return Err(BudgetExceeded {
+                    requested: bytes,
+                    purpose,
+                });
+            }
+            tokio::time::sleep(ROOM_POLL).await;
+        }
+        self.inner
+            .reservations
+            .with_label_values(&[purpose.as_str()])
+            .inc();
+        self.inner.held_gauge(purpose).add(gauge_value(bytes));
+        Ok(Reservation {
+            inner: self.inner.clone(),
+            bytes,
+            purpose,
+        })
+    }
+
     /// The budget's metrics in Prometheus' text format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -321,6 +359,37 @@ impl Reservation {
     }
 }
 
+/// A reservation shared by the clones of what it holds (an answer kept by a
+/// result and by the body sending it); given back when the last clone goes.
+#[derive(Clone, Default)]
+pub struct SharedHold(Option<Arc<Reservation>>);
+
+impl SharedHold {
+    /// Shares `held`.
+    pub fn new(held: Reservation) -> Self {
+        SharedHold(Some(Arc::new(held)))
+    }
+
+    /// Bytes held (0 when nothing is).
+    pub fn bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, |r| r.bytes())
+    }
+}
+
+impl std::fmt::Debug for SharedHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedHold({} bytes)", self.bytes())
+    }
+}
+
+/// Two holds are alike when they hold as many bytes (what they hold is the
+/// same budget's).
+impl PartialEq for SharedHold {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes() == other.bytes()
+    }
+}
+
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.inner.give_back(self.bytes);
@@ -368,6 +437,45 @@ mod tests {
         assert!(
             text.contains("porchlight_gateway_memory_budget_held_bytes{purpose=\"dead_letter\"} 0")
         );
+    }
+
+    #[tokio::test]
+    async fn a_reservation_waits_for_room_within_its_bound() {
+        let budget = MemoryBudget::new(100);
+        let first = budget.try_reserve(80, Purpose::Sync).expect("fits");
+        let wait = Duration::from_millis(50);
+        let refused = budget.reserve_within(30, Purpose::Sync, wait).await;
+        assert!(refused.is_err(), "no room came within the wait");
+        let waiting = tokio::spawn({
+            let budget = budget.clone();
+            async move {
+                budget
+                    .reserve_within(30, Purpose::Sync, Duration::from_secs(5))
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        drop(first);
+        let second = waiting.await.expect("task").expect("room came");
+        assert_eq!((second.bytes(), budget.held()), (30, 30));
+        assert!(
+            budget
+                .reserve_within(101, Purpose::Sync, wait)
+                .await
+                .is_err(),
+            "never fits"
+        );
+        let text = budget.render();
+        assert!(
+            text.contains("porchlight_gateway_memory_budget_refusals_total{purpose=\"sync\"} 2"),
+            "{text}"
+        );
+        let shared = SharedHold::new(second);
+        let clone = shared.clone();
+        drop(shared);
+        assert_eq!((clone.bytes(), budget.held()), (30, 30));
+        drop(clone);
+        assert_eq!(budget.held(), 0);
     }
 
     #[test]

@@ -76,7 +76,12 @@ impl Gateway {
     /// A gateway with no functions.
     pub fn new(config: GatewayConfig) -> Arc<Self> {
         let metrics = Metrics::new();
-        let sync = Arc::new(SyncInvoker::new(config.dispatch.clone(), metrics.clone()));
+        let budget = MemoryBudget::new(config.memory_budget);
+        let sync = Arc::new(SyncInvoker::new(
+            config.dispatch.clone(),
+            metrics.clone(),
+            budget.clone(),
+        ));
         let asynchronous = Arc::new(AsyncInvoker::new(
             sync.clone(),
             metrics.clone(),
@@ -94,7 +99,7 @@ impl Gateway {
             sync,
             asynchronous,
             reports: Arc::new(ReportHub::new(config.gateway_name)),
-            budget: MemoryBudget::new(config.memory_budget),
+            budget,
             metrics,
             ready: AtomicBool::new(false),
         })

@@ -34,7 +34,7 @@ use porchlight_core::invoke::{INVOKE_ROUTE, LIVE_PATH, METRICS_PATH, READY_PATH,
 use porchlight_core::report::REPORT_PATH;
 use serde_json::{Value, json};
 
-use crate::budget::{Purpose, Reservation};
+use crate::budget::{Purpose, Reservation, SharedHold};
 use crate::dead_letters::{DeadLetterList, PageRequest};
 use crate::error::{GatewayError, function_arn};
 use crate::events::{apigw, cloudevents, decode_query_component, s3};
@@ -185,11 +185,11 @@ pub async fn read_body_reserved(
 /// it is sent (or the client goes away).
 struct HeldBody {
     data: Option<Bytes>,
-    _held: Reservation,
+    _held: (Reservation, SharedHold),
 }
 
 impl HeldBody {
-    fn body(data: Bytes, held: Reservation) -> Body {
+    fn body(data: Bytes, held: (Reservation, SharedHold)) -> Body {
         Body::new(HeldBody {
             data: Some(data),
             _held: held,
@@ -358,12 +358,18 @@ async fn invoke_inner(
         }
         _ => {
             // The payload's bytes stay held through the call; then the
-            // answer's, until it is sent, when they fit.
+            // answer's (reserved before they were read), until it is sent.
             let result = gw
                 .invoke(&entry, payload, request_id, TriggerKind::Invoke)
                 .await?;
-            let _ = held.try_resize(result.body.len());
-            let mut r = (StatusCode::OK, HeldBody::body(result.body.clone(), held)).into_response();
+            if result.held.bytes() > 0 {
+                held.shrink_to(0);
+            } else {
+                // An answer the gateway wrote itself: hold it if it fits.
+                let _ = held.try_resize(result.body.len());
+            }
+            let body = HeldBody::body(result.body.clone(), (held, result.held.clone()));
+            let mut r = (StatusCode::OK, body).into_response();
             let h = r.headers_mut();
             h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             if let Some(fe) = result
@@ -864,7 +870,7 @@ fn dead_letter_page(gw: &impl Ingress, query: Option<&str>) -> Result<Response, 
     let body = Bytes::from(serde_json::to_vec(&page).unwrap_or_default());
     drop(page);
     held.shrink_to(body.len());
-    let mut r = HeldBody::body(body, held).into_response();
+    let mut r = HeldBody::body(body, (held, SharedHold::default())).into_response();
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(r)

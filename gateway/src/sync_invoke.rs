@@ -10,10 +10,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use crate::budget::{BudgetExceeded, MemoryBudget, Purpose, SharedHold};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::registry::{DispatchConfig, EnvironmentInfo, FunctionEntry};
-use crate::upstream::{Readiness, UpstreamClient, UpstreamReply};
+use crate::upstream::{ANSWER_ROOM_WAIT, Readiness, UpstreamClient, UpstreamReply};
 use porchlight_core::LambdaError;
 use porchlight_core::invoke::{InvokeReply, UNHANDLED};
 
@@ -63,6 +64,9 @@ pub struct InvocationResult {
     pub init_duration_ms: Option<f64>,
     /// Environment that ran it.
     pub environment: Arc<str>,
+    /// The body's bytes, held against the memory budget until the last
+    /// clone of it is gone (sent to the caller, or dropped).
+    pub held: SharedHold,
 }
 
 impl InvocationResult {
@@ -85,10 +89,10 @@ pub struct SyncInvoker {
 }
 
 impl SyncInvoker {
-    /// An invoker with its own pooled client.
-    pub fn new(dispatch: DispatchConfig, metrics: Metrics) -> Self {
+    /// An invoker with its own pooled client, holding answers against `budget`.
+    pub fn new(dispatch: DispatchConfig, metrics: Metrics, budget: MemoryBudget) -> Self {
         SyncInvoker {
-            client: UpstreamClient::new(),
+            client: UpstreamClient::with_budget(budget, ANSWER_ROOM_WAIT),
             metrics,
             dispatch,
             shutting_down: AtomicBool::new(false),
@@ -243,13 +247,13 @@ impl SyncInvoker {
                 let request_id = request_id.to_string();
                 let base_url = env.base_url.clone();
                 tokio::spawn(async move {
-                    let reply = client
+                    let answer = client
                         .invoke(&base_url, &request_id, payload, upstream_timeout)
                         .await;
-                    (reply, lease)
+                    (answer, lease)
                 })
             };
-            let Ok((reply, lease)) = attempt.await else {
+            let Ok(((reply, held), lease)) = attempt.await else {
                 return Err(GatewayError::Service(
                     "The invocation ended without an answer.".into(),
                 ));
@@ -263,7 +267,9 @@ impl SyncInvoker {
                 );
             }
             match next_step(reply, request_id, timeout_seconds, &env.id) {
-                Step::Answer(result) => return result,
+                Step::Answer(result) => {
+                    return result.map(|r| InvocationResult { held, ..r });
+                }
                 Step::AnswerAndDrain(result) => {
                     tracing::warn!(
                         request_id,
@@ -344,6 +350,7 @@ pub fn no_environment(
             cold_start: false,
             init_duration_ms: None,
             environment: Arc::from("none"),
+            held: SharedHold::default(),
         }),
         None => Err(refusal),
     }
@@ -377,6 +384,7 @@ pub fn next_step(
         cold_start,
         init_duration_ms: None,
         environment: environment.clone(),
+        held: SharedHold::default(),
     };
     match reply {
         UpstreamReply::Reply(InvokeReply::Done {
@@ -390,6 +398,7 @@ pub fn next_step(
             cold_start: cold_start_ms.is_some(),
             init_duration_ms: cold_start_ms,
             environment: environment.clone(),
+            held: SharedHold::default(),
         })),
         UpstreamReply::Reply(InvokeReply::InitError { body }) => {
             Step::Answer(Ok(function_error(body, true)))
@@ -437,6 +446,11 @@ pub fn next_step(
                 "The execution environment gave an unexpected answer.".into(),
             )))
         }
+        UpstreamReply::NoRoom => Step::Answer(Err(BudgetExceeded {
+            requested: 0,
+            purpose: Purpose::Sync,
+        }
+        .into())),
         UpstreamReply::Reply(InvokeReply::Busy { .. }) => Step::TryAgain,
         UpstreamReply::Unreachable | UpstreamReply::Reply(InvokeReply::ShuttingDown { .. }) => {
             Step::TryAnother

@@ -6,15 +6,18 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::Request;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use porchlight_core::invoke::{INVOKE_PATH, InvokeReply, READY_PATH, header};
 
 pub use porchlight_core::invoke::Readiness;
+
+use crate::budget::{MemoryBudget, Purpose, SharedHold};
 
 /// Largest response accepted from an environment (Lambda's sync limit plus slack).
 const MAX_RESPONSE: usize = 6 * 1024 * 1024 + 1024;
@@ -33,12 +36,20 @@ pub enum UpstreamReply {
     /// The answer was larger than any the shim sends (a re-serialised error
     /// body, for one): the environment is fine, the answer is not.
     ResponseTooLarge,
+    /// The answer did not fit in the gateway's memory budget in time.
+    NoRoom,
 }
+
+/// How long an answer waits for room in the memory budget before the
+/// caller is refused: answers being sent give theirs back meanwhile.
+pub const ANSWER_ROOM_WAIT: Duration = Duration::from_secs(5);
 
 /// A pooled client for environments.
 #[derive(Clone)]
 pub struct UpstreamClient {
     client: Client<HttpConnector, Full<Bytes>>,
+    budget: Option<MemoryBudget>,
+    room_wait: Duration,
 }
 
 impl Default for UpstreamClient {
@@ -48,7 +59,8 @@ impl Default for UpstreamClient {
 }
 
 impl UpstreamClient {
-    /// A client keeping idle connections for 90 s.
+    /// A client keeping idle connections for 90 s; answers are not counted
+    /// against any budget.
     pub fn new() -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -57,44 +69,97 @@ impl UpstreamClient {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(1024)
             .build(connector);
-        UpstreamClient { client }
+        UpstreamClient {
+            client,
+            budget: None,
+            room_wait: ANSWER_ROOM_WAIT,
+        }
     }
 
-    /// Sends one event to an environment and classifies the answer.
+    /// A client that reserves every answer's bytes in `budget` before it
+    /// reads them, waiting up to `room_wait` for room.
+    pub fn with_budget(budget: MemoryBudget, room_wait: Duration) -> Self {
+        UpstreamClient {
+            budget: Some(budget),
+            room_wait,
+            ..Self::new()
+        }
+    }
+
+    /// Sends one event to an environment and classifies the answer. The
+    /// answer's bytes come back held against the budget, if there is one.
     pub async fn invoke(
         &self,
         base_url: &str,
         request_id: &str,
         payload: Bytes,
         timeout: Duration,
-    ) -> UpstreamReply {
+    ) -> (UpstreamReply, SharedHold) {
         let request = match Request::post(format!("{base_url}{INVOKE_PATH}"))
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(header::REQUEST_ID, request_id)
             .body(Full::new(payload))
         {
             Ok(r) => r,
-            Err(_) => return UpstreamReply::Unreachable,
+            Err(_) => return (UpstreamReply::Unreachable, SharedHold::default()),
         };
         let fut = async {
             let response = match self.client.request(request).await {
                 Ok(r) => r,
-                Err(e) if e.is_connect() => return UpstreamReply::Unreachable,
-                Err(_) => return UpstreamReply::Died,
+                Err(e) if e.is_connect() => return Err(UpstreamReply::Unreachable),
+                Err(_) => return Err(UpstreamReply::Died),
             };
             let (parts, body) = response.into_parts();
-            let body = match Limited::new(body, MAX_RESPONSE).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                    return UpstreamReply::ResponseTooLarge;
-                }
-                Err(_) => return UpstreamReply::Died,
-            };
-            UpstreamReply::Reply(InvokeReply::decode(parts.status, &parts.headers, body))
+            let declared = body.size_hint().exact().map(|n| n as usize);
+            let (body, held) = self.read_answer(body, declared).await?;
+            Ok((
+                UpstreamReply::Reply(InvokeReply::decode(parts.status, &parts.headers, body)),
+                held,
+            ))
         };
-        tokio::time::timeout(timeout, fut)
-            .await
-            .unwrap_or(UpstreamReply::TimedOut)
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(reply)) => (reply, SharedHold::default()),
+            Err(_) => (UpstreamReply::TimedOut, SharedHold::default()),
+        }
+    }
+
+    /// Reads an answer, its bytes reserved before they are read: all at once
+    /// when the length is declared, frame by frame otherwise.
+    async fn read_answer(
+        &self,
+        mut body: Incoming,
+        declared: Option<usize>,
+    ) -> Result<(Bytes, SharedHold), UpstreamReply> {
+        if declared.is_some_and(|n| n > MAX_RESPONSE) {
+            return Err(UpstreamReply::ResponseTooLarge);
+        }
+        let mut held = match &self.budget {
+            Some(budget) => Some(
+                budget
+                    .reserve_within(declared.unwrap_or(0), Purpose::Sync, self.room_wait)
+                    .await
+                    .map_err(|_| UpstreamReply::NoRoom)?,
+            ),
+            None => None,
+        };
+        let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.map_err(|_| UpstreamReply::Died)?.into_data() else {
+                continue;
+            };
+            let len = buf.len() + data.len();
+            if len > MAX_RESPONSE {
+                return Err(UpstreamReply::ResponseTooLarge);
+            }
+            if let Some(held) = held.as_mut()
+                && len > held.bytes()
+            {
+                held.try_resize(len).map_err(|_| UpstreamReply::NoRoom)?;
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok((buf.freeze(), held.map(SharedHold::new).unwrap_or_default()))
     }
 
     /// Asks an environment whether its init finished (`GET <base>/ready`).
@@ -155,7 +220,8 @@ mod tests {
                 Bytes::from_static(b"{}"),
                 Duration::from_secs(5),
             )
-            .await;
+            .await
+            .0;
         assert_eq!(got, UpstreamReply::Reply(cold));
         let busy = InvokeReply::Busy {
             body: Bytes::from_static(b"{}"),
@@ -168,7 +234,8 @@ mod tests {
                 Bytes::from_static(b"{}"),
                 Duration::from_secs(5),
             )
-            .await;
+            .await
+            .0;
         assert_eq!(got, UpstreamReply::Reply(busy));
         assert_eq!(client.readiness(&url).await, Readiness::NotYet);
     }
@@ -180,7 +247,35 @@ mod tests {
         drop(listener);
         let got = UpstreamClient::new()
             .invoke(&url, "r", Bytes::new(), Duration::from_secs(5))
-            .await;
+            .await
+            .0;
         assert_eq!(got, UpstreamReply::Unreachable);
+    }
+
+    #[tokio::test]
+    async fn answers_are_held_against_the_budget_before_they_are_read() {
+        let budget = MemoryBudget::new(1000);
+        let client = UpstreamClient::with_budget(budget.clone(), Duration::from_millis(100));
+        let done = InvokeReply::ok(Bytes::from(vec![b'1'; 600]), None);
+        let url = shim(done.clone()).await;
+        let invoke = || client.invoke(&url, "r", Bytes::new(), Duration::from_secs(5));
+        let (got, held) = invoke().await;
+        assert_eq!(
+            (got, held.bytes(), budget.held()),
+            (UpstreamReply::Reply(done.clone()), 600, 600)
+        );
+        // The first answer is still held (being sent, say): no room for the
+        // second, which is refused without being read.
+        let (got, none) = invoke().await;
+        assert_eq!(
+            (got, none.bytes(), budget.held()),
+            (UpstreamReply::NoRoom, 0, 600)
+        );
+        assert!(budget.peak() <= 1000);
+        drop(held);
+        let (got, held) = invoke().await;
+        assert_eq!((got, held.bytes()), (UpstreamReply::Reply(done), 600));
+        drop(held);
+        assert_eq!(budget.held(), 0);
     }
 }

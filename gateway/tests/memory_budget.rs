@@ -315,3 +315,61 @@ async fn dead_letters_are_bounded_by_bytes_and_listed_a_page_at_a_time() {
         &format!("porchlight_gateway_memory_budget_held_bytes{{purpose=\"dead_letter\"}} {held}")
     ));
 }
+
+/// A fake environment whose function answers `len` bytes to every event.
+async fn answering_environment(len: usize) -> String {
+    let answer = payload(len);
+    let router = axum::Router::new().route(
+        "/2015-03-31/functions/function/invocations",
+        axum::routing::post(move || async move { (StatusCode::OK, answer) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn sync_answers_are_held_before_they_are_read_until_they_are_sent() {
+    let (gw, entry) = gateway(5 * MIB, 10);
+    entry.add_environment(EnvironmentInfo {
+        id: "f-1".into(),
+        base_url: answering_environment(3 * MIB).await.into(),
+        capacity: 4,
+    });
+    // The first answer is not sent yet (its body unread): its 3 MiB stay held.
+    let first = app(gw.clone())
+        .oneshot(invoke(payload(100), "RequestResponse"))
+        .await
+        .expect("infallible");
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(gw.budget().held(), 3 * MIB);
+    // The second answer has no room: it waits, unread, for the first to go.
+    let second = tokio::spawn({
+        let gw = gw.clone();
+        async move { send(&gw, invoke(payload(100), "RequestResponse")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!second.is_finished(), "the second answer waits for room");
+    assert!(gw.budget().peak() <= gw.budget().capacity());
+    drop(first);
+    let (status, _, body) = second.await.expect("joined");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["pad"].as_str().map(str::len), Some(3 * MIB - 10));
+    assert_eq!(gw.budget().held(), 0);
+    // An answer that never finds room is refused with Lambda's throttle.
+    let first = app(gw.clone())
+        .oneshot(invoke(payload(100), "RequestResponse"))
+        .await
+        .expect("infallible");
+    let (s, h, b) = send(&gw, invoke(payload(100), "RequestResponse")).await;
+    assert_budget_throttle(s, &h, &b);
+    assert_eq!(gw.budget().held(), 3 * MIB);
+    assert!(gw.budget().peak() <= gw.budget().capacity());
+    drop(first);
+    assert_eq!(gw.budget().held(), 0);
+}

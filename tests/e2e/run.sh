@@ -5,6 +5,7 @@
 # Dockerfiles by tests/e2e/images.sh, no registry).
 #
 #   tests/e2e/run.sh            # needs root (the node); installs Debian packages if missing
+#   E2E_ONLY="kill drain" tests/e2e/run.sh   # install, then only those checks
 #
 # Prints one PASS/FAIL line per check and ends with "<N> passed, <M> failed";
 # exits non-zero on any failure. Without root (or apt) a developer gets a
@@ -503,15 +504,93 @@ EOF
   kubectl delete fn e2e-sleepy --wait=false >/dev/null 2>&1
 }
 
+drain_yaml() { # drain_yaml MIN MAX
+  cat <<EOF
+apiVersion: porchlight.dev/v1alpha1
+kind: Function
+metadata:
+  name: e2e-drain
+spec:
+  runtime: python3.12
+  handler: app.lambda_handler
+  code:
+    inline: |
+      import time
+      def lambda_handler(event, context):
+          time.sleep(event.get("sleep", 0))
+          return {"slept": event.get("sleep", 0)}
+  timeoutSeconds: 40
+  scaling:
+    minScale: $1
+    maxScale: $2
+EOF
+}
+cost_of() { kubectl get pod "$1" -o jsonpath='{.metadata.annotations.controller\.kubernetes\.io/pod-deletion-cost}' 2>/dev/null; }
+running_pods_of() { kubectl get pods -l "porchlight.dev/function=$1" --field-selector=status.phase=Running -o json 2>/dev/null | jq -r '.items[] | select(.metadata.deletionTimestamp == null) | .metadata.name'; }
+pod_count_is() { [[ $(running_pods_of "$1" | grep -c .) == "$2" ]]; }
+in_flight_at_least_1() { [[ $(in_flight "$1") -ge 1 ]]; }
+# A long invocation in flight: a scale-down removes the idle pod, and a graceful
+# pod stop lets the invocation finish (the shim drains for timeout + 2 s, the
+# pod's grace period is timeout + 6 s).
+check_drain() {
+  drain_yaml 2 2 | kubectl apply -f - >/dev/null || { fail "drain: apply e2e-drain"; return 1; }
+  if ! wait_until 90 pod_count_is e2e-drain 2 || ! wait_until 30 gateway_knows e2e-drain \
+    || ! wait_until 30 bash -c '[[ $(kubectl get fn e2e-drain -o jsonpath={.status.readyReplicas}) == 2 ]]'; then
+    fail "drain: two ready environments ($(fn_status e2e-drain))"; return 1
+  fi
+  invoke e2e-drain '{"sleep": 20}' "$OUT/drain-long" 60 >"$OUT/drain-long.code" &
+  BG_PIDS=$!
+  if ! wait_until 20 in_flight_at_least_1 e2e-drain; then
+    fail "drain: the long invocation is in flight"; kill "$BG_PIDS" 2>/dev/null; BG_PIDS=""; return 1
+  fi
+  log "scaling e2e-drain from 2 to 1 with one invocation in flight (pods: $(running_pods_of e2e-drain | tr '\n' ' '))"
+  drain_yaml 1 1 | kubectl apply -f - >/dev/null
+  wait_until 30 pod_count_is e2e-drain 1 || fail "drain: scaled down to one pod ($(running_pods_of e2e-drain | tr '\n' ' '))"
+  local kept kept_cost
+  kept=$(running_pods_of e2e-drain | head -1)
+  kept_cost=$(cost_of "$kept")
+  wait "$BG_PIDS"; BG_PIDS=""
+  local code env
+  code=$(cat "$OUT/drain-long.code")
+  env=$(header "$OUT/drain-long" X-Porchlight-Environment)
+  if [[ $code == 200 && $(jq -r .slept "$OUT/drain-long.body" 2>/dev/null) == 20 && $env == "$kept" && ${kept_cost:-0} -ge 1 ]]; then
+    pass "drain: the scale-down removed the idle pod; the busy one ($kept, pod-deletion-cost $kept_cost) finished its invocation"
+  else
+    fail "drain: scale-down with a call in flight: HTTP ${code:-none}, ran on '$env', kept '$kept' (cost '$kept_cost'), body $(cat "$OUT/drain-long.body" 2>/dev/null)"
+  fi
+
+  invoke e2e-drain '{"sleep": 15}' "$OUT/drain-stop" 60 >"$OUT/drain-stop.code" &
+  BG_PIDS=$!
+  if ! wait_until 20 in_flight_at_least_1 e2e-drain; then
+    fail "drain: the invocation before the stop is in flight"; kill "$BG_PIDS" 2>/dev/null; BG_PIDS=""; return 1
+  fi
+  sleep 1
+  log "deleting pod $kept gracefully with an invocation in flight"
+  local ts=$SECONDS
+  kubectl delete pod "$kept" --wait=false >/dev/null
+  wait "$BG_PIDS"; BG_PIDS=""
+  code=$(cat "$OUT/drain-stop.code")
+  if [[ $code == 200 && $(jq -r .slept "$OUT/drain-stop.body" 2>/dev/null) == 15 && -z $(header "$OUT/drain-stop" X-Amz-Function-Error) ]]; then
+    pass "drain: a graceful pod stop let the in-flight invocation finish (answered $((SECONDS - ts)) s after the delete)"
+  else
+    fail "drain: graceful stop cut the invocation short: HTTP ${code:-none}, body $(cat "$OUT/drain-stop.body" 2>/dev/null)"
+  fi
+  code=$(invoke e2e-drain '{}' "$OUT/drain-next" 90)
+  env=$(header "$OUT/drain-next" X-Porchlight-Environment)
+  if [[ $code == 200 && -n $env && $env != "$kept" ]]; then
+    pass "drain: the next invocation ran on the replacement ($env)"
+  else
+    fail "drain: next invocation after the graceful stop: HTTP $code on '$env'"
+  fi
+  kubectl delete fn e2e-drain --wait=false >/dev/null 2>&1
+}
+
 COLD_MS=""
+# E2E_ONLY="drain kill" runs only those checks (after install).
 if check_install; then
-  check_hello
-  check_scale
-  check_update
-  check_init_failure
-  check_invalid
-  check_delete
-  check_kill
+  for check in ${E2E_ONLY:-hello scale update init_failure invalid delete kill drain}; do
+    "check_$check"
+  done
 else
   check_invalid
 fi
