@@ -31,8 +31,8 @@ use porchlight_core::scaling::GatewayMessage;
 
 /// Label selector of gateway pods.
 pub const GATEWAY_SELECTOR: &str = "app.kubernetes.io/name=porchlight-gateway";
-/// Port of the gateway's report endpoint.
-pub const GATEWAY_PORT: u16 = 8080;
+/// Port of the gateway's internal listener (reports; `--internal-listen`).
+pub const GATEWAY_PORT: u16 = 8081;
 /// How long one long-poll may wait at the gateway.
 pub const POLL_WAIT: Duration = Duration::from_millis(1000);
 

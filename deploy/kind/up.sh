@@ -24,7 +24,7 @@ kubectl get fn -A
 kubectl -n porchlight-system port-forward svc/porchlight-gateway 8080:8080 >/dev/null &
 forward=$!
 trap 'kill $forward 2>/dev/null' EXIT
-for _ in $(seq 50); do curl -fs localhost:8080/ready >/dev/null && break; sleep 0.2; done
+for _ in $(seq 50); do curl -fs localhost:8080/2015-03-31/functions/ >/dev/null && break; sleep 0.2; done
 cargo run --release -q -p porchlight-load -- --target http://127.0.0.1:8080 --function hello \
   --concurrency 0:5s,50:30s,0:5s --observe-after 120s --out target/scale-report-kind
 echo "Scale-test report: target/scale-report-kind (summary.json, latency.png, environments.png)"

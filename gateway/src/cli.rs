@@ -53,9 +53,15 @@ pub struct Cli {
     /// Port of the runtime shim's invoke endpoint in function pods (Kubernetes mode).
     #[arg(long, default_value_t = 8080)]
     pub environment_port: u16,
-    /// Address to serve on.
+    /// Address to serve on: everything, or with --internal-listen only
+    /// what end users call (Invoke API, HTTP triggers, S3, CloudEvents).
     #[arg(long, default_value = "127.0.0.1:8080", env = "PORCHLIGHT_LISTEN")]
     pub listen: SocketAddr,
+    /// Serve the platform's own endpoints (/v1/*: concurrency reports,
+    /// functions, dead letters; /metrics, /live, /ready) on this address
+    /// instead, and not on --listen.
+    #[arg(long, value_name = "ADDR", env = "PORCHLIGHT_INTERNAL_LISTEN")]
+    pub internal_listen: Option<SocketAddr>,
     /// Open connections at most; more wait in the kernel's accept queue.
     #[arg(long, default_value_t = 4096)]
     pub max_connections: usize,
@@ -344,12 +350,15 @@ where
         CancellationToken,
     ) -> tokio::task::JoinHandle<()>,
 {
-    let listener = match tokio::net::TcpListener::bind(cli.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("porchlight-gateway: cannot listen on {}: {e}", cli.listen);
-            return ExitCode::from(EXIT_BAD_CONFIG);
-        }
+    let Some(listener) = bind(cli.listen).await else {
+        return ExitCode::from(EXIT_BAD_CONFIG);
+    };
+    let internal = match cli.internal_listen {
+        Some(at) => match bind(at).await {
+            Some(l) => Some(l),
+            None => return ExitCode::from(EXIT_BAD_CONFIG),
+        },
+        None => None,
     };
     let addr = listener.local_addr().unwrap_or(cli.listen);
     let gateway = Gateway::new(cli.gateway_config());
@@ -362,21 +371,36 @@ where
     }
     let reports = tokio::spawn(gateway.run_reports(source_stop.clone()));
     let source = start_source(gateway.clone(), addr, source_stop.clone(), shutdown.clone());
-    tracing::info!(%addr, "serving");
     let limits = ListenerLimits {
         max_connections: cli.max_connections,
         header_read_timeout: cli.header_read_timeout,
         body_read_timeout: cli.body_read_timeout,
         idle_timeout: cli.idle_timeout,
     };
-    let server = crate::listener::serve(
-        listener,
-        crate::routes::app(gateway.clone()),
-        limits,
-        shutdown.clone(),
-        // Finish the requests being answered, within a bound.
-        Duration::from_secs(30),
-    );
+    // Finish the requests being answered, within a bound.
+    let drain = Duration::from_secs(30);
+    let (public, internal_server) = match internal {
+        Some(internal) => {
+            let at = internal.local_addr().unwrap_or(addr);
+            tracing::info!(public = %addr, internal = %at, "serving");
+            let server = crate::listener::serve(
+                internal,
+                crate::routes::internal_app(gateway.clone()),
+                limits,
+                shutdown.clone(),
+                drain,
+            );
+            (
+                crate::routes::public_app(gateway.clone()),
+                Some(tokio::spawn(server)),
+            )
+        }
+        None => {
+            tracing::info!(%addr, "serving");
+            (crate::routes::app(gateway.clone()), None)
+        }
+    };
+    let server = crate::listener::serve(listener, public, limits, shutdown.clone(), drain);
     tokio::pin!(server);
     tokio::select! {
         _ = &mut server => {}
@@ -384,6 +408,9 @@ where
             gateway.set_ready(false);
             server.await;
         }
+    }
+    if let Some(internal) = internal_server {
+        let _ = internal.await;
     }
     gateway.begin_shutdown();
     if !gateway.finish_async(Duration::from_secs(5)).await {
@@ -394,6 +421,16 @@ where
     let _ = reports.await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+async fn bind(at: SocketAddr) -> Option<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(at).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            eprintln!("porchlight-gateway: cannot listen on {at}: {e}");
+            None
+        }
+    }
 }
 
 /// Builds a gateway with functions registered but no environments, for

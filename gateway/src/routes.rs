@@ -86,8 +86,26 @@ pub trait Ingress: Send + Sync + 'static {
 
 type Gw<G> = State<Arc<G>>;
 
-/// The gateway's router.
+/// The gateway's router: what end users call and the platform's own
+/// endpoints, on one port (local mode's default).
 pub fn app<G: Ingress>(gateway: Arc<G>) -> Router {
+    with_fallbacks(public_routes().merge(internal_routes()), gateway)
+}
+
+/// What end users call: the Lambda Invoke API, HTTP triggers, S3
+/// notifications and CloudEvents (the public listener).
+pub fn public_app<G: Ingress>(gateway: Arc<G>) -> Router {
+    with_fallbacks(public_routes(), gateway)
+}
+
+/// The platform's own endpoints: concurrency reports, function status, dead
+/// letters, metrics and probes (the internal listener, for the controller,
+/// Prometheus and the kubelet).
+pub fn internal_app<G: Ingress>(gateway: Arc<G>) -> Router {
+    with_fallbacks(internal_routes(), gateway)
+}
+
+fn public_routes<G: Ingress>() -> Router<Arc<G>> {
     Router::new()
         .route(INVOKE_ROUTE, post(invoke::<G>))
         .route("/2015-03-31/functions/{name}", get(get_function::<G>))
@@ -98,12 +116,20 @@ pub fn app<G: Ingress>(gateway: Arc<G>) -> Router {
         .route("/http/{name}/{*path}", any(http_trigger::<G>))
         .route("/events/s3", post(s3_notification::<G>))
         .route("/events/cloudevents", post(cloud_event::<G>))
+}
+
+fn internal_routes<G: Ingress>() -> Router<Arc<G>> {
+    Router::new()
         .route("/v1/dead-letters", get(dead_letters::<G>))
         .route("/v1/functions", get(functions_status::<G>))
         .route(REPORT_PATH, get(concurrency::<G>))
         .route(LIVE_PATH, get(|| async { "ok" }))
         .route(READY_PATH, get(ready::<G>))
         .route(METRICS_PATH, get(metrics::<G>))
+}
+
+fn with_fallbacks<G: Ingress>(routes: Router<Arc<G>>, gateway: Arc<G>) -> Router {
+    routes
         .fallback(|| async { GatewayError::RouteNotFound("No route matches this request.".into()) })
         .method_not_allowed_fallback(|| async { method_not_allowed() })
         .with_state(gateway)

@@ -130,8 +130,8 @@ header() { sed -n "s/^$2: *//Ip" "$1.headers" | tr -d '\r' | tail -1; }
 fn_status() { kubectl get fn "$1" -o jsonpath='{.status.desiredReplicas} {.status.replicas} {.status.readyReplicas}' 2>/dev/null; }
 pods_of() { kubectl get pods -l "porchlight.dev/function=$1" -o name 2>/dev/null; }
 no_pods_of() { [[ -z $(pods_of "$1") ]]; }
-gateway_knows() { curl -sf --max-time 2 "http://$GW:8080/v1/functions" | jq -e --arg f "$1" '.functions[] | select(.name == $f)'; }
-in_flight() { curl -sf --max-time 2 "http://$GW:8080/v1/functions" | jq -r --arg f "$1" '.functions[] | select(.name == $f) | .inFlight'; }
+gateway_knows() { curl -sf --max-time 2 "http://$GW:8081/v1/functions" | jq -e --arg f "$1" '.functions[] | select(.name == $f)'; }
+in_flight() { curl -sf --max-time 2 "http://$GW:8081/v1/functions" | jq -r --arg f "$1" '.functions[] | select(.name == $f) | .inFlight'; }
 now_ms() { date +%s%3N; }
 
 # --- a. install the platform -----------------------------------------------------
@@ -150,11 +150,18 @@ check_install() {
   GW=$(kubectl -n $NS get pods -l app.kubernetes.io/name=porchlight-gateway \
     --field-selector=status.phase=Running -o jsonpath='{.items[0].status.podIP}')
   [[ $GW == 10.246.0.* ]] || { fail "install: gateway pod IP in the pod subnet (got '$GW')"; return 1; }
-  if ! wait_until 30 curl -sf --max-time 2 "http://$GW:8080/ready"; then
-    fail "install: gateway /ready on its pod IP $GW:8080"; return 1
+  if ! wait_until 30 curl -sf --max-time 2 "http://$GW:8081/ready"; then
+    fail "install: gateway /ready on its internal port $GW:8081"; return 1
   fi
+  local path code
+  for path in /v1/functions /v1/dead-letters /v1/concurrency /metrics /ready; do
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$GW:8080$path")
+    [[ $code == 404 ]] || { fail "install: $path is not served on the public port 8080 (HTTP $code)"; return 1; }
+  done
+  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$GW:8080/2015-03-31/functions/")
+  [[ $code == 200 ]] || { fail "install: ListFunctions on the public port 8080 (HTTP $code)"; return 1; }
   kubectl -n $NS get pods -o wide
-  pass "install: kubectl apply -k deploy/; controller and gateway pods Ready from local images; gateway answers on pod IP $GW:8080"
+  pass "install: kubectl apply -k deploy/; controller and gateway pods Ready from local images; gateway public on $GW:8080, internal endpoints only on :8081"
 }
 
 # --- b. hello: kubectl get fn, cold start from zero -----------------------------
@@ -233,7 +240,7 @@ EOF
   (
     for _ in $(seq 1 60); do
       printf '%s %s %s\n' "$(date +%s)" "$(fn_status e2e-scale)" \
-        "$(curl -sf --max-time 1 "http://$GW:8080/v1/functions" | jq -r '.functions[] | select(.name == "e2e-scale") | .desired')"
+        "$(curl -sf --max-time 1 "http://$GW:8081/v1/functions" | jq -r '.functions[] | select(.name == "e2e-scale") | .desired')"
       sleep 1
     done
   ) >"$OUT/scale-status.txt" &
@@ -468,7 +475,7 @@ EOF
   invoke e2e-sleepy '{"sleep": 100}' "$OUT/sleepy-long" 115 >"$OUT/sleepy-long.code" &
   local caller=$!
   BG_PIDS="$caller"
-  if ! wait_until 20 bash -c "[[ \$(curl -sf --max-time 2 http://$GW:8080/v1/functions | jq -r '.functions[] | select(.name == \"e2e-sleepy\") | .inFlight') -ge 1 ]]"; then
+  if ! wait_until 20 bash -c "[[ \$(curl -sf --max-time 2 http://$GW:8081/v1/functions | jq -r '.functions[] | select(.name == \"e2e-sleepy\") | .inFlight') -ge 1 ]]"; then
     fail "kill: the long invocation is in flight"; kill $caller 2>/dev/null; BG_PIDS=""; return 1
   fi
   sleep 1
