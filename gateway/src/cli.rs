@@ -16,6 +16,7 @@ use crate::local::manifests::{LoadedFunction, load_dir};
 use crate::local::process::{Launcher, run_embedded_shim};
 use crate::local::{LocalConfig, LocalSource};
 use crate::registry::DispatchConfig;
+use crate::sigv4::Credentials;
 
 /// Exit code for bad configuration (sysexits EX_USAGE).
 pub const EXIT_BAD_CONFIG: u8 = 64;
@@ -112,6 +113,12 @@ pub struct Cli {
     /// Name of this gateway in concurrency reports.
     #[arg(long, env = "POD_NAME", default_value = "local")]
     pub gateway_name: String,
+    /// Require AWS Signature Version 4 on the Lambda API (Invoke,
+    /// GetFunction, ListFunctions), with the access keys in this YAML file:
+    /// `keys: [{accessKeyId, secretAccessKey, functions: [NAME|*]}]` and
+    /// optionally `regions: [us-east-1]`. Unset: unsigned calls are accepted.
+    #[arg(long, value_name = "PATH", env = "PORCHLIGHT_AUTH_KEYS")]
+    pub auth_keys: Option<PathBuf>,
     /// Log as JSON lines.
     #[arg(long)]
     pub log_json: bool,
@@ -122,9 +129,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl Cli {
-    /// The gateway core settings.
-    pub fn gateway_config(&self) -> GatewayConfig {
-        GatewayConfig {
+    /// The gateway core settings, with the access keys read from
+    /// `--auth-keys` (an unreadable or invalid file is an error).
+    pub fn gateway_config(&self) -> Result<GatewayConfig, String> {
+        let credentials = match &self.auth_keys {
+            Some(path) => Some(Arc::new(Credentials::load(path)?)),
+            None => None,
+        };
+        Ok(GatewayConfig {
             dispatch: DispatchConfig {
                 queue_depth: self.queue_depth,
                 cold_start_allowance: self.cold_start_allowance,
@@ -136,7 +148,8 @@ impl Cli {
             dead_letter_capacity: self.dead_letters,
             memory_budget: (self.memory_budget_mib as usize).saturating_mul(1024 * 1024),
             gateway_name: self.gateway_name.clone(),
-        }
+            credentials,
+        })
     }
 }
 
@@ -361,7 +374,17 @@ where
         None => None,
     };
     let addr = listener.local_addr().unwrap_or(cli.listen);
-    let gateway = Gateway::new(cli.gateway_config());
+    let config = match cli.gateway_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("porchlight-gateway: --auth-keys: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    if let Some(credentials) = &config.credentials {
+        tracing::info!(?credentials, "the Lambda API requires SigV4 signatures");
+    }
+    let gateway = Gateway::new(config);
     let shutdown = CancellationToken::new();
     let source_stop = CancellationToken::new();
     // The first SIGTERM or SIGINT drains; a second one exits at once.

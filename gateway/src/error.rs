@@ -54,6 +54,16 @@ pub enum GatewayError {
     /// The gateway is shutting down.
     #[error("The gateway is shutting down.")]
     ShuttingDown,
+    #[error("Missing Authentication Token")]
+    MissingAuthenticationToken,
+    #[error("The security token included in the request is invalid.")]
+    UnrecognizedClient,
+    #[error("{0}")]
+    IncompleteSignature(String),
+    #[error("{0}")]
+    InvalidSignature(String),
+    #[error("{0}")]
+    AccessDenied(String),
 }
 
 impl GatewayError {
@@ -71,6 +81,11 @@ impl GatewayError {
             GatewayError::InvalidJson(_) => "InvalidRequestContentException",
             GatewayError::InvalidParameter(_) => "InvalidParameterValueException",
             GatewayError::Service(_) => "ServiceException",
+            GatewayError::MissingAuthenticationToken => "MissingAuthenticationTokenException",
+            GatewayError::UnrecognizedClient => "UnrecognizedClientException",
+            GatewayError::IncompleteSignature(_) => "IncompleteSignatureException",
+            GatewayError::InvalidSignature(_) => "InvalidSignatureException",
+            GatewayError::AccessDenied(_) => "AccessDeniedException",
         }
     }
 
@@ -89,6 +104,11 @@ impl GatewayError {
                 StatusCode::BAD_REQUEST
             }
             GatewayError::Service(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::MissingAuthenticationToken
+            | GatewayError::UnrecognizedClient
+            | GatewayError::IncompleteSignature(_)
+            | GatewayError::InvalidSignature(_)
+            | GatewayError::AccessDenied(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -127,6 +147,11 @@ impl GatewayError {
             GatewayError::InvalidJson(_) | GatewayError::InvalidParameter(_) => "bad_request",
             GatewayError::Service(_) => "service_error",
             GatewayError::ShuttingDown => "shutting_down",
+            GatewayError::MissingAuthenticationToken
+            | GatewayError::UnrecognizedClient
+            | GatewayError::IncompleteSignature(_)
+            | GatewayError::InvalidSignature(_)
+            | GatewayError::AccessDenied(_) => "forbidden",
         }
     }
 

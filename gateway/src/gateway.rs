@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::registry::{DispatchConfig, FunctionEntry, Registry};
 use crate::report::ReportHub;
 use crate::routes::Ingress;
+use crate::sigv4::{Caller, Credentials, SignedRequest};
 use crate::sync_invoke::SyncInvoker;
 use crate::upstream::Readiness;
 
@@ -45,6 +46,9 @@ pub struct GatewayConfig {
     pub memory_budget: usize,
     /// Identity of this gateway in reports.
     pub gateway_name: String,
+    /// Access keys for signed (SigV4) Lambda API calls; `None`: unsigned
+    /// calls are accepted.
+    pub credentials: Option<Arc<Credentials>>,
 }
 
 impl Default for GatewayConfig {
@@ -57,6 +61,7 @@ impl Default for GatewayConfig {
             dead_letter_capacity: 1000,
             memory_budget: DEFAULT_MEMORY_BUDGET_MIB * 1024 * 1024,
             gateway_name: "local".to_string(),
+            credentials: None,
         }
     }
 }
@@ -70,6 +75,7 @@ pub struct Gateway {
     budget: MemoryBudget,
     metrics: Metrics,
     ready: AtomicBool,
+    credentials: Option<Arc<Credentials>>,
 }
 
 impl Gateway {
@@ -102,6 +108,7 @@ impl Gateway {
             budget,
             metrics,
             ready: AtomicBool::new(false),
+            credentials: config.credentials,
         })
     }
 
@@ -206,6 +213,19 @@ impl Ingress for Gateway {
         trigger: TriggerKind,
     ) -> impl Future<Output = Result<InvocationResult, GatewayError>> + Send {
         self.sync.invoke(entry, payload, request_id, trigger)
+    }
+
+    fn authenticate(&self, request: &SignedRequest<'_>) -> Result<Option<Caller>, GatewayError> {
+        let Some(credentials) = &self.credentials else {
+            return Ok(None);
+        };
+        match credentials.verify(request, time::OffsetDateTime::now_utc()) {
+            Ok(caller) => Ok(Some(caller)),
+            Err(e) => {
+                self.metrics.record_auth_failure(e.error_type());
+                Err(e)
+            }
+        }
     }
 
     fn reserve(&self, bytes: usize, purpose: Purpose) -> Result<Reservation, GatewayError> {

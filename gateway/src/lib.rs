@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod registry;
 pub mod report;
 pub mod routes;
+pub mod sigv4;
 pub mod sync_invoke;
 pub mod upstream;
 

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub async_retries: IntCounterVec,
     /// Scaling decisions (local mode) by reason.
     pub scaling_decisions: IntCounterVec,
+    /// Lambda API requests refused for their signature, by error type.
+    pub auth_failures: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -134,8 +136,19 @@ impl Metrics {
                 "Changes of the desired environment count in local mode, by reason",
                 &["function", "reason"],
             ),
+            auth_failures: counter(
+                &r,
+                "porchlight_gateway_auth_failures_total",
+                "Lambda API requests refused for their signature, by Lambda error type",
+                &["error_type"],
+            ),
             registry: r,
         }
+    }
+
+    /// Counts a refused signature (`error_type` is one of Lambda's five).
+    pub fn record_auth_failure(&self, error_type: &str) {
+        self.auth_failures.with_label_values(&[error_type]).inc();
     }
 
     /// The text exposition format.

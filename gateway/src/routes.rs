@@ -23,7 +23,7 @@ use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use base64::Engine;
@@ -39,6 +39,7 @@ use crate::dead_letters::{DeadLetterList, PageRequest};
 use crate::error::{GatewayError, function_arn};
 use crate::events::{apigw, cloudevents, decode_query_component, s3};
 use crate::registry::FunctionEntry;
+use crate::sigv4::{Caller, SignedRequest};
 use crate::sync_invoke::{ASYNC_PAYLOAD_LIMIT, InvocationResult, SYNC_PAYLOAD_LIMIT, TriggerKind};
 
 /// What the HTTP handlers need from the gateway.
@@ -82,6 +83,11 @@ pub trait Ingress: Send + Sync + 'static {
     ) -> impl Future<Output = Arc<GatewayReport>> + Send;
     /// One page of the dead letters.
     fn dead_letters(&self, page: &PageRequest) -> DeadLetterList;
+    /// Verifies a Lambda API request's signature when the gateway requires
+    /// one: who signed it, or `None` when signatures are off.
+    fn authenticate(&self, _request: &SignedRequest<'_>) -> Result<Option<Caller>, GatewayError> {
+        Ok(None)
+    }
 }
 
 type Gw<G> = State<Arc<G>>;
@@ -305,23 +311,13 @@ fn with_request_id(e: GatewayError, request_id: &str) -> Response {
 async fn invoke<G: Ingress>(
     State(gw): Gw<G>,
     raw_name: Result<Path<String>, PathRejection>,
-    RawQuery(query): RawQuery,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let request_id = request_id();
     let result = match name_param(raw_name) {
-        Ok(raw_name) => {
-            invoke_inner(
-                &*gw,
-                &raw_name,
-                query.as_deref(),
-                &headers,
-                body,
-                &request_id,
-            )
-            .await
-        }
+        Ok(raw_name) => invoke_inner(&*gw, &raw_name, &uri, &headers, body, &request_id).await,
         Err(e) => Err(e),
     };
     match result {
@@ -333,12 +329,11 @@ async fn invoke<G: Ingress>(
 async fn invoke_inner(
     gw: &impl Ingress,
     raw_name: &str,
-    query: Option<&str>,
+    uri: &Uri,
     headers: &HeaderMap,
     body: Body,
     request_id: &str,
 ) -> Result<Response, GatewayError> {
-    let entry = lookup(gw, raw_name, query)?;
     let invocation_type = match headers.get(header::INVOCATION_TYPE) {
         None => "RequestResponse",
         Some(v) => v.to_str().map_err(|_| {
@@ -362,6 +357,13 @@ async fn invoke_inner(
         Purpose::Sync
     };
     let (payload, mut held) = read_body_reserved(gw, headers, body, limit, purpose).await?;
+    // Who calls comes first: an unsigned caller learns nothing, not even
+    // whether the function exists.
+    let caller = authenticate(gw, "POST", uri, headers, &payload)?;
+    let entry = lookup(gw, raw_name, uri.query())?;
+    if let Some(caller) = &caller {
+        caller.check(entry.name())?;
+    }
     let payload = if payload.iter().all(u8::is_ascii_whitespace) {
         Bytes::from_static(b"{}")
     } else {
@@ -446,9 +448,39 @@ fn environment_headers(h: &mut HeaderMap, result: &InvocationResult) {
     }
 }
 
-fn configuration(entry: &FunctionEntry) -> Value {
+/// Verifies the signature of a Lambda API request (see [`Ingress::authenticate`]).
+fn authenticate(
+    gw: &impl Ingress,
+    method: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Option<Caller>, GatewayError> {
+    gw.authenticate(&SignedRequest {
+        method,
+        path: uri.path(),
+        query: uri.query().unwrap_or(""),
+        headers,
+        body,
+    })
+}
+
+/// A function's configuration, as Lambda's GetFunction and ListFunctions
+/// answer it. Environment variables go only to a signed caller; without
+/// signatures (`caller` None) Lambda's error shape for variables it cannot
+/// return says why.
+fn configuration(entry: &FunctionEntry, caller: Option<&Caller>) -> Value {
     let spec = entry.spec();
-    let env: BTreeMap<_, _> = spec.env.iter().collect();
+    let environment = match caller {
+        Some(_) => {
+            let env: BTreeMap<_, _> = spec.env.iter().collect();
+            json!({ "Variables": env })
+        }
+        None => json!({ "Error": {
+            "ErrorCode": "AccessDeniedException",
+            "Message": "Environment variables are returned only to signed callers; start the gateway with --auth-keys.",
+        }}),
+    };
     json!({
         "FunctionName": entry.name(),
         "FunctionArn": function_arn(entry.name()),
@@ -461,28 +493,45 @@ fn configuration(entry: &FunctionEntry) -> Value {
         "LastUpdateStatus": "Successful",
         "PackageType": "Zip",
         "Description": format!("{}/{}", entry.key().namespace, entry.key().name),
-        "Environment": { "Variables": env },
+        "Environment": environment,
     })
 }
 
 async fn get_function<G: Ingress>(
     State(gw): Gw<G>,
     raw_name: Result<Path<String>, PathRejection>,
-    RawQuery(query): RawQuery,
+    uri: Uri,
+    headers: HeaderMap,
 ) -> Response {
-    let entry = name_param(raw_name).and_then(|name| lookup(&*gw, &name, query.as_deref()));
-    match entry {
-        Ok(entry) => axum::Json(json!({
-            "Configuration": configuration(&entry),
+    let answer = (|| {
+        let caller = authenticate(&*gw, "GET", &uri, &headers, b"")?;
+        let entry = lookup(&*gw, &name_param(raw_name)?, uri.query())?;
+        if let Some(caller) = &caller {
+            caller.check(entry.name())?;
+        }
+        Ok::<_, GatewayError>(json!({
+            "Configuration": configuration(&entry, caller.as_ref()),
             "Code": { "RepositoryType": "Porchlight", "Location": "" },
         }))
-        .into_response(),
+    })();
+    match answer {
+        Ok(v) => axum::Json(v).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-async fn list_functions<G: Ingress>(State(gw): Gw<G>) -> Response {
-    let functions: Vec<Value> = gw.functions().iter().map(|e| configuration(e)).collect();
+/// Every function, or with signatures the ones the caller may invoke.
+async fn list_functions<G: Ingress>(State(gw): Gw<G>, uri: Uri, headers: HeaderMap) -> Response {
+    let caller = match authenticate(&*gw, "GET", &uri, &headers, b"") {
+        Ok(caller) => caller,
+        Err(e) => return e.into_response(),
+    };
+    let functions: Vec<Value> = gw
+        .functions()
+        .iter()
+        .filter(|e| caller.as_ref().is_none_or(|c| c.may_invoke(e.name())))
+        .map(|e| configuration(e, caller.as_ref()))
+        .collect();
     axum::Json(json!({ "Functions": functions })).into_response()
 }
 

@@ -28,7 +28,10 @@ async fn platform_endpoints_are_only_on_the_internal_listener() {
     let internal_at = format!("127.0.0.1:{internal_port}");
     let gw = LocalGateway::start(
         "listeners",
-        &[("echo.yaml", python_function("echo", "return event", ""))],
+        &[(
+            "echo.yaml",
+            python_function("echo", "def handler(e, c):\n    return e\n", ""),
+        )],
         &["--internal-listen", &internal_at],
     );
     let internal = format!("http://{internal_at}");
@@ -58,7 +61,10 @@ async fn platform_endpoints_are_only_on_the_internal_listener() {
 async fn one_listener_serves_everything_by_default() {
     let gw = LocalGateway::start(
         "one-listener",
-        &[("echo.yaml", python_function("echo", "return event", ""))],
+        &[(
+            "echo.yaml",
+            python_function("echo", "def handler(e, c):\n    return e\n", ""),
+        )],
         &[],
     );
     for path in PLATFORM_ROUTES {
