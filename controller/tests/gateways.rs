@@ -138,6 +138,6 @@ fn only_ready_gateway_pods_are_polled() {
         pod("d", Some("fd00::1"), "True"),
     ]);
     assert_eq!(urls.len(), 2);
-    assert_eq!(urls["a"], "http://10.0.0.1:8080");
-    assert_eq!(urls["d"], "http://[fd00::1]:8080");
+    assert_eq!(urls["a"], "http://10.0.0.1:8081", "the internal listener");
+    assert_eq!(urls["d"], "http://[fd00::1]:8081");
 }
