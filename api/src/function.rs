@@ -95,6 +95,20 @@ pub struct FunctionSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
 
+    /// Environment variables whose values live in a Secret or ConfigMap of
+    /// the Function's namespace: `NAME: {secretKeyRef: {name, key}}` or
+    /// `{configMapKeyRef: {name, key}}`. The pod reads them; their values
+    /// are never copied into the Function, its status, Events or the
+    /// gateway's answers. Editing the Secret or ConfigMap rolls the pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env_value_from: BTreeMap<String, EnvValueSource>,
+
+    /// Every key of a Secret or ConfigMap as environment variables
+    /// (`[{secretRef: {name}}, {configMapRef: {name}, prefix: APP_}]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub env_from: Vec<EnvFromSource>,
+
     /// Per-invocation timeout in seconds (Lambda: 1 to 900, default 3).
     #[serde(default = "default_timeout_seconds")]
     #[schemars(range(min = 1, max = 900), extend("format" = "int32"))]
@@ -147,6 +161,98 @@ pub struct FunctionCode {
     /// Local mode only: a directory, relative to the manifest, used as task root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+}
+
+/// Where one environment variable's value comes from.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(validation = Rule::new("has(self.secretKeyRef) != has(self.configMapKeyRef)").message("each spec.envValueFrom entry needs exactly one of secretKeyRef or configMapKeyRef"))]
+#[serde(rename_all = "camelCase")]
+pub struct EnvValueSource {
+    /// A key of a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<KeyRef>,
+    /// A key of a ConfigMap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<KeyRef>,
+}
+
+impl EnvValueSource {
+    /// `secret NAME/KEY` or `configMap NAME/KEY`, for messages (never a value).
+    pub fn describe(&self) -> String {
+        match (&self.secret_key_ref, &self.config_map_key_ref) {
+            (Some(r), _) => format!("secret {}/{}", r.name, r.key),
+            (None, Some(r)) => format!("configMap {}/{}", r.name, r.key),
+            (None, None) => "nothing".to_string(),
+        }
+    }
+}
+
+/// One key of a Secret or ConfigMap in the Function's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct KeyRef {
+    /// The Secret's or ConfigMap's name.
+    pub name: String,
+    /// The key.
+    pub key: String,
+}
+
+/// Every key of a Secret or ConfigMap, as environment variables.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(validation = Rule::new("has(self.secretRef) != has(self.configMapRef)").message("each spec.envFrom entry needs exactly one of secretRef or configMapRef"))]
+#[serde(rename_all = "camelCase")]
+pub struct EnvFromSource {
+    /// A Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<NameRef>,
+    /// A ConfigMap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_ref: Option<NameRef>,
+    /// Put before every variable's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+}
+
+/// A Secret or ConfigMap by name, in the Function's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NameRef {
+    /// The name.
+    pub name: String,
+}
+
+impl FunctionSpec {
+    /// The Secrets the environment reads (by `envValueFrom` or `envFrom`), sorted.
+    pub fn referenced_secrets(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .env_value_from
+            .values()
+            .filter_map(|v| v.secret_key_ref.as_ref().map(|r| r.name.as_str()))
+            .chain(
+                self.env_from
+                    .iter()
+                    .filter_map(|e| e.secret_ref.as_ref().map(|r| r.name.as_str())),
+            )
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// The ConfigMaps the environment reads (by `envValueFrom` or `envFrom`), sorted.
+    pub fn referenced_config_maps(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .env_value_from
+            .values()
+            .filter_map(|v| v.config_map_key_ref.as_ref().map(|r| r.name.as_str()))
+            .chain(
+                self.env_from
+                    .iter()
+                    .filter_map(|e| e.config_map_ref.as_ref().map(|r| r.name.as_str())),
+            )
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
 }
 
 /// A ConfigMap holding the function's files.
@@ -446,6 +552,25 @@ impl FunctionSpec {
                     Ok(w)
                 }
             });
+        for (name, source) in &self.env_value_from {
+            if (source.secret_key_ref.is_some()) == (source.config_map_key_ref.is_some()) {
+                problems.push(format!(
+                    "spec.envValueFrom.{name} needs exactly one of secretKeyRef or configMapKeyRef"
+                ));
+            }
+            if self.env.contains_key(name) {
+                problems.push(format!(
+                    "spec.envValueFrom.{name} is also in spec.env: give it once"
+                ));
+            }
+        }
+        for (i, e) in self.env_from.iter().enumerate() {
+            if (e.secret_ref.is_some()) == (e.config_map_ref.is_some()) {
+                problems.push(format!(
+                    "spec.envFrom[{i}] needs exactly one of secretRef or configMapRef"
+                ));
+            }
+        }
         if let Some(r) = self.replicas
             && r < 0
         {

@@ -176,6 +176,8 @@ fn spec() -> impl Strategy<Value = FunctionSpec> {
                     handler,
                     code,
                     env: env.into_iter().collect::<BTreeMap<_, _>>(),
+                    env_value_from: BTreeMap::new(),
+                    env_from: Vec::new(),
                     timeout_seconds,
                     memory_mib,
                     concurrency,

@@ -19,7 +19,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::caches::{function_of_pod, functions_using_config_map, owned_caches, watch_owned};
+use crate::caches::{
+    function_of_pod, functions_using_config_map, functions_using_secret, owned_caches, watch_owned,
+};
 use crate::config::Config;
 use crate::gateways;
 use crate::leader::Leader;
@@ -220,13 +222,14 @@ async fn work_as_leader(
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
     // The owned objects wake their Function and fill the reconciler's caches.
-    let (deployments, services, config_maps) = watch_owned(&client, owned, writers);
+    let watches = watch_owned(&client, owned, writers);
     let controller = Controller::new(functions, watcher::Config::default().any_semantic());
     let function_store = controller.store();
+    let secret_users = function_store.clone();
     let controller = controller
-        .owns_stream(deployments)
-        .owns_stream(services)
-        .owns_stream(config_maps)
+        .owns_stream(watches.deployments)
+        .owns_stream(watches.services)
+        .owns_stream(watches.config_maps)
         // Environment pods wake their Function too (init failures, pending
         // pods); metadata only, nothing stored.
         .watches(
@@ -242,6 +245,11 @@ async fn work_as_leader(
             watcher::Config::default(),
             move |cm| functions_using_config_map(&function_store, &cm),
         )
+        // And the Secrets their environments read (metadata only): an edit
+        // rolls the pods.
+        .watches_stream(watches.secrets, move |secret| {
+            functions_using_secret(&secret_users, &secret)
+        })
         .with_config(controller::Config::default().concurrency(config.args.reconcile_concurrency));
     let store = controller.store();
     let graceful = work.clone();

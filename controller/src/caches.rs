@@ -17,7 +17,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -41,6 +41,9 @@ pub struct OwnedCaches {
     pub services: Store<PartialObjectMeta<Service>>,
     /// ConfigMaps, metadata only.
     pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
+    /// Every Secret's metadata (never its data: the watch asks for metadata
+    /// only), for the versions of the Secrets Functions' environments read.
+    pub secrets: Store<PartialObjectMeta<Secret>>,
 }
 
 /// The writing halves, fed by [`watch_owned`] (or by hand in tests).
@@ -51,6 +54,8 @@ pub struct OwnedWriters {
     pub services: reflector::store::Writer<PartialObjectMeta<Service>>,
     /// ConfigMaps.
     pub config_maps: reflector::store::Writer<PartialObjectMeta<ConfigMap>>,
+    /// Secrets (metadata).
+    pub secrets: reflector::store::Writer<PartialObjectMeta<Secret>>,
 }
 
 /// A new set of empty stores.
@@ -58,16 +63,19 @@ pub fn owned_caches() -> (OwnedCaches, OwnedWriters) {
     let (deployments, dw) = reflector::store();
     let (services, sw) = reflector::store();
     let (config_maps, cw) = reflector::store();
+    let (secrets, xw) = reflector::store();
     (
         OwnedCaches {
             deployments,
             services,
             config_maps,
+            secrets,
         },
         OwnedWriters {
             deployments: dw,
             services: sw,
             config_maps: cw,
+            secrets: xw,
         },
     )
 }
@@ -91,6 +99,27 @@ impl OwnedCaches {
     pub fn service_hash(&self, ns: &str, name: &str) -> Option<String> {
         let svc = self.services.get(&ObjectRef::new(name).within(ns))?;
         applied_hash(&svc.metadata).map(str::to_string)
+    }
+
+    /// The resource version of Secret `name` in `ns` (None: no such Secret),
+    /// once the Secret watch has listed them all.
+    pub async fn secret_version(&self, ns: &str, name: &str) -> Option<String> {
+        // Bounded: a watch that cannot list (RBAC) must not stall reconciles.
+        let listed = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            self.secrets.wait_until_ready(),
+        )
+        .await;
+        if !matches!(listed, Ok(Ok(()))) {
+            tracing::warn!(
+                namespace = ns,
+                secret = name,
+                "the Secret watch has not listed yet; reading it as missing"
+            );
+        }
+        self.secrets
+            .get(&ObjectRef::new(name).within(ns))
+            .and_then(|s| s.metadata.resource_version.clone())
     }
 
     /// The applied hash of the cached ConfigMap `name` in `ns`.
@@ -147,14 +176,55 @@ pub fn functions_using_config_map(
         .iter()
         .filter(|f| {
             f.namespace().as_deref() == Some(ns.as_str())
-                && f.spec
+                && (f
+                    .spec
                     .code
                     .config_map
                     .as_ref()
                     .is_some_and(|c| c.name == name)
+                    || f.spec.referenced_config_maps().contains(&name.as_str()))
         })
         .map(|f| ObjectRef::from_obj(&**f))
         .collect()
+}
+
+/// The Functions whose environment reads Secret `secret`, so that an edit
+/// to it rolls their pods.
+pub fn functions_using_secret(
+    functions: &Store<Function>,
+    secret: &PartialObjectMeta<Secret>,
+) -> Vec<ObjectRef<Function>> {
+    let (Some(ns), name) = (secret.namespace(), secret.name_any()) else {
+        return Vec::new();
+    };
+    functions
+        .state()
+        .iter()
+        .filter(|f| {
+            f.namespace().as_deref() == Some(ns.as_str())
+                && f.spec.referenced_secrets().contains(&name.as_str())
+        })
+        .map(|f| ObjectRef::from_obj(&**f))
+        .collect()
+}
+
+/// The metadata of every Secret, reflected into `writer`; yields the touched
+/// ones, for `Controller::watches_stream`.
+fn watch_secrets(
+    client: &Client,
+    writer: reflector::store::Writer<PartialObjectMeta<Secret>>,
+) -> Touched<PartialObjectMeta<Secret>> {
+    // An Api of PartialObjectMeta asks the API server for metadata only: no
+    // Secret's data ever reaches the controller.
+    watcher(
+        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(trim_meta)
+    .reflect(writer)
+    .touched_objects()
+    .boxed()
 }
 
 /// What the Deployment store keeps of a Deployment.
@@ -172,17 +242,23 @@ fn trim_meta<K>(m: &mut PartialObjectMeta<K>) {
 /// A stream of the objects a watch saw change.
 pub type Touched<K> = BoxStream<'static, Result<K, watcher::Error>>;
 
-/// The three watches, reflected into `writers`; each stream yields the
-/// touched objects, ready for `Controller::owns_stream`.
-pub fn watch_owned(
-    client: &Client,
-    config: watcher::Config,
-    writers: OwnedWriters,
-) -> (
-    Touched<Deployment>,
-    Touched<PartialObjectMeta<Service>>,
-    Touched<PartialObjectMeta<ConfigMap>>,
-) {
+/// The streams of [`watch_owned`].
+pub struct Watches {
+    /// Owned Deployments.
+    pub deployments: Touched<Deployment>,
+    /// Owned Services.
+    pub services: Touched<PartialObjectMeta<Service>>,
+    /// Owned ConfigMaps.
+    pub config_maps: Touched<PartialObjectMeta<ConfigMap>>,
+    /// Every Secret (metadata).
+    pub secrets: Touched<PartialObjectMeta<Secret>>,
+}
+
+/// The owned-object watches (filtered by `config`) and the Secret metadata
+/// watch (every Secret), reflected into `writers`; each stream yields the
+/// touched objects, ready for `Controller::owns_stream` / `watches_stream`.
+pub fn watch_owned(client: &Client, config: watcher::Config, writers: OwnedWriters) -> Watches {
+    let secrets = watch_secrets(client, writers.secrets);
     let deployments = watcher(Api::<Deployment>::all(client.clone()), config.clone())
         .default_backoff()
         .modify(trim_deployment)
@@ -207,7 +283,12 @@ pub fn watch_owned(
     .reflect(writers.config_maps)
     .touched_objects()
     .boxed();
-    (deployments, services, config_maps)
+    Watches {
+        deployments,
+        services,
+        config_maps,
+        secrets,
+    }
 }
 
 #[cfg(test)]

@@ -176,6 +176,7 @@ async fn apply_workload(
 ) -> Result<Action> {
     let name = f.name_any();
     let hash = apply_code(f, ctx, ns).await?;
+    let hash = resources::pod_hash(&hash, &env_source_versions(f, ctx, ns).await?);
     let book = ctx.book.get(&function_key(f));
     let initial = book.as_ref().map_or(settings.min_scale, |r| r.desired);
     let deployment = apply_deployment(f, ctx, ns, &hash, initial).await?;
@@ -237,6 +238,29 @@ async fn apply_code(f: &Function, ctx: &Context, ns: &str) -> Result<String> {
         }
     }
     Ok(resources::code_hash(f, user_code.as_ref()))
+}
+
+/// The resource versions of the Secrets (from the metadata cache) and
+/// ConfigMaps (one metadata GET each) the environment reads.
+async fn env_source_versions(
+    f: &Function,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Vec<(String, Option<String>)>> {
+    let mut versions = Vec::new();
+    for name in f.spec.referenced_secrets() {
+        let version = ctx.caches.secret_version(ns, name).await;
+        versions.push((format!("secret/{name}"), version));
+    }
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    for name in f.spec.referenced_config_maps() {
+        let version = config_maps
+            .get_metadata_opt(name)
+            .await?
+            .and_then(|m| m.metadata.resource_version);
+        versions.push((format!("configMap/{name}"), version));
+    }
+    Ok(versions)
 }
 
 /// Applies the Deployment unless the cache shows it applied; a new one is

@@ -11,10 +11,11 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
-    Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Capabilities, ConfigMap, ConfigMapEnvSource, ConfigMapKeySelector, ConfigMapVolumeSource,
+    Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource,
+    HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, ResourceRequirements, SeccompProfile, SecretEnvSource, SecretKeySelector,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -227,7 +228,73 @@ fn container_env(f: &Function) -> Vec<EnvVar> {
             .filter(|(k, _)| !k.starts_with(RESERVED_ENV_PREFIX))
             .map(|(k, v)| env(k, v.clone())),
     );
+    // Values from Secrets and ConfigMaps: references only, the kubelet
+    // reads them.
+    out.extend(
+        s.env_value_from
+            .iter()
+            .filter(|(k, _)| !k.starts_with(RESERVED_ENV_PREFIX))
+            .map(|(k, source)| EnvVar {
+                name: k.clone(),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: source.secret_key_ref.as_ref().map(|r| SecretKeySelector {
+                        name: r.name.clone(),
+                        key: r.key.clone(),
+                        optional: None,
+                    }),
+                    config_map_key_ref: source.config_map_key_ref.as_ref().map(|r| {
+                        ConfigMapKeySelector {
+                            name: r.name.clone(),
+                            key: r.key.clone(),
+                            optional: None,
+                        }
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            }),
+    );
     out
+}
+
+/// The container's `envFrom`: whole Secrets and ConfigMaps. Variables in
+/// `env` (the shim's among them) win over these, as Kubernetes defines.
+fn container_env_from(f: &Function) -> Option<Vec<EnvFromSource>> {
+    let sources: Vec<EnvFromSource> = f
+        .spec
+        .env_from
+        .iter()
+        .map(|e| EnvFromSource {
+            prefix: e.prefix.clone(),
+            secret_ref: e.secret_ref.as_ref().map(|r| SecretEnvSource {
+                name: r.name.clone(),
+                optional: None,
+            }),
+            config_map_ref: e.config_map_ref.as_ref().map(|r| ConfigMapEnvSource {
+                name: r.name.clone(),
+                optional: None,
+            }),
+        })
+        .collect();
+    (!sources.is_empty()).then_some(sources)
+}
+
+/// The pod template's hash: the code's, and when the environment reads
+/// Secrets or ConfigMaps, their resource versions (`None`: missing), so
+/// that editing or creating one rolls the pods. Without them it is the
+/// code hash unchanged.
+pub fn pod_hash(code_hash: &str, sources: &[(String, Option<String>)]) -> String {
+    if sources.is_empty() {
+        return code_hash.to_string();
+    }
+    let parts: Vec<String> = std::iter::once(code_hash.to_string())
+        .chain(
+            sources
+                .iter()
+                .map(|(what, version)| format!("{what}={}", version.as_deref().unwrap_or("-"))),
+        )
+        .collect();
+    stable_hash(parts.iter().map(|p| p.as_bytes()))
 }
 
 /// CPU request proportional to memory, as Lambda does (1769 MiB = one vCPU).
@@ -311,6 +378,7 @@ pub fn deployment(
             ..ContainerPort::default()
         }]),
         env: Some(container_env(f)),
+        env_from: container_env_from(f),
         volume_mounts: Some(mounts),
         readiness_probe: Some(http_probe("/ready", 1, 1)),
         liveness_probe: Some(http_probe("/live", 10, 3)),
@@ -441,6 +509,83 @@ spec:
       def lambda_handler(event, context):
           return "hi"
 "#;
+
+    #[test]
+    fn secrets_reach_the_pod_as_references_never_as_values() {
+        let f = function(
+            r#"
+apiVersion: porchlight.dev/v1alpha1
+kind: Function
+metadata: {name: db, namespace: demo}
+spec:
+  handler: app.h
+  code: {inline: "x = 1"}
+  env: {PLAIN: visible}
+  envValueFrom:
+    DB_PASSWORD: {secretKeyRef: {name: db, key: password}}
+    DB_HOST: {configMapKeyRef: {name: settings, key: host}}
+    PORCHLIGHT_LISTEN: {secretKeyRef: {name: evil, key: listen}}
+  envFrom:
+    - secretRef: {name: api-keys}
+    - {configMapRef: {name: flags}, prefix: FLAG_}
+"#,
+        );
+        let settings = WorkloadSettings {
+            runtime_image: "img:1".into(),
+        };
+        let d = deployment(&f, &settings, "h", Some(1));
+        let rendered = serde_json::to_string(&d).expect("json");
+        let c = &d.spec.expect("spec").template.spec.expect("pod").containers[0];
+        let env = c.env.as_ref().expect("env");
+        let by_name = |n: &str| env.iter().find(|e| e.name == n).cloned();
+        let password = by_name("DB_PASSWORD").expect("DB_PASSWORD");
+        assert_eq!(password.value, None);
+        let key = password
+            .value_from
+            .expect("from")
+            .secret_key_ref
+            .expect("secret");
+        assert_eq!((key.name.as_str(), key.key.as_str()), ("db", "password"));
+        let host = by_name("DB_HOST")
+            .expect("DB_HOST")
+            .value_from
+            .expect("from");
+        assert_eq!(host.config_map_key_ref.expect("cm").name, "settings");
+        assert_eq!(
+            by_name("PLAIN").and_then(|e| e.value).as_deref(),
+            Some("visible")
+        );
+        assert!(
+            !rendered.contains("\"evil\""),
+            "a reserved variable cannot come from a Secret either"
+        );
+        let from = c.env_from.as_ref().expect("envFrom");
+        assert_eq!(
+            from[0].secret_ref.as_ref().expect("secret").name,
+            "api-keys"
+        );
+        assert_eq!(from[1].prefix.as_deref(), Some("FLAG_"));
+        assert_eq!(f.spec.referenced_secrets(), vec!["api-keys", "db", "evil"]);
+        assert_eq!(f.spec.referenced_config_maps(), vec!["flags", "settings"]);
+    }
+
+    #[test]
+    fn the_pod_hash_follows_the_versions_of_the_secrets_it_reads() {
+        assert_eq!(pod_hash("code", &[]), "code", "no sources: the code hash");
+        let v = |n: &str| vec![("secret/db".to_string(), Some(n.to_string()))];
+        assert_eq!(pod_hash("code", &v("7")), pod_hash("code", &v("7")));
+        assert_ne!(
+            pod_hash("code", &v("7")),
+            pod_hash("code", &v("8")),
+            "edited"
+        );
+        assert_ne!(
+            pod_hash("code", &v("7")),
+            pod_hash("code", &[("secret/db".to_string(), None)]),
+            "created or deleted"
+        );
+        assert_ne!(pod_hash("code", &v("7")), pod_hash("other", &v("7")));
+    }
 
     #[test]
     fn inline_code_becomes_module_file() {

@@ -104,6 +104,12 @@ pub struct Cli {
         env = "PORCHLIGHT_MEMORY_BUDGET_MIB"
     )]
     pub memory_budget_mib: u64,
+    /// Local mode: where the Secrets and ConfigMaps that functions'
+    /// `envValueFrom` and `envFrom` read are, as files DIR/NAME/KEY (the
+    /// layout of a mounted Secret). Without it, an `envValueFrom` variable
+    /// must be set in the gateway's own environment.
+    #[arg(long, value_name = "DIR", env = "PORCHLIGHT_SECRETS_DIR")]
+    pub secrets_dir: Option<PathBuf>,
     /// Run environments with this porchlight-runtime binary instead of the embedded shim.
     #[arg(long, value_name = "PATH")]
     pub runtime_bin: Option<PathBuf>,
@@ -184,7 +190,7 @@ pub fn main_from_args(args: Vec<OsString>) -> ExitCode {
         return ExitCode::from(EXIT_BAD_CONFIG);
     };
     let code_dir = std::env::temp_dir().join(format!("porchlight-{}", std::process::id()));
-    let functions = match load_dir(&dir, &code_dir) {
+    let functions = match load_dir(&dir, &code_dir, cli.secrets_dir.as_deref()) {
         Ok(f) => f,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&code_dir);

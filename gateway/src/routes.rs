@@ -473,7 +473,12 @@ fn configuration(entry: &FunctionEntry, caller: Option<&Caller>) -> Value {
     let spec = entry.spec();
     let environment = match caller {
         Some(_) => {
-            let env: BTreeMap<_, _> = spec.env.iter().collect();
+            // Values from Secrets and ConfigMaps are never returned: only
+            // where they come from.
+            let mut env: BTreeMap<String, String> = spec.env.clone();
+            for (name, source) in &spec.env_value_from {
+                env.insert(name.clone(), format!("<from {}>", source.describe()));
+            }
             json!({ "Variables": env })
         }
         None => json!({ "Error": {

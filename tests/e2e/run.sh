@@ -592,10 +592,64 @@ check_drain() {
   kubectl delete fn e2e-drain --wait=false >/dev/null 2>&1
 }
 
+# A function reads a Secret through envValueFrom: the value reaches the
+# handler, never the Function, the Deployment or the gateway's answers; an
+# edit to the Secret rolls the pods.
+secret_value() { [[ $(invoke e2e-secret '{}' "$OUT/secret-read" 20) == 200 && $(jq -r . "$OUT/secret-read.body" 2>/dev/null) == "$1" ]]; }
+check_secret() {
+  kubectl create secret generic e2e-db --from-literal=password=first-s3cret-value >/dev/null ||
+    { fail "secret: create Secret e2e-db"; return 1; }
+  cat >"$OUT/secret.yaml" <<'EOF'
+apiVersion: porchlight.dev/v1alpha1
+kind: Function
+metadata:
+  name: e2e-secret
+spec:
+  runtime: python3.12
+  handler: app.handler
+  code:
+    inline: |
+      import os
+      def handler(event, context):
+          return os.environ.get("DB_PASSWORD", "unset")
+  envValueFrom:
+    DB_PASSWORD: {secretKeyRef: {name: e2e-db, key: password}}
+  scaling: {minScale: 1, maxScale: 1}
+EOF
+  kubectl apply -f "$OUT/secret.yaml" >/dev/null || { fail "secret: apply e2e-secret"; return 1; }
+  wait_until 30 gateway_knows e2e-secret || { fail "secret: gateway lists e2e-secret"; return 1; }
+  if ! wait_until 90 secret_value first-s3cret-value; then
+    fail "secret: the handler reads the Secret (HTTP $(cat "$OUT/secret-read.code" 2>/dev/null), body $(cat "$OUT/secret-read.body" 2>/dev/null))"; return 1
+  fi
+  local leaks=""
+  kubectl get fn e2e-secret -o yaml | grep -q first-s3cret-value && leaks+=" Function"
+  kubectl get deploy fn-e2e-secret -o yaml | grep -q first-s3cret-value && leaks+=" Deployment"
+  kubectl get events -o yaml | grep -q first-s3cret-value && leaks+=" Events"
+  curl -s --max-time 5 "http://$GW:8080/2015-03-31/functions/" | grep -q first-s3cret-value && leaks+=" ListFunctions"
+  curl -s --max-time 5 "http://$GW:8081/v1/functions" | grep -q first-s3cret-value && leaks+=" /v1/functions"
+  if [[ -n $leaks ]]; then
+    fail "secret: the Secret's value shows in:$leaks"
+  else
+    pass "secret: a handler reads a Secret through envValueFrom; its value is in none of the Function, Deployment, Events, ListFunctions, /v1/functions"
+  fi
+  local before
+  before=$(pods_of e2e-secret | tr '\n' ' ')
+  local t0=$SECONDS
+  kubectl create secret generic e2e-db --from-literal=password=second-s3cret-value --dry-run=client -o yaml |
+    kubectl apply -f - >/dev/null
+  if wait_until 120 secret_value second-s3cret-value; then
+    pass "secret: editing the Secret rolled the pods ($before-> $(pods_of e2e-secret | tr '\n' ' ')) and the handler reads the new value after $((SECONDS - t0)) s"
+  else
+    fail "secret: after editing the Secret the handler still reads $(cat "$OUT/secret-read.body" 2>/dev/null) (pods before: $before, now: $(pods_of e2e-secret | tr '\n' ' '))"
+  fi
+  kubectl delete fn e2e-secret --wait=false >/dev/null 2>&1
+  kubectl delete secret e2e-db --wait=false >/dev/null 2>&1
+}
+
 COLD_MS=""
 # E2E_ONLY="drain kill" runs only those checks (after install).
 if check_install; then
-  for check in ${E2E_ONLY:-hello scale update init_failure invalid delete kill drain}; do
+  for check in ${E2E_ONLY:-hello scale update init_failure invalid delete kill drain secret}; do
     "check_$check"
   done
 else

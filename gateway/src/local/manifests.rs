@@ -1,7 +1,7 @@
 //! Reads Function manifests from a directory (the same YAML `kubectl apply`
 //! takes) and materialises their code for local environments.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use porchlight_api::{Function, FunctionSpec};
@@ -23,6 +23,9 @@ pub struct LoadedFunction {
     pub task_root: PathBuf,
     /// Manifest it came from.
     pub file: PathBuf,
+    /// Values of `envValueFrom` / `envFrom` read from the secrets directory,
+    /// for the environment processes only (never shown by the Lambda API).
+    pub resolved_env: BTreeMap<String, String>,
 }
 
 /// A manifest problem: one line naming the file.
@@ -100,8 +103,14 @@ pub fn parse_manifest(file: &Path, text: &str) -> Result<Vec<Function>, Manifest
     Ok(out)
 }
 
-/// Validates the functions and writes inline code under `code_dir`.
-pub fn load_dir(dir: &Path, code_dir: &Path) -> Result<Vec<LoadedFunction>, ManifestError> {
+/// Validates the functions and writes inline code under `code_dir`;
+/// `envValueFrom` and `envFrom` are read from `secrets_dir` (see
+/// [`resolve_env_sources`]).
+pub fn load_dir(
+    dir: &Path,
+    code_dir: &Path,
+    secrets_dir: Option<&Path>,
+) -> Result<Vec<LoadedFunction>, ManifestError> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for (file, function) in parse_dir(dir)? {
@@ -129,6 +138,11 @@ pub fn load_dir(dir: &Path, code_dir: &Path) -> Result<Vec<LoadedFunction>, Mani
         let settings = spec.validate().map_err(|problems| {
             err(&file, format!("function '{name}': {}", problems.join("; ")))
         })?;
+        let resolved_env =
+            resolve_env_sources(&spec, secrets_dir, |var| std::env::var_os(var).is_some())
+                .map_err(|problems| {
+                    err(&file, format!("function '{name}': {}", problems.join("; ")))
+                })?;
         let task_root = materialise(&file, &name, &spec, code_dir)?;
         out.push(LoadedFunction {
             key: FunctionKey::new(namespace, name),
@@ -136,9 +150,88 @@ pub fn load_dir(dir: &Path, code_dir: &Path) -> Result<Vec<LoadedFunction>, Mani
             settings,
             task_root,
             file,
+            resolved_env,
         });
     }
     Ok(out)
+}
+
+/// Local mode's Secrets and ConfigMaps: files `secrets_dir/NAME/KEY`, the
+/// layout of a mounted Secret (`kubectl create secret generic NAME
+/// --from-file=...` from the same files). An `envValueFrom` variable comes
+/// from its file, or else from the gateway's own environment (`in_env`: a
+/// variable of that name is inherited as it is); `envFrom` takes every file
+/// of `secrets_dir/NAME/`. What cannot be found is a problem, named with
+/// its source (never a value).
+pub fn resolve_env_sources(
+    spec: &FunctionSpec,
+    secrets_dir: Option<&Path>,
+    in_env: impl Fn(&str) -> bool,
+) -> Result<BTreeMap<String, String>, Vec<String>> {
+    let mut values = BTreeMap::new();
+    let mut problems = Vec::new();
+    let read = |path: PathBuf| {
+        std::fs::read(&path)
+            .ok()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    };
+    for (var, source) in &spec.env_value_from {
+        let key = source
+            .secret_key_ref
+            .as_ref()
+            .or(source.config_map_key_ref.as_ref());
+        let from_file = secrets_dir
+            .zip(key)
+            .and_then(|(dir, k)| read(dir.join(&k.name).join(&k.key)));
+        match from_file {
+            Some(value) => {
+                values.insert(var.clone(), value);
+            }
+            None if in_env(var) => {}
+            None => problems.push(format!(
+                "spec.envValueFrom.{var} ({}): no file {} and no {var} in the gateway's environment",
+                source.describe(),
+                secrets_dir.zip(key).map_or_else(
+                    || "(no --secrets-dir)".to_string(),
+                    |(dir, k)| dir.join(&k.name).join(&k.key).display().to_string()
+                ),
+            )),
+        }
+    }
+    for (i, from) in spec.env_from.iter().enumerate() {
+        let Some(name) = from
+            .secret_ref
+            .as_ref()
+            .or(from.config_map_ref.as_ref())
+            .map(|r| r.name.as_str())
+        else {
+            continue;
+        };
+        let Some(dir) = secrets_dir.map(|d| d.join(name)) else {
+            problems.push(format!("spec.envFrom[{i}] ({name}) needs --secrets-dir"));
+            continue;
+        };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            problems.push(format!("spec.envFrom[{i}]: no directory {}", dir.display()));
+            continue;
+        };
+        for entry in entries.flatten() {
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            if file_name.starts_with('.') || !entry.path().is_file() {
+                continue;
+            }
+            if let Some(value) = read(entry.path()) {
+                let var = format!("{}{file_name}", from.prefix.as_deref().unwrap_or(""));
+                values.entry(var).or_insert(value);
+            }
+        }
+    }
+    values.retain(|var, _| !var.starts_with(porchlight_core::shim::RESERVED_ENV_PREFIX));
+    if problems.is_empty() {
+        Ok(values)
+    } else {
+        Err(problems)
+    }
 }
 
 fn valid_name(name: &str) -> bool {
@@ -230,12 +323,44 @@ mod tests {
         )
         .expect("write");
         let code = dir.join("code");
-        let fns = load_dir(&dir, &code).expect("valid");
+        let fns = load_dir(&dir, &code, None).expect("valid");
         assert_eq!(fns.len(), 2);
         assert_eq!(fns[0].key, FunctionKey::new("default", "a"));
         assert_eq!(fns[1].key.namespace, "team");
         assert!(code.join("a/pkg/app.py").is_file());
         assert!(code.join("b/app.py").is_file());
+    }
+
+    #[test]
+    fn secrets_come_from_files_or_the_environment_and_missing_ones_are_named() {
+        let dir = tmp("secrets");
+        std::fs::create_dir_all(dir.join("db")).expect("dir");
+        std::fs::write(dir.join("db/password"), "s3cret").expect("write");
+        std::fs::create_dir_all(dir.join("keys")).expect("dir");
+        std::fs::write(dir.join("keys/API_KEY"), "k").expect("write");
+        std::fs::write(dir.join("keys/PORCHLIGHT_LISTEN"), "evil").expect("write");
+        let spec: FunctionSpec = serde_yaml::from_str(
+            "handler: app.h\ncode: {inline: x}\nenvValueFrom:\n  DB_PASSWORD: {secretKeyRef: {name: db, key: password}}\n  HOME_DIR: {configMapKeyRef: {name: settings, key: home}}\nenvFrom:\n  - {secretRef: {name: keys}, prefix: APP_}\n",
+        )
+        .expect("spec");
+        let got = resolve_env_sources(&spec, Some(&dir), |v| v == "HOME_DIR").expect("resolved");
+        assert_eq!(
+            got,
+            BTreeMap::from([
+                ("APP_API_KEY".to_string(), "k".to_string()),
+                ("APP_PORCHLIGHT_LISTEN".to_string(), "evil".to_string()),
+                ("DB_PASSWORD".to_string(), "s3cret".to_string()),
+            ])
+        );
+        let problems = resolve_env_sources(&spec, Some(&dir), |_| false).expect_err("missing");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("HOME_DIR (configMap settings/home)"),
+            "{problems:?}"
+        );
+        let problems = resolve_env_sources(&spec, None, |_| false).expect_err("no dir");
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(!problems.join(" ").contains("s3cret"));
     }
 
     #[test]
@@ -246,7 +371,7 @@ mod tests {
             "apiVersion: porchlight.dev/v1alpha1\nkind: Function\nmetadata: {name: bad}\nspec:\n  runtime: ruby\n  handler: app.h\n  code: {inline: 'x'}\n",
         )
         .expect("write");
-        let e = load_dir(&dir, &dir.join("code")).expect_err("invalid");
+        let e = load_dir(&dir, &dir.join("code"), None).expect_err("invalid");
         assert!(e.file.ends_with("bad.yml"));
         assert!(e.problem.contains("spec.runtime"), "{e}");
         assert!(!e.to_string().contains('\n'));

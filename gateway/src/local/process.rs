@@ -88,6 +88,7 @@ impl EnvironmentProcess {
         let mut cmd = Command::new(&launcher.program);
         cmd.args(&launcher.prefix).args(shim.to_args());
         cmd.envs(&spec.env)
+            .envs(&function.resolved_env)
             .env(PARENT_PID_ENV, std::process::id().to_string())
             .stdin(std::process::Stdio::null())
             .process_group(0)
