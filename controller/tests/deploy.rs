@@ -6,13 +6,16 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use porchlight_api::Function;
 use serde::Deserialize;
 use serde_yaml::Value;
+use std::collections::BTreeMap;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -171,6 +174,7 @@ fn every_manifest_parses_into_its_kubernetes_type() {
                 "RoleBinding" => drop(typed::<RoleBinding>(&doc)),
                 "Service" => drop(typed::<Service>(&doc)),
                 "Deployment" => pods_are_locked_down(&typed::<Deployment>(&doc)),
+                "NetworkPolicy" => drop(typed::<NetworkPolicy>(&doc)),
                 other => panic!("{file}: unexpected kind {other}"),
             }
             kinds.push(kind);
@@ -183,6 +187,7 @@ fn every_manifest_parses_into_its_kubernetes_type() {
         "Deployment",
         "Service",
         "ServiceAccount",
+        "NetworkPolicy",
     ] {
         assert!(kinds.iter().any(|x| x == k), "missing {k}");
     }
@@ -280,6 +285,16 @@ fn rbac_is_least_privilege_and_sufficient() {
         !allows(&c, "apps", "deployments", "delete"),
         "deletion is the garbage collector's job"
     );
+    // The gateway's rights are namespaced: a Role in the namespace it serves.
+    for doc in &all {
+        if doc["metadata"]["name"] == "porchlight-gateway" && doc["kind"] != "ServiceAccount" {
+            assert!(
+                doc["kind"] == "Role" || doc["kind"] == "RoleBinding",
+                "the gateway gets no cluster-wide rights: {doc:?}"
+            );
+            assert_eq!(doc["metadata"]["namespace"], "default");
+        }
+    }
     let g = &rules_of["porchlight-gateway"];
     for (group, resource) in [("porchlight.dev", "functions"), ("", "pods")] {
         for v in ["list", "watch"] {
@@ -325,4 +340,176 @@ fn examples_are_valid_functions_on_a_cluster() {
             }
         }
     }
+}
+
+/// Whether `selector` selects an object labelled `labels` (matchLabels and
+/// matchExpressions, as the API server evaluates them).
+fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let by_labels = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let by_expressions = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.clone().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => labels.get(&e.key).is_some_and(|v| values.contains(v)),
+            "NotIn" => labels.get(&e.key).is_none_or(|v| !values.contains(v)),
+            "Exists" => labels.contains_key(&e.key),
+            "DoesNotExist" => !labels.contains_key(&e.key),
+            other => panic!("unknown operator {other}"),
+        }
+    });
+    by_labels && by_expressions
+}
+
+fn pod_labels(file: &str, name: &str) -> BTreeMap<String, String> {
+    let d: Deployment = docs(file)
+        .iter()
+        .filter(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == name)
+        .map(typed)
+        .next()
+        .expect("deployment");
+    d.spec
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.labels)
+        .expect("pod labels")
+}
+
+/// A pod, by its namespace and labels.
+struct Pod<'a> {
+    namespace: &'a str,
+    labels: &'a BTreeMap<String, String>,
+}
+
+/// The pods a policy's ingress rule on `port` admits, among `pods`.
+fn admitted_on(policy: &NetworkPolicy, port: i32, pods: &[(&str, Pod<'_>)]) -> Vec<String> {
+    let spec = policy.spec.as_ref().expect("spec");
+    let mut out = Vec::new();
+    for rule in spec.ingress.iter().flatten() {
+        let on_port = rule.ports.iter().flatten().any(|p| {
+            p.port == Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(port))
+        });
+        if !on_port {
+            continue;
+        }
+        for (name, pod) in pods {
+            let from_anywhere = rule.from.as_ref().is_none_or(Vec::is_empty);
+            let admitted = from_anywhere
+                || rule.from.iter().flatten().any(|peer| {
+                    let ns_labels = BTreeMap::from([(
+                        "kubernetes.io/metadata.name".to_string(),
+                        pod.namespace.to_string(),
+                    )]);
+                    let ns_ok = match &peer.namespace_selector {
+                        Some(sel) => selects(sel, &ns_labels),
+                        None => Some(pod.namespace) == policy.metadata.namespace.as_deref(),
+                    };
+                    let pod_ok = peer
+                        .pod_selector
+                        .as_ref()
+                        .is_none_or(|sel| selects(sel, pod.labels));
+                    ns_ok && pod_ok
+                });
+            if admitted {
+                out.push((*name).to_string());
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[test]
+fn network_policies_select_the_pods_they_mean() {
+    use porchlight_controller::resources::{self, INVOKE_PORT, WorkloadSettings};
+    let gateway = pod_labels("deploy/gateway.yaml", "porchlight-gateway");
+    let controller = pod_labels("deploy/controller.yaml", "porchlight-controller");
+    let mut f: Function = serde_yaml::from_str(
+        "apiVersion: porchlight.dev/v1alpha1\nkind: Function\nmetadata: {name: hello, namespace: default}\nspec: {handler: app.h, code: {inline: x}}\n",
+    )
+    .expect("function");
+    f.metadata.uid = Some("uid".into());
+    let rendered = resources::deployment(
+        &f,
+        &WorkloadSettings {
+            runtime_image: "img".into(),
+        },
+        "h",
+        Some(1),
+    );
+    let function = rendered
+        .spec
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.labels)
+        .expect("function pod labels");
+    let pods = [
+        (
+            "gateway",
+            Pod {
+                namespace: "porchlight-system",
+                labels: &gateway,
+            },
+        ),
+        (
+            "controller",
+            Pod {
+                namespace: "porchlight-system",
+                labels: &controller,
+            },
+        ),
+        (
+            "function",
+            Pod {
+                namespace: "default",
+                labels: &function,
+            },
+        ),
+    ];
+    let policies: BTreeMap<String, NetworkPolicy> = docs("deploy/network-policies.yaml")
+        .iter()
+        .map(|d| {
+            let p: NetworkPolicy = typed(d);
+            (p.metadata.name.clone().expect("name"), p)
+        })
+        .collect();
+    let selected = |name: &str| -> Vec<&str> {
+        let p = &policies[name];
+        let sel = &p.spec.as_ref().expect("spec").pod_selector;
+        pods.iter()
+            .filter(|(_, pod)| {
+                Some(pod.namespace) == p.metadata.namespace.as_deref()
+                    && sel.as_ref().is_some_and(|s| selects(s, pod.labels))
+            })
+            .map(|(n, _)| *n)
+            .collect()
+    };
+    assert_eq!(selected("porchlight-gateway"), vec!["gateway"]);
+    assert_eq!(selected("porchlight-controller"), vec!["controller"]);
+    assert_eq!(selected("porchlight-functions"), vec!["function"]);
+    // Function pods: invocations from the gateway only.
+    assert_eq!(
+        admitted_on(&policies["porchlight-functions"], INVOKE_PORT, &pods),
+        vec!["gateway"]
+    );
+    // The gateway: public port from anywhere, internal port from the controller.
+    assert_eq!(
+        admitted_on(&policies["porchlight-gateway"], 8080, &pods),
+        vec!["controller", "function", "gateway"]
+    );
+    assert_eq!(
+        admitted_on(
+            &policies["porchlight-gateway"],
+            i32::from(porchlight_controller::gateways::GATEWAY_PORT),
+            &pods
+        ),
+        vec!["controller"]
+    );
+    // The controller: its metrics port only.
+    assert_eq!(
+        admitted_on(&policies["porchlight-controller"], 9090, &pods).len(),
+        3
+    );
+    assert!(admitted_on(&policies["porchlight-controller"], 8080, &pods).is_empty());
 }
