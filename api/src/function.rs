@@ -337,6 +337,53 @@ pub struct HttpTrigger {
     /// `"1.0"` (default) or `"2.0"`.
     #[serde(default)]
     pub payload_format: PayloadFormat,
+    /// Who may call it, as Lambda function URLs: `NONE` (anyone, the
+    /// default) or `AWS_IAM` (requests signed with SigV4, service `lambda`,
+    /// by a key the gateway's `--auth-keys` allows for this function).
+    #[serde(default)]
+    pub auth: HttpAuth,
+    /// Cross-origin requests, answered at the gateway as function URLs do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Cors>,
+}
+
+/// Who may call an HTTP trigger.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum HttpAuth {
+    /// Anyone.
+    #[default]
+    #[serde(rename = "NONE")]
+    None,
+    /// Callers that sign with SigV4.
+    #[serde(rename = "AWS_IAM")]
+    AwsIam,
+}
+
+/// CORS settings of an HTTP trigger (Lambda function URL's `Cors`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Cors {
+    /// Origins allowed (`https://app.example.com`), or `*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_origins: Vec<String>,
+    /// Methods allowed (`GET`, `POST`, ...), or `*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_methods: Vec<String>,
+    /// Request headers allowed, or `*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_headers: Vec<String>,
+    /// Response headers the browser may read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    /// Seconds a browser may cache a preflight answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400), extend("format" = "int32"))]
+    pub max_age: Option<u32>,
+    /// Whether cookies and credentials may be sent.
+    #[serde(default)]
+    pub allow_credentials: bool,
 }
 
 /// S3 notification filter.
@@ -587,6 +634,14 @@ impl FunctionSpec {
             if kinds.iter().filter(|k| **k).count() != 1 {
                 problems.push(format!(
                     "spec.triggers[{i}] needs exactly one of http, s3 or cloudevents"
+                ));
+            }
+            if let Some(cors) = t.http.as_ref().and_then(|h| h.cors.as_ref())
+                && cors.allow_credentials
+                && cors.allow_origins.iter().any(|o| o == "*")
+            {
+                problems.push(format!(
+                    "spec.triggers[{i}].http.cors: allowCredentials cannot be used with the '*' origin"
                 ));
             }
             if let Some(s3) = &t.s3

@@ -81,7 +81,12 @@ fn trigger() -> impl Strategy<Value = Trigger> {
         PayloadFormat::V1,
         PayloadFormat::V2,
     ]))
-    .prop_map(|f| f.map(|payload_format| HttpTrigger { payload_format }));
+    .prop_map(|f| {
+        f.map(|payload_format| HttpTrigger {
+            payload_format,
+            ..HttpTrigger::default()
+        })
+    });
     let s3 = prop::option::of(
         (
             text(),

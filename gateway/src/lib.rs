@@ -19,6 +19,7 @@
 pub mod async_invoke;
 pub mod budget;
 pub mod cli;
+pub mod cors;
 pub mod dead_letters;
 pub mod error;
 pub mod events;

@@ -35,12 +35,14 @@ use porchlight_core::report::REPORT_PATH;
 use serde_json::{Value, json};
 
 use crate::budget::{Purpose, Reservation, SharedHold};
+use crate::cors;
 use crate::dead_letters::{DeadLetterList, PageRequest};
 use crate::error::{GatewayError, function_arn};
 use crate::events::{apigw, cloudevents, decode_query_component, s3};
 use crate::registry::FunctionEntry;
 use crate::sigv4::{Caller, SignedRequest};
 use crate::sync_invoke::{ASYNC_PAYLOAD_LIMIT, InvocationResult, SYNC_PAYLOAD_LIMIT, TriggerKind};
+use porchlight_api::function::HttpAuth;
 
 /// What the HTTP handlers need from the gateway.
 pub trait Ingress: Send + Sync + 'static {
@@ -615,9 +617,46 @@ async fn http_trigger_inner(
             "Function {name} has no http trigger."
         )));
     };
+    // CORS is the gateway's, as for function URLs: preflights never reach
+    // the function (nor need a signature), answers get the trigger's headers.
+    if let Some(c) = &trigger.cors
+        && cors::is_preflight(&parts.method, &parts.headers)
+    {
+        return Ok(cors::preflight(c, &parts.headers));
+    }
+    let answer = http_trigger_call(gw, &parts, body, sub, &entry, trigger, request_id).await;
+    let mut response = answer.unwrap_or_else(|e| with_request_id(e, request_id));
+    if let Some(c) = &trigger.cors {
+        cors::decorate(c, &parts.headers, &mut response);
+    }
+    Ok(response)
+}
+
+/// One call through an HTTP trigger: its auth, the API Gateway event, the
+/// invocation and the mapping of the function's answer.
+async fn http_trigger_call(
+    gw: &impl Ingress,
+    parts: &axum::http::request::Parts,
+    body: Body,
+    sub: &str,
+    entry: &Arc<FunctionEntry>,
+    trigger: &porchlight_api::function::HttpTrigger,
+    request_id: &str,
+) -> Result<Response, GatewayError> {
     let format = trigger.payload_format;
     let (body, mut held) =
         read_body_reserved(gw, &parts.headers, body, SYNC_PAYLOAD_LIMIT, Purpose::Sync).await?;
+    if trigger.auth == HttpAuth::AwsIam {
+        match authenticate(gw, parts.method.as_str(), &parts.uri, &parts.headers, &body)? {
+            Some(caller) => caller.check(entry.name())?,
+            None => {
+                return Err(GatewayError::AccessDenied(format!(
+                    "The http trigger of {} takes signed requests only (auth: AWS_IAM), and this gateway has no access keys (--auth-keys).",
+                    entry.name()
+                )));
+            }
+        }
+    }
     let source_ip = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
@@ -644,7 +683,7 @@ async fn http_trigger_inner(
     // The event replaces the body (it holds it, base64-encoded or not).
     held.try_resize(payload.len())?;
     let result = gw
-        .invoke(&entry, payload, request_id, TriggerKind::Http)
+        .invoke(entry, payload, request_id, TriggerKind::Http)
         .await?;
     if result.function_error.is_some() {
         tracing::info!(

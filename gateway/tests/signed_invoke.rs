@@ -19,6 +19,72 @@ regions: [us-east-1]
 
 const ECHO: &str = "def handler(e, c):\n    return e\n";
 
+/// An HTTP API behind a trigger: answers with the path it was called on.
+const WEB: &str =
+    "def handler(e, c):\n    return {'statusCode': 200, 'body': 'hello ' + e['rawPath']}\n";
+
+const PRIVATE_TRIGGER: &str = "  triggers:
+    - http:
+        payloadFormat: \"2.0\"
+        auth: AWS_IAM
+        cors:
+          allowOrigins: [https://app.example.com]
+          allowMethods: [GET, POST]
+          allowHeaders: [content-type, authorization, x-amz-date]
+          maxAge: 300
+";
+
+const HTTP_SCRIPT: &str = r#"
+import sys, urllib.request, urllib.error
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+base = sys.argv[1]
+
+def call(method, path, headers=None, sign=None):
+    url = base + path
+    headers = dict(headers or {})
+    if sign:
+        req = AWSRequest(method=method, url=url, data=b"", headers=headers)
+        SigV4Auth(Credentials(*sign), "lambda", "us-east-1").add_auth(req)
+        headers = dict(req.headers.items())
+    r = urllib.request.Request(url, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(r) as resp:
+            return resp.status, resp.read().decode(), resp.headers
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(), e.headers
+
+ALL = ("AKIDPORCHLIGHTALL", "all-functions-secret")
+ECHO_ONLY = ("AKIDPORCHLIGHTECHO", "echo-only-secret")
+
+status, body, h = call("GET", "/http/private/items", sign=ALL)
+assert (status, body) == (200, "hello /items"), (status, body)
+status, body, h = call("GET", "/http/private/items")
+assert status == 403 and h["x-amzn-ErrorType"] == "MissingAuthenticationTokenException", (status, body)
+status, body, h = call("GET", "/http/private/items", sign=("AKIDPORCHLIGHTALL", "wrong"))
+assert status == 403 and h["x-amzn-ErrorType"] == "InvalidSignatureException", (status, body)
+status, body, h = call("GET", "/http/private/items", sign=ECHO_ONLY)
+assert status == 403 and h["x-amzn-ErrorType"] == "AccessDeniedException", (status, body)
+# A public trigger stays public on a gateway with keys.
+status, body, h = call("GET", "/http/public/x")
+assert (status, body) == (200, "hello /x"), (status, body)
+
+# CORS preflight, answered by the gateway (no signature needed), and the
+# headers on a signed call from an allowed origin.
+pre = {"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
+       "Access-Control-Request-Headers": "content-type, authorization"}
+status, body, h = call("OPTIONS", "/http/private/items", pre)
+assert status == 200 and h["Access-Control-Allow-Origin"] == "https://app.example.com", (status, dict(h))
+assert h["Access-Control-Max-Age"] == "300" and "POST" in h["Access-Control-Allow-Methods"], dict(h)
+status, body, h = call("OPTIONS", "/http/private/items", dict(pre, Origin="https://evil.example"))
+assert status == 200 and h.get("Access-Control-Allow-Origin") is None, dict(h)
+status, body, h = call("GET", "/http/private/items", {"Origin": "https://app.example.com"}, sign=ALL)
+assert status == 200 and h["Access-Control-Allow-Origin"] == "https://app.example.com", dict(h)
+print("http triggers ok")
+"#;
+
 const BOTO3_SCRIPT: &str = r#"
 import datetime, json, sys
 import boto3, botocore.auth
@@ -52,7 +118,7 @@ r = c.invoke(FunctionName="echo", InvocationType="Event", Payload=b"{}")
 assert r["StatusCode"] == 202, r
 f = c.get_function(FunctionName="echo")["Configuration"]
 assert f["Environment"]["Variables"] == {"GREETING": "hi"}, f
-assert sorted(x["FunctionName"] for x in c.list_functions()["Functions"]) == ["echo", "other"]
+assert sorted(x["FunctionName"] for x in c.list_functions()["Functions"]) == ["echo", "other", "private", "public"]
 
 m = refused(client(secret="wrong"), "InvalidSignatureException")
 assert "signature we calculated does not match" in m, m
@@ -94,6 +160,18 @@ fn boto3_and_the_aws_cli_sign_and_lambdas_errors_come_back() {
                 python_function("echo", ECHO, "  env:\n    GREETING: hi\n"),
             ),
             ("other.yaml", python_function("other", ECHO, "")),
+            (
+                "private.yaml",
+                python_function("private", WEB, PRIVATE_TRIGGER),
+            ),
+            (
+                "public.yaml",
+                python_function(
+                    "public",
+                    WEB,
+                    "  triggers:\n    - http: {payloadFormat: \"2.0\"}\n",
+                ),
+            ),
         ],
         &["--auth-keys", keys.to_str().expect("utf-8 path")],
     );
@@ -107,6 +185,18 @@ fn boto3_and_the_aws_cli_sign_and_lambdas_errors_come_back() {
     assert!(
         out.status.success(),
         "boto3: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        gw.log()
+    );
+
+    let out = std::process::Command::new(&python)
+        .args(["-c", HTTP_SCRIPT, &gw.base])
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "http triggers: {}{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
         gw.log()
