@@ -87,15 +87,27 @@ pub async fn serve(
                 }
             },
         };
-        // Small responses must not wait for Nagle's algorithm.
-        let _ = tcp.set_nodelay(true);
-        let app = app.clone();
-        let shutdown = shutdown.clone();
+        let (app, shutdown) = (app.clone(), shutdown.clone());
         connections.spawn(async move {
             serve_connection(tcp, remote, app, limits, shutdown).await;
             drop(permit);
         });
     }
+    // Connections the kernel has already accepted would be reset with their
+    // request unanswered once the listener closes: take those still coming
+    // (until none arrives for a moment, within a bound) and answer their
+    // request before closing them.
+    let lingering_until = tokio::time::Instant::now() + LINGER;
+    while let Ok(Ok((tcp, remote))) = tokio::time::timeout_at(
+        lingering_until.min(tokio::time::Instant::now() + QUIET),
+        listener.accept(),
+    )
+    .await
+    {
+        let (app, shutdown) = (app.clone(), shutdown.clone());
+        connections.spawn(serve_connection(tcp, remote, app, limits, shutdown));
+    }
+    drop(listener);
     connections.close();
     if tokio::time::timeout(drain, connections.wait())
         .await
@@ -107,6 +119,14 @@ pub async fn serve(
         );
     }
 }
+
+/// How long a stopping listener keeps taking the connections still arriving.
+const LINGER: Duration = Duration::from_secs(1);
+/// A stopping listener closes once no connection arrived for this long.
+const QUIET: Duration = Duration::from_millis(100);
+/// How long a stopping connection waits for the request of a client that is
+/// sending one (a fresh connection, or a kept-alive one) before it closes.
+const LAST_REQUEST_WAIT: Duration = Duration::from_millis(250);
 
 /// What a connection is doing, for its watchdog.
 struct Activity {
@@ -236,6 +256,8 @@ async fn serve_connection(
     limits: ListenerLimits,
     shutdown: CancellationToken,
 ) {
+    // Small responses must not wait for Nagle's algorithm.
+    let _ = tcp.set_nodelay(true);
     let activity = Arc::new(Activity {
         in_flight: AtomicUsize::new(0),
         last: AtomicU64::new(0),
@@ -273,6 +295,7 @@ async fn serve_connection(
     let check_every =
         (limits.idle_timeout.min(limits.header_read_timeout) / 4).max(Duration::from_millis(10));
     let mut closing = false;
+    let mut stopping_since: Option<Instant> = None;
     loop {
         tokio::select! {
             result = connection.as_mut() => {
@@ -281,9 +304,17 @@ async fn serve_connection(
                 }
                 return;
             }
-            _ = shutdown.cancelled(), if !closing => {
-                closing = true;
-                connection.as_mut().graceful_shutdown();
+            _ = shutdown.cancelled(), if stopping_since.is_none() => {
+                stopping_since = Some(Instant::now());
+            }
+            // Stopping: the request in progress is finished, and a client
+            // sending one now still gets its answer; then the connection closes.
+            _ = tokio::time::sleep(Duration::from_millis(5)), if !closing && stopping_since.is_some() => {
+                let waited = stopping_since.map_or(Duration::ZERO, |t| t.elapsed());
+                if activity.in_flight.load(Ordering::Relaxed) > 0 || waited >= LAST_REQUEST_WAIT {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
             }
             _ = tokio::time::sleep(check_every), if !closing => {
                 match activity.verdict(&limits) {
