@@ -6,7 +6,8 @@
 //! from gateways to the controller ([`report`]), the names of labels,
 //! annotations and conditions ([`names`]), the shim's settings ([`shim`]),
 //! the autoscaler maths ([`autoscaler`]) and the autoscaler loop that local
-//! mode and the controller share ([`scaling`]), plus small helpers
+//! mode and the controller share ([`scaling`]), the adaptive keep-alive
+//! policy ([`keepalive`]), plus small helpers
 //! written once ([`signal`], [`backoff`], [`endpoint`]).
 
 pub mod autoscaler;
@@ -14,6 +15,7 @@ pub mod backoff;
 pub mod endpoint;
 pub mod error;
 pub mod invoke;
+pub mod keepalive;
 pub mod names;
 pub mod report;
 pub mod scaling;

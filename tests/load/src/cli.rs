@@ -12,6 +12,7 @@ use crate::profile::{Profile, parse_duration};
 use crate::progress::ProgressMode;
 use crate::run::{Load, RunConfig};
 use crate::scale::{GatewayObserver, KubernetesObserver, ScaleObserver};
+use crate::simulate::SimulateArgs;
 use crate::workload::WeightedFunction;
 
 const AFTER_HELP: &str = "\
@@ -58,8 +59,18 @@ EXAMPLES:
 /// Drives invocations through a Porchlight gateway and reports latency, cold
 /// starts and how the functions scaled.
 #[derive(Debug, Parser)]
-#[command(name = "porchlight-load", version, after_help = AFTER_HELP)]
+#[command(
+    name = "porchlight-load",
+    version,
+    after_help = AFTER_HELP,
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Args {
+    /// Instead of driving a gateway, replay a trace through keep-alive policies.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Gateway base URL (the Lambda Invoke API is under /2015-03-31/functions/).
     #[arg(
         long,
@@ -138,6 +149,14 @@ pub struct Args {
     /// No live progress.
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+/// Subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Replay a production trace through fixed and adaptive keep-alive
+    /// policies and report cold starts against wasted memory-time.
+    Simulate(SimulateArgs),
 }
 
 /// Where environment counts come from.

@@ -3,13 +3,23 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use porchlight_load::cli::Args;
+use porchlight_load::cli::{Args, Command};
 use porchlight_load::summary::render;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let (config, observer) = match Args::parse().into_config() {
+    let args = Args::parse();
+    if let Some(Command::Simulate(simulate)) = args.command {
+        return match porchlight_load::simulate::run(simulate) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("porchlight-load simulate: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let (config, observer) = match args.into_config() {
         Ok(parsed) => parsed,
         Err(e) => {
             eprintln!("porchlight-load: {e}");
