@@ -252,11 +252,7 @@ fn awslambdaric_runs_unmodified() {
     assert!(body["stackTrace"].is_array());
     // Runtime output carries the request id.
     let id = reply.header("x-porchlight-request-id").unwrap();
-    assert!(
-        shim.stdout_lines()
-            .iter()
-            .any(|l| l.starts_with(&format!("{id}\t")))
-    );
+    assert!(shim.stdout_has(|l| l.starts_with(&format!("{id}\t"))));
 }
 
 #[test]

@@ -232,6 +232,22 @@ impl Shim {
         self.stdout.lock().unwrap().clone()
     }
 
+    /// Whether a line of the shim's stdout matches `pred` within 5 s: the
+    /// runtime's output travels through pipes and reader threads, and may
+    /// come after the answer it belongs to.
+    pub fn stdout_has(&self, pred: impl Fn(&str) -> bool) -> bool {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            if self.stdout_lines().iter().any(|l| pred(l)) {
+                return true;
+            }
+            if std::time::Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Process ids of the shim's direct children (the runtime's leader).
     pub fn runtime_pids(&self) -> Vec<i32> {
         let me = self.child.id();
