@@ -20,7 +20,8 @@ requirements="$root/tests/requirements.txt"
 venv="$cache/venv"
 stamp="$venv/.porchlight-requirements"
 if [ ! -x "$venv/bin/python" ] || ! cmp -s "$requirements" "$stamp"; then
-  python3 -m venv "$venv"
+  # --clear: a venv left by another Python (or half made) is made anew.
+  python3 -m venv --clear "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
   cp "$requirements" "$stamp"
 fi
