@@ -142,6 +142,12 @@ impl AsyncInvoker {
     /// Stops taking work and waits up to `bound` for events in flight;
     /// returns false when some were abandoned.
     pub async fn finish(&self, bound: Duration) -> bool {
+        // Without their senders the workers end once their queues are empty;
+        // with them, every worker would wait forever and so would this.
+        self.queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         self.tasks.close();
         tokio::time::timeout(bound, self.tasks.wait()).await.is_ok()
     }

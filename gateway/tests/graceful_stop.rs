@@ -106,3 +106,47 @@ fn sigterm_under_load_answers_every_request_it_accepted() {
         gw.log()
     );
 }
+
+#[test]
+fn a_stop_after_finished_async_events_abandons_nothing() {
+    let mut gw = LocalGateway::start(
+        "stop-after-event",
+        &[(
+            "echo.yaml",
+            python_function("echo", "def handler(e, c):\n    return e\n", ""),
+        )],
+        &[],
+    );
+    let addr = gw.base.trim_start_matches("http://").to_string();
+    let mut stream = TcpStream::connect(&addr).expect("connect");
+    let request = format!(
+        "POST /2015-03-31/functions/echo/invocations HTTP/1.1\r\nhost: {addr}\r\nx-amz-invocation-type: Event\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+    );
+    stream.write_all(request.as_bytes()).expect("write");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    // Wait (bounded) until the event ran: nothing pending any more.
+    let mut finished = false;
+    for _ in 0..200 {
+        let mut s = TcpStream::connect(&addr).expect("connect");
+        let _ = s.write_all(
+            format!("GET /v1/functions HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        );
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        if text.contains("\"asyncPending\":0") && text.contains("\"inFlight\":0") {
+            finished = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(finished, "the event ran: {}", gw.log());
+    assert!(gw.stop(), "the gateway exited by itself");
+    let log = gw.log();
+    assert!(
+        !log.contains("abandoned"),
+        "nothing was running, nothing may be abandoned: {log}"
+    );
+}
