@@ -19,7 +19,8 @@ step "Python clients for the integration tests (venv in $cache/venv)"
 requirements="$root/tests/requirements.txt"
 venv="$cache/venv"
 stamp="$venv/.porchlight-requirements"
-if [ ! -x "$venv/bin/python" ] || ! cmp -s "$requirements" "$stamp"; then
+if [ ! -x "$venv/bin/python" ] || ! cmp -s "$requirements" "$stamp" ||
+  ! "$venv/bin/python" -c 'import awslambdaric, boto3' >/dev/null 2>&1; then
   # --clear: a venv left by another Python (or half made) is made anew.
   python3 -m venv --clear "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
