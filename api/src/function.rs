@@ -222,31 +222,31 @@ pub struct NameRef {
 impl FunctionSpec {
     /// The Secrets the environment reads (by `envValueFrom` or `envFrom`), sorted.
     pub fn referenced_secrets(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self
-            .env_value_from
-            .values()
-            .filter_map(|v| v.secret_key_ref.as_ref().map(|r| r.name.as_str()))
-            .chain(
-                self.env_from
-                    .iter()
-                    .filter_map(|e| e.secret_ref.as_ref().map(|r| r.name.as_str())),
-            )
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        names
+        self.referenced(|v| v.secret_key_ref.as_ref(), |e| e.secret_ref.as_ref())
     }
 
     /// The ConfigMaps the environment reads (by `envValueFrom` or `envFrom`), sorted.
     pub fn referenced_config_maps(&self) -> Vec<&str> {
+        self.referenced(
+            |v| v.config_map_key_ref.as_ref(),
+            |e| e.config_map_ref.as_ref(),
+        )
+    }
+
+    /// The names `by_key` and `by_name` pick from the environment's sources.
+    fn referenced<'a>(
+        &'a self,
+        by_key: impl Fn(&'a EnvValueSource) -> Option<&'a KeyRef>,
+        by_name: impl Fn(&'a EnvFromSource) -> Option<&'a NameRef>,
+    ) -> Vec<&'a str> {
         let mut names: Vec<&str> = self
             .env_value_from
             .values()
-            .filter_map(|v| v.config_map_key_ref.as_ref().map(|r| r.name.as_str()))
+            .filter_map(|v| by_key(v).map(|r| r.name.as_str()))
             .chain(
                 self.env_from
                     .iter()
-                    .filter_map(|e| e.config_map_ref.as_ref().map(|r| r.name.as_str())),
+                    .filter_map(|e| by_name(e).map(|r| r.name.as_str())),
             )
             .collect();
         names.sort_unstable();

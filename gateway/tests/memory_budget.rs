@@ -214,18 +214,9 @@ async fn cloudevents_batch_fan_out_checks_each_target() {
     assert!(gw.budget().peak() <= gw.budget().capacity());
 }
 
-/// A fake environment whose function fails every event.
-async fn failing_environment() -> String {
-    let router = axum::Router::new().route(
-        "/2015-03-31/functions/function/invocations",
-        axum::routing::post(|| async {
-            (
-                StatusCode::OK,
-                [("x-amz-function-error", "Unhandled")],
-                r#"{"errorType":"Boom","errorMessage":"boom"}"#,
-            )
-        }),
-    );
+/// Serves a fake environment's invoke endpoint on 127.0.0.1:0; its URL.
+async fn environment(answer: axum::routing::MethodRouter) -> String {
+    let router = axum::Router::new().route("/2015-03-31/functions/function/invocations", answer);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -234,6 +225,18 @@ async fn failing_environment() -> String {
         let _ = axum::serve(listener, router).await;
     });
     format!("http://{addr}")
+}
+
+/// A fake environment whose function fails every event.
+async fn failing_environment() -> String {
+    environment(axum::routing::post(|| async {
+        (
+            StatusCode::OK,
+            [("x-amz-function-error", "Unhandled")],
+            r#"{"errorType":"Boom","errorMessage":"boom"}"#,
+        )
+    }))
+    .await
 }
 
 async fn get(gw: &Arc<Gateway>, uri: &str) -> (StatusCode, Value) {
@@ -319,18 +322,10 @@ async fn dead_letters_are_bounded_by_bytes_and_listed_a_page_at_a_time() {
 /// A fake environment whose function answers `len` bytes to every event.
 async fn answering_environment(len: usize) -> String {
     let answer = payload(len);
-    let router = axum::Router::new().route(
-        "/2015-03-31/functions/function/invocations",
-        axum::routing::post(move || async move { (StatusCode::OK, answer) }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    format!("http://{addr}")
+    environment(axum::routing::post(move || async move {
+        (StatusCode::OK, answer)
+    }))
+    .await
 }
 
 #[tokio::test]
