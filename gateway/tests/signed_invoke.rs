@@ -175,32 +175,25 @@ fn boto3_and_the_aws_cli_sign_and_lambdas_errors_come_back() {
         ],
         &["--auth-keys", keys.to_str().expect("utf-8 path")],
     );
-    let out = std::process::Command::new(&python)
-        .args(["-c", BOTO3_SCRIPT, &gw.base])
-        .env("HOME", &dir)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env_remove("AWS_PROFILE")
-        .output()
-        .expect("python");
-    assert!(
-        out.status.success(),
-        "boto3: {}{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        gw.log()
-    );
-
-    let out = std::process::Command::new(&python)
-        .args(["-c", HTTP_SCRIPT, &gw.base])
-        .output()
-        .expect("python");
-    assert!(
-        out.status.success(),
-        "http triggers: {}{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        gw.log()
-    );
+    // Runs one of the scripts against the gateway; it must succeed.
+    let run = |what: &str, script: &str| {
+        let out = std::process::Command::new(&python)
+            .args(["-c", script, &gw.base])
+            .env("HOME", &dir)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_PROFILE")
+            .output()
+            .expect("python");
+        assert!(
+            out.status.success(),
+            "{what}: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            gw.log()
+        );
+    };
+    run("boto3", BOTO3_SCRIPT);
+    run("http triggers", HTTP_SCRIPT);
 
     // The AWS CLI, configured as `aws configure` would (a credentials file).
     let aws_dir = dir.join(".aws");

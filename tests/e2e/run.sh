@@ -133,6 +133,7 @@ no_pods_of() { [[ -z $(pods_of "$1") ]]; }
 gateway_knows() { curl -sf --max-time 2 "http://$GW:8081/v1/functions" | jq -e --arg f "$1" '.functions[] | select(.name == $f)'; }
 in_flight() { curl -sf --max-time 2 "http://$GW:8081/v1/functions" | jq -r --arg f "$1" '.functions[] | select(.name == $f) | .inFlight'; }
 now_ms() { date +%s%3N; }
+in_flight_at_least_1() { [[ $(in_flight "$1") -ge 1 ]]; }
 
 # --- a. install the platform -----------------------------------------------------
 check_install() {
@@ -475,7 +476,7 @@ EOF
   invoke e2e-sleepy '{"sleep": 100}' "$OUT/sleepy-long" 115 >"$OUT/sleepy-long.code" &
   local caller=$!
   BG_PIDS="$caller"
-  if ! wait_until 20 bash -c "[[ \$(curl -sf --max-time 2 http://$GW:8081/v1/functions | jq -r '.functions[] | select(.name == \"e2e-sleepy\") | .inFlight') -ge 1 ]]"; then
+  if ! wait_until 20 in_flight_at_least_1 e2e-sleepy; then
     fail "kill: the long invocation is in flight"; kill $caller 2>/dev/null; BG_PIDS=""; return 1
   fi
   sleep 1
@@ -535,7 +536,6 @@ EOF
 cost_of() { kubectl get pod "$1" -o jsonpath='{.metadata.annotations.controller\.kubernetes\.io/pod-deletion-cost}' 2>/dev/null; }
 running_pods_of() { kubectl get pods -l "porchlight.dev/function=$1" --field-selector=status.phase=Running -o json 2>/dev/null | jq -r '.items[] | select(.metadata.deletionTimestamp == null) | .metadata.name'; }
 pod_count_is() { [[ $(running_pods_of "$1" | grep -c .) == "$2" ]]; }
-in_flight_at_least_1() { [[ $(in_flight "$1") -ge 1 ]]; }
 # A long invocation in flight: a scale-down removes the idle pod, and a graceful
 # pod stop lets the invocation finish (the shim drains for timeout + 2 s, the
 # pod's grace period is timeout + 6 s).
