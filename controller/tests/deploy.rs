@@ -29,6 +29,23 @@ fn docs(file: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Every document `kubectl apply -k DIR` applies, with its file: the
+/// kustomization's resources, following directories into their own
+/// kustomizations.
+fn kustomized(dir: &str) -> Vec<(String, Value)> {
+    let kustomization = &docs(&format!("{dir}/kustomization.yaml"))[0];
+    let mut out = Vec::new();
+    for r in kustomization["resources"].as_sequence().expect("resources") {
+        let path = format!("{dir}/{}", r.as_str().expect("a path"));
+        if root().join(&path).is_dir() {
+            out.extend(kustomized(&path));
+        } else {
+            out.extend(docs(&path).into_iter().map(|d| (path.clone(), d)));
+        }
+    }
+    out
+}
+
 fn typed<T: serde::de::DeserializeOwned>(doc: &Value) -> T {
     serde_yaml::from_value(doc.clone()).unwrap_or_else(|e| panic!("{e}: {doc:?}"))
 }
@@ -153,16 +170,9 @@ fn pods_are_locked_down(d: &Deployment) {
 
 #[test]
 fn every_manifest_parses_into_its_kubernetes_type() {
-    let kustomization = &docs("deploy/kustomization.yaml")[0];
-    let files: Vec<String> = kustomization["resources"]
-        .as_sequence()
-        .expect("resources")
-        .iter()
-        .map(|v| v.as_str().expect("file").to_string())
-        .collect();
     let mut kinds = Vec::new();
-    for file in &files {
-        for doc in docs(&format!("deploy/{file}")) {
+    for (file, doc) in kustomized("deploy") {
+        {
             let kind = doc["kind"].as_str().expect("kind").to_string();
             match kind.as_str() {
                 "Namespace" => drop(typed::<Namespace>(&doc)),
@@ -221,7 +231,18 @@ fn allows(rules: &[PolicyRule], group: &str, resource: &str, verb: &str) -> bool
 
 #[test]
 fn rbac_is_least_privilege_and_sufficient() {
-    let all = docs("deploy/rbac.yaml");
+    let rbac_kinds = [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "ServiceAccount",
+    ];
+    let all: Vec<Value> = kustomized("deploy")
+        .into_iter()
+        .map(|(_, d)| d)
+        .filter(|d| rbac_kinds.iter().any(|k| d["kind"] == *k))
+        .collect();
     let mut rules_of = std::collections::BTreeMap::<String, Vec<PolicyRule>>::new();
     for doc in &all {
         let rules: Vec<PolicyRule> = match doc["kind"].as_str() {
@@ -467,9 +488,10 @@ fn network_policies_select_the_pods_they_mean() {
             },
         ),
     ];
-    let policies: BTreeMap<String, NetworkPolicy> = docs("deploy/network-policies.yaml")
+    let policies: BTreeMap<String, NetworkPolicy> = kustomized("deploy")
         .iter()
-        .map(|d| {
+        .filter(|(_, d)| d["kind"] == "NetworkPolicy")
+        .map(|(_, d)| {
             let p: NetworkPolicy = typed(d);
             (p.metadata.name.clone().expect("name"), p)
         })

@@ -13,6 +13,10 @@ pub const API_VERSION: &str = "porchlight.dev/v1alpha1";
 /// `kind` of the `Function` resource.
 pub const FUNCTION_KIND: &str = "Function";
 
+/// The namespace a Function is in when its manifest names none, and the
+/// gateway's home namespace unless configured otherwise.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
 /// Label on every environment pod (and its Deployment's selector): the Function's name.
 pub const FUNCTION_LABEL: &str = "porchlight.dev/function";
 /// Annotation on the pod template: the hash of the function's code, so a code change rolls pods.

@@ -35,6 +35,27 @@ impl FunctionKey {
             name: name.into(),
         }
     }
+
+    /// How callers name this function at a gateway whose home namespace is
+    /// `home`: its bare name there, `namespace.name` in any other namespace.
+    /// Unambiguous because a Function's name cannot contain a dot on a
+    /// cluster (it names the Service `fn-NAME`, a DNS label) and a
+    /// namespace's name never does.
+    pub fn address(&self, home: &str) -> String {
+        if self.namespace == home {
+            self.name.clone()
+        } else {
+            format!("{}.{}", self.namespace, self.name)
+        }
+    }
+
+    /// The key an address names (see [`FunctionKey::address`]).
+    pub fn from_address(address: &str, home: &str) -> FunctionKey {
+        match address.split_once('.') {
+            Some((namespace, name)) => FunctionKey::new(namespace, name),
+            None => FunctionKey::new(home, address),
+        }
+    }
 }
 
 impl std::fmt::Display for FunctionKey {
@@ -232,5 +253,17 @@ mod tests {
         assert!(!idle.contains("busyEnvironments"));
         let back: GatewayReport = serde_json::from_str(&json).expect("parses");
         assert_eq!(back, report("a", 1, 2));
+    }
+
+    #[test]
+    fn addresses_are_bare_at_home_and_qualified_elsewhere() {
+        let home = FunctionKey::new("default", "hello");
+        let team = FunctionKey::new("team-b", "hello");
+        assert_eq!(home.address("default"), "hello");
+        assert_eq!(team.address("default"), "team-b.hello");
+        assert_eq!(home.address("team-b"), "default.hello");
+        for (key, at) in [(&home, "default"), (&team, "default"), (&home, "team-b")] {
+            assert_eq!(&FunctionKey::from_address(&key.address(at), at), key);
+        }
     }
 }

@@ -45,9 +45,20 @@ pub struct Cli {
     /// pods, route to ready pods; the controller scales them.
     #[arg(long, env = "PORCHLIGHT_KUBERNETES")]
     pub kubernetes: bool,
-    /// Namespace whose Functions are served (Kubernetes mode).
+    /// Namespace whose Functions are served (Kubernetes mode); callers name
+    /// them by their bare name.
     #[arg(long, default_value = "default", env = "PORCHLIGHT_NAMESPACE")]
     pub namespace: String,
+    /// More namespaces to serve (Kubernetes mode), comma-separated, or `*`
+    /// for every namespace; callers name their functions NAMESPACE.NAME.
+    /// The gateway needs a Role in each (or a ClusterRole for `*`).
+    #[arg(
+        long,
+        value_name = "NS,...",
+        value_delimiter = ',',
+        env = "PORCHLIGHT_NAMESPACES"
+    )]
+    pub namespaces: Vec<String>,
     /// Kubeconfig to use (Kubernetes mode); default: in-cluster config or $KUBECONFIG.
     #[arg(long, value_name = "PATH", env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
@@ -155,6 +166,7 @@ impl Cli {
             memory_budget: (self.memory_budget_mib as usize).saturating_mul(1024 * 1024),
             gateway_name: self.gateway_name.clone(),
             credentials,
+            home_namespace: self.namespace.clone(),
         })
     }
 }
@@ -319,7 +331,7 @@ async fn run_kubernetes(cli: Cli) -> ExitCode {
         }
     };
     let config = crate::kubernetes::KubernetesConfig {
-        namespace: cli.namespace.clone(),
+        namespaces: crate::kubernetes::Namespaces::new(&cli.namespace, &cli.namespaces),
         environment_port: cli.environment_port,
     };
     let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -327,8 +339,8 @@ async fn run_kubernetes(cli: Cli) -> ExitCode {
     let code = serve(cli, move |gateway, addr, stop, shutdown| {
         gateway.set_ready(false);
         println!(
-            "porchlight-gateway: Kubernetes mode, Functions of namespace {} on http://{addr}",
-            config.namespace
+            "porchlight-gateway: Kubernetes mode, Functions of {} on http://{addr}",
+            config.namespaces
         );
         tokio::spawn(async move {
             if let Err(e) = crate::kubernetes::run(client, config, gateway, stop).await {

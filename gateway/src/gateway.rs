@@ -49,6 +49,9 @@ pub struct GatewayConfig {
     /// Access keys for signed (SigV4) Lambda API calls; `None`: unsigned
     /// calls are accepted.
     pub credentials: Option<Arc<Credentials>>,
+    /// The namespace whose functions callers name by bare name (others:
+    /// `namespace.name`).
+    pub home_namespace: String,
 }
 
 impl Default for GatewayConfig {
@@ -62,6 +65,7 @@ impl Default for GatewayConfig {
             memory_budget: DEFAULT_MEMORY_BUDGET_MIB * 1024 * 1024,
             gateway_name: "local".to_string(),
             credentials: None,
+            home_namespace: porchlight_core::names::DEFAULT_NAMESPACE.to_string(),
         }
     }
 }
@@ -101,7 +105,7 @@ impl Gateway {
             },
         ));
         Arc::new(Gateway {
-            registry: Arc::new(Registry::new(config.dispatch)),
+            registry: Arc::new(Registry::with_home(config.dispatch, &config.home_namespace)),
             sync,
             asynchronous,
             reports: Arc::new(ReportHub::new(config.gateway_name)),

@@ -1,8 +1,10 @@
 //! The Kubernetes environment source: Functions and their pods from the API server.
 //!
 //! The gateway watches `Function`s and the pods labelled
-//! `porchlight.dev/function` in one namespace (two reflectors), and after
-//! every change brings the registry in line with what the API says:
+//! `porchlight.dev/function` in each namespace it serves (two reflectors per
+//! namespace, or two cluster-wide for `*`), and after every change brings
+//! the registry in line with what the API says. Functions of the home
+//! namespace are named by their bare name, others as `namespace.name`:
 //! - a valid Function is registered (re-registered only when its spec changed,
 //!   so status updates never drop environments); an invalid one is skipped
 //!   with a warning, a deleted one removed;
@@ -42,11 +44,47 @@ use crate::registry::{EnvironmentInfo, Registry};
 /// Kubernetes' pod condition that says a pod passes its readiness probe.
 const POD_READY_CONDITION: &str = "Ready";
 
+/// The namespaces a gateway serves: its home namespace (functions named by
+/// bare name) and more (functions named `namespace.name`), or every one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Namespaces {
+    /// These namespaces, the home one first.
+    Listed(Vec<String>),
+    /// Every namespace (needs cluster-wide read rights).
+    All,
+}
+
+impl Namespaces {
+    /// The home namespace and `more` (`*` among them: all of them).
+    pub fn new(home: &str, more: &[String]) -> Self {
+        if more.iter().any(|n| n.trim() == "*") {
+            return Namespaces::All;
+        }
+        let mut listed = vec![home.to_string()];
+        for n in more.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+            if !listed.iter().any(|l| l == n) {
+                listed.push(n.to_string());
+            }
+        }
+        Namespaces::Listed(listed)
+    }
+}
+
+impl std::fmt::Display for Namespaces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Namespaces::All => f.write_str("every namespace"),
+            Namespaces::Listed(l) if l.len() == 1 => write!(f, "namespace {}", l[0]),
+            Namespaces::Listed(l) => write!(f, "namespaces {}", l.join(", ")),
+        }
+    }
+}
+
 /// Settings of the Kubernetes source.
 #[derive(Clone, Debug)]
 pub struct KubernetesConfig {
-    /// Namespace whose Functions this gateway serves.
-    pub namespace: String,
+    /// Namespaces whose Functions this gateway serves.
+    pub namespaces: Namespaces,
     /// Port of the shim's invoke endpoint in every pod.
     pub environment_port: u16,
 }
@@ -126,22 +164,35 @@ pub fn init_failure(f: &Function) -> Option<Bytes> {
     Some(init_failure_error(c.message.as_deref()))
 }
 
+/// The key of a Function or of one of its pods.
+fn key_of(namespace: Option<String>, name: String) -> FunctionKey {
+    FunctionKey::new(namespace.unwrap_or_default(), name)
+}
+
 /// Brings the registry in line with the Functions and pods the API reports.
+/// Functions and environments are keyed by address (see
+/// [`FunctionKey::address`]), so namespaces never mix.
 pub fn sync(registry: &Registry, functions: &[Arc<Function>], pods: &[Arc<Pod>], port: u16) {
     // Functions first: register new or changed ones, drop vanished or invalid ones.
-    let mut wanted: HashMap<String, &Function> = HashMap::new();
+    let mut wanted: HashMap<String, (FunctionKey, &Function)> = HashMap::new();
     for f in functions {
-        wanted.insert(f.name_any(), f);
+        let key = key_of(f.namespace(), f.name_any());
+        if key.name.contains('.') {
+            // `namespace.name` would be ambiguous; a cluster cannot run it
+            // anyway (its Service `fn-NAME` must be a DNS label).
+            tracing::warn!(function = %key, "a function name with a dot is not served");
+            continue;
+        }
+        wanted.insert(registry.address_of(&key), (key, f));
     }
-    for (name, f) in &wanted {
+    for (name, (key, f)) in &wanted {
         let current = registry.get(name).filter(|e| *e.spec() == f.spec);
         let entry = match current {
             Some(entry) => Some(entry),
             None => match f.spec.validate() {
                 Ok(settings) => {
-                    let key = FunctionKey::new(f.namespace().unwrap_or_default(), name.clone());
                     tracing::info!(function = %name, "function registered or updated");
-                    Some(registry.upsert(key, f.spec.clone(), settings))
+                    Some(registry.upsert(key.clone(), f.spec.clone(), settings))
                 }
                 Err(problems) => {
                     if registry.remove(name).is_some() {
@@ -178,7 +229,7 @@ pub fn sync(registry: &Registry, functions: &[Arc<Function>], pods: &[Arc<Pod>],
     for pod in pods {
         if let Some((function, route)) = pod_route(pod, port) {
             routes
-                .entry(function)
+                .entry(registry.address_of(&key_of(pod.namespace(), function)))
                 .or_default()
                 .insert(pod.name_any(), route);
         }
@@ -229,27 +280,48 @@ pub async fn run(
     gateway: Arc<Gateway>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let functions: Api<Function> = Api::namespaced(client.clone(), &config.namespace);
-    let pods: Api<Pod> = Api::namespaced(client, &config.namespace);
-    let (function_store, function_writer) = reflector::store();
-    let (pod_store, pod_writer) = reflector::store();
-    let function_events = reflector(
-        function_writer,
-        watcher(functions, watcher::Config::default()),
-    )
-    .default_backoff()
-    .map_ok(|_| ())
-    .boxed();
-    let pod_events = reflector(
-        pod_writer,
-        watcher(pods, watcher::Config::default().labels(FUNCTION_LABEL)),
-    )
-    .default_backoff()
-    .map_ok(|_| ())
-    .boxed();
-    let mut events = futures::stream::select(function_events, pod_events);
+    let apis: Vec<(Api<Function>, Api<Pod>)> = match &config.namespaces {
+        Namespaces::All => vec![(Api::all(client.clone()), Api::all(client))],
+        Namespaces::Listed(names) => names
+            .iter()
+            .map(|ns| {
+                (
+                    Api::namespaced(client.clone(), ns),
+                    Api::namespaced(client.clone(), ns),
+                )
+            })
+            .collect(),
+    };
+    // One Function and one pod reflector per namespace (a Role in each is
+    // all the gateway needs), merged into one stream of changes.
+    let mut stores = Vec::new();
+    let mut streams = Vec::new();
+    for (functions, pods) in apis {
+        let (function_store, function_writer) = reflector::store();
+        let (pod_store, pod_writer) = reflector::store();
+        streams.push(
+            reflector(
+                function_writer,
+                watcher(functions, watcher::Config::default()),
+            )
+            .default_backoff()
+            .map_ok(|_| ())
+            .boxed(),
+        );
+        streams.push(
+            reflector(
+                pod_writer,
+                watcher(pods, watcher::Config::default().labels(FUNCTION_LABEL)),
+            )
+            .default_backoff()
+            .map_ok(|_| ())
+            .boxed(),
+        );
+        stores.push((function_store, pod_store));
+    }
+    let mut events = futures::stream::select_all(streams);
     let mut synced = false;
-    tracing::info!(namespace = %config.namespace, "watching Functions and their pods");
+    tracing::info!(namespaces = %config.namespaces, "watching Functions and their pods");
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -258,20 +330,22 @@ pub async fn run(
                 Some(Err(e)) => tracing::warn!(error = %e, "watch error; retrying with backoff"),
                 Some(Ok(())) => {
                     if !synced {
-                        let ready = function_store.wait_until_ready();
-                        let pods_ready = pod_store.wait_until_ready();
-                        if futures::FutureExt::now_or_never(ready).is_none()
-                            || futures::FutureExt::now_or_never(pods_ready).is_none()
-                        {
+                        let all_ready = stores.iter().all(|(f, p)| {
+                            futures::FutureExt::now_or_never(f.wait_until_ready()).is_some()
+                                && futures::FutureExt::now_or_never(p.wait_until_ready()).is_some()
+                        });
+                        if !all_ready {
                             continue;
                         }
                         synced = true;
                         tracing::info!("caches synced; serving");
                     }
+                    let functions: Vec<_> = stores.iter().flat_map(|(f, _)| f.state()).collect();
+                    let pods: Vec<_> = stores.iter().flat_map(|(_, p)| p.state()).collect();
                     sync(
                         gateway.registry(),
-                        &function_store.state(),
-                        &pod_store.state(),
+                        &functions,
+                        &pods,
                         config.environment_port,
                     );
                     gateway.set_ready(true);
@@ -309,6 +383,7 @@ mod tests {
         Arc::new(Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
+                namespace: Some("default".into()),
                 labels: Some([(FUNCTION_LABEL.to_string(), function.to_string())].into()),
                 owner_references: Some(vec![OwnerReference {
                     api_version: "apps/v1".into(),
@@ -401,6 +476,60 @@ mod tests {
         ] {
             assert_eq!(pod_route(&p, 8080), Some(("hello".into(), PodRoute::Drain)));
         }
+    }
+
+    fn in_namespace<T: Clone + kube::Resource>(o: &Arc<T>, namespace: &str) -> Arc<T> {
+        let mut o = (**o).clone();
+        o.meta_mut().namespace = Some(namespace.into());
+        Arc::new(o)
+    }
+
+    #[test]
+    fn namespaces_keep_functions_of_the_same_name_apart() {
+        let registry = Registry::new(DispatchConfig::default());
+        let home = function("hello", 5);
+        let team = in_namespace(&function("hello", 7), "team-b");
+        let home_pod = pod("hello-1", "hello", Some("10.88.0.5"), true, false);
+        let team_pod = in_namespace(
+            &pod("hello-2", "hello", Some("10.88.0.6"), true, false),
+            "team-b",
+        );
+        sync(&registry, &[home, team], &[home_pod, team_pod], 8080);
+        let names: Vec<_> = registry
+            .all()
+            .iter()
+            .map(|e| e.name().to_string())
+            .collect();
+        assert_eq!(names, vec!["hello", "team-b.hello"]);
+        assert_eq!(states(&registry, "hello"), vec![("hello-1".into(), false)]);
+        assert_eq!(
+            states(&registry, "team-b.hello"),
+            vec![("hello-2".into(), false)]
+        );
+        let team = registry.get("team-b.hello").expect("entry");
+        assert_eq!(team.key(), &FunctionKey::new("team-b", "hello"));
+        assert_eq!(team.settings().max_scale, 7);
+
+        // A name with a dot would be ambiguous: not served.
+        let dotted = function("team-b.hello", 5);
+        sync(&registry, &[dotted], &[], 8080);
+        assert!(registry.all().is_empty());
+    }
+
+    #[test]
+    fn the_home_namespace_comes_first_and_star_means_all() {
+        assert_eq!(
+            Namespaces::new("default", &["team-b".into(), "default".into(), " ".into()]),
+            Namespaces::Listed(vec!["default".into(), "team-b".into()])
+        );
+        assert_eq!(
+            Namespaces::new("default", &["team-b".into(), "*".into()]),
+            Namespaces::All
+        );
+        assert_eq!(
+            Namespaces::new("default", &[]).to_string(),
+            "namespace default"
+        );
     }
 
     #[test]

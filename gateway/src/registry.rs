@@ -16,6 +16,7 @@ use bytes::Bytes;
 use porchlight_api::FunctionSpec;
 use porchlight_core::FunctionKey;
 use porchlight_core::ScalingSettings;
+use porchlight_core::names::DEFAULT_NAMESPACE;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 
@@ -107,6 +108,8 @@ struct FunctionCounters {
 /// that say what happens; nothing outside reaches its counters or queue.
 pub struct FunctionEntry {
     key: FunctionKey,
+    /// How callers name it at this gateway (see [`FunctionKey::address`]).
+    address: String,
     /// Spec and settings as last applied; replaced in place on a change, so
     /// the queue, its waiters and the counts in flight carry over.
     definition: RwLock<Definition>,
@@ -213,6 +216,7 @@ struct Definition {
 impl FunctionEntry {
     fn new(
         key: FunctionKey,
+        address: String,
         spec: FunctionSpec,
         settings: ScalingSettings,
         config: &DispatchConfig,
@@ -220,6 +224,7 @@ impl FunctionEntry {
     ) -> Self {
         FunctionEntry {
             key,
+            address,
             definition: RwLock::new(Definition {
                 spec: Arc::new(spec),
                 settings: Arc::new(settings),
@@ -231,9 +236,10 @@ impl FunctionEntry {
         }
     }
 
-    /// The function's name.
+    /// The function's name as callers give it: its name in the gateway's
+    /// home namespace, `namespace.name` in any other.
     pub fn name(&self) -> &str {
-        &self.key.name
+        &self.address
     }
 
     /// Namespace and name.
@@ -659,19 +665,34 @@ impl FunctionEntry {
 
 /// All functions this gateway serves.
 pub struct Registry {
+    /// Keyed by address.
     functions: RwLock<HashMap<String, Arc<FunctionEntry>>>,
+    /// The namespace whose functions are addressed by bare name.
+    home: String,
     config: DispatchConfig,
     demand: Arc<DemandSignal>,
 }
 
 impl Registry {
-    /// An empty registry.
+    /// An empty registry whose home namespace is `default`.
     pub fn new(config: DispatchConfig) -> Self {
+        Registry::with_home(config, DEFAULT_NAMESPACE)
+    }
+
+    /// An empty registry that addresses the functions of `home` by bare
+    /// name and those of other namespaces as `namespace.name`.
+    pub fn with_home(config: DispatchConfig, home: &str) -> Self {
         Registry {
             functions: RwLock::new(HashMap::new()),
+            home: home.to_string(),
             config,
             demand: Arc::new(DemandSignal::new()),
         }
+    }
+
+    /// How callers name the function `key` here.
+    pub fn address_of(&self, key: &FunctionKey) -> String {
+        key.address(&self.home)
     }
 
     /// Queue settings.
@@ -693,12 +714,14 @@ impl Registry {
         spec: FunctionSpec,
         settings: ScalingSettings,
     ) -> Arc<FunctionEntry> {
-        if let Some(entry) = self.get(&key.name).filter(|e| e.key == key) {
+        let address = self.address_of(&key);
+        if let Some(entry) = self.get(&address).filter(|e| e.key == key) {
             entry.redefine(spec, settings);
             return entry;
         }
         let entry = Arc::new(FunctionEntry::new(
-            key.clone(),
+            key,
+            address.clone(),
             spec,
             settings,
             &self.config,
@@ -707,11 +730,11 @@ impl Registry {
         self.functions
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key.name.clone(), entry.clone());
+            .insert(address, entry.clone());
         entry
     }
 
-    /// Removes a function.
+    /// Removes a function (by address).
     pub fn remove(&self, name: &str) -> Option<Arc<FunctionEntry>> {
         self.functions
             .write()
@@ -719,7 +742,7 @@ impl Registry {
             .remove(name)
     }
 
-    /// Looks a function up by name.
+    /// Looks a function up by address.
     pub fn get(&self, name: &str) -> Option<Arc<FunctionEntry>> {
         self.functions
             .read()
@@ -728,7 +751,7 @@ impl Registry {
             .cloned()
     }
 
-    /// Every function, sorted by name.
+    /// Every function, sorted by address.
     pub fn all(&self) -> Vec<Arc<FunctionEntry>> {
         let mut v: Vec<_> = self
             .functions
@@ -737,7 +760,7 @@ impl Registry {
             .values()
             .cloned()
             .collect();
-        v.sort_by(|a, b| a.key.name.cmp(&b.key.name));
+        v.sort_by(|a, b| a.address.cmp(&b.address));
         v
     }
 }

@@ -95,9 +95,20 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// Whether this caller may invoke `function`.
+    /// Whether this caller may invoke `function` (an address: `name` in the
+    /// gateway's home namespace, `namespace.name` elsewhere). A key's
+    /// policy lists addresses, `namespace.*` for every function of a
+    /// namespace, or `*` for all.
     pub fn may_invoke(&self, function: &str) -> bool {
-        self.functions.iter().any(|f| f == "*" || f == function)
+        self.functions.iter().any(|f| {
+            f == "*"
+                || f == function
+                || f.strip_suffix(".*").is_some_and(|namespace| {
+                    function
+                        .split_once('.')
+                        .is_some_and(|(ns, _)| ns == namespace)
+                })
+        })
     }
 
     /// Lambda's `AccessDeniedException` for `function`, unless allowed.
@@ -574,5 +585,28 @@ mod tests {
             caller.check("other"),
             Err(GatewayError::AccessDenied(m)) if m.contains("user/ONLY") && m.contains("function:other")
         ));
+    }
+
+    #[test]
+    fn policies_name_functions_per_namespace() {
+        let caller = |functions: &[&str]| Caller {
+            access_key_id: "K".into(),
+            region: "us-east-1".into(),
+            functions: functions.iter().map(|f| f.to_string()).collect(),
+        };
+        let team = caller(&["team-b.*", "hello"]);
+        assert!(team.may_invoke("team-b.hello"));
+        assert!(team.may_invoke("team-b.other"));
+        assert!(team.may_invoke("hello"), "home namespace by bare name");
+        assert!(!team.may_invoke("team-c.hello"));
+        assert!(!team.may_invoke("other"));
+        assert!(
+            !team.may_invoke("team-bb.hello"),
+            "a prefix is not a namespace"
+        );
+        let one = caller(&["team-b.hello"]);
+        assert!(one.may_invoke("team-b.hello"));
+        assert!(!one.may_invoke("hello"), "same name, other namespace");
+        assert!(caller(&["*"]).may_invoke("team-c.x"));
     }
 }

@@ -646,10 +646,65 @@ EOF
   kubectl delete secret e2e-db --wait=false >/dev/null 2>&1
 }
 
+# --- k. a second namespace served by the same gateway ---------------------------
+ns_yaml() { # ns_yaml NAMESPACE ANSWER
+  cat <<EOF
+apiVersion: porchlight.dev/v1alpha1
+kind: Function
+metadata: {name: e2e-ns, namespace: $1}
+spec:
+  runtime: python3.12
+  handler: app.h
+  code:
+    inline: |
+      def h(event, context):
+          return {"answer": "$2", "function": context.function_name}
+EOF
+}
+gateway_pod_ip() {
+  kubectl -n $NS get pods -l app.kubernetes.io/name=porchlight-gateway --field-selector=status.phase=Running -o json |
+    jq -r '[.items[] | select(.metadata.deletionTimestamp == null)] | if length == 1 then .[0].status.podIP else empty end'
+}
+check_namespaces() {
+  local team=e2e-team overlay="$OUT/team-overlay"
+  kubectl create namespace $team >/dev/null 2>&1
+  # What a Function namespace needs (the gateway's Role, the pods' NetworkPolicy),
+  # applied the way the README says: an overlay that sets the namespace.
+  mkdir -p "$overlay"
+  printf 'namespace: %s\nresources:\n  - %s\n' $team \
+    "$(realpath --relative-to="$overlay" "$ROOT/deploy/function-namespace")" >"$overlay/kustomization.yaml"
+  kubectl apply -k "$overlay" >"$OUT/team-apply.log" 2>&1 || { cat "$OUT/team-apply.log"; fail "namespaces: apply the function-namespace overlay"; return 1; }
+  [[ $(kubectl -n $team get rolebinding porchlight-gateway -o jsonpath='{.subjects[0].namespace}') == "$NS" ]] ||
+    { fail "namespaces: the overlay's RoleBinding names the gateway's ServiceAccount in $NS"; return 1; }
+  kubectl -n $NS set env deploy/porchlight-gateway PORCHLIGHT_NAMESPACES=$team >/dev/null
+  if ! kubectl -n $NS rollout status deploy/porchlight-gateway --timeout=120s >"$OUT/team-rollout.log" 2>&1; then
+    cat "$OUT/team-rollout.log"; fail "namespaces: the gateway rolled out serving $team"; return 1
+  fi
+  wait_until 60 gateway_pod_ip || { fail "namespaces: one running gateway pod after the rollout"; return 1; }
+  GW=$(gateway_pod_ip)
+  wait_until 30 curl -sf --max-time 2 "http://$GW:8081/ready" || { fail "namespaces: the new gateway is ready"; return 1; }
+  { ns_yaml default home | kubectl apply -f - && ns_yaml $team team | kubectl apply -f -; } >/dev/null ||
+    { fail "namespaces: apply e2e-ns in default and in $team"; return 1; }
+  { wait_until 30 gateway_knows $team.e2e-ns && wait_until 30 gateway_knows e2e-ns; } ||
+    { fail "namespaces: the gateway lists e2e-ns and $team.e2e-ns"; return 1; }
+  local home_code team_code
+  home_code=$(invoke e2e-ns '{}' "$OUT/ns-home" 60)
+  team_code=$(invoke $team.e2e-ns '{}' "$OUT/ns-team" 60)
+  if [[ $home_code == 200 && $(jq -r .answer "$OUT/ns-home.body") == home &&
+    $team_code == 200 && $(jq -r .answer "$OUT/ns-team.body") == team ]] &&
+    [[ -n $(kubectl -n $team get pods -l porchlight.dev/function=e2e-ns -o name) ]]; then
+    pass "namespaces: one gateway serves default and $team (its Role there from an overlay of deploy/function-namespace); e2e-ns answers 'home', $team.e2e-ns answers 'team' from a pod in $team"
+  else
+    fail "namespaces: e2e-ns -> $home_code $(cat "$OUT/ns-home.body" 2>/dev/null), $team.e2e-ns -> $team_code $(cat "$OUT/ns-team.body" 2>/dev/null)"
+  fi
+  kubectl delete fn e2e-ns --wait=false >/dev/null 2>&1
+  kubectl -n $team delete fn e2e-ns --wait=false >/dev/null 2>&1
+}
+
 COLD_MS=""
 # E2E_ONLY="drain kill" runs only those checks (after install).
 if check_install; then
-  for check in ${E2E_ONLY:-hello scale update init_failure invalid delete kill drain secret}; do
+  for check in ${E2E_ONLY:-hello scale update init_failure invalid delete kill drain secret namespaces}; do
     "check_$check"
   done
 else
