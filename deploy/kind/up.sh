@@ -12,6 +12,8 @@ docker build -f runtime-image/Dockerfile -t porchlight/runtime-python:dev .
 for image in porchlight/controller:dev porchlight/gateway:dev porchlight/runtime-python:dev; do
   kind load docker-image --name "$CLUSTER" "$image"
 done
+kubectl create namespace porchlight-system 2>/dev/null || true
+eval "$(deploy/new-key.sh)" # the Lambda API is signed; porchlight-load signs with this key
 kubectl apply -k deploy/
 kubectl wait --for=condition=Established crd/functions.porchlight.dev --timeout=60s
 kubectl -n porchlight-system rollout status deploy/porchlight-controller --timeout=180s
@@ -24,7 +26,7 @@ kubectl get fn -A
 kubectl -n porchlight-system port-forward svc/porchlight-gateway 8080:8080 >/dev/null &
 forward=$!
 trap 'kill $forward 2>/dev/null' EXIT
-for _ in $(seq 50); do curl -fs localhost:8080/2015-03-31/functions/ >/dev/null && break; sleep 0.2; done
+for _ in $(seq 50); do curl -s -o /dev/null localhost:8080/ && break; sleep 0.2; done
 cargo run --release -q -p porchlight-load -- --target http://127.0.0.1:8080 --function hello \
   --concurrency 0:5s,50:30s,0:5s --observe-after 120s --out target/scale-report-kind
 echo "Scale-test report: target/scale-report-kind (summary.json, latency.png, environments.png)"

@@ -16,7 +16,7 @@ use crate::local::manifests::{LoadedFunction, load_dir};
 use crate::local::process::{Launcher, run_embedded_shim};
 use crate::local::{LocalConfig, LocalSource};
 use crate::registry::DispatchConfig;
-use crate::sigv4::Credentials;
+use crate::sigv4::KeyFile;
 
 /// Exit code for bad configuration (sysexits EX_USAGE).
 pub const EXIT_BAD_CONFIG: u8 = 64;
@@ -134,6 +134,8 @@ pub struct Cli {
     /// GetFunction, ListFunctions), with the access keys in this YAML file:
     /// `keys: [{accessKeyId, secretAccessKey, functions: [NAME|*]}]` and
     /// optionally `regions: [us-east-1]`. Unset: unsigned calls are accepted.
+    /// The file is read again when it changes (keys rotate without a
+    /// restart); until it exists, every Lambda API call is refused.
     #[arg(long, value_name = "PATH", env = "PORCHLIGHT_AUTH_KEYS")]
     pub auth_keys: Option<PathBuf>,
     /// Log as JSON lines.
@@ -150,7 +152,7 @@ impl Cli {
     /// `--auth-keys` (an unreadable or invalid file is an error).
     pub fn gateway_config(&self) -> Result<GatewayConfig, String> {
         let credentials = match &self.auth_keys {
-            Some(path) => Some(Arc::new(Credentials::load(path)?)),
+            Some(path) => Some(Arc::new(KeyFile::open(path)?)),
             None => None,
         };
         Ok(GatewayConfig {
@@ -399,9 +401,7 @@ where
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    if let Some(credentials) = &config.credentials {
-        tracing::info!(?credentials, "the Lambda API requires SigV4 signatures");
-    }
+    let keys = config.credentials.clone();
     let gateway = Gateway::new(config);
     let shutdown = CancellationToken::new();
     let source_stop = CancellationToken::new();
@@ -411,6 +411,14 @@ where
         return ExitCode::FAILURE;
     }
     let reports = tokio::spawn(gateway.run_reports(source_stop.clone()));
+    if let Some(keys) = keys {
+        if keys.credentials().is_empty() {
+            tracing::warn!(path = ?cli.auth_keys, "no access key file yet: every Lambda API call is refused until it appears");
+        } else {
+            tracing::info!(credentials = ?keys.credentials(), "the Lambda API requires SigV4 signatures");
+        }
+        tokio::spawn(keys.watch(shutdown.clone()));
+    }
     let source = start_source(gateway.clone(), addr, source_stop.clone(), shutdown.clone());
     let limits = ListenerLimits {
         max_connections: cli.max_connections,

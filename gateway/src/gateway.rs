@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::registry::{DispatchConfig, FunctionEntry, Registry};
 use crate::report::ReportHub;
 use crate::routes::Ingress;
-use crate::sigv4::{Caller, Credentials, SignedRequest};
+use crate::sigv4::{Caller, KeyFile, SignedRequest};
 use crate::sync_invoke::SyncInvoker;
 use crate::upstream::Readiness;
 
@@ -48,7 +48,7 @@ pub struct GatewayConfig {
     pub gateway_name: String,
     /// Access keys for signed (SigV4) Lambda API calls; `None`: unsigned
     /// calls are accepted.
-    pub credentials: Option<Arc<Credentials>>,
+    pub credentials: Option<Arc<KeyFile>>,
     /// The namespace whose functions callers name by bare name (others:
     /// `namespace.name`).
     pub home_namespace: String,
@@ -79,7 +79,7 @@ pub struct Gateway {
     budget: MemoryBudget,
     metrics: Metrics,
     ready: AtomicBool,
-    credentials: Option<Arc<Credentials>>,
+    credentials: Option<Arc<KeyFile>>,
 }
 
 impl Gateway {
@@ -220,10 +220,13 @@ impl Ingress for Gateway {
     }
 
     fn authenticate(&self, request: &SignedRequest<'_>) -> Result<Option<Caller>, GatewayError> {
-        let Some(credentials) = &self.credentials else {
+        let Some(keys) = &self.credentials else {
             return Ok(None);
         };
-        match credentials.verify(request, time::OffsetDateTime::now_utc()) {
+        match keys
+            .credentials()
+            .verify(request, time::OffsetDateTime::now_utc())
+        {
             Ok(caller) => Ok(Some(caller)),
             Err(e) => {
                 self.metrics.record_auth_failure(e.error_type());

@@ -11,7 +11,8 @@
 //! `InvalidSignatureException` and `AccessDeniedException`, all 403.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use http::HeaderMap;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
@@ -80,6 +81,91 @@ impl std::fmt::Debug for Credentials {
             .field("keys", &self.keys.keys().collect::<Vec<_>>())
             .field("regions", &self.regions)
             .finish()
+    }
+}
+
+/// The access keys in force, from a file that is read again when it changes
+/// (a mounted Secret is updated in place): keys rotate without a restart.
+/// A file that does not exist yet means no keys, so every Lambda API call is
+/// refused until it appears; a file that becomes invalid keeps the last
+/// valid keys.
+pub struct KeyFile {
+    path: PathBuf,
+    current: RwLock<(Arc<Credentials>, Option<Vec<u8>>)>,
+}
+
+impl std::fmt::Debug for KeyFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyFile")
+            .field("path", &self.path)
+            .field("credentials", &self.credentials())
+            .finish()
+    }
+}
+
+/// How often a key file is checked for changes.
+pub const KEY_FILE_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl KeyFile {
+    /// Reads `path`; one that does not exist is no keys (yet), one that
+    /// cannot be read or parsed is an error.
+    pub fn open(path: &Path) -> Result<KeyFile, String> {
+        let file = KeyFile {
+            path: path.to_path_buf(),
+            current: RwLock::new((Arc::new(Credentials::none()), None)),
+        };
+        file.reload()?;
+        Ok(file)
+    }
+
+    /// The keys in force.
+    pub fn credentials(&self) -> Arc<Credentials> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
+    }
+
+    /// Reads the file again; `Ok(true)` when the keys changed.
+    pub fn reload(&self) -> Result<bool, String> {
+        let text = match std::fs::read(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(format!("cannot read {}: {e}", self.path.display())),
+        };
+        if self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .as_ref()
+            == Some(&text)
+        {
+            return Ok(false);
+        }
+        let parsed = std::str::from_utf8(&text)
+            .map_err(|e| e.to_string())
+            .and_then(Credentials::parse)
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = (Arc::new(parsed), Some(text));
+        Ok(true)
+    }
+
+    /// Checks the file every [`KEY_FILE_CHECK`] until `stop`.
+    pub async fn watch(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(KEY_FILE_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => match self.reload() {
+                    Ok(true) => tracing::info!(credentials = ?self.credentials(), "access keys reloaded"),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(error = %e, "access key file is invalid; the keys in force stay"),
+                },
+            }
+        }
     }
 }
 
@@ -154,6 +240,24 @@ impl Credentials {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         Credentials::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// No keys: every signed call is from an unknown key.
+    pub fn none() -> Credentials {
+        Credentials {
+            keys: BTreeMap::new(),
+            regions: None,
+        }
+    }
+
+    /// How many access keys there are.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
     }
 
     /// Parses a keys file's text.
@@ -585,6 +689,41 @@ mod tests {
             caller.check("other"),
             Err(GatewayError::AccessDenied(m)) if m.contains("user/ONLY") && m.contains("function:other")
         ));
+    }
+
+    #[test]
+    fn key_files_appear_rotate_and_survive_a_bad_edit() {
+        let dir = std::env::temp_dir().join(format!("porchlight-keyfile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("keys.yaml");
+        let file = KeyFile::open(&path).expect("a missing file is no keys yet");
+        assert!(file.credentials().is_empty());
+        assert_eq!(file.reload(), Ok(false));
+
+        std::fs::write(&path, "keys:\n  - {accessKeyId: A, secretAccessKey: s}\n").expect("write");
+        assert_eq!(file.reload(), Ok(true));
+        assert!(file.credentials().keys.contains_key("A"));
+        assert_eq!(file.reload(), Ok(false), "unchanged");
+
+        std::fs::write(&path, "keys: [").expect("write");
+        assert!(file.reload().is_err());
+        assert!(
+            file.credentials().keys.contains_key("A"),
+            "the last valid keys stay"
+        );
+
+        std::fs::write(&path, "keys:\n  - {accessKeyId: B, secretAccessKey: t}\n").expect("write");
+        assert_eq!(file.reload(), Ok(true));
+        assert!(!file.credentials().keys.contains_key("A"));
+        assert!(file.credentials().keys.contains_key("B"));
+
+        std::fs::write(&path, "keys: [").expect("write");
+        assert!(
+            KeyFile::open(&path).is_err(),
+            "invalid at start is an error"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

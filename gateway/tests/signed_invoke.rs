@@ -255,5 +255,40 @@ fn boto3_and_the_aws_cli_sign_and_lambdas_errors_come_back() {
             "{profile} {function}: {stderr}"
         );
     }
+
+    // Keys rotate without a restart: the file is replaced (as a mounted
+    // Secret is), the new key works and the dropped one is unknown.
+    std::fs::write(
+        aws_dir.join("credentials"),
+        "[default]\naws_access_key_id = AKIDPORCHLIGHTECHO\naws_secret_access_key = echo-only-secret\n[rotated]\naws_access_key_id = AKIDROTATED\naws_secret_access_key = rotated-secret\n",
+    )
+    .expect("credentials");
+    std::fs::write(
+        aws_dir.join("config"),
+        "[default]\nregion = us-east-1\n[profile rotated]\nregion = us-east-1\n",
+    )
+    .expect("config");
+    let staged = dir.join("keys.yaml.new");
+    std::fs::write(
+        &staged,
+        "keys:\n  - {accessKeyId: AKIDROTATED, secretAccessKey: rotated-secret, functions: [echo]}\n",
+    )
+    .expect("new keys");
+    std::fs::rename(&staged, &keys).expect("replace keys");
+    let mut rotated = false;
+    for _ in 0..30 {
+        if cli("rotated", "echo").status.success() {
+            rotated = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert!(rotated, "the rotated key is accepted\n{}", gw.log());
+    let old = cli("default", "echo");
+    assert!(
+        String::from_utf8_lossy(&old.stderr).contains("(UnrecognizedClientException)"),
+        "the dropped key is unknown: {}",
+        String::from_utf8_lossy(&old.stderr)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -120,9 +120,12 @@ wait_until() {
   done
 }
 GW=""
+# The Lambda API needs SigV4 (the deploy/ default): curl signs as the AWS CLI
+# does, with the key deploy/new-key.sh made (check_install).
+SIGV4=()
 # invoke FUNCTION PAYLOAD OUTPREFIX [MAX_TIME]: writes OUTPREFIX.{body,headers}, prints the HTTP status.
 invoke() {
-  curl -sS --max-time "${4:-60}" -o "$3.body" -D "$3.headers" -w '%{http_code}' \
+  curl -sS --max-time "${4:-60}" "${SIGV4[@]}" -o "$3.body" -D "$3.headers" -w '%{http_code}' \
     -H 'content-type: application/json' --data "$2" \
     "http://$GW:8080/2015-03-31/functions/$1/invocations" 2>"$3.err"
 }
@@ -137,6 +140,13 @@ in_flight_at_least_1() { [[ $(in_flight "$1") -ge 1 ]]; }
 
 # --- a. install the platform -----------------------------------------------------
 check_install() {
+  # An access key first (as the README says), so the gateway starts with it.
+  kubectl create namespace $NS >/dev/null 2>&1
+  local keys
+  keys=$("$ROOT/deploy/new-key.sh" 2>"$OUT/new-key.log") || { cat "$OUT/new-key.log"; fail "install: deploy/new-key.sh"; return 1; }
+  eval "$keys"
+  [[ -n ${AWS_ACCESS_KEY_ID:-} && -n ${AWS_SECRET_ACCESS_KEY:-} ]] || { fail "install: deploy/new-key.sh printed a key"; return 1; }
+  SIGV4=(--aws-sigv4 "aws:amz:$AWS_REGION:lambda" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY")
   log "kubectl apply -k deploy/"
   if ! kubectl apply -k "$ROOT/deploy/" >"$OUT/apply.log" 2>&1; then
     cat "$OUT/apply.log"; fail "install: kubectl apply -k deploy/"; return 1
@@ -159,10 +169,13 @@ check_install() {
     code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$GW:8080$path")
     [[ $code == 404 ]] || { fail "install: $path is not served on the public port 8080 (HTTP $code)"; return 1; }
   done
-  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$GW:8080/2015-03-31/functions/")
-  [[ $code == 200 ]] || { fail "install: ListFunctions on the public port 8080 (HTTP $code)"; return 1; }
+  code=$(curl -s -D "$OUT/unsigned.headers" -o /dev/null -w '%{http_code}' --max-time 2 "http://$GW:8080/2015-03-31/functions/")
+  [[ $code == 403 && $(header "$OUT/unsigned" x-amzn-ErrorType) == MissingAuthenticationTokenException* ]] ||
+    { fail "install: an unsigned ListFunctions is refused (HTTP $code, $(header "$OUT/unsigned" x-amzn-ErrorType))"; return 1; }
+  code=$(curl -s "${SIGV4[@]}" -o /dev/null -w '%{http_code}' --max-time 2 "http://$GW:8080/2015-03-31/functions/")
+  [[ $code == 200 ]] || { fail "install: a signed ListFunctions on the public port 8080 (HTTP $code)"; return 1; }
   kubectl -n $NS get pods -o wide
-  pass "install: kubectl apply -k deploy/; controller and gateway pods Ready from local images; gateway public on $GW:8080, internal endpoints only on :8081"
+  pass "install: kubectl apply -k deploy/; controller and gateway pods Ready from local images; gateway public on $GW:8080 (Lambda API signed with the key from deploy/new-key.sh; unsigned -> 403), internal endpoints only on :8081"
 }
 
 # --- b. hello: kubectl get fn, cold start from zero -----------------------------
@@ -247,7 +260,7 @@ EOF
   ) >"$OUT/scale-status.txt" &
   local watcher=$!
   BG_PIDS="$watcher"
-  log "load: 50 concurrent callers for 8 s through $GW:8080 (environments from the Function status)"
+  log "load: 50 concurrent callers for 8 s through $GW:8080, signed (environments from the Function status)"
   timeout 120 "$LOAD" --target "http://$GW:8080" --function e2e-scale --concurrency 50 --duration 8s \
     --scale-source kubernetes --namespace default \
     --observe-after 1s --timeout 30s --quiet --out "$OUT/load" >"$OUT/load.log" 2>&1
@@ -625,7 +638,7 @@ EOF
   kubectl get fn e2e-secret -o yaml | grep -q first-s3cret-value && leaks+=" Function"
   kubectl get deploy fn-e2e-secret -o yaml | grep -q first-s3cret-value && leaks+=" Deployment"
   kubectl get events -o yaml | grep -q first-s3cret-value && leaks+=" Events"
-  curl -s --max-time 5 "http://$GW:8080/2015-03-31/functions/" | grep -q first-s3cret-value && leaks+=" ListFunctions"
+  curl -s --max-time 5 "${SIGV4[@]}" "http://$GW:8080/2015-03-31/functions/" | grep -q first-s3cret-value && leaks+=" ListFunctions"
   curl -s --max-time 5 "http://$GW:8081/v1/functions" | grep -q first-s3cret-value && leaks+=" /v1/functions"
   if [[ -n $leaks ]]; then
     fail "secret: the Secret's value shows in:$leaks"

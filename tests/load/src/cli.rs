@@ -39,6 +39,12 @@ REPORT (in --out):
   latency.png       latency over time, cold starts marked
   environments.png  ready/desired environments against offered load
 
+SIGNED INVOKES:
+  With AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY set (and AWS_REGION, else
+  us-east-1), every invoke is signed with SigV4 as the AWS CLI signs it: what
+  a gateway with --auth-keys (the deploy/ default) requires.
+  --no-sign-request sends them unsigned.
+
 SCALE SOURCES (--scale-source):
   gateway      GET --stats-url (default TARGET/v1/functions) once a second;
                with several gateway replicas each sample is the replica that
@@ -149,6 +155,12 @@ pub struct Args {
     /// No live progress.
     #[arg(short, long)]
     pub quiet: bool,
+
+    /// Send invokes unsigned even when AWS credentials are set (by default
+    /// they are signed with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and
+    /// AWS_REGION, as every AWS client does).
+    #[arg(long)]
+    pub no_sign_request: bool,
 }
 
 /// Subcommands.
@@ -236,6 +248,11 @@ impl Args {
                 ProgressMode::Quiet
             } else {
                 ProgressMode::Auto
+            },
+            signer: if self.no_sign_request {
+                None
+            } else {
+                crate::sign::Signer::from_env()
             },
         };
         Ok((config, observer))

@@ -7,6 +7,7 @@ pub mod invoke;
 pub mod live;
 pub mod profile;
 pub mod scale;
+pub mod sign;
 pub mod simulate;
 pub mod summary;
 pub mod workload;

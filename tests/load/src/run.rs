@@ -71,6 +71,8 @@ pub struct RunConfig {
     pub font: PathBuf,
     /// Progress display.
     pub progress: ProgressMode,
+    /// Signs invokes (SigV4) when set.
+    pub signer: Option<crate::sign::Signer>,
 }
 
 /// What a run produced.
@@ -109,7 +111,8 @@ pub async fn run(
         Load::Concurrency(p) => p.peak().ceil() as usize,
         Load::Rate(_) => config.max_in_flight,
     };
-    let invoker = Invoker::new(&config.target, &names, config.timeout, pool)?;
+    let invoker =
+        Invoker::new(&config.target, &names, config.timeout, pool)?.signed(config.signer.clone());
     let stats = Arc::new(LiveStats::new(names.len()));
     let start = Instant::now();
     let driver = Arc::new(Driver {

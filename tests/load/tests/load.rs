@@ -39,6 +39,7 @@ fn config(target: &str, load: Load, out: &str) -> RunConfig {
         scale_target: None,
         font: PathBuf::from(porchlight_load::charts::DEFAULT_FONT),
         progress: ProgressMode::Quiet,
+        signer: None,
     }
 }
 

@@ -26,6 +26,7 @@ async fn charts_without_a_font_have_no_text_but_exist() {
         scale_target: None,
         font: PathBuf::from("/nonexistent/font.ttf"),
         progress: ProgressMode::Quiet,
+        signer: None,
     };
     let output = run(config, None, CancellationToken::new()).await.unwrap();
     assert!(!output.report.charts_have_text);
