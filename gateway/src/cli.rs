@@ -74,6 +74,25 @@ pub struct Cli {
     /// instead, and not on --listen.
     #[arg(long, value_name = "ADDR", env = "PORCHLIGHT_INTERNAL_LISTEN")]
     pub internal_listen: Option<SocketAddr>,
+    /// Serve --listen over TLS (HTTPS) with this PEM certificate chain
+    /// (with --tls-key). The files are read again when they change, so a
+    /// renewed certificate applies without a restart. The internal listener
+    /// stays plain HTTP.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "PORCHLIGHT_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "PORCHLIGHT_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
     /// Open connections at most; more wait in the kernel's accept queue.
     #[arg(long, default_value_t = 4096)]
     pub max_connections: usize,
@@ -401,6 +420,23 @@ where
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
+    let certificate = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => match crate::tls::CertFiles::open(cert, key) {
+            Ok(files) => Some(Arc::new(files)),
+            Err(e) => {
+                eprintln!("porchlight-gateway: --tls-cert/--tls-key: {e}");
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
+        },
+        _ => None,
+    };
+    let tls = match certificate.as_ref().map(|c| c.acceptor()).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("porchlight-gateway: TLS: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
     let keys = config.credentials.clone();
     let gateway = Gateway::new(config);
     let shutdown = CancellationToken::new();
@@ -411,6 +447,9 @@ where
         return ExitCode::FAILURE;
     }
     let reports = tokio::spawn(gateway.run_reports(source_stop.clone()));
+    if let Some(certificate) = certificate {
+        tokio::spawn(certificate.watch(shutdown.clone()));
+    }
     if let Some(keys) = keys {
         if keys.credentials().is_empty() {
             tracing::warn!(path = ?cli.auth_keys, "no access key file yet: every Lambda API call is refused until it appears");
@@ -431,11 +470,12 @@ where
     let (public, internal_server) = match internal {
         Some(internal) => {
             let at = internal.local_addr().unwrap_or(addr);
-            tracing::info!(public = %addr, internal = %at, "serving");
+            tracing::info!(public = %addr, tls = tls.is_some(), internal = %at, "serving");
             let server = crate::listener::serve(
                 internal,
                 crate::routes::internal_app(gateway.clone()),
                 limits,
+                None,
                 shutdown.clone(),
                 drain,
             );
@@ -445,11 +485,11 @@ where
             )
         }
         None => {
-            tracing::info!(%addr, "serving");
+            tracing::info!(%addr, tls = tls.is_some(), "serving");
             (crate::routes::app(gateway.clone()), None)
         }
     };
-    let server = crate::listener::serve(listener, public, limits, shutdown.clone(), drain);
+    let server = crate::listener::serve(listener, public, limits, tls, shutdown.clone(), drain);
     tokio::pin!(server);
     tokio::select! {
         _ = &mut server => {}

@@ -33,6 +33,7 @@ pub mod report;
 pub mod routes;
 pub mod sigv4;
 pub mod sync_invoke;
+pub mod tls;
 pub mod upstream;
 
 pub use dead_letters::now_rfc3339;

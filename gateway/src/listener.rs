@@ -20,9 +20,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
@@ -53,11 +55,13 @@ impl Default for ListenerLimits {
 
 /// Serves `app` on `listener` until `shutdown`, then lets open requests
 /// finish (connections close after their current request). Returns when
-/// every connection closed, or `drain` after `shutdown`.
+/// every connection closed, or `drain` after `shutdown`. With `tls`, every
+/// connection starts with a TLS handshake, bounded by the header deadline.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ListenerLimits,
+    tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
     drain: Duration,
 ) {
@@ -87,9 +91,9 @@ pub async fn serve(
                 }
             },
         };
-        let (app, shutdown) = (app.clone(), shutdown.clone());
+        let (app, shutdown, tls) = (app.clone(), shutdown.clone(), tls.clone());
         connections.spawn(async move {
-            serve_connection(tcp, remote, app, limits, shutdown).await;
+            accept_connection(tcp, remote, app, limits, tls, shutdown).await;
             drop(permit);
         });
     }
@@ -104,8 +108,8 @@ pub async fn serve(
     )
     .await
     {
-        let (app, shutdown) = (app.clone(), shutdown.clone());
-        connections.spawn(serve_connection(tcp, remote, app, limits, shutdown));
+        let (app, shutdown, tls) = (app.clone(), shutdown.clone(), tls.clone());
+        connections.spawn(accept_connection(tcp, remote, app, limits, tls, shutdown));
     }
     drop(listener);
     connections.close();
@@ -198,13 +202,14 @@ impl Activity {
     }
 }
 
-/// The connection's socket, telling the watchdog when bytes arrive.
-struct Tracked {
-    io: tokio::net::TcpStream,
+/// The connection's socket (or TLS stream), telling the watchdog when
+/// bytes arrive.
+struct Tracked<S> {
+    io: S,
     activity: Arc<Activity>,
 }
 
-impl tokio::io::AsyncRead for Tracked {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tracked<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -219,7 +224,7 @@ impl tokio::io::AsyncRead for Tracked {
     }
 }
 
-impl tokio::io::AsyncWrite for Tracked {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -249,15 +254,38 @@ impl tokio::io::AsyncWrite for Tracked {
     }
 }
 
-async fn serve_connection(
+/// Takes one accepted connection: its TLS handshake first when configured
+/// (a client that does not finish it within the header deadline is
+/// dropped), then its requests.
+async fn accept_connection(
     tcp: tokio::net::TcpStream,
     remote: SocketAddr,
     app: Router,
     limits: ListenerLimits,
+    tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
     // Small responses must not wait for Nagle's algorithm.
     let _ = tcp.set_nodelay(true);
+    let Some(tls) = tls else {
+        return serve_connection(tcp, remote, app, limits, shutdown).await;
+    };
+    match tokio::time::timeout(limits.header_read_timeout, tls.accept(tcp)).await {
+        Ok(Ok(stream)) => serve_connection(stream, remote, app, limits, shutdown).await,
+        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%remote, "TLS handshake did not finish in time"),
+    }
+}
+
+async fn serve_connection<S>(
+    io: S,
+    remote: SocketAddr,
+    app: Router,
+    limits: ListenerLimits,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity {
         in_flight: AtomicUsize::new(0),
         last: AtomicU64::new(0),
@@ -287,7 +315,7 @@ async fn serve_connection(
         .header_read_timeout(None)
         .keep_alive(true);
     let io = Tracked {
-        io: tcp,
+        io,
         activity: activity.clone(),
     };
     let connection = builder.serve_connection(TokioIo::new(io), service);

@@ -714,10 +714,38 @@ check_namespaces() {
   kubectl -n $team delete fn e2e-ns --wait=false >/dev/null 2>&1
 }
 
+# --- l. HTTPS on the public port, certificate from a Secret ------------------------
+check_tls() {
+  local host=porchlight-gateway.$NS.svc dir="$OUT/tls"
+  mkdir -p "$dir"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+    -subj "/CN=$host" -addext "subjectAltName=DNS:$host" \
+    -keyout "$dir/tls.key" -out "$dir/tls.crt" >"$dir/openssl.log" 2>&1 || { cat "$dir/openssl.log"; fail "tls: openssl made a certificate"; return 1; }
+  kubectl -n $NS create secret tls porchlight-gateway-tls --cert="$dir/tls.crt" --key="$dir/tls.key" >/dev/null &&
+    kubectl -n $NS patch deploy porchlight-gateway --patch-file "$ROOT/deploy/tls-patch.yaml" >/dev/null ||
+    { fail "tls: create the Secret and apply deploy/tls-patch.yaml"; return 1; }
+  if ! kubectl -n $NS rollout status deploy/porchlight-gateway --timeout=120s >"$dir/rollout.log" 2>&1; then
+    cat "$dir/rollout.log"; fail "tls: the gateway rolled out with the certificate"; return 1
+  fi
+  wait_until 60 gateway_pod_ip || { fail "tls: one running gateway pod after the rollout"; return 1; }
+  GW=$(gateway_pod_ip)
+  wait_until 30 curl -sf --max-time 2 "http://$GW:8081/ready" || { fail "tls: the new gateway is ready (internal port, plain HTTP)"; return 1; }
+  # The pod's IP only: --resolve pins the certificate's name to it.
+  local https=(--cacert "$dir/tls.crt" --resolve "$host:8080:$GW")
+  local code plain
+  code=$(curl -sS "${https[@]}" "${SIGV4[@]}" -o "$dir/list.json" -w '%{http_code}' --max-time 10 "https://$host:8080/2015-03-31/functions/" 2>"$dir/curl.err")
+  plain=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://$GW:8080/2015-03-31/functions/")
+  if [[ $code == 200 && $plain != 200 && $plain != 403 ]]; then
+    pass "tls: signed ListFunctions over HTTPS with the certificate from Secret porchlight-gateway-tls (deploy/tls-patch.yaml); plain HTTP on the public port gets no answer (HTTP $plain)"
+  else
+    fail "tls: HTTPS -> $code ($(cat "$dir/curl.err")), plain HTTP -> $plain"
+  fi
+}
+
 COLD_MS=""
 # E2E_ONLY="drain kill" runs only those checks (after install).
 if check_install; then
-  for check in ${E2E_ONLY:-hello scale update init_failure invalid delete kill drain secret namespaces}; do
+  for check in ${E2E_ONLY:-hello scale update init_failure invalid delete kill drain secret namespaces tls}; do
     "check_$check"
   done
 else
