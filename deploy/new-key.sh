@@ -5,6 +5,7 @@
 # porchlight-load:
 #
 #   eval "$(deploy/new-key.sh)"            # a key for every function
+#   FUNCTIONS=hello deploy/new-key.sh      # a key for hello only
 #   FUNCTIONS='hello,team-b.*' deploy/new-key.sh
 #
 # The gateway picks the change up within seconds, without a restart.
@@ -17,6 +18,8 @@ secret=$(openssl rand -base64 48 | tr -d '/+=\n' | cut -c1-40)
 IFS=, read -ra names <<<"$FUNCTIONS"
 functions=$(printf '"%s", ' "${names[@]}")
 functions=${functions%, }
+# Before `kubectl apply -k deploy/` too: the namespace is made if missing.
+kubectl get namespace "$NAMESPACE" >/dev/null 2>&1 || kubectl create namespace "$NAMESPACE" >&2
 kubectl -n "$NAMESPACE" create secret generic porchlight-gateway-keys \
   --from-literal=keys.yaml="keys:
   - {accessKeyId: $id, secretAccessKey: $secret, functions: [$functions]}
