@@ -56,6 +56,18 @@ pub use porchlight_core::autoscaler::ScalingSettings;
         description = "Events in flight plus queued, as last reported by the gateways"
     ),
     printcolumn(
+        name = "Keep-Alive",
+        type_ = "string",
+        json_path = ".status.keepAlive.mode",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Next-Prewarm",
+        type_ = "string",
+        json_path = ".status.keepAlive.nextPrewarm",
+        priority = 1
+    ),
+    printcolumn(
         name = "URL",
         type_ = "string",
         json_path = ".status.url",
@@ -286,6 +298,42 @@ pub struct Scaling {
     #[serde(default = "default_stable_window")]
     #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
     pub stable_window: String,
+    /// How long an idle function keeps an environment: `fixed`
+    /// (`scaleToZeroAfter` after every event) or `adaptive` (from the
+    /// function's own idle times: scale to zero after an event, bring one
+    /// environment back just before the next is expected, and keep it until
+    /// the tail of its idle times has passed; a 20-minute window until 30
+    /// idle times are known).
+    #[serde(default, skip_serializing_if = "KeepAlivePolicy::is_fixed")]
+    pub keep_alive: KeepAlivePolicy,
+}
+
+/// How long an idle function keeps an environment.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum KeepAlivePolicy {
+    /// `scaleToZeroAfter` after the last event.
+    #[default]
+    Fixed,
+    /// From the function's idle-time histogram.
+    Adaptive,
+}
+
+impl KeepAlivePolicy {
+    fn is_fixed(&self) -> bool {
+        *self == KeepAlivePolicy::Fixed
+    }
+}
+
+impl From<KeepAlivePolicy> for porchlight_core::autoscaler::KeepAlive {
+    fn from(p: KeepAlivePolicy) -> Self {
+        match p {
+            KeepAlivePolicy::Fixed => porchlight_core::autoscaler::KeepAlive::Fixed,
+            KeepAlivePolicy::Adaptive => porchlight_core::autoscaler::KeepAlive::Adaptive,
+        }
+    }
 }
 
 impl Default for Scaling {
@@ -296,6 +344,7 @@ impl Default for Scaling {
             target_utilization: default_target_utilization(),
             scale_to_zero_after: default_scale_to_zero_after(),
             stable_window: default_stable_window(),
+            keep_alive: KeepAlivePolicy::Fixed,
         }
     }
 }
@@ -446,6 +495,35 @@ pub struct FunctionStatus {
     /// Label selector of the environments, for the scale subresource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+    /// Where the keep-alive stands (`spec.scaling.keepAlive`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive: Option<KeepAliveStatus>,
+}
+
+/// A function's keep-alive, as the autoscaler last decided it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct KeepAliveStatus {
+    /// `fixed` or `adaptive`.
+    pub policy: String,
+    /// The rule in force: `fixed` (a fixed window), `histogram` (from the
+    /// idle times) or `long_fixed` (most idle times are beyond 4 hours).
+    pub mode: String,
+    /// Seconds an environment stays after the last event.
+    pub keep_alive_seconds: i64,
+    /// Seconds after the last event at which one environment is loaded
+    /// again (0: it stays loaded from the event on).
+    pub prewarm_after_seconds: i64,
+    /// When one environment is loaded again (RFC 3339), while the function
+    /// is idle and that is ahead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_prewarm: Option<String>,
+    /// Idle times recorded so far.
+    pub idle_times: i64,
+    /// The idle-time histogram in compact form (1-minute bins over 4 hours),
+    /// kept here so that a controller restart does not lose it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_histogram: Option<String>,
 }
 
 /// A status condition in the usual Kubernetes shape.
@@ -667,6 +745,7 @@ impl FunctionSpec {
                     target_utilization: s.target_utilization,
                     scale_to_zero_after,
                     stable_window,
+                    keep_alive: s.keep_alive.into(),
                 })
             }
             (a, b) => {

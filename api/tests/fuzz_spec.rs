@@ -144,15 +144,27 @@ fn spec() -> impl Strategy<Value = FunctionSpec> {
         ],
         duration(),
         duration(),
+        prop_oneof![
+            Just(porchlight_api::function::KeepAlivePolicy::Fixed),
+            Just(porchlight_api::function::KeepAlivePolicy::Adaptive)
+        ],
     )
         .prop_map(
-            |(min_scale, max_scale, target_utilization, scale_to_zero_after, stable_window)| {
+            |(
+                min_scale,
+                max_scale,
+                target_utilization,
+                scale_to_zero_after,
+                stable_window,
+                keep_alive,
+            )| {
                 Scaling {
                     min_scale,
                     max_scale,
                     target_utilization,
                     scale_to_zero_after,
                     stable_window,
+                    keep_alive,
                 }
             },
         );

@@ -32,6 +32,7 @@ fn config() -> AutoscalerConfig {
         target_utilization: 0.7,
         scale_to_zero_after: Duration::from_secs(30),
         stable_window: Duration::from_secs(60),
+        keep_alive: porchlight_core::autoscaler::KeepAlive::Fixed,
     })
 }
 

@@ -18,7 +18,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
-use porchlight_api::function::FunctionCondition;
+use porchlight_api::function::{FunctionCondition, KeepAliveStatus};
 use porchlight_api::{Function, FunctionStatus};
 use porchlight_core::ScalingSettings;
 use serde_json::json;
@@ -31,7 +31,7 @@ use crate::sink;
 use crate::validation::{function_key, validate_for_cluster};
 use crate::{Error, Result};
 use porchlight_core::names::{self, reason};
-use porchlight_core::scaling::{ScaleBook, ScaleRecord, wall_clock};
+use porchlight_core::scaling::{KeepAliveRecord, ScaleBook, ScaleRecord, wall_clock};
 
 /// The field manager of everything the reconciler writes, status included.
 pub const MANAGER: &str = "porchlight-controller";
@@ -357,6 +357,20 @@ impl ObservedDeployment {
     }
 }
 
+/// The status form of a keep-alive record.
+pub fn keep_alive_status(k: &KeepAliveRecord) -> KeepAliveStatus {
+    let seconds = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    KeepAliveStatus {
+        policy: k.policy.as_str().to_string(),
+        mode: k.decision.mode.as_str().to_string(),
+        keep_alive_seconds: seconds(k.decision.keep_alive_until),
+        prewarm_after_seconds: seconds(k.decision.prewarm_after),
+        next_prewarm: k.next_prewarm.clone(),
+        idle_times: i64::from(k.histogram.total()),
+        idle_histogram: (k.histogram.total() > 0).then(|| k.histogram.encode()),
+    }
+}
+
 /// The status a Function should have (pure): the Ready condition from the
 /// environments and their trouble, the counts, and the autoscaler's record.
 pub fn next_status(
@@ -437,6 +451,10 @@ pub fn next_status(
             porchlight_core::invoke::function_invoke_path(&name)
         )),
         selector: Some(resources::selector(&name)),
+        keep_alive: book
+            .and_then(|r| r.keep_alive.as_ref())
+            .map(keep_alive_status)
+            .or(previous_status.keep_alive),
     }
 }
 
@@ -701,6 +719,7 @@ spec:
             desired: 3,
             observed_concurrency: 2.4,
             last_scale_time: Some("2026-01-01T00:00:00Z".into()),
+            keep_alive: None,
         };
         let s = next_status(
             &f,
@@ -719,6 +738,54 @@ spec:
             Some(1),
             "without a record: the Deployment's count"
         );
+    }
+
+    #[test]
+    fn the_keep_alive_is_in_the_status_and_its_idle_times_survive_a_restart() {
+        use porchlight_core::autoscaler::KeepAlive;
+        use porchlight_core::keepalive::{Decision, IdleHistogram, Mode};
+        let mut f = function();
+        let mut idle = IdleHistogram::new();
+        for _ in 0..40 {
+            idle.record_idle(Duration::from_secs(178));
+        }
+        let record = ScaleRecord {
+            desired: 0,
+            observed_concurrency: 0.0,
+            last_scale_time: None,
+            keep_alive: Some(KeepAliveRecord {
+                policy: KeepAlive::Adaptive,
+                decision: Decision {
+                    prewarm_after: Duration::from_secs(108),
+                    keep_alive_until: Duration::from_secs(1200),
+                    mode: Mode::Histogram,
+                },
+                next_prewarm: Some("2026-01-01T00:01:48Z".into()),
+                histogram: idle.clone(),
+            }),
+        };
+        let s = next_status(
+            &f,
+            &observed(0, 0, 0),
+            Some(&record),
+            false,
+            None,
+            "http://gw",
+        );
+        let k = s.keep_alive.clone().expect("keep-alive status");
+        assert_eq!(
+            (k.policy.as_str(), k.mode.as_str()),
+            ("adaptive", "histogram")
+        );
+        assert_eq!((k.prewarm_after_seconds, k.keep_alive_seconds), (108, 1200));
+        assert_eq!(k.next_prewarm.as_deref(), Some("2026-01-01T00:01:48Z"));
+        assert_eq!(k.idle_times, 40);
+        // A restarted controller reads the idle times back from the status,
+        // and keeps the status it had until the autoscaler decides again.
+        f.status = Some(s);
+        assert_eq!(crate::scaling::idle_times(&f), Some(idle));
+        let again = next_status(&f, &observed(0, 0, 0), None, false, None, "http://gw");
+        assert_eq!(again.keep_alive, Some(k));
     }
 
     #[test]

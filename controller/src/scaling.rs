@@ -9,6 +9,7 @@ use std::sync::Arc;
 use kube::runtime::reflector::Store;
 use porchlight_api::Function;
 use porchlight_core::AutoscalerConfig;
+use porchlight_core::keepalive::IdleHistogram;
 use porchlight_core::scaling::{
     AutoscalerLoop, LoopEvent, ScaleBook, ScaleObserver, ScaleSink, ScaleSource, ScaleTarget,
     Workload,
@@ -56,6 +57,19 @@ pub fn scale_target(f: Arc<Function>) -> Option<ScaleTarget<Arc<Function>>> {
     })
 }
 
+/// The idle times a Function's status kept (an unreadable histogram is
+/// dropped: it only costs the history).
+pub fn idle_times(f: &Function) -> Option<IdleHistogram> {
+    let text = f
+        .status
+        .as_ref()?
+        .keep_alive
+        .as_ref()?
+        .idle_histogram
+        .as_ref()?;
+    IdleHistogram::decode(text).ok()
+}
+
 impl<F: FunctionSource> ScaleSource for Functions<F> {
     type Handle = Arc<Function>;
 
@@ -65,6 +79,10 @@ impl<F: FunctionSource> ScaleSource for Functions<F> {
             .into_iter()
             .filter_map(scale_target)
             .collect()
+    }
+
+    fn idle_times(&self, f: &Arc<Function>) -> Option<IdleHistogram> {
+        idle_times(f)
     }
 }
 

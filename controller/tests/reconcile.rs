@@ -223,6 +223,7 @@ async fn status_is_applied_with_one_field_manager() {
             desired: 2,
             observed_concurrency: 1.4,
             last_scale_time: Some("2026-11-27T10:00:00Z".into()),
+            keep_alive: None,
         },
     );
     reconcile(f, ctx).await.expect("reconcile succeeds");

@@ -10,13 +10,45 @@
 //!   higher of the panic-window average and the latest second, so a burst
 //!   (or demand at zero after idle seconds) is seen at full size at once;
 //! - scale-down is limited to halving per decision (`max_scale_down_rate`);
-//! - scale to zero once nothing was in flight or queued for `scale_to_zero_after`;
+//! - scale to zero once nothing was in flight or queued for `scale_to_zero_after`
+//!   (`KeepAlive::Fixed`), or, with `KeepAlive::Adaptive`, as the function's
+//!   idle-time histogram says (`crate::keepalive`): unload at once, pre-warm
+//!   one environment just before the next event is expected, keep it until
+//!   the tail of the idle times has passed;
 //! - scale from zero at once: any demand at zero yields at least one environment.
 //!
 //! Pure maths: time is passed in, nothing here sleeps or does I/O.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+use crate::keepalive::{self, IdleHistogram, KeepAliveParams};
+
+/// How long an idle function keeps its environments.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KeepAlive {
+    /// `scale_to_zero_after` after the last event, for every function.
+    #[default]
+    Fixed,
+    /// From the function's own idle times ([`crate::keepalive`]), with the
+    /// parameters the trace replay settled on
+    /// ([`KeepAliveParams::recommended`]).
+    Adaptive,
+}
+
+impl KeepAlive {
+    /// The spelling in a Function's spec and status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeepAlive::Fixed => "fixed",
+            KeepAlive::Adaptive => "adaptive",
+        }
+    }
+}
+
+/// Idle gaps shorter than this are not idle times: the gateways' samples
+/// arrive about once a second, so a shorter gap is sampling, not a pause.
+pub const MIN_IDLE_GAP: Duration = Duration::from_secs(2);
 
 /// A Function's validated scaling settings, durations parsed
 /// (`porchlight_api::FunctionSpec::validate` makes them).
@@ -34,6 +66,8 @@ pub struct ScalingSettings {
     pub scale_to_zero_after: Duration,
     /// Stable averaging window.
     pub stable_window: Duration,
+    /// Fixed or adaptive keep-alive.
+    pub keep_alive: KeepAlive,
 }
 
 /// Tunables of one function's autoscaler.
@@ -59,6 +93,8 @@ pub struct AutoscalerConfig {
     pub max_scale_up_rate: f64,
     /// At most this factor fewer environments per decision (Knative: 2).
     pub max_scale_down_rate: f64,
+    /// Fixed (`scale_to_zero_after`) or adaptive keep-alive.
+    pub keep_alive: KeepAlive,
 }
 
 impl AutoscalerConfig {
@@ -75,6 +111,7 @@ impl AutoscalerConfig {
             scale_to_zero_after: settings.scale_to_zero_after,
             max_scale_up_rate: 1000.0,
             max_scale_down_rate: 2.0,
+            keep_alive: settings.keep_alive,
         }
     }
 
@@ -97,6 +134,9 @@ pub enum DecisionReason {
     ScaleToZero,
     /// Recently busy: kept at one environment until the idle window passes.
     HoldUntilIdle,
+    /// Adaptive keep-alive: one environment loaded again before the next
+    /// event is expected.
+    PreWarm,
     /// Raised to `min_scale` or lowered to `max_scale`.
     Bounds,
 }
@@ -110,6 +150,7 @@ impl DecisionReason {
             DecisionReason::WakeFromZero => "wake_from_zero",
             DecisionReason::ScaleToZero => "scale_to_zero",
             DecisionReason::HoldUntilIdle => "hold_until_idle",
+            DecisionReason::PreWarm => "pre_warm",
             DecisionReason::Bounds => "bounds",
         }
     }
@@ -128,6 +169,37 @@ pub struct Decision {
     pub panic_concurrency: f64,
     /// What decided the count.
     pub reason: DecisionReason,
+    /// The keep-alive in force for the idle time after the last event.
+    pub keep_alive: keepalive::Decision,
+}
+
+/// Where a function's keep-alive stands, for its status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeepAliveState {
+    /// Fixed or adaptive.
+    pub policy: KeepAlive,
+    /// The decision for the current idle time.
+    pub decision: keepalive::Decision,
+    /// When the last event ended (the idle time's start), if the function
+    /// is idle now.
+    pub idle_since: Option<Instant>,
+    /// The function's idle times.
+    pub histogram: IdleHistogram,
+}
+
+impl KeepAliveState {
+    /// When one environment is loaded again, if the function is idle and
+    /// that is still ahead.
+    pub fn next_prewarm(&self, now: Instant) -> Option<Instant> {
+        let at = self.idle_since? + self.decision.prewarm_after;
+        (self.decision.prewarm_after > Duration::ZERO && at > now).then_some(at)
+    }
+
+    /// When the function scales to zero, if it is idle and that is ahead.
+    pub fn unload_at(&self, now: Instant) -> Option<Instant> {
+        let at = self.idle_since? + self.decision.keep_alive_until;
+        (at > now).then_some(at)
+    }
 }
 
 /// One second of samples.
@@ -156,6 +228,12 @@ pub struct Autoscaler {
     config: AutoscalerConfig,
     buckets: VecDeque<Bucket>,
     last_busy: Option<Instant>,
+    /// Whether the latest sample had anything in flight or queued.
+    busy_now: bool,
+    /// Idle times seen (kept whatever the policy, so switching to adaptive
+    /// starts with history).
+    idle: IdleHistogram,
+    params: KeepAliveParams,
     panic_since: Option<Instant>,
     last_panic_trigger: Option<Instant>,
     max_panic_desired: u32,
@@ -172,6 +250,9 @@ impl Autoscaler {
             config,
             buckets: VecDeque::new(),
             last_busy: if current > 0 { Some(now) } else { None },
+            busy_now: false,
+            idle: IdleHistogram::new(),
+            params: KeepAliveParams::recommended(),
             panic_since: restarted_busy.then_some(now),
             last_panic_trigger: restarted_busy.then_some(now),
             max_panic_desired: if restarted_busy { current } else { 0 },
@@ -194,6 +275,30 @@ impl Autoscaler {
         self.last_desired
     }
 
+    /// Starts from idle times kept elsewhere (a Function's status, after a
+    /// restart).
+    pub fn restore_idle_times(&mut self, histogram: IdleHistogram) {
+        self.idle = histogram;
+    }
+
+    /// The keep-alive for the idle time after the last event.
+    pub fn keep_alive_decision(&self) -> keepalive::Decision {
+        match self.config.keep_alive {
+            KeepAlive::Fixed => keepalive::Decision::fixed(self.config.scale_to_zero_after),
+            KeepAlive::Adaptive => keepalive::decide(&self.idle, &self.params),
+        }
+    }
+
+    /// Where the keep-alive stands.
+    pub fn keep_alive_state(&self) -> KeepAliveState {
+        KeepAliveState {
+            policy: self.config.keep_alive,
+            decision: self.keep_alive_decision(),
+            idle_since: if self.busy_now { None } else { self.last_busy },
+            histogram: self.idle.clone(),
+        }
+    }
+
     /// Records a concurrency sample (in flight + queued, summed over gateways).
     /// Returns true when this is demand for a function at zero, which the
     /// caller should act on at once rather than at its next tick.
@@ -204,8 +309,17 @@ impl Autoscaler {
             0.0
         };
         if concurrency > 0.0 {
+            if !self.busy_now
+                && let Some(ended) = self.last_busy
+            {
+                let gap = now.saturating_duration_since(ended);
+                if gap >= MIN_IDLE_GAP {
+                    self.idle.record_idle(gap);
+                }
+            }
             self.last_busy = Some(now);
         }
+        self.busy_now = concurrency > 0.0;
         match self.buckets.back_mut() {
             Some(b) if now >= b.start && now.duration_since(b.start) < BUCKET => {
                 b.sum += concurrency;
@@ -313,18 +427,31 @@ impl Autoscaler {
             (stable_desired, DecisionReason::Stable)
         };
 
-        let idle_for = self.last_busy.map(|t| now.saturating_duration_since(t));
+        let keep_alive = self.keep_alive_decision();
+        let idle_for = match self.last_busy {
+            Some(_) if self.busy_now => Some(Duration::ZERO),
+            Some(t) => Some(now.saturating_duration_since(t)),
+            None => None,
+        };
+        let prewarm_wait = !self.busy_now && idle_for.is_some_and(|i| i < keep_alive.prewarm_after);
         match idle_for {
-            Some(idle) if idle < cfg.scale_to_zero_after => {
+            Some(idle) if idle < keep_alive.keep_alive_until && !prewarm_wait => {
+                let prewarmed = keep_alive.prewarm_after > Duration::ZERO && !self.busy_now;
                 if desired == 0 {
                     desired = 1;
-                    reason = if self.last_desired == 0 {
+                    reason = if prewarmed {
+                        DecisionReason::PreWarm
+                    } else if self.last_desired == 0 {
                         DecisionReason::WakeFromZero
                     } else {
                         DecisionReason::HoldUntilIdle
                     };
                 } else if self.last_desired == 0 {
-                    reason = DecisionReason::WakeFromZero;
+                    reason = if prewarmed {
+                        DecisionReason::PreWarm
+                    } else {
+                        DecisionReason::WakeFromZero
+                    };
                 }
             }
             _ => {
@@ -355,6 +482,7 @@ impl Autoscaler {
             stable_concurrency: stable,
             panic_concurrency: panic,
             reason,
+            keep_alive,
         }
     }
 }
@@ -376,6 +504,7 @@ mod tests {
             scale_to_zero_after: Duration::from_secs(30),
             max_scale_up_rate: 1000.0,
             max_scale_down_rate: 2.0,
+            keep_alive: KeepAlive::Fixed,
         }
     }
 
@@ -552,6 +681,125 @@ mod tests {
         let max = ds.iter().map(|d| d.desired).max().unwrap_or(0);
         assert!(max - min <= 1, "count moved between {min} and {max}");
         assert!((5..=6).contains(&max), "3.5 / 0.7 = 5, got {max}");
+    }
+
+    /// One event every `period` seconds, busy for its first 2 seconds (half
+    /// an environment's target: one environment), for `cycles` periods from
+    /// second 0; returns the decisions, one a second.
+    fn periodic(a: &mut Autoscaler, t0: Instant, period: u64, cycles: u64) -> Vec<Decision> {
+        let mut ready = 0;
+        drive(
+            a,
+            t0,
+            0,
+            period * cycles,
+            |s| if s % period < 2 { 0.5 } else { 0.0 },
+            &mut ready,
+        )
+    }
+
+    #[test]
+    fn adaptive_keep_alive_prewarms_a_periodic_function_before_its_next_event() {
+        let t0 = Instant::now();
+        let adaptive = AutoscalerConfig {
+            keep_alive: KeepAlive::Adaptive,
+            ..config()
+        };
+        let mut a = Autoscaler::new(adaptive, t0, 0);
+        // Every 3 minutes: idle times of 178 s, in the 2-3 minute bin.
+        let ds = periodic(&mut a, t0, 180, 40);
+        let state = a.keep_alive_state();
+        assert_eq!(state.histogram.total(), 39, "one idle time per gap");
+        assert_eq!(state.histogram.bin(2), 39);
+        let k = state.decision;
+        assert_eq!(k.mode, keepalive::Mode::Histogram);
+        // Pre-warm at 2 minutes less 10 %; keep until the 20-minute floor.
+        assert_eq!(k.prewarm_after, Duration::from_secs(108));
+        assert_eq!(k.keep_alive_until, Duration::from_secs(20 * 60));
+
+        // The last cycle, from second 39 * 180: busy, then unloaded once the
+        // burst has left the panic window (6 s), loaded again 108 s after the
+        // event's end, ready when the next event comes at 180 s.
+        let last = &ds[39 * 180..];
+        assert!(last[0].desired >= 1, "the event runs");
+        let idle_end = 1; // the last busy second
+        for (s, d) in last.iter().enumerate().skip(idle_end + 7) {
+            let idle = (s - idle_end) as u64;
+            if idle < 108 {
+                assert_eq!(
+                    d.desired, 0,
+                    "unloaded while the next event is far, at idle {idle} s: {d:?}"
+                );
+            } else {
+                assert_eq!(d.desired, 1, "pre-warmed at idle {idle} s: {d:?}");
+            }
+        }
+        assert_eq!(last[idle_end + 108].reason, DecisionReason::PreWarm);
+        let now = t0 + Duration::from_secs(40 * 180 - 1);
+        assert!(state.next_prewarm(now).is_none(), "pre-warm already passed");
+        let earlier = t0 + Duration::from_secs(39 * 180 + 30);
+        let mut b = a.clone();
+        b.record(earlier, 0.0);
+        assert!(b.keep_alive_state().unload_at(earlier).is_some());
+
+        // Once warm, the environment stays until the keep-alive point; then zero.
+        let mut ready = 1;
+        let after = drive(&mut a, t0, 40 * 180, 40 * 180 + 1200, |_| 0.0, &mut ready);
+        assert!(after[..1000].iter().all(|d| d.desired == 1));
+        assert_eq!(after.last().map(|d| d.desired), Some(0));
+    }
+
+    #[test]
+    fn fixed_keep_alive_cold_starts_the_same_periodic_function() {
+        let t0 = Instant::now();
+        let mut a = Autoscaler::new(config(), t0, 0);
+        let ds = periodic(&mut a, t0, 180, 40);
+        assert_eq!(
+            a.keep_alive_decision(),
+            keepalive::Decision::fixed(Duration::from_secs(30))
+        );
+        // Idle 30 s after each event, then zero: every event starts cold.
+        let last = &ds[39 * 180..];
+        assert_eq!(last[20].desired, 1);
+        assert_eq!(last[100].desired, 0);
+        assert_eq!(last[179].desired, 0, "nothing ready for the next event");
+        assert_eq!(
+            a.keep_alive_state().histogram.total(),
+            39,
+            "recorded either way"
+        );
+    }
+
+    #[test]
+    fn adaptive_keep_alive_falls_back_to_a_fixed_window_without_history() {
+        let t0 = Instant::now();
+        let adaptive = AutoscalerConfig {
+            keep_alive: KeepAlive::Adaptive,
+            ..config()
+        };
+        let mut a = Autoscaler::new(adaptive, t0, 0);
+        let ds = periodic(&mut a, t0, 180, 5);
+        let k = a.keep_alive_decision();
+        assert_eq!(k.mode, keepalive::Mode::Fixed, "4 idle times are too few");
+        assert_eq!(k.prewarm_after, Duration::ZERO);
+        assert_eq!(k.keep_alive_until, Duration::from_secs(20 * 60));
+        // Kept warm from the event on: the next events find it ready.
+        assert!(ds[2..].iter().all(|d| d.desired == 1));
+        // Restored history decides at once.
+        let mut b = Autoscaler::new(
+            AutoscalerConfig {
+                keep_alive: KeepAlive::Adaptive,
+                ..config()
+            },
+            t0,
+            0,
+        );
+        let mut known = IdleHistogram::new();
+        for _ in 0..40 {
+            known.record_idle(Duration::from_secs(178));
+        }
+        b.restore_idle_times(known);
+        assert_eq!(b.keep_alive_decision().mode, keepalive::Mode::Histogram);
     }
 
     #[test]

@@ -294,6 +294,23 @@ impl Default for KeepAliveParams {
     }
 }
 
+impl KeepAliveParams {
+    /// The parameters the trace replay settled on (`docs/keepalive/REPORT.md`
+    /// says why): the paper's, except a 20-minute window while a function's
+    /// histogram is not representative, 30 idle times before it is, and a
+    /// 20-minute floor under the keep-alive point. What `keepAlive: adaptive`
+    /// uses.
+    pub fn recommended() -> Self {
+        let twenty_minutes = Duration::from_secs(20 * 60);
+        KeepAliveParams {
+            fixed_keep_alive: twenty_minutes,
+            min_samples: 30,
+            min_keep_alive: twenty_minutes,
+            ..KeepAliveParams::default()
+        }
+    }
+}
+
 /// Which rule made a [`Decision`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Mode {

@@ -25,7 +25,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::autoscaler::{Autoscaler, AutoscalerConfig, Decision, DecisionReason};
+use crate::autoscaler::{
+    Autoscaler, AutoscalerConfig, Decision, DecisionReason, KeepAlive, KeepAliveState,
+};
+use crate::keepalive::{self, IdleHistogram};
 use crate::report::{AggregatedLoad, DEFAULT_REPORT_STALE_AFTER};
 use crate::{FunctionKey, GatewayReport, ReportAggregator};
 
@@ -52,6 +55,44 @@ pub struct ScaleRecord {
     pub observed_concurrency: f64,
     /// When the desired count last changed (RFC 3339).
     pub last_scale_time: Option<String>,
+    /// Where the function's keep-alive stands.
+    pub keep_alive: Option<KeepAliveRecord>,
+}
+
+/// A function's keep-alive, as its status reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeepAliveRecord {
+    /// Fixed or adaptive.
+    pub policy: KeepAlive,
+    /// The keep-alive for the idle time after the last event.
+    pub decision: keepalive::Decision,
+    /// When one environment is loaded again (RFC 3339), while that is ahead.
+    pub next_prewarm: Option<String>,
+    /// The function's idle times, kept so that a restart does not lose them.
+    pub histogram: IdleHistogram,
+}
+
+impl KeepAliveRecord {
+    /// The record of `state` at `now`.
+    pub fn new(state: KeepAliveState, now: Instant) -> Self {
+        KeepAliveRecord {
+            policy: state.policy,
+            decision: state.decision,
+            next_prewarm: state
+                .next_prewarm(now)
+                .map(|at| wall_clock_after(at.saturating_duration_since(now))),
+            histogram: state.histogram,
+        }
+    }
+
+    /// Whether `other` says something this one does not (the pre-warm time
+    /// itself moves with the clock; only whether there is one counts).
+    fn differs_from(&self, other: &KeepAliveRecord) -> bool {
+        self.policy != other.policy
+            || self.decision != other.decision
+            || self.next_prewarm.is_some() != other.next_prewarm.is_some()
+            || self.histogram.total() != other.histogram.total()
+    }
 }
 
 /// Decisions shared between the loop (writer) and whoever reports them
@@ -167,6 +208,12 @@ pub trait ScaleSource: Send + Sync {
     type Handle: Clone + Send + Sync;
     /// Every function, as last seen.
     fn targets(&self) -> Vec<ScaleTarget<Self::Handle>>;
+
+    /// Idle times kept from before a restart (a Function's status), asked
+    /// once per function when the loop first sees it.
+    fn idle_times(&self, _handle: &Self::Handle) -> Option<IdleHistogram> {
+        None
+    }
 }
 
 /// Where decisions go.
@@ -257,7 +304,14 @@ pub fn poked_functions(report: &GatewayReport) -> Vec<FunctionKey> {
 
 /// RFC 3339 wall-clock time, for status fields.
 pub fn wall_clock() -> String {
-    time::OffsetDateTime::now_utc()
+    wall_clock_after(Duration::ZERO)
+}
+
+/// RFC 3339 wall-clock time `ahead` from now, to the second.
+pub fn wall_clock_after(ahead: Duration) -> String {
+    let at = time::OffsetDateTime::now_utc() + ahead;
+    at.replace_nanosecond(0)
+        .unwrap_or(at)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
@@ -283,6 +337,7 @@ struct Pending<T> {
     handle: T,
     change: ScaleChange,
     panicking: bool,
+    keep_alive: KeepAliveRecord,
 }
 
 /// What the loop should do for one function now (pure).
@@ -484,8 +539,22 @@ impl<S: ScaleSource, K: ScaleSink<S::Handle>> AutoscalerLoop<S, K> {
             &mut scaler.applied,
             &mut scaler.booked_before_creation,
         );
+        let keep_alive = KeepAliveRecord::new(scaler.autoscaler.keep_alive_state(), now);
         match step {
-            Step::Keep => None,
+            Step::Keep => {
+                // New idle times or a new keep-alive reach the record (and
+                // the status with its next write) without a scaling change.
+                if let Some(mut record) = self.book.get(key)
+                    && record
+                        .keep_alive
+                        .as_ref()
+                        .is_none_or(|k| k.differs_from(&keep_alive))
+                {
+                    record.keep_alive = Some(keep_alive);
+                    self.book.set(key.clone(), record);
+                }
+                None
+            }
             Step::Book => {
                 self.book.set(
                     key.clone(),
@@ -493,6 +562,7 @@ impl<S: ScaleSource, K: ScaleSink<S::Handle>> AutoscalerLoop<S, K> {
                         desired: decision.desired,
                         observed_concurrency: observed,
                         last_scale_time: scaler.last_scale_time.clone(),
+                        keep_alive: Some(keep_alive),
                     },
                 );
                 None
@@ -508,6 +578,7 @@ impl<S: ScaleSource, K: ScaleSink<S::Handle>> AutoscalerLoop<S, K> {
                     busy_environments: load.busy_environments.clone(),
                 },
                 panicking: decision.panicking,
+                keep_alive,
             }),
         }
     }
@@ -534,7 +605,10 @@ impl<S: ScaleSource, K: ScaleSink<S::Handle>> AutoscalerLoop<S, K> {
 
     fn record_applied(&mut self, p: Pending<S::Handle>, result: Result<(), K::Error>) {
         let Pending {
-            change, panicking, ..
+            change,
+            panicking,
+            keep_alive,
+            ..
         } = p;
         let key = &change.key;
         match result {
@@ -554,6 +628,7 @@ impl<S: ScaleSource, K: ScaleSink<S::Handle>> AutoscalerLoop<S, K> {
                         desired: change.to,
                         observed_concurrency: change.observed_concurrency,
                         last_scale_time: scaler.last_scale_time.clone(),
+                        keep_alive: Some(keep_alive),
                     },
                 );
             }
@@ -588,10 +663,14 @@ impl<S: ScaleSource, K: ScaleSink<S::Handle>> AutoscalerLoop<S, K> {
                     };
                     let applied = self.book.get(&key).map(|r| r.desired).or(known);
                     let start = applied.or(current).unwrap_or(0);
+                    let mut autoscaler = Autoscaler::new(target.config.clone(), now, start);
+                    if let Some(idle) = self.source.idle_times(&target.handle) {
+                        autoscaler.restore_idle_times(idle);
+                    }
                     self.scalers.insert(
                         key.clone(),
                         FunctionScaler {
-                            autoscaler: Autoscaler::new(target.config.clone(), now, start),
+                            autoscaler,
                             target,
                             applied,
                             booked_before_creation: false,
@@ -693,6 +772,90 @@ mod tests {
         assert!(poked_functions(&report).is_empty());
         report.poke = true;
         assert_eq!(poked_functions(&report), [FunctionKey::new("d", "busy")]);
+    }
+
+    struct OneFunction(Option<IdleHistogram>);
+
+    impl ScaleSource for OneFunction {
+        type Handle = ();
+        fn targets(&self) -> Vec<ScaleTarget<()>> {
+            let settings = crate::ScalingSettings {
+                min_scale: 0,
+                max_scale: 5,
+                concurrency_per_environment: 1,
+                target_utilization: 0.7,
+                scale_to_zero_after: Duration::from_secs(30),
+                stable_window: Duration::from_secs(60),
+                keep_alive: KeepAlive::Adaptive,
+            };
+            vec![ScaleTarget {
+                key: FunctionKey::new("d", "f"),
+                config: AutoscalerConfig::from_settings(&settings),
+                ready: 0,
+                workload: exists(Some(0)),
+                handle: (),
+            }]
+        }
+        fn idle_times(&self, _: &()) -> Option<IdleHistogram> {
+            self.0.clone()
+        }
+    }
+
+    struct Accept;
+
+    impl ScaleSink<()> for Accept {
+        type Error = String;
+        async fn apply(&self, _: &(), _: &ScaleChange) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn restored_idle_times_decide_and_reach_the_record() {
+        let mut idle = IdleHistogram::new();
+        for _ in 0..40 {
+            idle.record_idle(Duration::from_secs(178));
+        }
+        let book = Arc::new(ScaleBook::default());
+        let mut l =
+            AutoscalerLoop::new(OneFunction(Some(idle)), Accept, book.clone(), Arc::new(()));
+        let report = |sequence, concurrency| {
+            GatewayMessage::Report(GatewayReport {
+                gateway: "g".into(),
+                sequence,
+                poke: true,
+                functions: vec![crate::FunctionLoad {
+                    namespace: "d".into(),
+                    name: "f".into(),
+                    in_flight: concurrency,
+                    ..Default::default()
+                }],
+            })
+        };
+        l.on_message(report(1, 1)).await;
+        let record = book.get(&FunctionKey::new("d", "f")).expect("record");
+        assert!(record.desired >= 1, "woken by the event");
+        let k = record.keep_alive.expect("keep-alive");
+        assert_eq!(k.policy, KeepAlive::Adaptive);
+        assert_eq!(k.histogram.total(), 40, "the restored idle times");
+        assert_eq!(k.decision.mode, keepalive::Mode::Histogram);
+        assert!(k.next_prewarm.is_none(), "busy: no pre-warm ahead");
+
+        // Idle: unloaded, with the pre-warm time in the record.
+        for s in 2..12 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            l.on_message(report(s, 0)).await;
+            l.on_tick().await;
+        }
+        let record = book.get(&FunctionKey::new("d", "f")).expect("record");
+        assert_eq!(record.desired, 0);
+        assert!(
+            record
+                .keep_alive
+                .expect("keep-alive")
+                .next_prewarm
+                .is_some()
+        );
     }
 
     #[test]

@@ -121,12 +121,7 @@ fn minutes(m: u64) -> Duration {
 /// starts, wasted memory-time). With the 20-minute floor, any fallback up to
 /// 20 minutes acts as 20 minutes; 20 is written to say so.
 pub fn chosen_params() -> KeepAliveParams {
-    KeepAliveParams {
-        fixed_keep_alive: minutes(20),
-        min_samples: 30,
-        min_keep_alive: minutes(20),
-        ..KeepAliveParams::default()
-    }
+    KeepAliveParams::recommended()
 }
 
 /// Margins of the adaptive line (pre-warm and keep-alive margins alike),
