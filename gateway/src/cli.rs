@@ -128,6 +128,10 @@ pub struct Cli {
     /// Log as JSON lines.
     #[arg(long)]
     pub log_json: bool,
+    /// Local mode: no START/END/REPORT line per invocation (functions'
+    /// own output is still printed; `--log-type Tail` still has them).
+    #[arg(long, short = 'q', env = "PORCHLIGHT_QUIET")]
+    pub quiet: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -218,6 +222,7 @@ pub fn main_from_args(args: Vec<OsString>) -> ExitCode {
         launcher,
         init_timeout: cli.init_timeout,
         stop_grace: Duration::from_secs(2),
+        quiet: cli.quiet,
     };
     let code = runtime.block_on(run_local(cli, dir, functions, local));
     let _ = std::fs::remove_dir_all(&code_dir);

@@ -64,6 +64,9 @@ pub struct InvocationResult {
     pub init_duration_ms: Option<f64>,
     /// Environment that ran it.
     pub environment: Arc<str>,
+    /// The base64 tail of the invocation's log, when it was asked for and
+    /// the environment ran the event.
+    pub log_result: Option<String>,
     /// The body's bytes, held against the memory budget until the last
     /// clone of it is gone (sent to the caller, or dropped).
     pub held: SharedHold,
@@ -163,8 +166,24 @@ impl SyncInvoker {
         request_id: &str,
         trigger: TriggerKind,
     ) -> Result<InvocationResult, GatewayError> {
+        self.invoke_with_log_tail(entry, payload, request_id, trigger, false)
+            .await
+    }
+
+    /// [`SyncInvoker::invoke`], asking the environment for the invocation's
+    /// log tail when `log_tail` is set (`--log-type Tail`).
+    pub async fn invoke_with_log_tail(
+        &self,
+        entry: &Arc<FunctionEntry>,
+        payload: Bytes,
+        request_id: &str,
+        trigger: TriggerKind,
+        log_tail: bool,
+    ) -> Result<InvocationResult, GatewayError> {
         let started = Instant::now();
-        let result = self.invoke_inner(entry, payload, request_id).await;
+        let result = self
+            .invoke_inner(entry, payload, request_id, log_tail)
+            .await;
         let outcome = match &result {
             Ok(r) => {
                 if r.cold_start {
@@ -222,6 +241,7 @@ impl SyncInvoker {
         entry: &Arc<FunctionEntry>,
         payload: Bytes,
         request_id: &str,
+        log_tail: bool,
     ) -> Result<InvocationResult, GatewayError> {
         if self.is_shutting_down() {
             return Err(GatewayError::ShuttingDown);
@@ -248,7 +268,7 @@ impl SyncInvoker {
                 let base_url = env.base_url.clone();
                 tokio::spawn(async move {
                     let answer = client
-                        .invoke(&base_url, &request_id, payload, upstream_timeout)
+                        .invoke(&base_url, &request_id, payload, upstream_timeout, log_tail)
                         .await;
                     (answer, lease)
                 })
@@ -350,6 +370,7 @@ pub fn no_environment(
             cold_start: false,
             init_duration_ms: None,
             environment: Arc::from("none"),
+            log_result: None,
             held: SharedHold::default(),
         }),
         None => Err(refusal),
@@ -384,6 +405,7 @@ pub fn next_step(
         cold_start,
         init_duration_ms: None,
         environment: environment.clone(),
+        log_result: None,
         held: SharedHold::default(),
     };
     match reply {
@@ -391,6 +413,7 @@ pub fn next_step(
             body,
             function_error,
             cold_start_ms,
+            log_result,
             ..
         }) => Step::Answer(Ok(InvocationResult {
             body,
@@ -398,6 +421,7 @@ pub fn next_step(
             cold_start: cold_start_ms.is_some(),
             init_duration_ms: cold_start_ms,
             environment: environment.clone(),
+            log_result,
             held: SharedHold::default(),
         })),
         UpstreamReply::Reply(InvokeReply::InitError { body }) => {

@@ -44,6 +44,8 @@ pub struct LocalConfig {
     pub init_timeout: Duration,
     /// SIGTERM to SIGKILL.
     pub stop_grace: Duration,
+    /// No START/END/REPORT lines from the environments.
+    pub quiet: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -450,7 +452,8 @@ async fn run_environment(
         expected,
     };
     let spawned = free_port().and_then(|port| {
-        EnvironmentProcess::spawn(&config.launcher, &function, &id, port).map(|p| (port, p))
+        EnvironmentProcess::spawn(&config.launcher, config.quiet, &function, &id, port)
+            .map(|p| (port, p))
     });
     let (port, mut process) = match spawned {
         Ok(p) => p,
