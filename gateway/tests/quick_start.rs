@@ -100,3 +100,63 @@ async fn the_banners_curl_lines_answer() {
         assert_eq!(response.status(), 200, "{url}");
     }
 }
+
+/// Local mode refuses a manifest with a typo, as `kubectl` does, naming
+/// the file, the line and what was probably meant; before, `timout: 3` ran
+/// with the default timeout and `kind: Funtion` gave "0 function(s)".
+#[test]
+fn a_typo_in_a_manifest_stops_local_mode_with_its_line_and_a_suggestion() {
+    let cases = [
+        (
+            "  timeoutSeconds: 3",
+            "  timout: 3",
+            ":14: ",
+            "unknown field `spec.timout`; did you mean `timeoutSeconds`?",
+        ),
+        (
+            "kind: Function",
+            "kind: Funtion",
+            ":4: ",
+            "kind `Funtion` is not served here; did you mean `Function`?",
+        ),
+        (
+            "apiVersion: porchlight.dev/v1alpha1",
+            "apiVersion: porchlight.dev/v1",
+            ":3: ",
+            "apiVersion `porchlight.dev/v1` is not served here; did you mean `porchlight.dev/v1alpha1`?",
+        ),
+    ];
+    for (right, wrong, at, message) in cases {
+        assert!(HELLO.contains(right), "{right}");
+        let dir = common::temp_dir("typo");
+        std::fs::write(dir.join("hello.yaml"), HELLO.replacen(right, wrong, 1)).expect("write");
+        let stderr_file = dir.join("stderr.log");
+        let mut gateway = Command::new(env!("CARGO_BIN_EXE_porchlight-gateway"))
+            .arg("--local")
+            .arg(&dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&stderr_file).expect("stderr"))
+            .spawn()
+            .expect("gateway");
+        // A manifest it accepts would keep it serving: wait 10 s at most.
+        let status = (0..200).find_map(|_| {
+            let status = gateway.try_wait().expect("wait");
+            if status.is_none() {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            status
+        });
+        if status.is_none() {
+            let _ = gateway.kill();
+            let _ = gateway.wait();
+        }
+        let stderr = std::fs::read_to_string(&stderr_file).unwrap_or_default();
+        assert_eq!(status.and_then(|s| s.code()), Some(64), "{wrong}: {stderr}");
+        assert!(
+            stderr.contains(&format!("hello.yaml{at}document 1: {message}")),
+            "{wrong}: {stderr}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

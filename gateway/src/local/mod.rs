@@ -12,6 +12,7 @@
 
 pub mod manifests;
 pub mod process;
+pub mod strict;
 
 use std::collections::HashMap;
 use std::sync::Arc;
