@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::registry::{DispatchConfig, EnvironmentInfo, FunctionEntry};
 use crate::upstream::{ANSWER_ROOM_WAIT, Readiness, UpstreamClient, UpstreamReply};
 use porchlight_core::LambdaError;
+use porchlight_core::error::fill_request_id;
 use porchlight_core::invoke::{InvokeReply, UNHANDLED};
 
 /// Lambda's synchronous payload limit (request and response).
@@ -255,7 +256,7 @@ impl SyncInvoker {
         loop {
             let lease = match entry.acquire(deadline).await {
                 Ok(lease) => lease,
-                Err(e) => return no_environment(e, entry.current_init_failure()),
+                Err(e) => return no_environment(e, entry.current_init_failure(), request_id),
             };
             let env = lease.environment().clone();
             // The attempt runs in a task of its own that holds the slot until
@@ -362,10 +363,11 @@ pub fn upstream_timeout(timeout_seconds: u32) -> Duration {
 pub fn no_environment(
     refusal: GatewayError,
     init_failure: Option<Bytes>,
+    request_id: &str,
 ) -> Result<InvocationResult, GatewayError> {
     match init_failure {
         Some(body) => Ok(InvocationResult {
-            body,
+            body: fill_request_id(body, request_id),
             function_error: Some(UNHANDLED.into()),
             cold_start: false,
             init_duration_ms: None,
@@ -424,9 +426,9 @@ pub fn next_step(
             log_result,
             held: SharedHold::default(),
         })),
-        UpstreamReply::Reply(InvokeReply::InitError { body }) => {
-            Step::Answer(Ok(function_error(body, true)))
-        }
+        UpstreamReply::Reply(InvokeReply::InitError { body }) => Step::Answer(Ok(
+            function_error(fill_request_id(body, request_id), true),
+        )),
         UpstreamReply::Died => Step::AnswerAndDrain(function_error(
             LambdaError::new(
                 "Runtime.ExitError",
@@ -568,10 +570,10 @@ mod tests {
             retry_after: Duration::from_secs(2),
         };
         assert!(matches!(
-            no_environment(refusal.clone(), None),
+            no_environment(refusal.clone(), None, "r1"),
             Err(GatewayError::Unavailable { .. })
         ));
-        let r = no_environment(refusal, Some(Bytes::from_static(b"{}"))).expect("init error");
+        let r = no_environment(refusal, Some(Bytes::from_static(b"{}")), "r1").expect("init error");
         assert_eq!(r.function_error.as_deref(), Some("Unhandled"));
         assert_eq!(&*r.environment, "none");
     }

@@ -169,3 +169,36 @@ async fn quiet_local_mode_prints_no_per_invocation_lines() {
         "{stdout}"
     );
 }
+
+/// A failed init is logged as one (not followed by "environment ready"),
+/// and the error the caller gets names its invocation (not `"requestId":""`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_init_failure_is_logged_as_one_and_names_the_invocation() {
+    let gw = LocalGateway::start(
+        "init-failure",
+        &[(
+            "shout.yaml",
+            python_function("shout", "import module_that_does_not_exist\n", ""),
+        )],
+        &[],
+    );
+    let response = reqwest::Client::new()
+        .post(gw.url("/2015-03-31/functions/shout/invocations"))
+        .body("{}")
+        .send()
+        .await
+        .expect("invoke");
+    assert_eq!(response.status(), 200);
+    let id = response
+        .headers()
+        .get("x-amzn-requestid")
+        .and_then(|v| v.to_str().ok())
+        .expect("a request id")
+        .to_owned();
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["errorType"], "Runtime.ImportModuleError", "{body}");
+    assert_eq!(body["requestId"], id.as_str(), "{body}");
+    let log = gw.log();
+    assert!(log.contains("init failed"), "{log}");
+    assert!(!log.contains("environment ready"), "{log}");
+}

@@ -350,7 +350,9 @@ fn reply_for(outcome: Outcome, request_id: &str, settings: &Settings) -> InvokeR
             "Sandbox.Timeout",
             settings.timeout_message(),
         )),
-        Outcome::InitError(error) => InvokeReply::InitError { body: error.body },
+        Outcome::InitError(error) => InvokeReply::InitError {
+            body: porchlight_core::error::fill_request_id(error.body, request_id),
+        },
         Outcome::Throttled => InvokeReply::Busy {
             body: LambdaError::new(
                 "TooManyRequestsException",
