@@ -254,14 +254,9 @@ impl Environment {
             }
             inner.output_flushes.clone()
         };
-        let mut acks = Vec::with_capacity(flushes.len());
-        for flush in flushes {
-            let (done, ack) = oneshot::channel();
-            if flush.send(done).await.is_ok() {
-                acks.push(ack);
-            }
-        }
-        let _ = tokio::time::timeout(OUTPUT_FLUSH_WAIT, all_acknowledged(acks)).await;
+        // Bounded as a whole: a pump stuck writing to a full stdout must
+        // not hold the runtime's answer.
+        let _ = tokio::time::timeout(OUTPUT_FLUSH_WAIT, flush_all(flushes)).await;
     }
 
     /// Takes the log of invocation `id` kept for its caller, if one asked.
@@ -706,8 +701,16 @@ impl Environment {
 /// Longest an invocation's end waits for the runtime's output to be read.
 const OUTPUT_FLUSH_WAIT: Duration = Duration::from_millis(250);
 
-/// Waits for every acknowledgement (an ended pump answers at once).
-async fn all_acknowledged(acks: Vec<oneshot::Receiver<()>>) {
+/// Asks every pump to read what its pipe holds and waits until each has
+/// (an ended pump answers at once).
+async fn flush_all(flushes: Vec<mpsc::Sender<FlushRequest>>) {
+    let mut acks = Vec::with_capacity(flushes.len());
+    for flush in flushes {
+        let (done, ack) = oneshot::channel();
+        if flush.send(done).await.is_ok() {
+            acks.push(ack);
+        }
+    }
     for ack in acks {
         let _ = ack.await;
     }

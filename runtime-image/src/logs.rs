@@ -139,10 +139,11 @@ pub async fn pump(
     loop {
         let ended = tokio::select! {
             ready = output.readable() => {
-                ready.is_err() || drain(&output, &mut chunk, &mut pending, stream, &mut on_line)
+                ready.is_err()
+                    || drain(Read::Reactor, &output, &mut chunk, &mut pending, stream, &mut on_line)
             }
             Some(done) = flushes.recv() => {
-                let ended = drain(&output, &mut chunk, &mut pending, stream, &mut on_line);
+                let ended = drain(Read::Now, &output, &mut chunk, &mut pending, stream, &mut on_line);
                 let _ = done.send(());
                 ended
             }
@@ -161,9 +162,23 @@ pub async fn pump(
     }
 }
 
+/// How [`drain`] reads.
+#[derive(Clone, Copy)]
+enum Read {
+    /// Through the reactor (`try_read`), which clears the pipe's readiness
+    /// once it would block: after a readiness event.
+    Reactor,
+    /// The system call itself (the pipe is non-blocking): for a flush, which
+    /// must read what was written before it was asked for, even while the
+    /// reactor has not seen the pipe readable yet (`try_read` would then
+    /// answer "would block" without reading).
+    Now,
+}
+
 /// Reads what the pipe holds now and emits every complete line; true once
 /// the stream ended.
 fn drain(
+    how: Read,
     output: &pipe::Receiver,
     chunk: &mut [u8],
     pending: &mut Vec<u8>,
@@ -171,7 +186,11 @@ fn drain(
     on_line: &mut impl FnMut(Stream, &[u8]),
 ) -> bool {
     loop {
-        match output.try_read(chunk) {
+        let read = match how {
+            Read::Reactor => output.try_read(chunk),
+            Read::Now => nix::unistd::read(output, chunk).map_err(std::io::Error::from),
+        };
+        match read {
             Ok(0) => return true,
             Ok(n) => {
                 pending.extend_from_slice(&chunk[..n]);
@@ -224,6 +243,35 @@ mod tests {
         let text = tail.into_text();
         assert!(text.ends_with("é\nREPORT\n"), "{text}");
         assert!(text.len() <= LOG_TAIL_BYTES && text.len() >= LOG_TAIL_BYTES - 1);
+    }
+
+    #[tokio::test]
+    async fn a_flush_answers_once_what_the_pipe_held_was_read() {
+        use std::sync::Mutex;
+        use tokio::io::AsyncWriteExt as _;
+
+        let (mut writer, reader) = pipe::pipe().expect("pipe");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let seen = lines.clone();
+        let (flush, requests) = flush_channel();
+        let task = tokio::spawn(pump(Stream::Stdout, reader, requests, move |_, l| {
+            seen.lock().expect("lock").push(l.to_vec())
+        }));
+        writer.write_all(b"one\ntwo\npartial").await.expect("write");
+        let (done, ack) = oneshot::channel();
+        flush.send(done).await.expect("send");
+        ack.await.expect("ack");
+        assert_eq!(
+            *lines.lock().expect("lock"),
+            [b"one".to_vec(), b"two".to_vec()]
+        );
+        // At the end, the last partial line, and later flushes still answer.
+        drop(writer);
+        let (done, ack) = oneshot::channel();
+        let _ = flush.send(done).await;
+        let _ = ack.await;
+        task.await.expect("pump");
+        assert_eq!(lines.lock().expect("lock").len(), 3);
     }
 
     #[test]
