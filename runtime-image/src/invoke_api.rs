@@ -271,7 +271,7 @@ async fn invoke(State(env): State<Arc<Environment>>, request: Request) -> Respon
         if let Some(init) = result.cold_start {
             reply = reply.with_cold_start(init.as_secs_f64() * 1000.0);
         }
-        let end_lines = |env: &Environment| {
+        let end_and_report = |env: &Environment| {
             result.duration.map(|duration| {
                 end_lines(env, &invoke_request.request_id, duration, result.cold_start)
             })
@@ -280,7 +280,7 @@ async fn invoke(State(env): State<Arc<Environment>>, request: Request) -> Respon
         // the answer; otherwise after it, off the caller's path.
         let mut lines = None;
         if let Some(mut tail) = task_env.take_log_tail(&invoke_request.request_id) {
-            lines = end_lines(&task_env);
+            lines = end_and_report(&task_env);
             for line in lines.iter().flatten() {
                 tail.push_line(line.as_bytes());
             }
@@ -298,8 +298,10 @@ async fn invoke(State(env): State<Arc<Environment>>, request: Request) -> Respon
                 task_env.metrics.cold_starts.inc();
             }
         }
-        for line in lines.or_else(|| end_lines(&task_env)).iter().flatten() {
-            task_env.logs.platform_line(line);
+        if task_env.logs.prints_platform_lines() {
+            for line in lines.or_else(|| end_and_report(&task_env)).iter().flatten() {
+                task_env.logs.platform_line(line);
+            }
         }
     });
     let reply = reply_rx.await.unwrap_or_else(|_| InvokeReply::Unexpected {

@@ -35,6 +35,11 @@ impl LogSink {
         }
     }
 
+    /// Whether `START`, `END` and `REPORT` lines are printed (not `--quiet`).
+    pub fn prints_platform_lines(&self) -> bool {
+        !self.quiet
+    }
+
     /// A `START`, `END` or `REPORT` line.
     pub fn platform_line(&self, line: &str) {
         if self.quiet {

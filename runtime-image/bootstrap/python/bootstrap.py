@@ -27,9 +27,8 @@ API_PREFIX = b"/2018-06-01/runtime"
 
 # Lambda's advanced logging controls.
 LOG_FORMAT_JSON = os.environ.get("AWS_LAMBDA_LOG_FORMAT", "").upper() == "JSON"
-LOG_LEVEL = {"TRACE": "DEBUG"}.get(
-    os.environ.get("AWS_LAMBDA_LOG_LEVEL", "").upper(),
-    os.environ.get("AWS_LAMBDA_LOG_LEVEL", "").upper())
+LOG_LEVEL = os.environ.get("AWS_LAMBDA_LOG_LEVEL", "").upper()
+LOG_LEVEL = {"TRACE": "DEBUG"}.get(LOG_LEVEL, LOG_LEVEL)
 
 # The request id of the invocation in flight, for log records.
 current_request_id = ""
@@ -128,7 +127,8 @@ def install_logging():
 
 def log_error(error_type, message, stack_trace, request_id=""):
     """An error as Lambda's Python runtime logs it: one record, its lines
-    joined with a carriage return in text format (one CloudWatch event), or one JSON object."""
+    joined with a carriage return in text format (one CloudWatch event), or
+    one JSON object."""
     if LOG_FORMAT_JSON:
         record = {
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
