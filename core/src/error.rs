@@ -33,9 +33,42 @@ impl LambdaError {
     }
 }
 
+/// An error body with an empty `requestId` (an init error: the runtime
+/// reported it before any invocation existed) with the id of the invocation
+/// it answers filled in. Any other body is returned as it is.
+pub fn fill_request_id(body: Bytes, request_id: &str) -> Bytes {
+    let Ok(serde_json::Value::Object(mut object)) = serde_json::from_slice(&body) else {
+        return body;
+    };
+    match object.get("requestId") {
+        Some(serde_json::Value::String(id)) if id.is_empty() => {}
+        _ => return body,
+    }
+    object.insert("requestId".into(), request_id.into());
+    serde_json::to_vec(&object).map_or(body, Bytes::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_request_id_is_filled_and_nothing_else_changes() {
+        let init = Bytes::from_static(
+            br#"{"errorMessage":"m","errorType":"Runtime.ImportModuleError","requestId":"","stackTrace":[]}"#,
+        );
+        assert_eq!(
+            &fill_request_id(init, "r-1")[..],
+            br#"{"errorMessage":"m","errorType":"Runtime.ImportModuleError","requestId":"r-1","stackTrace":[]}"#
+        );
+        for body in [
+            &br#"{"errorType":"E","requestId":"r-0"}"#[..],
+            br#"{"errorType":"Sandbox.Timeout","errorMessage":"m"}"#,
+            b"not json",
+        ] {
+            assert_eq!(&fill_request_id(Bytes::from_static(body), "r-1")[..], body);
+        }
+    }
 
     #[test]
     fn serialises_in_lambda_s_shape() {

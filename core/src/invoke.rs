@@ -9,7 +9,7 @@
 //!
 //! | status | reply | meaning |
 //! |---|---|---|
-//! | 200 | [`InvokeReply::Done`] | the function answered; with `X-Amz-Function-Error` it failed (handler error, timeout, crash) |
+//! | 200 | [`InvokeReply::Done`] | the function answered; with `X-Amz-Function-Error` it failed (handler error, timeout, crash); with `X-Amz-Log-Result` the log tail asked for by `X-Amz-Log-Type: Tail` |
 //! | 502 | [`InvokeReply::InitError`] | init failed; the body is the init error |
 //! | 429 | [`InvokeReply::Busy`] | the environment already runs its concurrency |
 //! | 503 | [`InvokeReply::ShuttingDown`] | the environment is stopping |
@@ -44,6 +44,13 @@ pub const METRICS_PATH: &str = "/metrics";
 /// (`6 * 1024 * 1024 + 100` bytes).
 pub const MAX_PAYLOAD_BYTES: usize = 6 * 1024 * 1024 + 100;
 
+/// The value of [`header::LOG_TYPE`] that asks for the invocation's log tail.
+pub const LOG_TYPE_TAIL: &str = "Tail";
+
+/// How much of an invocation's log [`header::LOG_RESULT`] carries: its last
+/// 4 KB, as Lambda's `--log-type Tail`.
+pub const LOG_TAIL_BYTES: usize = 4 * 1024;
+
 /// Header names, lower case as HTTP/2 and hyper carry them.
 pub mod header {
     /// The invocation's request id (gateway to shim, and back on every reply).
@@ -62,9 +69,9 @@ pub mod header {
     pub const CLIENT_CONTEXT: &str = "x-amz-client-context";
     /// `RequestResponse`, `Event` or `DryRun` (Invoke API).
     pub const INVOCATION_TYPE: &str = "x-amz-invocation-type";
-    /// `Tail` asks for the log tail (Invoke API).
+    /// `Tail` asks for the log tail (Invoke API, and gateway to shim).
     pub const LOG_TYPE: &str = "x-amz-log-type";
-    /// Base64 log tail in the Invoke API's answer.
+    /// Base64 log tail in the Invoke API's answer (and in the shim's).
     pub const LOG_RESULT: &str = "x-amz-log-result";
     /// The version that ran (Invoke API).
     pub const EXECUTED_VERSION: &str = "x-amz-executed-version";
@@ -93,6 +100,9 @@ pub enum InvokeReply {
         function_error: Option<String>,
         /// On a cold start, the init's duration in milliseconds.
         cold_start_ms: Option<f64>,
+        /// The base64 tail of the invocation's log, when it was asked for
+        /// with [`header::LOG_TYPE`] `Tail`.
+        log_result: Option<String>,
     },
     /// 502: init failed; the body is the init error.
     InitError {
@@ -136,6 +146,7 @@ impl InvokeReply {
             content_type,
             function_error: None,
             cold_start_ms: None,
+            log_result: None,
         }
     }
 
@@ -146,6 +157,7 @@ impl InvokeReply {
             content_type: None,
             function_error: Some(UNHANDLED.to_string()),
             cold_start_ms: None,
+            log_result: None,
         }
     }
 
@@ -153,6 +165,14 @@ impl InvokeReply {
     pub fn with_cold_start(mut self, init_ms: f64) -> Self {
         if let InvokeReply::Done { cold_start_ms, .. } = &mut self {
             *cold_start_ms = Some(init_ms);
+        }
+        self
+    }
+
+    /// Attaches the base64 log tail to a `Done` reply.
+    pub fn with_log_result(mut self, tail_base64: String) -> Self {
+        if let InvokeReply::Done { log_result, .. } = &mut self {
+            *log_result = Some(tail_base64);
         }
         self
     }
@@ -213,6 +233,7 @@ impl InvokeReply {
                 body,
                 function_error,
                 cold_start_ms,
+                log_result,
                 ..
             } => {
                 if let Some(v) = function_error.and_then(|e| HeaderValue::from_str(&e).ok()) {
@@ -226,6 +247,9 @@ impl InvokeReply {
                     if let Ok(v) = HeaderValue::from_str(&format!("{ms:.3}")) {
                         headers.insert(HeaderName::from_static(header::INIT_DURATION_MS), v);
                     }
+                }
+                if let Some(v) = log_result.and_then(|t| HeaderValue::from_str(&t).ok()) {
+                    headers.insert(HeaderName::from_static(header::LOG_RESULT), v);
                 }
                 body
             }
@@ -256,6 +280,7 @@ impl InvokeReply {
                         .map(str::to_string),
                     function_error: text(header::FUNCTION_ERROR).map(str::to_string),
                     cold_start_ms,
+                    log_result: text(header::LOG_RESULT).map(str::to_string),
                     body,
                 }
             }
@@ -321,6 +346,7 @@ mod tests {
             InvokeReply::ok(Bytes::from_static(b"{\"ok\":1}"), None),
             InvokeReply::ok(Bytes::from_static(b"hi"), Some("text/plain".into())),
             InvokeReply::ok(Bytes::from_static(b"{}"), None).with_cold_start(12.5),
+            InvokeReply::unhandled(error("ValueError")).with_log_result("U1RBUlQK".into()),
             InvokeReply::unhandled(error("Sandbox.Timeout")),
             InvokeReply::unhandled(error("Runtime.ExitError")).with_cold_start(3.25),
             InvokeReply::InitError {
@@ -362,7 +388,7 @@ mod tests {
         let statuses: Vec<u16> = every_reply().iter().map(|r| r.status().as_u16()).collect();
         assert_eq!(
             statuses,
-            [200, 200, 200, 200, 200, 502, 429, 503, 413, 400, 500]
+            [200, 200, 200, 200, 200, 200, 502, 429, 503, 413, 400, 500]
         );
         let (_, headers, _) = InvokeReply::Busy { body: Bytes::new() }.encode();
         assert_eq!(headers[http::header::RETRY_AFTER], "1");

@@ -89,8 +89,14 @@ pub mod var {
     /// The bundled Python bootstrap as a file.
     pub const PYTHON_BOOTSTRAP: ShimVar = v("python-bootstrap", "PORCHLIGHT_PYTHON_BOOTSTRAP");
 
+    /// Output for a terminal (local mode): a log record's `\r`-joined lines
+    /// as lines, and `START` / `END` / `REPORT` lines naming the function.
+    pub const LOCAL_LOGS: ShimVar = v("local-logs", "PORCHLIGHT_LOCAL_LOGS");
+    /// No `START` / `END` / `REPORT` lines on stdout.
+    pub const QUIET: ShimVar = v("quiet", "PORCHLIGHT_QUIET");
+
     /// Every setting above, for checks that must cover them all.
-    pub const ALL: [ShimVar; 17] = [
+    pub const ALL: [ShimVar; 19] = [
         LISTEN,
         RUNTIME_API,
         FUNCTION_NAME,
@@ -108,6 +114,8 @@ pub mod var {
         SHUTDOWN_GRACE_SECONDS,
         PYTHON,
         PYTHON_BOOTSTRAP,
+        LOCAL_LOGS,
+        QUIET,
     ];
 }
 
@@ -139,9 +147,21 @@ pub struct ShimSettings {
     pub environment_id: Option<String>,
     /// [`var::SHUTDOWN_GRACE_SECONDS`].
     pub shutdown_grace_seconds: Option<u32>,
+    /// [`var::LOCAL_LOGS`].
+    pub local_logs: bool,
+    /// [`var::QUIET`].
+    pub quiet: bool,
 }
 
 impl ShimSettings {
+    /// The settings that are switches: a flag without a value.
+    pub const SWITCHES: [ShimVar; 4] = [
+        var::FREEZE,
+        var::EXIT_ON_INIT_ERROR,
+        var::LOCAL_LOGS,
+        var::QUIET,
+    ];
+
     /// Every setting that is set, with its value as text (`true` for flags).
     pub fn pairs(&self) -> Vec<(ShimVar, String)> {
         let mut out = Vec::new();
@@ -169,6 +189,8 @@ impl ShimSettings {
         for (var, on) in [
             (var::FREEZE, self.freeze),
             (var::EXIT_ON_INIT_ERROR, self.exit_on_init_error),
+            (var::LOCAL_LOGS, self.local_logs),
+            (var::QUIET, self.quiet),
         ] {
             if on {
                 out.push((var, "true".to_string()));
@@ -193,7 +215,7 @@ impl ShimSettings {
         let mut out = Vec::new();
         for (v, value) in self.pairs() {
             out.push(format!("--{}", v.flag));
-            if !matches!(v, var::FREEZE | var::EXIT_ON_INIT_ERROR) {
+            if !Self::SWITCHES.contains(&v) {
                 out.push(value);
             }
         }

@@ -30,7 +30,7 @@ pub const EXIT_BAD_CONFIG: u8 = 64;
 #[command(
     name = "porchlight-gateway",
     version,
-    after_help = "Examples:\n  porchlight-gateway --local examples/\n  curl -s -X POST http://127.0.0.1:8080/2015-03-31/functions/hello/invocations -d '{}'\n  aws lambda invoke --endpoint-url http://127.0.0.1:8080 --function-name hello out.json\n\nEndpoints: /2015-03-31/functions/{name}/invocations (Lambda Invoke API), /http/{name}/... (HTTP trigger),\n/events/s3 (S3 notifications), /events/cloudevents (CloudEvents 1.0), /v1/functions, /v1/concurrency,\n/v1/dead-letters, /metrics, /live, /ready."
+    after_help = "Examples:\n  porchlight-gateway --local examples/\n  curl -s -X POST http://127.0.0.1:8080/2015-03-31/functions/hello/invocations -d '{}'\n  aws lambda invoke --endpoint-url http://127.0.0.1:8080 --no-sign-request --region us-east-1 --function-name hello out.json\n\nEndpoints: /2015-03-31/functions/{name}/invocations (Lambda Invoke API), /http/{name}/... (HTTP trigger),\n/events/s3 (S3 notifications), /events/cloudevents (CloudEvents 1.0), /v1/functions, /v1/concurrency,\n/v1/dead-letters, /metrics, /live, /ready."
 )]
 pub struct Cli {
     /// Run functions from the manifests in this directory as local processes.
@@ -160,6 +160,10 @@ pub struct Cli {
     /// Log as JSON lines.
     #[arg(long)]
     pub log_json: bool,
+    /// Local mode: no START/END/REPORT line per invocation (functions'
+    /// own output is still printed; `--log-type Tail` still has them).
+    #[arg(long, short = 'q', env = "PORCHLIGHT_QUIET")]
+    pub quiet: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -251,6 +255,7 @@ pub fn main_from_args(args: Vec<OsString>) -> ExitCode {
         launcher,
         init_timeout: cli.init_timeout,
         stop_grace: Duration::from_secs(2),
+        quiet: cli.quiet,
     };
     let code = runtime.block_on(run_local(cli, dir, functions, local));
     let _ = std::fs::remove_dir_all(&code_dir);
@@ -285,7 +290,23 @@ fn init_tracing(json: bool) {
     };
 }
 
-fn banner(addr: SocketAddr, dir: &std::path::Path, functions: &[LoadedFunction]) -> String {
+/// The AWS CLI's flags for this gateway that work on a machine with no AWS
+/// configuration: a region, and no signature unless the gateway wants one
+/// (then the caller's configured keys sign).
+fn aws_cli_flags(signed: bool) -> &'static str {
+    if signed {
+        "--region us-east-1"
+    } else {
+        "--no-sign-request --region us-east-1"
+    }
+}
+
+fn banner(
+    addr: SocketAddr,
+    dir: &std::path::Path,
+    functions: &[LoadedFunction],
+    signed: bool,
+) -> String {
     let base = format!("http://{addr}");
     let mut out = format!(
         "porchlight-gateway: local mode, {} function(s) from {} on {base}\n",
@@ -295,10 +316,11 @@ fn banner(addr: SocketAddr, dir: &std::path::Path, functions: &[LoadedFunction])
     for f in functions {
         let name = &f.key.name;
         out.push_str(&format!(
-            "\n  {name} ({}, {}, max {} environments)\n    curl -s {base}/2015-03-31/functions/{name}/invocations -d '{{}}'\n",
+            "\n  {name} ({}, {}, max {} environments)\n    curl -s {base}/2015-03-31/functions/{name}/invocations -d '{{}}'\n    aws lambda invoke --endpoint-url {base} {} --function-name {name} out.json\n",
             f.spec.runtime,
             f.spec.handler.as_deref().unwrap_or("bootstrap"),
-            f.settings.max_scale
+            f.settings.max_scale,
+            aws_cli_flags(signed),
         ));
         for t in &f.spec.triggers {
             if t.http.is_some() {
@@ -321,7 +343,7 @@ fn banner(addr: SocketAddr, dir: &std::path::Path, functions: &[LoadedFunction])
         }
     }
     out.push_str(&format!(
-        "\n  aws lambda invoke --endpoint-url {base} --function-name <name> out.json\n  status: curl -s {base}/v1/functions   metrics: {base}/metrics\n"
+        "\n  status: curl -s {base}/v1/functions   metrics: {base}/metrics\n"
     ));
     out
 }
@@ -332,8 +354,9 @@ async fn run_local(
     functions: Vec<LoadedFunction>,
     local: LocalConfig,
 ) -> ExitCode {
+    let signed = cli.auth_keys.is_some();
     serve(cli, move |gateway, addr, stop, _shutdown| {
-        let text = banner(addr, &dir, &functions);
+        let text = banner(addr, &dir, &functions, signed);
         let source = tokio::spawn(LocalSource::new(local, functions).run(gateway, stop));
         println!("{text}");
         source

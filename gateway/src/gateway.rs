@@ -219,6 +219,17 @@ impl Ingress for Gateway {
         self.sync.invoke(entry, payload, request_id, trigger)
     }
 
+    fn invoke_with_log_tail(
+        &self,
+        entry: &Arc<FunctionEntry>,
+        payload: Bytes,
+        request_id: &str,
+        trigger: TriggerKind,
+    ) -> impl Future<Output = Result<InvocationResult, GatewayError>> + Send {
+        self.sync
+            .invoke_with_log_tail(entry, payload, request_id, trigger, true)
+    }
+
     fn authenticate(&self, request: &SignedRequest<'_>) -> Result<Option<Caller>, GatewayError> {
         let Some(keys) = &self.credentials else {
             return Ok(None);

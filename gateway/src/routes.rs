@@ -26,11 +26,12 @@ use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use base64::Engine;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use porchlight_core::GatewayReport;
-use porchlight_core::invoke::{INVOKE_ROUTE, LIVE_PATH, METRICS_PATH, READY_PATH, header};
+use porchlight_core::invoke::{
+    INVOKE_ROUTE, LIVE_PATH, LOG_TYPE_TAIL, METRICS_PATH, READY_PATH, header,
+};
 use porchlight_core::report::REPORT_PATH;
 use serde_json::{Value, json};
 
@@ -58,6 +59,17 @@ pub trait Ingress: Send + Sync + 'static {
         request_id: &str,
         trigger: TriggerKind,
     ) -> impl Future<Output = Result<InvocationResult, GatewayError>> + Send;
+    /// [`Ingress::invoke`], asking for the invocation's log tail
+    /// (`--log-type Tail`); without one, the answer has none.
+    fn invoke_with_log_tail(
+        &self,
+        entry: &Arc<FunctionEntry>,
+        payload: Bytes,
+        request_id: &str,
+        trigger: TriggerKind,
+    ) -> impl Future<Output = Result<InvocationResult, GatewayError>> + Send {
+        self.invoke(entry, payload, request_id, trigger)
+    }
     /// Holds `bytes` against the memory budget, or refuses with 429.
     fn reserve(&self, bytes: usize, purpose: Purpose) -> Result<Reservation, GatewayError>;
     /// Whether `entry`'s async queue has room for one more event now.
@@ -389,9 +401,16 @@ async fn invoke_inner(
         _ => {
             // The payload's bytes stay held through the call; then the
             // answer's (reserved before they were read), until it is sent.
-            let result = gw
-                .invoke(&entry, payload, request_id, TriggerKind::Invoke)
-                .await?;
+            let tail = headers
+                .get(header::LOG_TYPE)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(LOG_TYPE_TAIL.as_bytes()));
+            let result = if tail {
+                gw.invoke_with_log_tail(&entry, payload, request_id, TriggerKind::Invoke)
+                    .await?
+            } else {
+                gw.invoke(&entry, payload, request_id, TriggerKind::Invoke)
+                    .await?
+            };
             if result.held.bytes() > 0 {
                 held.shrink_to(0);
             } else {
@@ -410,18 +429,14 @@ async fn invoke_inner(
                 h.insert(header::FUNCTION_ERROR, fe);
             }
             environment_headers(h, &result);
-            if headers
-                .get(header::LOG_TYPE)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"tail"))
+            // The environment's own tail of the invocation's log (none when
+            // no environment ran the event).
+            if let Some(v) = result
+                .log_result
+                .as_deref()
+                .and_then(|t| HeaderValue::from_str(t).ok())
             {
-                let log = format!(
-                    "START RequestId: {request_id} Version: $LATEST\nEND RequestId: {request_id}\nREPORT RequestId: {request_id}\tEnvironment: {}\n",
-                    result.environment
-                );
-                let encoded = base64::engine::general_purpose::STANDARD.encode(log);
-                if let Ok(v) = HeaderValue::from_str(&encoded) {
-                    h.insert(header::LOG_RESULT, v);
-                }
+                h.insert(header::LOG_RESULT, v);
             }
             r
         }

@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::registry::{DispatchConfig, EnvironmentInfo, FunctionEntry};
 use crate::upstream::{ANSWER_ROOM_WAIT, Readiness, UpstreamClient, UpstreamReply};
 use porchlight_core::LambdaError;
+use porchlight_core::error::fill_request_id;
 use porchlight_core::invoke::{InvokeReply, UNHANDLED};
 
 /// Lambda's synchronous payload limit (request and response).
@@ -64,6 +65,9 @@ pub struct InvocationResult {
     pub init_duration_ms: Option<f64>,
     /// Environment that ran it.
     pub environment: Arc<str>,
+    /// The base64 tail of the invocation's log, when it was asked for and
+    /// the environment ran the event.
+    pub log_result: Option<String>,
     /// The body's bytes, held against the memory budget until the last
     /// clone of it is gone (sent to the caller, or dropped).
     pub held: SharedHold,
@@ -163,8 +167,24 @@ impl SyncInvoker {
         request_id: &str,
         trigger: TriggerKind,
     ) -> Result<InvocationResult, GatewayError> {
+        self.invoke_with_log_tail(entry, payload, request_id, trigger, false)
+            .await
+    }
+
+    /// [`SyncInvoker::invoke`], asking the environment for the invocation's
+    /// log tail when `log_tail` is set (`--log-type Tail`).
+    pub async fn invoke_with_log_tail(
+        &self,
+        entry: &Arc<FunctionEntry>,
+        payload: Bytes,
+        request_id: &str,
+        trigger: TriggerKind,
+        log_tail: bool,
+    ) -> Result<InvocationResult, GatewayError> {
         let started = Instant::now();
-        let result = self.invoke_inner(entry, payload, request_id).await;
+        let result = self
+            .invoke_inner(entry, payload, request_id, log_tail)
+            .await;
         let outcome = match &result {
             Ok(r) => {
                 if r.cold_start {
@@ -222,6 +242,7 @@ impl SyncInvoker {
         entry: &Arc<FunctionEntry>,
         payload: Bytes,
         request_id: &str,
+        log_tail: bool,
     ) -> Result<InvocationResult, GatewayError> {
         if self.is_shutting_down() {
             return Err(GatewayError::ShuttingDown);
@@ -235,7 +256,7 @@ impl SyncInvoker {
         loop {
             let lease = match entry.acquire(deadline).await {
                 Ok(lease) => lease,
-                Err(e) => return no_environment(e, entry.current_init_failure()),
+                Err(e) => return no_environment(e, entry.current_init_failure(), request_id),
             };
             let env = lease.environment().clone();
             // The attempt runs in a task of its own that holds the slot until
@@ -248,7 +269,7 @@ impl SyncInvoker {
                 let base_url = env.base_url.clone();
                 tokio::spawn(async move {
                     let answer = client
-                        .invoke(&base_url, &request_id, payload, upstream_timeout)
+                        .invoke(&base_url, &request_id, payload, upstream_timeout, log_tail)
                         .await;
                     (answer, lease)
                 })
@@ -342,14 +363,16 @@ pub fn upstream_timeout(timeout_seconds: u32) -> Duration {
 pub fn no_environment(
     refusal: GatewayError,
     init_failure: Option<Bytes>,
+    request_id: &str,
 ) -> Result<InvocationResult, GatewayError> {
     match init_failure {
         Some(body) => Ok(InvocationResult {
-            body,
+            body: fill_request_id(body, request_id),
             function_error: Some(UNHANDLED.into()),
             cold_start: false,
             init_duration_ms: None,
             environment: Arc::from("none"),
+            log_result: None,
             held: SharedHold::default(),
         }),
         None => Err(refusal),
@@ -384,6 +407,7 @@ pub fn next_step(
         cold_start,
         init_duration_ms: None,
         environment: environment.clone(),
+        log_result: None,
         held: SharedHold::default(),
     };
     match reply {
@@ -391,6 +415,7 @@ pub fn next_step(
             body,
             function_error,
             cold_start_ms,
+            log_result,
             ..
         }) => Step::Answer(Ok(InvocationResult {
             body,
@@ -398,11 +423,12 @@ pub fn next_step(
             cold_start: cold_start_ms.is_some(),
             init_duration_ms: cold_start_ms,
             environment: environment.clone(),
+            log_result,
             held: SharedHold::default(),
         })),
-        UpstreamReply::Reply(InvokeReply::InitError { body }) => {
-            Step::Answer(Ok(function_error(body, true)))
-        }
+        UpstreamReply::Reply(InvokeReply::InitError { body }) => Step::Answer(Ok(
+            function_error(fill_request_id(body, request_id), true),
+        )),
         UpstreamReply::Died => Step::AnswerAndDrain(function_error(
             LambdaError::new(
                 "Runtime.ExitError",
@@ -544,10 +570,10 @@ mod tests {
             retry_after: Duration::from_secs(2),
         };
         assert!(matches!(
-            no_environment(refusal.clone(), None),
+            no_environment(refusal.clone(), None, "r1"),
             Err(GatewayError::Unavailable { .. })
         ));
-        let r = no_environment(refusal, Some(Bytes::from_static(b"{}"))).expect("init error");
+        let r = no_environment(refusal, Some(Bytes::from_static(b"{}")), "r1").expect("init error");
         assert_eq!(r.function_error.as_deref(), Some("Unhandled"));
         assert_eq!(&*r.environment, "none");
     }

@@ -13,7 +13,7 @@ use hyper::body::{Body, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use porchlight_core::invoke::{INVOKE_PATH, InvokeReply, READY_PATH, header};
+use porchlight_core::invoke::{INVOKE_PATH, InvokeReply, LOG_TYPE_TAIL, READY_PATH, header};
 
 pub use porchlight_core::invoke::Readiness;
 
@@ -88,18 +88,22 @@ impl UpstreamClient {
 
     /// Sends one event to an environment and classifies the answer. The
     /// answer's bytes come back held against the budget, if there is one.
+    /// With `log_tail` the environment is asked for the invocation's log tail.
     pub async fn invoke(
         &self,
         base_url: &str,
         request_id: &str,
         payload: Bytes,
         timeout: Duration,
+        log_tail: bool,
     ) -> (UpstreamReply, SharedHold) {
-        let request = match Request::post(format!("{base_url}{INVOKE_PATH}"))
+        let mut request = Request::post(format!("{base_url}{INVOKE_PATH}"))
             .header(http::header::CONTENT_TYPE, "application/json")
-            .header(header::REQUEST_ID, request_id)
-            .body(Full::new(payload))
-        {
+            .header(header::REQUEST_ID, request_id);
+        if log_tail {
+            request = request.header(header::LOG_TYPE, LOG_TYPE_TAIL);
+        }
+        let request = match request.body(Full::new(payload)) {
             Ok(r) => r,
             Err(_) => return (UpstreamReply::Unreachable, SharedHold::default()),
         };
@@ -219,6 +223,7 @@ mod tests {
                 "r1",
                 Bytes::from_static(b"{}"),
                 Duration::from_secs(5),
+                false,
             )
             .await
             .0;
@@ -233,6 +238,7 @@ mod tests {
                 "r2",
                 Bytes::from_static(b"{}"),
                 Duration::from_secs(5),
+                false,
             )
             .await
             .0;
@@ -246,7 +252,7 @@ mod tests {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         drop(listener);
         let got = UpstreamClient::new()
-            .invoke(&url, "r", Bytes::new(), Duration::from_secs(5))
+            .invoke(&url, "r", Bytes::new(), Duration::from_secs(5), false)
             .await
             .0;
         assert_eq!(got, UpstreamReply::Unreachable);
@@ -258,7 +264,7 @@ mod tests {
         let client = UpstreamClient::with_budget(budget.clone(), Duration::from_millis(100));
         let done = InvokeReply::ok(Bytes::from(vec![b'1'; 600]), None);
         let url = shim(done.clone()).await;
-        let invoke = || client.invoke(&url, "r", Bytes::new(), Duration::from_secs(5));
+        let invoke = || client.invoke(&url, "r", Bytes::new(), Duration::from_secs(5), false);
         let (got, held) = invoke().await;
         assert_eq!(
             (got, held.bytes(), budget.held()),

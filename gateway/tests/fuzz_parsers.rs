@@ -1405,6 +1405,7 @@ mod routes {
                 cold_start: false,
                 init_duration_ms: None,
                 environment: Arc::from("env"),
+                log_result: None,
                 held: Default::default(),
             }),
         })
@@ -1549,6 +1550,7 @@ mod routes {
                 cold_start: c.function_error.is_none(),
                 init_duration_ms: Some(12.5),
                 environment: Arc::from(c.environment.as_str()),
+                log_result: None,
                 held: Default::default(),
             };
             let (status, body) = runtime.block_on(async {

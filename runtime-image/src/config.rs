@@ -124,6 +124,17 @@ pub struct Config {
     )]
     pub python_bootstrap: PathBuf,
 
+    /// Write logs for a terminal (local mode): a log record's lines joined
+    /// with `\r` (Lambda's way for CloudWatch) as separate lines, and
+    /// START/END/REPORT lines prefixed with the function's name.
+    #[arg(long = var::LOCAL_LOGS.flag, env = var::LOCAL_LOGS.env)]
+    pub local_logs: bool,
+
+    /// No START/END/REPORT lines on stdout (a log tail asked for by the
+    /// caller still has them).
+    #[arg(long = var::QUIET.flag, env = var::QUIET.env)]
+    pub quiet: bool,
+
     /// Region exported as AWS_REGION / AWS_DEFAULT_REGION and used in the ARN.
     #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
     pub region: String,
@@ -442,6 +453,8 @@ mod tests {
             exit_on_init_error: true,
             environment_id: Some("env-42".into()),
             shutdown_grace_seconds: Some(11),
+            local_logs: true,
+            quiet: true,
         }
     }
 
@@ -461,6 +474,8 @@ mod tests {
             exit_on_init_error,
             environment_id,
             shutdown_grace_seconds,
+            local_logs,
+            quiet,
         } = every_setting();
         let argv =
             std::iter::once("porchlight-runtime".to_owned()).chain(every_setting().to_args());
@@ -480,6 +495,8 @@ mod tests {
             config.shutdown_grace_seconds,
             shutdown_grace_seconds.map(f64::from)
         );
+        assert_eq!(config.local_logs, local_logs);
+        assert_eq!(config.quiet, quiet);
     }
 
     #[test]

@@ -16,11 +16,11 @@ use http::HeaderValue;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use porchlight_core::LambdaError;
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::config::Settings;
 use crate::error::NormalisedError;
-use crate::logs::LogSink;
+use crate::logs::{FlushRequest, LogSink, LogTail, Stream};
 use crate::metrics::{ErrorClass, InvocationOutcome, Metrics, RestartReason};
 use crate::process;
 
@@ -80,6 +80,8 @@ pub struct InvokeRequest {
     pub event: Bytes,
     pub trace_id: String,
     pub client_context: Option<String>,
+    /// The caller wants the invocation's log tail.
+    pub log_tail: bool,
 }
 
 /// The result of [`Environment::invoke`].
@@ -144,6 +146,10 @@ struct Inner {
     /// Invocations admitted and not finished (queued, waiting for init, in flight).
     admitted: usize,
     current_request_id: Option<Arc<str>>,
+    /// The logs of invocations whose caller asked for a log tail.
+    tails: HashMap<Arc<str>, LogTail>,
+    /// Flush requests to the output pumps of the current runtime.
+    output_flushes: Vec<mpsc::Sender<FlushRequest>>,
     restart_requested: bool,
     kill_requested: Option<(u64, KillReason)>,
 }
@@ -161,10 +167,12 @@ pub struct Environment {
 
 impl Environment {
     pub fn new(settings: Settings) -> Arc<Self> {
+        let config = &settings.config;
+        let logs = LogSink::new(&config.function_name, config.local_logs, config.quiet);
         Arc::new(Self {
             settings,
             metrics: Metrics::new(),
-            logs: LogSink::stdio(),
+            logs,
             inner: Mutex::new(Inner {
                 phase: Phase::Restarting,
                 generation: 0,
@@ -179,6 +187,8 @@ impl Environment {
                 invocations: HashMap::new(),
                 admitted: 0,
                 current_request_id: None,
+                tails: HashMap::new(),
+                output_flushes: Vec::new(),
                 restart_requested: false,
                 kill_requested: None,
             }),
@@ -210,8 +220,48 @@ impl Environment {
         self.lock().admitted
     }
 
-    pub fn current_request_id(&self) -> Option<Arc<str>> {
-        self.lock().current_request_id.clone()
+    /// One line of the runtime's output: to the log, and to the log tail
+    /// of the invocation in flight if its caller asked for one.
+    pub fn runtime_output(&self, stream: Stream, line: &[u8]) {
+        let request_id = {
+            let mut inner = self.lock();
+            let inner = &mut *inner;
+            if let Some(id) = &inner.current_request_id
+                && let Some(tail) = inner.tails.get_mut(id)
+            {
+                tail.push_line(line);
+            }
+            inner.current_request_id.clone()
+        };
+        self.logs.runtime_line(stream, request_id.as_deref(), line);
+    }
+
+    /// Where the output pumps of the runtime of `generation` take flush requests.
+    pub fn set_output_flushes(&self, generation: u64, flushes: Vec<mpsc::Sender<FlushRequest>>) {
+        let mut inner = self.lock();
+        if inner.generation == generation {
+            inner.output_flushes = flushes;
+        }
+    }
+
+    /// Before the invocation `id` ends: when its caller wants its log tail,
+    /// waits (briefly) until the output the runtime wrote so far was read.
+    pub async fn flush_output_of(&self, id: &str) {
+        let flushes = {
+            let inner = self.lock();
+            if !inner.tails.contains_key(id) {
+                return;
+            }
+            inner.output_flushes.clone()
+        };
+        // Bounded as a whole: a pump stuck writing to a full stdout must
+        // not hold the runtime's answer.
+        let _ = tokio::time::timeout(OUTPUT_FLUSH_WAIT, flush_all(flushes)).await;
+    }
+
+    /// Takes the log of invocation `id` kept for its caller, if one asked.
+    pub fn take_log_tail(&self, id: &str) -> Option<LogTail> {
+        self.lock().tails.remove(id)
     }
 
     #[cfg(test)]
@@ -249,6 +299,7 @@ impl Environment {
         inner.next_waiters = 0;
         inner.restart_requested = false;
         inner.kill_requested = None;
+        inner.output_flushes.clear();
         drop(inner);
         self.bump();
         generation
@@ -547,6 +598,7 @@ impl Environment {
         let answer = match tokio::time::timeout_at(deadline.into(), &mut receiver).await {
             Ok(answer) => answer.ok(),
             Err(_elapsed) => {
+                self.flush_output_of(&request.request_id).await;
                 let mut inner = self.lock();
                 if remove_invocation(&mut inner, &request.request_id).is_some() {
                     inner.kill_requested = Some((generation, KillReason::Timeout));
@@ -601,6 +653,12 @@ impl Environment {
             inner.cold_start_claimed = true;
             Some(inner.init_duration)
         };
+        let start = format!("START RequestId: {} Version: $LATEST", request.request_id);
+        if request.log_tail {
+            let mut tail = LogTail::default();
+            tail.push_line(start.as_bytes());
+            inner.tails.insert(request.request_id.clone(), tail);
+        }
         let event = NextEvent {
             request_id: request.request_id.clone(),
             event: request.event.clone(),
@@ -624,10 +682,7 @@ impl Environment {
             }
             inner.frozen = false;
         }
-        self.logs.stdout_line(&format!(
-            "START RequestId: {} Version: $LATEST",
-            request.request_id
-        ));
+        self.logs.platform_line(&start);
         self.event_ready.notify_one();
         (receiver, generation, now, cold_start)
     }
@@ -640,6 +695,24 @@ impl Environment {
         self.lock().phase = Phase::Ready { generation };
         self.bump();
         generation
+    }
+}
+
+/// Longest an invocation's end waits for the runtime's output to be read.
+const OUTPUT_FLUSH_WAIT: Duration = Duration::from_millis(250);
+
+/// Asks every pump to read what its pipe holds and waits until each has
+/// (an ended pump answers at once).
+async fn flush_all(flushes: Vec<mpsc::Sender<FlushRequest>>) {
+    let mut acks = Vec::with_capacity(flushes.len());
+    for flush in flushes {
+        let (done, ack) = oneshot::channel();
+        if flush.send(done).await.is_ok() {
+            acks.push(ack);
+        }
+    }
+    for ack in acks {
+        let _ = ack.await;
     }
 }
 

@@ -380,6 +380,7 @@ async fn play(s: &Scenario) -> TestCaseResult {
                 event: Bytes::from_static(br#"{"hello":"world"}"#),
                 trace_id: "Root=1-00000000-000000000000000000000000".into(),
                 client_context: None,
+                log_tail: true,
             };
             (
                 id.clone(),

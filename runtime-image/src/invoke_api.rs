@@ -14,8 +14,8 @@ use base64::Engine as _;
 use bytes::Bytes;
 use porchlight_core::LambdaError;
 use porchlight_core::invoke::{
-    INVOKE_ROUTE, InvokeReply, LIVE_PATH, MAX_PAYLOAD_BYTES, METRICS_PATH, NOT_READY_ERROR_TYPE,
-    READY_PATH, SHUTTING_DOWN_ERROR_TYPE, header,
+    INVOKE_ROUTE, InvokeReply, LIVE_PATH, LOG_TYPE_TAIL, MAX_PAYLOAD_BYTES, METRICS_PATH,
+    NOT_READY_ERROR_TYPE, READY_PATH, SHUTTING_DOWN_ERROR_TYPE, header,
 };
 
 use crate::config::Settings;
@@ -194,11 +194,15 @@ fn admit(
         )));
     }
     let client_context = client_context(headers).map_err(|e| bad_request(&e))?;
+    let log_tail = headers
+        .get(header::LOG_TYPE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(LOG_TYPE_TAIL.as_bytes()));
     Ok(InvokeRequest {
         request_id,
         event,
         trace_id: trace_id(headers),
         client_context,
+        log_tail,
     })
 }
 
@@ -267,6 +271,22 @@ async fn invoke(State(env): State<Arc<Environment>>, request: Request) -> Respon
         if let Some(init) = result.cold_start {
             reply = reply.with_cold_start(init.as_secs_f64() * 1000.0);
         }
+        let end_and_report = |env: &Environment| {
+            result.duration.map(|duration| {
+                end_lines(env, &invoke_request.request_id, duration, result.cold_start)
+            })
+        };
+        // The log tail ends with END and REPORT, so they are written before
+        // the answer; otherwise after it, off the caller's path.
+        let mut lines = None;
+        if let Some(mut tail) = task_env.take_log_tail(&invoke_request.request_id) {
+            lines = end_and_report(&task_env);
+            for line in lines.iter().flatten() {
+                tail.push_line(line.as_bytes());
+            }
+            let text = tail.into_text();
+            reply = reply.with_log_result(base64::engine::general_purpose::STANDARD.encode(text));
+        }
         let _ = reply_tx.send(reply);
         task_env.metrics.invocation(label);
         if let Some(duration) = result.duration {
@@ -277,12 +297,11 @@ async fn invoke(State(env): State<Arc<Environment>>, request: Request) -> Respon
             if result.cold_start.is_some() {
                 task_env.metrics.cold_starts.inc();
             }
-            report(
-                &task_env,
-                &invoke_request.request_id,
-                duration,
-                result.cold_start,
-            );
+        }
+        if task_env.logs.prints_platform_lines() {
+            for line in lines.or_else(|| end_and_report(&task_env)).iter().flatten() {
+                task_env.logs.platform_line(line);
+            }
         }
     });
     let reply = reply_rx.await.unwrap_or_else(|_| InvokeReply::Unexpected {
@@ -333,7 +352,9 @@ fn reply_for(outcome: Outcome, request_id: &str, settings: &Settings) -> InvokeR
             "Sandbox.Timeout",
             settings.timeout_message(),
         )),
-        Outcome::InitError(error) => InvokeReply::InitError { body: error.body },
+        Outcome::InitError(error) => InvokeReply::InitError {
+            body: porchlight_core::error::fill_request_id(error.body, request_id),
+        },
         Outcome::Throttled => InvokeReply::Busy {
             body: LambdaError::new(
                 "TooManyRequestsException",
@@ -355,7 +376,12 @@ fn reply_for(outcome: Outcome, request_id: &str, settings: &Settings) -> InvokeR
 }
 
 /// Lambda's `END` and `REPORT` lines.
-fn report(env: &Environment, request_id: &str, duration: Duration, cold_start: Option<Duration>) {
+fn end_lines(
+    env: &Environment,
+    request_id: &str,
+    duration: Duration,
+    cold_start: Option<Duration>,
+) -> [String; 2] {
     let ms = duration.as_secs_f64() * 1000.0;
     let billed = ms.ceil().max(1.0) as u64;
     let memory = env.settings.config.memory_mib;
@@ -366,11 +392,12 @@ fn report(env: &Environment, request_id: &str, duration: Duration, cold_start: O
     let init = cold_start
         .map(|d| format!("\tInit Duration: {:.2} ms", d.as_secs_f64() * 1000.0))
         .unwrap_or_default();
-    env.logs
-        .stdout_line(&format!("END RequestId: {request_id}"));
-    env.logs.stdout_line(&format!(
-        "REPORT RequestId: {request_id}\tDuration: {ms:.2} ms\tBilled Duration: {billed} ms\tMemory Size: {memory} MB\tMax Memory Used: {used} MB{init}"
-    ));
+    [
+        format!("END RequestId: {request_id}"),
+        format!(
+            "REPORT RequestId: {request_id}\tDuration: {ms:.2} ms\tBilled Duration: {billed} ms\tMemory Size: {memory} MB\tMax Memory Used: {used} MB{init}"
+        ),
+    ]
 }
 
 #[cfg(test)]

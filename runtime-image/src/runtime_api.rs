@@ -234,6 +234,8 @@ async fn response(
     if let Err(r) = state.env.check_answerable(state.generation, &id) {
         return refusal(r);
     }
+    // What the runtime wrote before it answered belongs to the invocation.
+    state.env.flush_output_of(&id).await;
     let (parts, body) = request.into_parts();
     match read_limited(&parts.headers, body).await {
         Ok(body) => {
@@ -273,6 +275,8 @@ async fn invocation_error(
     if let Err(r) = state.env.check_answerable(state.generation, &id) {
         return refusal(r);
     }
+    // What the runtime wrote before it answered belongs to the invocation.
+    state.env.flush_output_of(&id).await;
     let (parts, body) = request.into_parts();
     let body = match read_limited(&parts.headers, body).await {
         Ok(body) => body,
@@ -374,6 +378,7 @@ mod tests {
             event: Bytes::from_static(br#"{"hello":"world"}"#),
             trace_id: "Root=1-00000000-000000000000000000000000".into(),
             client_context: None,
+            log_tail: false,
         };
         tokio::spawn(async move { env.invoke(request).await.outcome })
     }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::environment::{Environment, KillReason, Phase};
 use crate::error::NormalisedError;
-use crate::logs::{Stream, pump};
+use crate::logs::{Stream, flush_channel, pump};
 use crate::metrics::RestartReason;
 use crate::process::{self, RuntimeProcess, describe_exit};
 use crate::runtime_api;
@@ -77,7 +77,7 @@ pub async fn supervise(env: Arc<Environment>, shutdown: CancellationToken) -> an
             }
         };
         env.set_process_group(generation, runtime.pgid);
-        start_pumps(&env, &mut runtime);
+        start_pumps(&env, generation, &mut runtime);
         tracing::info!(generation, pid = runtime.pgid.as_raw(), runtime_api = %api.local_addr(), "runtime started");
 
         match watch_init(&env, generation, &mut runtime, &shutdown).await {
@@ -132,19 +132,40 @@ pub async fn supervise(env: Arc<Environment>, shutdown: CancellationToken) -> an
     }
 }
 
-fn start_pumps(env: &Arc<Environment>, runtime: &mut RuntimeProcess) {
-    let current_request_id = |env: &Arc<Environment>| {
+/// Starts the tasks that copy the runtime's stdout and stderr to the log.
+fn start_pumps(env: &Arc<Environment>, generation: u64, runtime: &mut RuntimeProcess) {
+    let outputs = [
+        (
+            Stream::Stdout,
+            runtime.child.stdout.take().map(|o| o.into_owned_fd()),
+        ),
+        (
+            Stream::Stderr,
+            runtime.child.stderr.take().map(|o| o.into_owned_fd()),
+        ),
+    ];
+    let mut flushes = Vec::with_capacity(2);
+    for (stream, fd) in outputs {
+        let receiver =
+            match fd.map(|fd| fd.and_then(tokio::net::unix::pipe::Receiver::from_owned_fd)) {
+                Some(Ok(receiver)) => receiver,
+                Some(Err(e)) => {
+                    tracing::warn!(?stream, error = %e, "cannot read the runtime's output");
+                    continue;
+                }
+                None => continue,
+            };
+        let (flush, flush_requests) = flush_channel();
+        flushes.push(flush);
         let env = env.clone();
-        move || env.current_request_id()
-    };
-    if let Some(stdout) = runtime.child.stdout.take() {
-        let request_id = current_request_id(env);
-        tokio::spawn(pump(env.logs, Stream::Stdout, stdout, request_id));
+        tokio::spawn(pump(
+            stream,
+            receiver,
+            flush_requests,
+            move |stream, line| env.runtime_output(stream, line),
+        ));
     }
-    if let Some(stderr) = runtime.child.stderr.take() {
-        let request_id = current_request_id(env);
-        tokio::spawn(pump(env.logs, Stream::Stderr, stderr, request_id));
-    }
+    env.set_output_flushes(generation, flushes);
 }
 
 async fn watch_init(

@@ -562,9 +562,11 @@ fn bundled_python_bootstrap_reports_import_errors() {
         let ready = shim.wait_ready();
         assert_eq!(ready.status, 503);
         assert_eq!(ready.json()["errorType"], error_type, "{}", ready.text());
-        let reply = shim.invoke(&json!({}));
+        let reply = shim.invoke_raw(b"{}", &[("X-Porchlight-Request-Id", "gw-init-1")]);
         assert_eq!(reply.status, 502);
         assert_eq!(reply.json()["errorType"], error_type);
+        // The init error names the invocation it answers.
+        assert_eq!(reply.json()["requestId"], "gw-init-1", "{}", reply.text());
     }
 }
 

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use porchlight_api::{Function, FunctionSpec};
 use porchlight_core::FunctionKey;
 use porchlight_core::ScalingSettings;
-use porchlight_core::names;
 use serde::Deserialize;
+
+use super::strict;
 
 /// A validated function with its code on disk.
 #[derive(Debug, Clone)]
@@ -28,12 +29,15 @@ pub struct LoadedFunction {
     pub resolved_env: BTreeMap<String, String>,
 }
 
-/// A manifest problem: one line naming the file.
+/// A manifest problem: one line naming the file (and the line in it, when
+/// known: `file:LINE: problem`, as compilers write it).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}: {problem}")]
+#[error("{file}{}: {problem}", line.map_or_else(String::new, |l| format!(":{l}")))]
 pub struct ManifestError {
     /// The file.
     pub file: String,
+    /// The line (1-based), when the problem is at one.
+    pub line: Option<usize>,
     /// What is wrong.
     pub problem: String,
 }
@@ -41,6 +45,7 @@ pub struct ManifestError {
 fn err(file: &Path, problem: impl Into<String>) -> ManifestError {
     ManifestError {
         file: file.display().to_string(),
+        line: None,
         problem: problem.into(),
     }
 }
@@ -75,10 +80,18 @@ pub fn parse_dir(dir: &Path) -> Result<Vec<(PathBuf, Function)>, ManifestError> 
 
 /// Parses the text of one manifest file (`file` names it in errors and
 /// logs): its porchlight.dev Functions, skipping documents of other kinds.
-/// Pure: reads nothing from disk.
+/// A document meant as a Function is read strictly (see `strict.rs`): an
+/// unknown field, or a wrong `apiVersion` or `kind`, is refused with its
+/// line. Pure: reads nothing from disk.
 pub fn parse_manifest(file: &Path, text: &str) -> Result<Vec<Function>, ManifestError> {
     let mut out = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    // The same documents again, walked strictly from the parser's events
+    // (which know their lines) once a document is seen to be a Function.
+    let strict_docs = serde_yaml::Deserializer::from_str(text);
+    for ((i, doc), strict_doc) in serde_yaml::Deserializer::from_str(text)
+        .enumerate()
+        .zip(strict_docs)
+    {
         let value = serde_yaml::Value::deserialize(doc)
             .map_err(|e| err(file, format!("document {}: invalid YAML: {e}", i + 1)))?;
         if value.is_null() {
@@ -89,13 +102,14 @@ pub fn parse_manifest(file: &Path, text: &str) -> Result<Vec<Function>, Manifest
             .get("apiVersion")
             .and_then(|k| k.as_str())
             .unwrap_or("");
-        let in_group = api_version
-            .split_once('/')
-            .is_some_and(|(group, _)| group == names::GROUP);
-        if kind != names::FUNCTION_KIND || !in_group {
+        if !strict::looks_like_a_function(api_version) {
             tracing::debug!(file = %file.display(), kind, "skipping a document that is not a porchlight.dev Function");
             continue;
         }
+        strict::check(text, strict_doc).map_err(|p| ManifestError {
+            line: p.line,
+            ..err(file, format!("document {}: {}", i + 1, p.message))
+        })?;
         let function: Function = serde_yaml::from_value(value)
             .map_err(|e| err(file, format!("document {}: {e}", i + 1)))?;
         out.push(function);

@@ -12,6 +12,7 @@
 
 pub mod manifests;
 pub mod process;
+pub mod strict;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,6 +45,8 @@ pub struct LocalConfig {
     pub init_timeout: Duration,
     /// SIGTERM to SIGKILL.
     pub stop_grace: Duration,
+    /// No START/END/REPORT lines from the environments.
+    pub quiet: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -450,7 +453,8 @@ async fn run_environment(
         expected,
     };
     let spawned = free_port().and_then(|port| {
-        EnvironmentProcess::spawn(&config.launcher, &function, &id, port).map(|p| (port, p))
+        EnvironmentProcess::spawn(&config.launcher, config.quiet, &function, &id, port)
+            .map(|p| (port, p))
     });
     let (port, mut process) = match spawned {
         Ok(p) => p,
@@ -462,7 +466,7 @@ async fn run_environment(
     };
     let base_url: Arc<str> = format!("http://127.0.0.1:{port}").into();
     let started = Instant::now();
-    // Wait for init, the process's exit, or a stop.
+    // Wait for init (true: done, false: failed), the process's exit, or a stop.
     let outcome = {
         let wait_ready = async {
             loop {
@@ -473,18 +477,19 @@ async fn run_environment(
                     Duration::from_millis(50)
                 };
                 match gateway.readiness(&base_url).await {
-                    Readiness::Ready | Readiness::InitFailed => return true,
-                    Readiness::ShuttingDown => return false,
+                    Readiness::Ready => return Some(true),
+                    Readiness::InitFailed => return Some(false),
+                    Readiness::ShuttingDown => return None,
                     Readiness::NotYet => {}
                 }
                 if started.elapsed() > config.init_timeout {
-                    return false;
+                    return None;
                 }
                 tokio::time::sleep(delay).await;
             }
         };
         tokio::select! {
-            ok = wait_ready => if ok { Ok(()) } else { Err(false) },
+            init = wait_ready => init.ok_or(false),
             status = process.wait() => {
                 tracing::warn!(function = %name, environment = %id, status = ?status.ok(), "environment exited during init");
                 let _ = events.send(exited(false)).await;
@@ -493,8 +498,8 @@ async fn run_environment(
             _ = stop.cancelled() => Err(true),
         }
     };
-    match outcome {
-        Ok(()) => {}
+    let init_done = match outcome {
+        Ok(init_done) => init_done,
         Err(expected) => {
             if !expected {
                 tracing::warn!(function = %name, environment = %id, "environment did not finish init in time");
@@ -503,13 +508,23 @@ async fn run_environment(
             let _ = events.send(exited(expected)).await;
             return;
         }
+    };
+    if init_done {
+        tracing::info!(
+            function = %name,
+            environment = %id,
+            init_ms = started.elapsed().as_millis() as u64,
+            "environment ready"
+        );
+    } else {
+        // Routed all the same, as Lambda does: an invocation gets the init
+        // error and the next one retries the init.
+        tracing::warn!(
+            function = %name,
+            environment = %id,
+            "environment's init failed; invocations get its error and retry the init"
+        );
     }
-    tracing::info!(
-        function = %name,
-        environment = %id,
-        init_ms = started.elapsed().as_millis() as u64,
-        "environment ready"
-    );
     entry.add_environment(EnvironmentInfo {
         id: id.clone(),
         base_url,

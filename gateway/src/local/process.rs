@@ -71,9 +71,11 @@ pub fn shim_stop_time(shim: &ShimSettings) -> Duration {
 }
 
 impl EnvironmentProcess {
-    /// Starts the shim for `function` listening on `port`.
+    /// Starts the shim for `function` listening on `port`; `quiet` leaves
+    /// out its START/END/REPORT lines.
     pub fn spawn(
         launcher: &Launcher,
+        quiet: bool,
         function: &LoadedFunction,
         environment_id: &str,
         port: u16,
@@ -83,6 +85,9 @@ impl EnvironmentProcess {
             listen: Some(format!("127.0.0.1:{port}")),
             task_root: Some(function.task_root.to_string_lossy().into_owned()),
             environment_id: Some(environment_id.to_string()),
+            // Read in a terminal, with several functions side by side.
+            local_logs: true,
+            quiet,
             ..spec.shim_settings(&function.key.name)
         };
         let mut cmd = Command::new(&launcher.program);

@@ -83,7 +83,7 @@ impl LocalGateway {
             .arg(format!("127.0.0.1:{port}"))
             .args(extra)
             .env("PORCHLIGHT_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("stdout.log")).expect("stdout"))
             .stderr(std::fs::File::create(dir.join("gateway.log")).expect("log"))
             .spawn()
             .expect("spawn gateway");
@@ -104,6 +104,22 @@ impl LocalGateway {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default()
+    }
+
+    /// What the gateway and its environments printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stdout.log")).unwrap_or_default()
+    }
+
+    /// Waits (bounded, 10 s) until stdout has a line matching `pred`.
+    pub fn stdout_has(&self, pred: impl Fn(&str) -> bool) -> bool {
+        for _ in 0..200 {
+            if self.stdout().lines().any(&pred) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     pub fn url(&self, path: &str) -> String {

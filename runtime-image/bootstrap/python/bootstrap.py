@@ -8,6 +8,12 @@ is used, over one persistent HTTP/1.1 connection, and heavy modules
 only when needed, so that start-up is fast.
 
 The handler comes from argv[1] if given, else from _HANDLER.
+
+Logging follows Lambda's Python runtime: the root logger gets a handler that
+writes `[LEVEL]\t<timestamp>Z\t<request id>\t<message>` to stdout, or one
+JSON object a line with AWS_LAMBDA_LOG_FORMAT=JSON; AWS_LAMBDA_LOG_LEVEL sets
+the root logger's level. The handler is installed when the function first
+imports `logging` (importing it costs about 9 ms of init).
 """
 
 import importlib
@@ -18,6 +24,129 @@ import sys
 import time
 
 API_PREFIX = b"/2018-06-01/runtime"
+
+# Lambda's advanced logging controls.
+LOG_FORMAT_JSON = os.environ.get("AWS_LAMBDA_LOG_FORMAT", "").upper() == "JSON"
+LOG_LEVEL = os.environ.get("AWS_LAMBDA_LOG_LEVEL", "").upper()
+LOG_LEVEL = {"TRACE": "DEBUG"}.get(LOG_LEVEL, LOG_LEVEL)
+
+# The request id of the invocation in flight, for log records.
+current_request_id = ""
+
+# Fields of a LogRecord that are not a user's `extra` (as awslambdaric).
+RESERVED_RECORD_FIELDS = frozenset((
+    "name", "msg", "args", "levelname", "levelno", "pathname", "filename", "module",
+    "exc_info", "exc_text", "stack_info", "lineno", "funcName", "created", "msecs",
+    "relativeCreated", "thread", "threadName", "processName", "process",
+    "aws_request_id", "tenant_id", "taskName", "message", "asctime"))
+
+
+def setup_logging(logging):
+    """Puts Lambda's handler on the root logger of the `logging` module."""
+
+    class RequestIdFilter(logging.Filter):
+        def filter(self, record):
+            record.aws_request_id = current_request_id
+            return True
+
+    class JsonFormatter(logging.Formatter):
+        def format(self, record):
+            # Lambda rounds levels to the standard ones.
+            levelno = min(50, max(0, record.levelno)) // 10 * 10
+            message = (record.msg if isinstance(record.msg, dict) and not record.args
+                       else record.getMessage())
+            result = {
+                "timestamp": self.formatTime(record, "%Y-%m-%dT%H:%M:%SZ"),
+                "level": logging.getLevelName(levelno),
+                "message": message,
+                "logger": record.name,
+                "requestId": record.aws_request_id or None,
+            }
+            if record.exc_info:
+                import traceback
+                result["stackTrace"] = traceback.format_tb(record.exc_info[2])
+                result["errorType"] = record.exc_info[0].__name__
+                result["errorMessage"] = str(record.exc_info[1])
+                result["location"] = "%s:%s:%s" % (record.pathname, record.funcName, record.lineno)
+            for key, value in record.__dict__.items():
+                if key not in RESERVED_RECORD_FIELDS and key not in result:
+                    result[key] = value
+            return json.dumps({k: v for k, v in result.items() if v is not None},
+                              ensure_ascii=False, default=str)
+
+    class StdoutHandler(logging.Handler):
+        def emit(self, record):
+            try:
+                sys.stdout.write(self.format(record) + "\n")
+            except Exception:
+                self.handleError(record)
+
+    logging.Formatter.converter = time.gmtime
+    handler = StdoutHandler()
+    if LOG_FORMAT_JSON:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(
+            "[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s",
+            "%Y-%m-%dT%H:%M:%S"))
+    handler.addFilter(RequestIdFilter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if LOG_LEVEL in logging._nameToLevel:
+        root.setLevel(LOG_LEVEL)
+
+
+class LoggingSetup:
+    """An import hook that runs `setup_logging` right after `logging` is
+    first imported, so that a function that never logs does not pay for it."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "logging":
+            return None
+        sys.meta_path.remove(self)
+        import importlib.machinery
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_and_set_up(module):
+            exec_module(module)
+            setup_logging(module)
+
+        spec.loader.exec_module = exec_and_set_up
+        return spec
+
+
+def install_logging():
+    if "logging" in sys.modules:
+        setup_logging(sys.modules["logging"])
+    else:
+        sys.meta_path.insert(0, LoggingSetup())
+
+
+def log_error(error_type, message, stack_trace, request_id=""):
+    """An error as Lambda's Python runtime logs it: one record, its lines
+    joined with a carriage return in text format (one CloudWatch event), or
+    one JSON object."""
+    if LOG_FORMAT_JSON:
+        record = {
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "level": "ERROR",
+            "errorMessage": message,
+            "errorType": error_type,
+            "requestId": request_id,
+            "stackTrace": stack_trace,
+        }
+        line = json.dumps(record, ensure_ascii=False)
+    else:
+        lines = ["[ERROR] %s: %s" % (error_type, message)]
+        if stack_trace:
+            lines.append("Traceback (most recent call last):")
+            for frame in stack_trace:
+                lines.extend(frame.splitlines())
+        line = "\r".join(lines)
+    sys.stdout.write(line + "\n")
 
 
 class Response:
@@ -223,8 +352,12 @@ def load_handler(handler):
         raise InitError("Runtime.ImportModuleError",
                         "Unable to import module '%s': %s" % (module_name, e))
     except SyntaxError as e:
+        # The user's line, as awslambdaric reports it, not the import
+        # machinery's frames.
         raise InitError("Runtime.UserCodeSyntaxError",
-                        "Syntax error in module '%s': %s" % (module_name, e), stack_of(e))
+                        "Syntax error in module '%s': %s" % (module_name, e),
+                        ['  File "%s" Line %s\n    %s\n' % (e.filename, e.lineno,
+                                                            (e.text or "").strip())])
     except Exception as e:
         raise InitError(type(e).__name__, str(e), stack_of(e))
     function = getattr(module, function_name, None)
@@ -248,19 +381,22 @@ def main():
     if task_root not in sys.path:
         sys.path.insert(0, task_root)
 
+    install_logging()
     try:
         handler = load_handler(handler_name)
     except InitError as e:
-        sys.stderr.write("[ERROR] %s: %s\n" % (e.error_type, e.message))
+        log_error(e.error_type, e.message, e.stack_trace)
         api.post("/init/error", error_body(e.error_type, e.message, e.stack_trace),
                  {"Lambda-Runtime-Function-Error-Type": e.error_type,
                   "Content-Type": "application/json"})
         sys.exit(1)
 
+    global current_request_id
     while True:
         response, event_bytes = api.next()
         headers = response.headers
         request_id = headers.get("Lambda-Runtime-Aws-Request-Id", "")
+        current_request_id = request_id
         trace_id = headers.get("Lambda-Runtime-Trace-Id")
         if trace_id:
             os.environ["_X_AMZN_TRACE_ID"] = trace_id
@@ -289,7 +425,7 @@ def main():
                                     "Unable to marshal response: %s" % e)
                 result_type = "application/json"
         except InitError as e:
-            sys.stderr.write("[ERROR] %s: %s\n" % (e.error_type, e.message))
+            log_error(e.error_type, e.message, e.stack_trace, request_id)
             api.post("/invocation/%s/error" % request_id,
                      error_body(e.error_type, e.message, e.stack_trace, request_id),
                      {"Content-Type": "application/json",
@@ -298,8 +434,7 @@ def main():
         except Exception as e:
             error_type = type(e).__name__
             stack_trace = stack_of(e)
-            sys.stderr.write("[ERROR] %s: %s\rTraceback (most recent call last):\r%s\n" % (
-                error_type, e, "".join(stack_trace).replace("\n", "\r")))
+            log_error(error_type, str(e), stack_trace, request_id)
             api.post("/invocation/%s/error" % request_id,
                      error_body(error_type, str(e), stack_trace, request_id),
                      {"Content-Type": "application/json"})
