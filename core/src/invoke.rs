@@ -61,6 +61,9 @@ pub mod header {
     pub const COLD_START: &str = "x-porchlight-cold-start";
     /// How long that init took, in milliseconds.
     pub const INIT_DURATION_MS: &str = "x-porchlight-init-duration-ms";
+    /// How long the invocation ran in the environment, in milliseconds
+    /// (what Lambda's REPORT line calls Duration; billing rounds it up).
+    pub const DURATION_MS: &str = "x-porchlight-duration-ms";
     /// `Unhandled` when the function failed (Lambda's header).
     pub const FUNCTION_ERROR: &str = "x-amz-function-error";
     /// X-Ray trace header, passed to the runtime as `_X_AMZN_TRACE_ID`.
@@ -100,6 +103,8 @@ pub enum InvokeReply {
         function_error: Option<String>,
         /// On a cold start, the init's duration in milliseconds.
         cold_start_ms: Option<f64>,
+        /// How long the invocation ran, in milliseconds.
+        duration_ms: Option<f64>,
         /// The base64 tail of the invocation's log, when it was asked for
         /// with [`header::LOG_TYPE`] `Tail`.
         log_result: Option<String>,
@@ -146,6 +151,7 @@ impl InvokeReply {
             content_type,
             function_error: None,
             cold_start_ms: None,
+            duration_ms: None,
             log_result: None,
         }
     }
@@ -157,6 +163,7 @@ impl InvokeReply {
             content_type: None,
             function_error: Some(UNHANDLED.to_string()),
             cold_start_ms: None,
+            duration_ms: None,
             log_result: None,
         }
     }
@@ -165,6 +172,14 @@ impl InvokeReply {
     pub fn with_cold_start(mut self, init_ms: f64) -> Self {
         if let InvokeReply::Done { cold_start_ms, .. } = &mut self {
             *cold_start_ms = Some(init_ms);
+        }
+        self
+    }
+
+    /// Records how long a `Done` reply's invocation ran.
+    pub fn with_duration(mut self, ms: f64) -> Self {
+        if let InvokeReply::Done { duration_ms, .. } = &mut self {
+            *duration_ms = Some(ms);
         }
         self
     }
@@ -233,9 +248,17 @@ impl InvokeReply {
                 body,
                 function_error,
                 cold_start_ms,
+                duration_ms,
                 log_result,
                 ..
             } => {
+                // Full precision: billing rounds it up, and must round the
+                // same number the REPORT line does.
+                if let Some(v) =
+                    duration_ms.and_then(|ms| HeaderValue::from_str(&format!("{ms}")).ok())
+                {
+                    headers.insert(HeaderName::from_static(header::DURATION_MS), v);
+                }
                 if let Some(v) = function_error.and_then(|e| HeaderValue::from_str(&e).ok()) {
                     headers.insert(HeaderName::from_static(header::FUNCTION_ERROR), v);
                 }
@@ -280,6 +303,7 @@ impl InvokeReply {
                         .map(str::to_string),
                     function_error: text(header::FUNCTION_ERROR).map(str::to_string),
                     cold_start_ms,
+                    duration_ms: text(header::DURATION_MS).and_then(|v| v.parse().ok()),
                     log_result: text(header::LOG_RESULT).map(str::to_string),
                     body,
                 }
@@ -345,7 +369,10 @@ mod tests {
         vec![
             InvokeReply::ok(Bytes::from_static(b"{\"ok\":1}"), None),
             InvokeReply::ok(Bytes::from_static(b"hi"), Some("text/plain".into())),
-            InvokeReply::ok(Bytes::from_static(b"{}"), None).with_cold_start(12.5),
+            InvokeReply::ok(Bytes::from_static(b"{}"), None)
+                .with_cold_start(12.5)
+                .with_duration(101.25),
+            InvokeReply::ok(Bytes::from_static(b"{}"), None).with_duration(0.5),
             InvokeReply::unhandled(error("ValueError")).with_log_result("U1RBUlQK".into()),
             InvokeReply::unhandled(error("Sandbox.Timeout")),
             InvokeReply::unhandled(error("Runtime.ExitError")).with_cold_start(3.25),
@@ -388,7 +415,9 @@ mod tests {
         let statuses: Vec<u16> = every_reply().iter().map(|r| r.status().as_u16()).collect();
         assert_eq!(
             statuses,
-            [200, 200, 200, 200, 200, 200, 502, 429, 503, 413, 400, 500]
+            [
+                200, 200, 200, 200, 200, 200, 200, 502, 429, 503, 413, 400, 500
+            ]
         );
         let (_, headers, _) = InvokeReply::Busy { body: Bytes::new() }.encode();
         assert_eq!(headers[http::header::RETRY_AFTER], "1");

@@ -35,6 +35,7 @@ pub mod sigv4;
 pub mod sync_invoke;
 pub mod tls;
 pub mod upstream;
+pub mod usage;
 
 pub use dead_letters::now_rfc3339;
 pub use error::GatewayError;

@@ -2,8 +2,8 @@
 //! sets only: function names, outcomes and reasons; never URLs or error text.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The gateway's metrics.
@@ -34,6 +34,16 @@ pub struct Metrics {
     pub scaling_decisions: IntCounterVec,
     /// Lambda API requests refused for their signature, by error type.
     pub auth_failures: IntCounterVec,
+    /// Billed duration (each invocation rounded up to 1 ms), seconds.
+    pub billed_seconds: CounterVec,
+    /// Billed duration x memory.
+    pub gb_seconds: CounterVec,
+    /// Init time of the environments cold starts waited for, seconds.
+    pub init_seconds: CounterVec,
+    /// Environment-seconds ready but running nothing.
+    pub idle_environment_seconds: CounterVec,
+    /// Those, x memory.
+    pub idle_gb_seconds: CounterVec,
 }
 
 impl Default for Metrics {
@@ -44,6 +54,12 @@ impl Default for Metrics {
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn float_counter(r: &Registry, name: &str, help: &str) -> CounterVec {
+    let c = CounterVec::new(Opts::new(name, help), &["function"]).expect("valid metric");
     r.register(Box::new(c.clone())).expect("unique metric");
     c
 }
@@ -141,6 +157,31 @@ impl Metrics {
                 "porchlight_gateway_auth_failures_total",
                 "Lambda API requests refused for their signature, by Lambda error type",
                 &["error_type"],
+            ),
+            billed_seconds: float_counter(
+                &r,
+                "porchlight_gateway_billed_duration_seconds_total",
+                "Billed duration of invocations (each rounded up to 1 ms, as Lambda bills)",
+            ),
+            gb_seconds: float_counter(
+                &r,
+                "porchlight_gateway_gb_seconds_total",
+                "Billed duration x the function's memory, GB-seconds",
+            ),
+            init_seconds: float_counter(
+                &r,
+                "porchlight_gateway_init_duration_seconds_total",
+                "Init time of environments that cold starts waited for",
+            ),
+            idle_environment_seconds: float_counter(
+                &r,
+                "porchlight_gateway_idle_environment_seconds_total",
+                "Environment-seconds ready but running no invocation (the platform's cost)",
+            ),
+            idle_gb_seconds: float_counter(
+                &r,
+                "porchlight_gateway_idle_gb_seconds_total",
+                "Idle environment-seconds x the function's memory, GB-seconds",
             ),
             registry: r,
         }

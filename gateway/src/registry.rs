@@ -21,6 +21,7 @@ use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::error::GatewayError;
+use crate::usage::FunctionUsage;
 
 /// A ready environment as the data path sees it.
 #[derive(Clone, Debug)]
@@ -108,6 +109,8 @@ struct FunctionCounters {
 /// that say what happens; nothing outside reaches its counters or queue.
 pub struct FunctionEntry {
     key: FunctionKey,
+    /// What it used since the gateway started (`crate::usage`).
+    usage: Mutex<FunctionUsage>,
     /// How callers name it at this gateway (see [`FunctionKey::address`]).
     address: String,
     /// Spec and settings as last applied; replaced in place on a change, so
@@ -145,6 +148,8 @@ pub struct LoadSnapshot {
     pub ready: u32,
     /// Environments finishing their last events before they stop.
     pub draining: u32,
+    /// Ready environments running nothing.
+    pub idle: u32,
 }
 
 impl LoadSnapshot {
@@ -230,6 +235,7 @@ impl FunctionEntry {
                 settings: Arc::new(settings),
             }),
             counters: FunctionCounters::default(),
+            usage: Mutex::new(FunctionUsage::default()),
             dispatch: Mutex::new(DispatchState::default()),
             queue_depth: config.queue_depth,
             demand,
@@ -340,6 +346,25 @@ impl FunctionEntry {
         }
     }
 
+    /// Meters an invocation that ran `duration_ms` (after an init of
+    /// `init_ms`, on a cold start): the billed milliseconds and GB-seconds.
+    pub fn meter_invocation(&self, duration_ms: f64, init_ms: Option<f64>) -> (u64, f64) {
+        let memory = self.spec().memory_mib;
+        lock(&self.usage).record_invocation(duration_ms, init_ms, memory)
+    }
+
+    /// Meters `idle` environments idle for `elapsed`: environment-seconds
+    /// and GB-seconds.
+    pub fn meter_idle(&self, idle: u32, elapsed: Duration) -> (f64, f64) {
+        let memory = self.spec().memory_mib;
+        lock(&self.usage).record_idle(idle, elapsed, memory)
+    }
+
+    /// What it used since the gateway started.
+    pub fn usage(&self) -> FunctionUsage {
+        lock(&self.usage).clone()
+    }
+
     /// Current load.
     pub fn load(&self) -> LoadSnapshot {
         let st = lock(&self.dispatch);
@@ -353,6 +378,9 @@ impl FunctionEntry {
                 snap.draining += 1;
             } else {
                 snap.ready += 1;
+                if e.in_flight == 0 {
+                    snap.idle += 1;
+                }
             }
         }
         drop(st);
@@ -809,7 +837,8 @@ mod tests {
                 in_flight: 0,
                 queued: 0,
                 ready: 1,
-                draining: 0
+                draining: 0,
+                idle: 1,
             }
         );
     }

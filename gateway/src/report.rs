@@ -31,6 +31,8 @@ pub struct ReportHub {
     gateway: String,
     tx: watch::Sender<Arc<GatewayReport>>,
     acc: Mutex<HashMap<String, Acc>>,
+    /// When the last sample was taken (idle time is metered between samples).
+    last_sample: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl ReportHub {
@@ -44,6 +46,7 @@ impl ReportHub {
             gateway,
             tx: watch::channel(Arc::new(initial)).0,
             acc: Mutex::new(HashMap::new()),
+            last_sample: Mutex::new(None),
         }
     }
 
@@ -65,12 +68,31 @@ impl ReportHub {
         self.latest()
     }
 
-    /// Adds one sample of every function's load and updates the gauges.
+    /// Adds one sample of every function's load, updates the gauges, and
+    /// meters the idle environments since the last sample.
     pub fn sample(&self, registry: &Registry, metrics: &Metrics) {
+        let now = tokio::time::Instant::now();
+        let elapsed = self
+            .last_sample
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(now)
+            .map(|t| now.saturating_duration_since(t).min(SAMPLE_EVERY * 10));
         let mut acc = self.acc.lock().unwrap_or_else(|p| p.into_inner());
         for f in registry.all() {
             let load = f.load();
             let name = f.name();
+            if let Some(elapsed) = elapsed.filter(|_| load.idle > 0) {
+                let (seconds, gbs) = f.meter_idle(load.idle, elapsed);
+                metrics
+                    .idle_environment_seconds
+                    .with_label_values(&[name])
+                    .inc_by(seconds);
+                metrics
+                    .idle_gb_seconds
+                    .with_label_values(&[name])
+                    .inc_by(gbs);
+            }
             let a = acc.entry(name.to_string()).or_default();
             a.sum += f64::from(load.concurrency());
             a.count += 1;

@@ -142,6 +142,7 @@ fn internal_routes<G: Ingress>() -> Router<Arc<G>> {
     Router::new()
         .route("/v1/dead-letters", get(dead_letters::<G>))
         .route("/v1/functions", get(functions_status::<G>))
+        .route("/v1/usage", get(usage::<G>))
         .route(REPORT_PATH, get(concurrency::<G>))
         .route(LIVE_PATH, get(|| async { "ok" }))
         .route(READY_PATH, get(ready::<G>))
@@ -936,9 +937,11 @@ async fn functions_status<G: Ingress>(State(gw): Gw<G>) -> Response {
         .iter()
         .map(|f| {
             let status = f.status();
+            // `name` is the address callers use (`namespace.name` outside
+            // the home namespace).
             json!({
                 "namespace": f.key().namespace,
-                "name": f.key().name,
+                "name": f.name(),
                 "desired": status.desired,
                 "starting": status.starting,
                 "ready": status.load.ready,
@@ -948,6 +951,23 @@ async fn functions_status<G: Ingress>(State(gw): Gw<G>) -> Response {
                 "asyncPending": status.async_pending,
                 "invocations": status.invocations,
             })
+        })
+        .collect();
+    axum::Json(json!({ "functions": functions })).into_response()
+}
+
+/// `GET /v1/usage`: what each function used since the gateway started, in
+/// Lambda's billing terms, and the idle time the platform spent on it.
+async fn usage<G: Ingress>(State(gw): Gw<G>) -> Response {
+    let functions: Vec<Value> = gw
+        .functions()
+        .iter()
+        .map(|f| {
+            let mut v = serde_json::to_value(f.usage()).unwrap_or_else(|_| json!({}));
+            v["namespace"] = json!(f.key().namespace);
+            v["name"] = json!(f.name());
+            v["memoryMiB"] = json!(f.spec().memory_mib);
+            v
         })
         .collect();
     axum::Json(json!({ "functions": functions })).into_response()

@@ -63,6 +63,8 @@ pub struct InvocationResult {
     pub cold_start: bool,
     /// The environment's init duration, on cold starts.
     pub init_duration_ms: Option<f64>,
+    /// How long the invocation ran in the environment (what is billed).
+    pub duration_ms: Option<f64>,
     /// Environment that ran it.
     pub environment: Arc<str>,
     /// The base64 tail of the invocation's log, when it was asked for and
@@ -192,6 +194,19 @@ impl SyncInvoker {
                         .cold_starts
                         .with_label_values(&[entry.name()])
                         .inc();
+                }
+                if let Some(ms) = r.duration_ms {
+                    let (billed, gbs) = entry.meter_invocation(ms, r.init_duration_ms);
+                    let m = &self.metrics;
+                    m.billed_seconds
+                        .with_label_values(&[entry.name()])
+                        .inc_by(billed as f64 / 1000.0);
+                    m.gb_seconds.with_label_values(&[entry.name()]).inc_by(gbs);
+                    if let Some(init) = r.init_duration_ms {
+                        m.init_seconds
+                            .with_label_values(&[entry.name()])
+                            .inc_by(init.max(0.0) / 1000.0);
+                    }
                 }
                 r.outcome()
             }
@@ -371,6 +386,7 @@ pub fn no_environment(
             function_error: Some(UNHANDLED.into()),
             cold_start: false,
             init_duration_ms: None,
+            duration_ms: None,
             environment: Arc::from("none"),
             log_result: None,
             held: SharedHold::default(),
@@ -406,6 +422,7 @@ pub fn next_step(
         function_error: Some(UNHANDLED.into()),
         cold_start,
         init_duration_ms: None,
+        duration_ms: None,
         environment: environment.clone(),
         log_result: None,
         held: SharedHold::default(),
@@ -415,6 +432,7 @@ pub fn next_step(
             body,
             function_error,
             cold_start_ms,
+            duration_ms,
             log_result,
             ..
         }) => Step::Answer(Ok(InvocationResult {
@@ -422,6 +440,7 @@ pub fn next_step(
             function_error,
             cold_start: cold_start_ms.is_some(),
             init_duration_ms: cold_start_ms,
+            duration_ms,
             environment: environment.clone(),
             log_result,
             held: SharedHold::default(),

@@ -7,8 +7,9 @@ mod common;
 use common::{LocalGateway, free_port, python_function};
 use serde_json::Value;
 
-const PLATFORM_ROUTES: [&str; 6] = [
+const PLATFORM_ROUTES: [&str; 7] = [
     "/v1/functions",
+    "/v1/usage",
     "/v1/dead-letters",
     "/v1/concurrency",
     "/metrics",

@@ -161,6 +161,10 @@ fn bad_request(error: &LambdaError) -> InvokeReply {
 /// Validates an invoke request whose body was read as `body`: the event
 /// (an empty or blank body is `{}`), its JSON, and the client context. The
 /// refusal is the reply to send.
+#[expect(
+    clippy::result_large_err,
+    reason = "a refusal is answered at once; boxing it would only add an allocation"
+)]
 fn admit(
     request_id: Arc<str>,
     headers: &HeaderMap,
@@ -270,6 +274,9 @@ async fn invoke(State(env): State<Arc<Environment>>, request: Request) -> Respon
         );
         if let Some(init) = result.cold_start {
             reply = reply.with_cold_start(init.as_secs_f64() * 1000.0);
+        }
+        if let Some(duration) = result.duration {
+            reply = reply.with_duration(duration.as_secs_f64() * 1000.0);
         }
         let end_and_report = |env: &Environment| {
             result.duration.map(|duration| {
