@@ -385,7 +385,8 @@ async fn run_local(
     local: LocalConfig,
 ) -> ExitCode {
     serve(cli, move |gateway, addr, stop, _shutdown| {
-        let text = banner(addr, &dir, &functions);
+        let mut text = banner(addr, &dir, &functions);
+        text.push_str(&format!("  async events: {}\n", gateway.describe_queue()));
         let source = tokio::spawn(LocalSource::new(local, functions).run(gateway, stop));
         println!("{text}");
         source
@@ -589,4 +590,66 @@ pub fn gateway_with(functions: &[LoadedFunction], config: GatewayConfig) -> Arc<
     }
     gw.set_ready(true);
     gw
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| OsString::from(v))
+        }
+    }
+
+    #[test]
+    fn the_data_folder_follows_xdg_then_home() {
+        assert_eq!(
+            default_data_dir(vars(&[("XDG_DATA_HOME", "/x/data"), ("HOME", "/home/u")])),
+            Some(PathBuf::from("/x/data/porchlight"))
+        );
+        // A relative XDG_DATA_HOME is ignored, as the XDG spec says.
+        assert_eq!(
+            default_data_dir(vars(&[("XDG_DATA_HOME", "rel"), ("HOME", "/home/u")])),
+            Some(PathBuf::from("/home/u/.local/share/porchlight"))
+        );
+        assert_eq!(default_data_dir(vars(&[])), None);
+    }
+
+    #[test]
+    fn the_queue_is_chosen_by_flag_then_mode() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("porchlight-gateway").chain(args.iter().copied()))
+                .expect("parses")
+                .queue_choice()
+        };
+        assert_eq!(
+            parse(&["--kubernetes"]),
+            Ok(QueueChoice::Memory),
+            "Kubernetes mode keeps its events in memory unless told otherwise"
+        );
+        assert_eq!(
+            parse(&["--kubernetes", "--data-dir", "/d"]),
+            Ok(QueueChoice::File("/d".into()))
+        );
+        assert_eq!(
+            parse(&["--local", "x", "--queue", "nats://127.0.0.1:4222"]),
+            Ok(QueueChoice::Nats("nats://127.0.0.1:4222".into()))
+        );
+        assert!(parse(&["--local", "x", "--queue", "http://h"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "porchlight-gateway",
+                "--queue",
+                "nats://h:1",
+                "--data-dir",
+                "/d"
+            ])
+            .is_err(),
+            "one store at a time"
+        );
+    }
 }

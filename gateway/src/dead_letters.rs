@@ -1,9 +1,12 @@
 //! Dead letters: async events that failed every attempt or expired, kept in
 //! a ring bounded by count and by bytes (the oldest are evicted and counted)
-//! for `/v1/dead-letters`, which reads it a page at a time.
+//! for `/v1/dead-letters`, which reads it a page at a time. The ring is the
+//! gateway's own queue's index (`queue::local`): in memory, and with a data
+//! folder also on its file; on JetStream a stream plays its part.
 //!
 //! Each letter keeps the event and the last error as the JSON text they
-//! arrived as, and holds their bytes against the memory budget.
+//! arrived as, and holds their bytes against the memory budget (except
+//! letters read back from a file at start).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
