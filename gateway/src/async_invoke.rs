@@ -148,6 +148,15 @@ impl AsyncInvoker {
         })
     }
 
+    /// Events of `entry` stored and not finished (this gateway's own store),
+    /// or those it is running (a shared store).
+    pub fn pending(&self, entry: &FunctionEntry) -> u64 {
+        match self.queue.stored_for(entry.name()) {
+            Some(n) => n as u64,
+            None => entry.status().async_pending,
+        }
+    }
+
     /// Whether `entry`'s queue may have room for one more event now.
     pub fn has_room(&self, entry: &FunctionEntry) -> bool {
         self.queue.has_room(entry.name())
@@ -220,6 +229,10 @@ impl AsyncInvoker {
                 })
             }
             Err(QueueError::Closed) => Err(GatewayError::ShuttingDown),
+            Err(QueueError::Budget) => Err(GatewayError::Throttled {
+                retry_after: Duration::from_secs(1),
+                reason: "MemoryBudgetExceeded",
+            }),
             Err(QueueError::Store(e)) => {
                 tracing::error!(%request_id, function = entry.name(), error = %e, "an async event could not be stored; refused");
                 self.metrics

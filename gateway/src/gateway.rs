@@ -282,6 +282,10 @@ impl Ingress for Gateway {
         self.asynchronous.has_room(entry)
     }
 
+    fn async_pending(&self, entry: &FunctionEntry) -> u64 {
+        self.asynchronous.pending(entry)
+    }
+
     fn enqueue(
         &self,
         entry: &Arc<FunctionEntry>,

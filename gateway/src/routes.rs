@@ -62,6 +62,11 @@ pub trait Ingress: Send + Sync + 'static {
     fn reserve(&self, bytes: usize, purpose: Purpose) -> Result<Reservation, GatewayError>;
     /// Whether `entry`'s async queue has room for one more event now.
     fn has_async_room(&self, entry: &FunctionEntry) -> bool;
+    /// Async events of `entry` accepted and not finished, as far as this
+    /// gateway knows (on a shared queue: those it is running).
+    fn async_pending(&self, entry: &FunctionEntry) -> u64 {
+        entry.status().async_pending
+    }
     /// Accepts one event to run later, whose bytes `held` counts: stored
     /// (then answered 202), or refused.
     fn enqueue(
@@ -938,7 +943,7 @@ async fn functions_status<G: Ingress>(State(gw): Gw<G>) -> Response {
                 "draining": status.load.draining,
                 "inFlight": status.load.in_flight,
                 "queued": status.load.queued,
-                "asyncPending": status.async_pending,
+                "asyncPending": gw.async_pending(f),
                 "invocations": status.invocations,
             })
         })

@@ -16,11 +16,22 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::record::{decode_event, decode_letter, encode_event, encode_letter};
+
+/// An event's description alone (its bytes go to their own table).
+fn encode_head(event: &StoredEvent) -> Vec<u8> {
+    encode_event(&StoredEvent {
+        payload: bytes::Bytes::new(),
+        ..event.clone()
+    })
+}
 use super::{BoxFuture, Consumer, Delivery, EventQueue, QueueError, Settle, StoredEvent, now_ms};
 use crate::budget::{Purpose, Reservation};
 use crate::dead_letters::{DeadLetter, DeadLetterList, DeadLetters, PageRequest};
 
+/// What describes each event (small: rewritten by each retry).
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// Each event's own bytes, written once.
+const PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("payloads");
 const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
 
 /// The file in the data folder.
@@ -30,6 +41,8 @@ pub const STORE_FILE: &str = "queue.redb";
 const WRITE_BACKLOG: usize = 1024;
 /// Writes committed together at most.
 const GROUP_COMMIT: usize = 256;
+/// redb's page cache.
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Bounds of a local queue.
 #[derive(Clone, Debug)]
@@ -72,7 +85,8 @@ struct State {
 }
 
 enum Op {
-    Put(u64, Vec<u8>),
+    /// An event's description, and its bytes when it is new.
+    Put(u64, Vec<u8>, Option<bytes::Bytes>),
     Remove(u64),
     Letter {
         remove: u64,
@@ -116,13 +130,18 @@ impl LocalQueue {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create the data folder {}: {e}", dir.display()))?;
         let path = dir.join(STORE_FILE);
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => format!(
-                "{} is in use by another gateway (give each its own --data-dir)",
-                path.display()
-            ),
-            e => format!("cannot open {}: {e}", path.display()),
-        })?;
+        // Events are read back only at start: a small cache keeps the
+        // file's pages from growing the process (redb's default is 1 GiB).
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => format!(
+                    "{} is in use by another gateway (give each its own --data-dir)",
+                    path.display()
+                ),
+                e => format!("cannot open {}: {e}", path.display()),
+            })?;
         let Contents { events, letters } =
             read_all(&db).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let (tx, rx) = mpsc::channel(WRITE_BACKLOG);
@@ -248,16 +267,22 @@ struct Contents {
 fn read_all(db: &Database) -> Result<Contents, String> {
     let init = db.begin_write().map_err(|e| e.to_string())?;
     init.open_table(EVENTS).map_err(|e| e.to_string())?;
+    init.open_table(PAYLOADS).map_err(|e| e.to_string())?;
     init.open_table(DEAD_LETTERS).map_err(|e| e.to_string())?;
     init.commit().map_err(|e| e.to_string())?;
     let read = db.begin_read().map_err(|e| e.to_string())?;
     let mut events = Vec::new();
     let table = read.open_table(EVENTS).map_err(|e| e.to_string())?;
+    let payloads = read.open_table(PAYLOADS).map_err(|e| e.to_string())?;
     for row in table.iter().map_err(|e| e.to_string())? {
         let (k, v) = row.map_err(|e| e.to_string())?;
-        match decode_event(v.value()) {
-            Some(event) => events.push((k.value(), event)),
-            None => tracing::warn!(
+        let payload = payloads.get(k.value()).map_err(|e| e.to_string())?;
+        match (decode_event(v.value()), payload) {
+            (Some(mut event), Some(payload)) => {
+                event.payload = bytes::Bytes::copy_from_slice(payload.value());
+                events.push((k.value(), event));
+            }
+            _ => tracing::warn!(
                 sequence = k.value(),
                 "an unreadable stored event was skipped"
             ),
@@ -295,14 +320,23 @@ fn commit(db: &Database, batch: &[Write]) -> Result<(), String> {
     let tx = db.begin_write().map_err(|e| e.to_string())?;
     {
         let mut events = tx.open_table(EVENTS).map_err(|e| e.to_string())?;
+        let mut payloads = tx.open_table(PAYLOADS).map_err(|e| e.to_string())?;
         let mut letters = tx.open_table(DEAD_LETTERS).map_err(|e| e.to_string())?;
         for w in batch {
             match &w.op {
-                Op::Put(k, v) => {
-                    events.insert(k, v.as_slice()).map_err(|e| e.to_string())?;
+                Op::Put(k, head, payload) => {
+                    events
+                        .insert(k, head.as_slice())
+                        .map_err(|e| e.to_string())?;
+                    if let Some(payload) = payload {
+                        payloads
+                            .insert(k, payload.as_ref())
+                            .map_err(|e| e.to_string())?;
+                    }
                 }
                 Op::Remove(k) => {
                     events.remove(k).map_err(|e| e.to_string())?;
+                    payloads.remove(k).map_err(|e| e.to_string())?;
                 }
                 Op::Letter {
                     remove,
@@ -311,6 +345,7 @@ fn commit(db: &Database, batch: &[Write]) -> Result<(), String> {
                     evicted,
                 } => {
                     events.remove(remove).map_err(|e| e.to_string())?;
+                    payloads.remove(remove).map_err(|e| e.to_string())?;
                     letters
                         .insert(sequence, letter.as_slice())
                         .map_err(|e| e.to_string())?;
@@ -334,6 +369,10 @@ impl EventQueue for LocalQueue {
 
     fn is_durable(&self) -> bool {
         self.inner.writer.is_some()
+    }
+
+    fn stored_for(&self, function: &str) -> Option<usize> {
+        Some(self.stored(function))
     }
 
     fn stored_events(&self) -> Option<usize> {
@@ -361,7 +400,15 @@ impl EventQueue for LocalQueue {
                 state.next_sequence += 1;
                 state.next_sequence
             };
-            if let Err(e) = inner.write(Op::Put(sequence, encode_event(&event))).await {
+            // The file gets the event's own bytes, shared, not copied.
+            let written = inner
+                .write(Op::Put(
+                    sequence,
+                    encode_head(&event),
+                    Some(event.payload.clone()),
+                ))
+                .await;
+            if let Err(e) = written {
                 let mut state = inner.lock();
                 if let Some(lane) = state.lanes.get_mut(&function) {
                     lane.stored = lane.stored.saturating_sub(1);
@@ -499,7 +546,7 @@ impl Settle for LocalSettle {
             let due = event.not_before_ms;
             let written = self
                 .inner
-                .write(Op::Put(self.sequence, encode_event(&event)))
+                .write(Op::Put(self.sequence, encode_head(&event), None))
                 .await;
             {
                 let mut state = self.inner.lock();

@@ -87,6 +87,9 @@ pub enum QueueError {
     /// The queue is closed (the gateway is stopping).
     #[error("the event queue is closed")]
     Closed,
+    /// No room in the memory budget for the copy written to the store.
+    #[error("the memory budget has no room to write the event")]
+    Budget,
 }
 
 /// A store of async events and of dead letters.
@@ -97,6 +100,9 @@ pub trait EventQueue: Send + Sync + 'static {
     fn is_durable(&self) -> bool;
     /// Events this gateway's own store holds (`None` for a shared store).
     fn stored_events(&self) -> Option<usize>;
+    /// Events of `function` this gateway's own store holds (`None` for a
+    /// shared store).
+    fn stored_for(&self, function: &str) -> Option<usize>;
     /// Stores `event`; `Ok` only once it is stored (on disk, or in the
     /// JetStream stream). `held` is the event's memory reservation, which
     /// the store keeps as long as it keeps the event's bytes in memory.

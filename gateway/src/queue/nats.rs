@@ -164,6 +164,10 @@ impl EventQueue for NatsQueue {
         None
     }
 
+    fn stored_for(&self, _function: &str) -> Option<usize> {
+        None
+    }
+
     fn publish(
         &self,
         event: StoredEvent,
@@ -174,13 +178,15 @@ impl EventQueue for NatsQueue {
                 return Err(QueueError::Closed);
             }
             let subject = format!("porchlight.async.{}", token(&event.function));
-            let result = publish(
-                &self.js,
-                subject,
-                event.request_id.clone(),
-                encode_event(&event),
-            )
-            .await;
+            let id = event.request_id.clone();
+            let body = encode_event(&event);
+            drop(event);
+            // The copy sent to the server counts until the server has it.
+            let mut held = held;
+            if held.try_resize(body.len()).is_err() {
+                return Err(QueueError::Budget);
+            }
+            let result = publish(&self.js, subject, id, body).await;
             // The server keeps the bytes now.
             drop(held);
             result
