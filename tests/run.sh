@@ -42,6 +42,17 @@ step "Build the binaries the integration tests drive"
 cargo build --workspace --bins --locked
 export PORCHLIGHT_RUST_BOOTSTRAP="$root/target/debug/bootstrap"
 
+step "nats-server for the JetStream tests (built from the Go module into $cache/nats-server)"
+nats_version=v2.14.10
+nats_dir="$cache/nats-server/$nats_version"
+if [ ! -x "$nats_dir/nats-server" ]; then
+  command -v go >/dev/null || { echo "run.sh: go not found in PATH (it builds nats-server)" >&2; exit 1; }
+  echo "building nats-server $nats_version (cached for later runs)"
+  GOFLAGS=-mod=mod GOBIN="$nats_dir" timeout 900 go install "github.com/nats-io/nats-server/v2@$nats_version"
+fi
+export PORCHLIGHT_NATS_SERVER="$nats_dir/nats-server"
+"$PORCHLIGHT_NATS_SERVER" --version
+
 step "cargo test --workspace"
 cargo test --workspace --locked -- --test-threads="${PORCHLIGHT_TEST_THREADS:-2}"
 

@@ -66,6 +66,9 @@ fn start_gateway(dir: &Path) -> (Proc, String) {
         .arg(dir)
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
+        // Async events in a store of this run's own, not the user's.
+        .arg("--data-dir")
+        .arg(std::env::temp_dir().join(format!("porchlight-bench-{}-{port}", std::process::id())))
         .env("PORCHLIGHT_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

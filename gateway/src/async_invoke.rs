@@ -1,40 +1,30 @@
-//! Asynchronous invocations (`Event`, S3, CloudEvents): a bounded queue per
-//! function, retries on function error with doubling backoff (Lambda: two
-//! retries, 1 min then 2 min apart), and dead letters for events that fail
-//! every attempt. An event's bytes are held against the memory budget from
-//! acceptance until it is answered, and then by its dead letter.
+//! Asynchronous invocations (`Event`, S3, CloudEvents): accepted into the
+//! event queue (`crate::queue`) and answered 202 once stored; one worker per
+//! function takes them, runs them through the synchronous path (so they
+//! count as demand), and settles each: ack on completion, a retry stored
+//! with doubling backoff on a function error (Lambda: two retries, 1 min
+//! then 2 min apart), a dead letter once the attempts or the age are spent.
+//! Nothing waits in a task during a retry's delay: the event waits in the
+//! store, so a stop never waits for it and a restart resumes it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use porchlight_core::backoff;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::time::Instant;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::budget::{Purpose, Reservation};
-use crate::dead_letters::{DeadLetter, DeadLetterList, DeadLetters, PageRequest, now_rfc3339};
+use crate::dead_letters::{DeadLetter, DeadLetterList, PageRequest, now_rfc3339};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::queue::{Delivery, EventQueue, QueueError, StoredEvent, now_ms};
 use crate::registry::FunctionEntry;
 use crate::sync_invoke::{SyncInvoker, TriggerKind};
-
-/// One accepted async event.
-#[derive(Debug)]
-pub struct AsyncEvent {
-    /// The gateway's request id.
-    pub request_id: String,
-    /// The event JSON.
-    pub payload: Bytes,
-    /// Source of the event.
-    pub trigger: TriggerKind,
-    /// When it was accepted.
-    pub accepted_at: Instant,
-    /// The payload's bytes, held against the memory budget.
-    pub held: Reservation,
-}
 
 /// Why an attempt failed, and whether it counts as an attempt.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,7 +64,7 @@ pub fn retry_decision(
     RetryDecision::RetryAfter(backoff::exponential(base, attempts, Duration::MAX))
 }
 
-/// Retries and queue bounds of async invocations.
+/// Retries and bounds of async invocations.
 #[derive(Clone, Debug)]
 pub struct AsyncSettings {
     /// Delay before the first retry; doubled for the second (Lambda: 60 s).
@@ -83,78 +73,123 @@ pub struct AsyncSettings {
     pub max_attempts: u32,
     /// Age after which an event is given up (Lambda default: 6 h).
     pub max_age: Duration,
-    /// Events accepted but not finished, per function.
-    pub queue_depth: usize,
-    /// Dead letters kept (oldest evicted first, and counted).
-    pub dead_letter_capacity: usize,
-    /// Bytes of dead letters kept (oldest evicted first, and counted).
-    pub dead_letter_bytes: usize,
+    /// How often a running event is reported as still in progress to its
+    /// store (a third of JetStream's ack wait).
+    pub progress_every: Duration,
 }
 
 /// Most bytes of a function's error kept with a dead letter; a longer one
 /// is kept as the start of its text.
 pub const DEAD_LETTER_ERROR_LIMIT: usize = 64 * 1024;
 
-/// The queue of one function and the entry its worker serves.
-struct Queue {
-    entry: Arc<FunctionEntry>,
-    tx: mpsc::Sender<AsyncEvent>,
+/// How a stop went.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stopped {
+    /// Events still running when the bound ran out (left stored: they run
+    /// again after the next start, or on another gateway).
+    pub interrupted: usize,
+    /// Whether the store keeps events across a restart.
+    pub durable: bool,
+    /// Events still in this gateway's own store (not yet run, or waiting
+    /// for a retry), when it knows.
+    pub stored: Option<usize>,
 }
 
-/// Accepts async events, runs them through the synchronous path with
-/// retries, and keeps the dead letters.
+/// The worker of one function entry (a replaced entry gets a new one).
+struct Worker {
+    entry: Arc<FunctionEntry>,
+    stop: CancellationToken,
+}
+
+/// Accepts async events into the queue, and runs one worker per function
+/// that takes them, runs them through the synchronous path and settles
+/// them: ack, retry later, or dead letter.
 pub struct AsyncInvoker {
     invoker: Arc<SyncInvoker>,
     metrics: Metrics,
     settings: AsyncSettings,
-    dead_letters: DeadLetters,
-    /// One queue and worker per function entry (a replaced entry gets a new one).
-    queues: Mutex<HashMap<String, Queue>>,
+    queue: Arc<dyn EventQueue>,
+    workers: Mutex<HashMap<String, Worker>>,
     tasks: TaskTracker,
+    stop: CancellationToken,
+    running: AtomicUsize,
 }
 
 impl AsyncInvoker {
-    /// An invoker with no queues yet.
-    pub fn new(invoker: Arc<SyncInvoker>, metrics: Metrics, settings: AsyncSettings) -> Self {
+    /// An invoker over `queue`, with no workers yet.
+    pub fn new(
+        invoker: Arc<SyncInvoker>,
+        metrics: Metrics,
+        settings: AsyncSettings,
+        queue: Arc<dyn EventQueue>,
+    ) -> Self {
         AsyncInvoker {
             invoker,
             metrics,
-            dead_letters: DeadLetters::new(
-                settings.dead_letter_capacity,
-                settings.dead_letter_bytes,
-            ),
             settings,
-            queues: Mutex::new(HashMap::new()),
+            queue,
+            workers: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
+            stop: CancellationToken::new(),
+            running: AtomicUsize::new(0),
         }
     }
 
+    /// The store, for the banner and logs.
+    pub fn queue(&self) -> &Arc<dyn EventQueue> {
+        &self.queue
+    }
+
     /// One page of the dead letters.
-    pub fn dead_letters(&self, page: &PageRequest) -> DeadLetterList {
-        self.dead_letters.page(page)
+    pub async fn dead_letters(&self, page: &PageRequest) -> Result<DeadLetterList, GatewayError> {
+        self.queue.dead_letters(page).await.map_err(|e| {
+            tracing::error!(error = %e, "cannot read the dead letters");
+            GatewayError::EventStore
+        })
     }
 
-    /// Whether `entry`'s queue has room for one more event now.
+    /// Events of `entry` stored and not finished (this gateway's own store),
+    /// or those it is running (a shared store).
+    pub fn pending(&self, entry: &FunctionEntry) -> u64 {
+        match self.queue.stored_for(entry.name()) {
+            Some(n) => n as u64,
+            None => entry.status().async_pending,
+        }
+    }
+
+    /// Whether `entry`'s queue may have room for one more event now.
     pub fn has_room(&self, entry: &FunctionEntry) -> bool {
-        entry.status().async_pending < self.settings.queue_depth as u64
+        self.queue.has_room(entry.name())
     }
 
-    /// Stops taking work and waits up to `bound` for events in flight;
-    /// returns false when some were abandoned.
-    pub async fn finish(&self, bound: Duration) -> bool {
-        // Without their senders the workers end once their queues are empty;
-        // with them, every worker would wait forever and so would this.
-        self.queues
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+    /// Stops taking events, lets the events running finish for up to
+    /// `bound`, and says how many were still running. Events waiting for a
+    /// retry are not waited for: they stay in the store.
+    pub async fn finish(&self, bound: Duration) -> Stopped {
+        self.stop.cancel();
+        self.queue.close();
         self.tasks.close();
-        tokio::time::timeout(bound, self.tasks.wait()).await.is_ok()
+        let _ = tokio::time::timeout(bound, self.tasks.wait()).await;
+        Stopped {
+            interrupted: self.running.load(Ordering::SeqCst),
+            durable: self.queue.is_durable(),
+            stored: self.queue.stored_events(),
+        }
+    }
+
+    /// Starts a worker for every function in `functions` that has none
+    /// (events stored by an earlier run, or by another gateway, are taken
+    /// without waiting for a new one).
+    pub fn serve(self: &Arc<Self>, functions: &[Arc<FunctionEntry>]) {
+        for entry in functions {
+            self.worker_for(entry);
+        }
     }
 
     /// Accepts an async event for `entry`, whose bytes `held` counts:
-    /// queued, or refused with 429.
-    pub fn enqueue(
+    /// answered once the store has it, or refused (429 when the function's
+    /// queue is full, 503 when the store failed).
+    pub async fn enqueue(
         self: &Arc<Self>,
         entry: &Arc<FunctionEntry>,
         payload: Bytes,
@@ -162,215 +197,251 @@ impl AsyncInvoker {
         request_id: String,
         trigger: TriggerKind,
     ) -> Result<(), GatewayError> {
-        if self.invoker.is_shutting_down() {
+        if self.invoker.is_shutting_down() || self.stop.is_cancelled() {
             return Err(GatewayError::ShuttingDown);
         }
-        if !entry.try_accept_async(self.settings.queue_depth) {
-            self.metrics
-                .throttles
-                .with_label_values(&[entry.name(), "async_queue_full"])
-                .inc();
-            self.metrics
-                .invocations
-                .with_label_values(&[entry.name(), trigger.as_str(), "throttled"])
-                .inc();
-            return Err(GatewayError::Throttled {
+        self.worker_for(entry);
+        let event = StoredEvent::new(request_id, entry.name(), trigger, payload);
+        let request_id = event.request_id.clone();
+        match self
+            .queue
+            .publish(event, held.repurpose(Purpose::Async))
+            .await
+        {
+            Ok(()) => {
+                if entry.load().ready == 0 {
+                    entry.signal_demand();
+                }
+                Ok(())
+            }
+            Err(QueueError::Full) => {
+                self.metrics
+                    .throttles
+                    .with_label_values(&[entry.name(), "async_queue_full"])
+                    .inc();
+                self.metrics
+                    .invocations
+                    .with_label_values(&[entry.name(), trigger.as_str(), "throttled"])
+                    .inc();
+                Err(GatewayError::Throttled {
+                    retry_after: Duration::from_secs(1),
+                    reason: "AsyncQueueFull",
+                })
+            }
+            Err(QueueError::Closed) => Err(GatewayError::ShuttingDown),
+            Err(QueueError::Budget) => Err(GatewayError::Throttled {
                 retry_after: Duration::from_secs(1),
-                reason: "AsyncQueueFull",
-            });
+                reason: "MemoryBudgetExceeded",
+            }),
+            Err(QueueError::Store(e)) => {
+                tracing::error!(%request_id, function = entry.name(), error = %e, "an async event could not be stored; refused");
+                self.metrics
+                    .invocations
+                    .with_label_values(&[entry.name(), trigger.as_str(), "not_stored"])
+                    .inc();
+                Err(GatewayError::EventStore)
+            }
         }
-        let tx = self.queue_of(entry);
-        entry.async_enqueued();
-        let event = AsyncEvent {
-            request_id,
-            payload,
-            trigger,
-            accepted_at: Instant::now(),
-            held: held.repurpose(Purpose::Async),
-        };
-        if tx.try_send(event).is_err() {
-            // Cannot happen while `try_accept_async` bounds the channel; answer anyway.
-            entry.async_dispatched();
-            entry.async_finished();
-            return Err(GatewayError::Throttled {
-                retry_after: Duration::from_secs(1),
-                reason: "AsyncQueueFull",
-            });
-        }
-        if entry.load().ready == 0 {
-            entry.signal_demand();
-        }
-        Ok(())
     }
 
-    /// The sender of `entry`'s queue, starting its worker on first use.
-    fn queue_of(self: &Arc<Self>, entry: &Arc<FunctionEntry>) -> mpsc::Sender<AsyncEvent> {
-        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(q) = queues.get(entry.name())
-            && Arc::ptr_eq(&q.entry, entry)
-        {
-            return q.tx.clone();
+    /// Starts `entry`'s worker unless it has one.
+    fn worker_for(self: &Arc<Self>, entry: &Arc<FunctionEntry>) {
+        if self.stop.is_cancelled() {
+            return;
         }
-        // New, or registered anew: the old worker (if any) finishes what it
-        // holds and ends with its sender.
-        let (tx, rx) = mpsc::channel(self.settings.queue_depth.max(1));
-        queues.insert(
+        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = workers.get(entry.name())
+            && Arc::ptr_eq(&w.entry, entry)
+        {
+            return;
+        }
+        // New, or registered anew: the old worker takes nothing more and
+        // finishes what it runs.
+        let stop = self.stop.child_token();
+        if let Some(old) = workers.insert(
             entry.name().to_string(),
-            Queue {
+            Worker {
                 entry: entry.clone(),
-                tx: tx.clone(),
+                stop: stop.clone(),
             },
-        );
+        ) {
+            old.stop.cancel();
+        }
         let this = self.clone();
         let e = entry.clone();
         self.tasks
-            .spawn(async move { this.run_worker(e, rx).await });
-        tx
+            .spawn(async move { this.run_worker(e, stop).await });
     }
 
-    async fn run_worker(
-        self: Arc<Self>,
-        entry: Arc<FunctionEntry>,
-        mut rx: mpsc::Receiver<AsyncEvent>,
-    ) {
+    async fn run_worker(self: Arc<Self>, entry: Arc<FunctionEntry>, stop: CancellationToken) {
+        let mut consumer = loop {
+            match self.queue.consumer(entry.name()).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!(function = entry.name(), error = %e, "cannot take async events yet; trying again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            }
+        };
         // Events in flight at once: what the function can run at its maximum scale.
         let settings = entry.settings();
         let parallel = (settings.max_scale as usize)
             .saturating_mul(settings.concurrency_per_environment as usize)
             .clamp(1, 10_000);
         let slots = Arc::new(Semaphore::new(parallel));
-        while let Some(event) = rx.recv().await {
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                break;
+        loop {
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                _ = stop.cancelled() => return,
             };
-            let this = self.clone();
-            let e = entry.clone();
-            let s = slots.clone();
-            self.tasks.spawn(async move {
-                this.run_event(e, event, permit, s).await;
-            });
+            let room = 1 + slots.available_permits();
+            let delivery = tokio::select! {
+                d = consumer.next(room) => d,
+                _ = stop.cancelled() => return,
+            };
+            match delivery {
+                Ok(Some(delivery)) => {
+                    let this = self.clone();
+                    let e = entry.clone();
+                    this.running.fetch_add(1, Ordering::SeqCst);
+                    self.tasks.spawn(async move {
+                        this.run_event(&e, delivery).await;
+                        this.running.fetch_sub(1, Ordering::SeqCst);
+                        drop(permit);
+                    });
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(function = entry.name(), error = %e, "cannot take async events; trying again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            }
         }
     }
 
-    async fn run_event(
-        &self,
-        entry: Arc<FunctionEntry>,
-        event: AsyncEvent,
-        mut permit: OwnedSemaphorePermit,
-        slots: Arc<Semaphore>,
-    ) {
+    /// Runs one attempt of a taken event and settles it.
+    async fn run_event(&self, entry: &Arc<FunctionEntry>, delivery: Delivery) {
+        let Delivery {
+            event,
+            delivered,
+            settle,
+        } = delivery;
         let cfg = &self.settings;
-        let mut attempts = 0u32;
-        let mut waiting = true;
-        let last_error: Option<Bytes> = loop {
-            if waiting {
-                entry.async_dispatched();
-            }
-            let result = self
-                .invoker
-                .invoke(
-                    &entry,
-                    event.payload.clone(),
-                    &event.request_id,
-                    event.trigger,
-                )
-                .await;
-            drop(permit);
-            let (error, throttled) = match result {
-                Ok(r) if r.function_error.is_none() => {
-                    break None;
-                }
-                Ok(r) => (error_to_keep(&r.body), false),
-                Err(e) => {
-                    let throttled = matches!(
-                        e,
-                        GatewayError::Throttled { .. } | GatewayError::Unavailable { .. }
-                    );
-                    let error = serde_json::json!({"errorType": e.error_type(), "errorMessage": e.to_string()});
-                    (Bytes::from(error.to_string()), throttled)
-                }
-            };
-            if !throttled {
-                attempts += 1;
-            }
-            if self.invoker.is_shutting_down() {
-                break Some(error);
-            }
-            match retry_decision(
-                attempts,
-                throttled,
-                event.accepted_at.elapsed(),
-                cfg.retry_base,
-                cfg.max_attempts,
-                cfg.max_age,
-            ) {
-                RetryDecision::Done | RetryDecision::GiveUp => break Some(error),
-                RetryDecision::RetryAfter(delay) => {
-                    tracing::info!(
-                        request_id = %event.request_id,
-                        function = entry.name(),
-                        attempts,
-                        delay_ms = delay.as_millis() as u64,
-                        "async invocation failed; retrying"
-                    );
-                    self.metrics
-                        .async_retries
-                        .with_label_values(&[entry.name()])
-                        .inc();
-                    tokio::time::sleep(delay).await;
-                    entry.async_enqueued();
-                    waiting = true;
-                    permit = match slots.clone().acquire_owned().await {
-                        Ok(p) => p,
-                        Err(_) => {
-                            entry.async_dispatched();
-                            break Some(error);
-                        }
-                    };
+        if delivered > 1 {
+            tracing::info!(request_id = %event.request_id, function = entry.name(), delivered, "an async event taken before and not settled runs again");
+        }
+        let pending = entry.try_accept_async(usize::MAX);
+        let invoke = self.invoker.invoke(
+            entry,
+            event.payload.clone(),
+            &event.request_id,
+            event.trigger,
+        );
+        tokio::pin!(invoke);
+        // A long invocation keeps its event taken.
+        let result = loop {
+            tokio::select! {
+                r = &mut invoke => break r,
+                _ = tokio::time::sleep(cfg.progress_every) => {
+                    if let Err(e) = settle.in_progress().await {
+                        tracing::warn!(request_id = %event.request_id, error = %e, "cannot extend the event's ack wait");
+                    }
                 }
             }
         };
-        if let Some(error) = last_error {
-            tracing::warn!(
-                request_id = %event.request_id,
-                function = entry.name(),
-                attempts,
-                "async invocation failed every attempt; recorded as a dead letter"
-            );
-            self.metrics
-                .dead_letters
-                .with_label_values(&[entry.name()])
-                .inc();
-            let AsyncEvent {
-                request_id,
-                payload,
-                trigger,
-                held,
-                ..
-            } = event;
-            let mut letter = DeadLetter {
-                function: entry.name().to_string(),
-                request_id,
-                trigger: trigger.as_str(),
-                event: payload,
-                error,
-                attempts,
-                time: now_rfc3339(),
-            };
-            // The event's bytes move to its dead letter; the error and the
-            // record are added if they fit, or the error is left out.
-            let mut held = held.repurpose(Purpose::DeadLetter);
-            if held.try_resize(letter.size()).is_err() {
-                letter.error = Bytes::from_static(
-                    br#"{"errorType":"ErrorNotKept","errorMessage":"The error was not kept: the gateway's memory budget was spent."}"#,
-                );
+        let settled = match result {
+            Ok(r) if r.function_error.is_none() => settle.ack().await.map(|()| "done"),
+            Err(GatewayError::ShuttingDown) => {
+                // Not an attempt: it stays stored and runs after the next
+                // start (or on another gateway).
+                settle.release(Duration::ZERO).await.map(|()| "given back")
             }
-            let evicted = self.dead_letters.push(letter, held);
-            if evicted > 0 {
-                self.metrics.dead_letters_evicted.inc_by(evicted);
+            outcome => {
+                let (error, throttled) = match outcome {
+                    Ok(r) => (error_to_keep(&r.body), false),
+                    Err(e) => {
+                        let throttled = matches!(
+                            e,
+                            GatewayError::Throttled { .. } | GatewayError::Unavailable { .. }
+                        );
+                        let error = serde_json::json!({"errorType": e.error_type(), "errorMessage": e.to_string()});
+                        (Bytes::from(error.to_string()), throttled)
+                    }
+                };
+                let attempts = event.attempts + u32::from(!throttled);
+                match retry_decision(
+                    attempts,
+                    throttled,
+                    event.age(now_ms()),
+                    cfg.retry_base,
+                    cfg.max_attempts,
+                    cfg.max_age,
+                ) {
+                    RetryDecision::RetryAfter(delay) if throttled => {
+                        settle.release(delay).await.map(|()| "throttled")
+                    }
+                    RetryDecision::RetryAfter(delay) => {
+                        tracing::info!(
+                            request_id = %event.request_id,
+                            function = entry.name(),
+                            attempts,
+                            delay_ms = delay.as_millis() as u64,
+                            "async invocation failed; retrying"
+                        );
+                        self.metrics
+                            .async_retries
+                            .with_label_values(&[entry.name()])
+                            .inc();
+                        let mut again = event.clone();
+                        again.attempts = attempts;
+                        settle.retry(again, delay).await.map(|()| "retry stored")
+                    }
+                    RetryDecision::Done | RetryDecision::GiveUp => {
+                        tracing::warn!(
+                            request_id = %event.request_id,
+                            function = entry.name(),
+                            attempts,
+                            "async invocation failed every attempt; recorded as a dead letter"
+                        );
+                        self.metrics
+                            .dead_letters
+                            .with_label_values(&[entry.name()])
+                            .inc();
+                        let letter = DeadLetter {
+                            function: entry.name().to_string(),
+                            request_id: event.request_id.clone(),
+                            trigger: event.trigger.as_str(),
+                            event: event.payload.clone(),
+                            error,
+                            attempts,
+                            time: now_rfc3339(),
+                        };
+                        settle.dead_letter(letter).await.map(|evicted| {
+                            if evicted > 0 {
+                                self.metrics.dead_letters_evicted.inc_by(evicted);
+                            }
+                            "dead-lettered"
+                        })
+                    }
+                }
             }
+        };
+        if let Err(e) = settled {
+            // Left as it was in the store: it is handed out again.
+            tracing::warn!(request_id = %event.request_id, function = entry.name(), error = %e, "cannot settle an async event; it will run again");
         }
-        entry.async_finished();
+        if pending {
+            entry.async_finished();
+        }
     }
 }
 

@@ -15,6 +15,9 @@ use crate::listener::ListenerLimits;
 use crate::local::manifests::{LoadedFunction, load_dir};
 use crate::local::process::{Launcher, run_embedded_shim};
 use crate::local::{LocalConfig, LocalSource};
+use crate::queue::EventQueue;
+use crate::queue::local::LocalQueue;
+use crate::queue::nats::{NatsQueue, NatsSettings};
 use crate::registry::DispatchConfig;
 use crate::sigv4::KeyFile;
 
@@ -120,9 +123,29 @@ pub struct Cli {
     /// Async events older than this are given up (dead-lettered).
     #[arg(long, default_value = "6h", value_parser = parse_duration)]
     pub async_max_age: Duration,
-    /// Dead letters kept in memory (the oldest are evicted and counted).
+    /// Dead letters kept (the oldest are evicted and counted).
     #[arg(long, default_value_t = 1000)]
     pub dead_letters: usize,
+    /// Keep async events and dead letters in NATS JetStream at this address
+    /// (`nats://HOST:PORT`), shared by every gateway that names it.
+    #[arg(long, value_name = "URL", env = "PORCHLIGHT_QUEUE")]
+    pub queue: Option<String>,
+    /// Keep async events and dead letters in a file in this folder, so they
+    /// survive a restart (one gateway per folder). Local mode's default:
+    /// $XDG_DATA_HOME/porchlight, or ~/.local/share/porchlight. Kubernetes
+    /// mode without it or --queue keeps them in memory.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "PORCHLIGHT_DATA_DIR",
+        conflicts_with = "queue"
+    )]
+    pub data_dir: Option<PathBuf>,
+    /// With --queue: how long a taken event may go without a sign of life
+    /// before JetStream hands it to another gateway (running events send
+    /// one every third of it).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub queue_ack_wait: Duration,
     /// MiB the gateway may hold for payloads, queued and retried events and
     /// dead letters (a quarter at most); past it, invocations get 429. The
     /// default suits the gateway pod's 512 MiB limit.
@@ -192,8 +215,70 @@ impl Cli {
             gateway_name: self.gateway_name.clone(),
             credentials,
             home_namespace: self.namespace.clone(),
+            async_progress_every: (self.queue_ack_wait / 3).max(Duration::from_millis(100)),
         })
     }
+
+    /// Where async events are kept: JetStream with `--queue`, a file with
+    /// `--data-dir` (or by default in local mode), else memory.
+    pub fn queue_choice(&self) -> Result<QueueChoice, String> {
+        if let Some(url) = &self.queue {
+            if !url.starts_with("nats://") {
+                return Err(format!("--queue {url}: expected nats://HOST:PORT"));
+            }
+            return Ok(QueueChoice::Nats(url.clone()));
+        }
+        if let Some(dir) = &self.data_dir {
+            return Ok(QueueChoice::File(dir.clone()));
+        }
+        if self.kubernetes {
+            return Ok(QueueChoice::Memory);
+        }
+        default_data_dir(|name| std::env::var_os(name))
+            .map(QueueChoice::File)
+            .ok_or_else(|| "no data folder: set --data-dir, XDG_DATA_HOME or HOME".to_string())
+    }
+}
+
+/// Where async events are kept.
+#[derive(Clone, Debug, PartialEq)]
+pub enum QueueChoice {
+    /// In the gateway's memory (lost with the process).
+    Memory,
+    /// In `queue.redb` in this folder.
+    File(PathBuf),
+    /// In NATS JetStream at this URL.
+    Nats(String),
+}
+
+/// Local mode's data folder: `$XDG_DATA_HOME/porchlight`, else
+/// `$HOME/.local/share/porchlight`.
+pub fn default_data_dir(var: impl Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
+    if let Some(xdg) = var("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        let xdg = PathBuf::from(xdg);
+        if xdg.is_absolute() {
+            return Some(xdg.join("porchlight"));
+        }
+    }
+    let home = var("HOME").filter(|v| !v.is_empty())?;
+    Some(PathBuf::from(home).join(".local/share/porchlight"))
+}
+
+async fn open_queue(cli: &Cli, config: &GatewayConfig) -> Result<Arc<dyn EventQueue>, String> {
+    Ok(match cli.queue_choice()? {
+        QueueChoice::Memory => Arc::new(LocalQueue::in_memory(config.local_queue_settings())),
+        QueueChoice::File(dir) => Arc::new(LocalQueue::open(&dir, config.local_queue_settings())?),
+        QueueChoice::Nats(url) => Arc::new(
+            NatsQueue::connect(NatsSettings {
+                url,
+                depth: config.dispatch.async_queue_depth,
+                ack_wait: cli.queue_ack_wait,
+                dead_letter_capacity: config.dead_letter_capacity,
+                dead_letter_bytes: config.memory_budget / 4,
+            })
+            .await?,
+        ),
+    })
 }
 
 /// The binary's `main`: the hidden `runtime` subcommand runs the embedded
@@ -356,7 +441,8 @@ async fn run_local(
 ) -> ExitCode {
     let signed = cli.auth_keys.is_some();
     serve(cli, move |gateway, addr, stop, _shutdown| {
-        let text = banner(addr, &dir, &functions, signed);
+        let mut text = banner(addr, &dir, &functions, signed);
+        text.push_str(&format!("  async events: {}\n", gateway.describe_queue()));
         let source = tokio::spawn(LocalSource::new(local, functions).run(gateway, stop));
         println!("{text}");
         source
@@ -461,7 +547,15 @@ where
         }
     };
     let keys = config.credentials.clone();
-    let gateway = Gateway::new(config);
+    let queue = match open_queue(&cli, &config).await {
+        Ok(q) => q,
+        Err(e) => {
+            eprintln!("porchlight-gateway: async events: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let gateway = Gateway::with_queue(config, queue);
+    tracing::info!(queue = %gateway.describe_queue(), "async events are kept here");
     let shutdown = CancellationToken::new();
     let source_stop = CancellationToken::new();
     // The first SIGTERM or SIGINT drains; a second one exits at once.
@@ -481,6 +575,7 @@ where
         }
         tokio::spawn(keys.watch(shutdown.clone()));
     }
+    let workers = tokio::spawn(gateway.run_async_workers(shutdown.clone()));
     let source = start_source(gateway.clone(), addr, source_stop.clone(), shutdown.clone());
     let limits = ListenerLimits {
         max_connections: cli.max_connections,
@@ -525,8 +620,31 @@ where
         let _ = internal.await;
     }
     gateway.begin_shutdown();
-    if !gateway.finish_async(Duration::from_secs(5)).await {
-        tracing::warn!("async invocations still running at shutdown were abandoned");
+    let _ = workers.await;
+    let stopped = gateway.finish_async(Duration::from_secs(5)).await;
+    match stopped.stored {
+        Some(n) if n > 0 && !stopped.durable => tracing::warn!(
+            events = n,
+            "async events not finished are lost with this process (keep them with --data-dir or --queue)"
+        ),
+        Some(n) if n > 0 => tracing::info!(
+            events = n,
+            "async events not finished stay stored and run after the next start"
+        ),
+        _ => {}
+    }
+    if stopped.interrupted > 0 {
+        if stopped.durable {
+            tracing::warn!(
+                events = stopped.interrupted,
+                "async invocations still running at shutdown were stopped; they stay stored and run again"
+            );
+        } else {
+            tracing::warn!(
+                events = stopped.interrupted,
+                "async invocations still running at shutdown were abandoned"
+            );
+        }
     }
     source_stop.cancel();
     let _ = source.await;
@@ -555,4 +673,66 @@ pub fn gateway_with(functions: &[LoadedFunction], config: GatewayConfig) -> Arc<
     }
     gw.set_ready(true);
     gw
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| OsString::from(v))
+        }
+    }
+
+    #[test]
+    fn the_data_folder_follows_xdg_then_home() {
+        assert_eq!(
+            default_data_dir(vars(&[("XDG_DATA_HOME", "/x/data"), ("HOME", "/home/u")])),
+            Some(PathBuf::from("/x/data/porchlight"))
+        );
+        // A relative XDG_DATA_HOME is ignored, as the XDG spec says.
+        assert_eq!(
+            default_data_dir(vars(&[("XDG_DATA_HOME", "rel"), ("HOME", "/home/u")])),
+            Some(PathBuf::from("/home/u/.local/share/porchlight"))
+        );
+        assert_eq!(default_data_dir(vars(&[])), None);
+    }
+
+    #[test]
+    fn the_queue_is_chosen_by_flag_then_mode() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("porchlight-gateway").chain(args.iter().copied()))
+                .expect("parses")
+                .queue_choice()
+        };
+        assert_eq!(
+            parse(&["--kubernetes"]),
+            Ok(QueueChoice::Memory),
+            "Kubernetes mode keeps its events in memory unless told otherwise"
+        );
+        assert_eq!(
+            parse(&["--kubernetes", "--data-dir", "/d"]),
+            Ok(QueueChoice::File("/d".into()))
+        );
+        assert_eq!(
+            parse(&["--local", "x", "--queue", "nats://127.0.0.1:4222"]),
+            Ok(QueueChoice::Nats("nats://127.0.0.1:4222".into()))
+        );
+        assert!(parse(&["--local", "x", "--queue", "http://h"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "porchlight-gateway",
+                "--queue",
+                "nats://h:1",
+                "--data-dir",
+                "/d"
+            ])
+            .is_err(),
+            "one store at a time"
+        );
+    }
 }

@@ -1,9 +1,12 @@
 //! Dead letters: async events that failed every attempt or expired, kept in
 //! a ring bounded by count and by bytes (the oldest are evicted and counted)
-//! for `/v1/dead-letters`, which reads it a page at a time.
+//! for `/v1/dead-letters`, which reads it a page at a time. The ring is the
+//! gateway's own queue's index (`queue::local`): in memory, and with a data
+//! folder also on its file; on JetStream a stream plays its part.
 //!
 //! Each letter keeps the event and the last error as the JSON text they
-//! arrived as, and holds their bytes against the memory budget.
+//! arrived as, and holds their bytes against the memory budget (except
+//! letters read back from a file at start).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -68,7 +71,7 @@ struct Kept {
     sequence: u64,
     letter: DeadLetter,
     /// The letter's bytes, held against the memory budget.
-    _held: Reservation,
+    _held: Option<Reservation>,
 }
 
 #[derive(Default)]
@@ -149,18 +152,28 @@ impl DeadLetters {
     }
 
     /// Adds a letter whose bytes `held` counts; evicts the oldest until it
-    /// fits and returns how many were evicted.
-    pub fn push(&self, letter: DeadLetter, held: Reservation) -> u64 {
+    /// fits. Returns the letter's sequence and those of the evicted ones.
+    pub fn push(&self, letter: DeadLetter, held: Reservation) -> (u64, Vec<u64>) {
+        self.insert(letter, Some(held))
+    }
+
+    /// Adds a letter whose bytes are not held against the budget (an event
+    /// read back from a store at start had no reservation).
+    pub fn push_unheld(&self, letter: DeadLetter) -> (u64, Vec<u64>) {
+        self.insert(letter, None)
+    }
+
+    fn insert(&self, letter: DeadLetter, held: Option<Reservation>) -> (u64, Vec<u64>) {
         let sequence = self.total.fetch_add(1, Ordering::Relaxed) + 1;
         let size = letter.size();
         let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-        let mut evicted = 0;
+        let mut evicted = Vec::new();
         while !ring.letters.is_empty()
             && (ring.letters.len() >= self.capacity || ring.bytes + size > self.max_bytes)
         {
             if let Some(old) = ring.letters.pop_front() {
                 ring.bytes -= old.letter.size();
-                evicted += 1;
+                evicted.push(old.sequence);
             }
         }
         ring.bytes += size;
@@ -170,8 +183,30 @@ impl DeadLetters {
             _held: held,
         });
         drop(ring);
-        self.evicted.fetch_add(evicted, Ordering::Relaxed);
-        evicted
+        self.evicted
+            .fetch_add(evicted.len() as u64, Ordering::Relaxed);
+        (sequence, evicted)
+    }
+
+    /// Puts back a letter a store kept under `sequence` (read back in
+    /// order of sequence, at start).
+    pub fn restore(&self, sequence: u64, letter: DeadLetter) {
+        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        ring.bytes += letter.size();
+        ring.letters.push_back(Kept {
+            sequence,
+            letter,
+            _held: None,
+        });
+        drop(ring);
+        self.total.fetch_max(sequence, Ordering::Relaxed);
+    }
+
+    /// Sets the counts read back from a store: letters recorded in all and
+    /// evicted in all.
+    pub fn set_counts(&self, total: u64, evicted: u64) {
+        self.total.store(total, Ordering::Relaxed);
+        self.evicted.store(evicted, Ordering::Relaxed);
     }
 
     /// Bytes the ring holds.
@@ -255,7 +290,7 @@ mod tests {
         let held = budget
             .try_reserve(l.size(), Purpose::DeadLetter)
             .expect("fits");
-        d.push(l, held)
+        d.push(l, held).1.len() as u64
     }
 
     #[test]

@@ -54,6 +54,10 @@ pub enum GatewayError {
     /// The gateway is shutting down.
     #[error("The gateway is shutting down.")]
     ShuttingDown,
+    /// An async event could not be stored, so it was not accepted (or a
+    /// listing of the store could not be read).
+    #[error("The event store is unavailable; the event was not accepted. Retry later.")]
+    EventStore,
     #[error("Missing Authentication Token")]
     MissingAuthenticationToken,
     #[error("The security token included in the request is invalid.")]
@@ -74,9 +78,9 @@ impl GatewayError {
                 "ResourceNotFoundException"
             }
             GatewayError::Throttled { .. } => "TooManyRequestsException",
-            GatewayError::Unavailable { .. } | GatewayError::ShuttingDown => {
-                "ServiceUnavailableException"
-            }
+            GatewayError::Unavailable { .. }
+            | GatewayError::ShuttingDown
+            | GatewayError::EventStore => "ServiceUnavailableException",
             GatewayError::TooLarge { .. } => "RequestEntityTooLargeException",
             GatewayError::InvalidJson(_) => "InvalidRequestContentException",
             GatewayError::InvalidParameter(_) => "InvalidParameterValueException",
@@ -96,9 +100,9 @@ impl GatewayError {
                 StatusCode::NOT_FOUND
             }
             GatewayError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
-            GatewayError::Unavailable { .. } | GatewayError::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            GatewayError::Unavailable { .. }
+            | GatewayError::ShuttingDown
+            | GatewayError::EventStore => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::InvalidJson(_) | GatewayError::InvalidParameter(_) => {
                 StatusCode::BAD_REQUEST
@@ -117,7 +121,7 @@ impl GatewayError {
         match self {
             GatewayError::Throttled { retry_after, .. }
             | GatewayError::Unavailable { retry_after } => Some(*retry_after),
-            GatewayError::ShuttingDown => Some(Duration::from_secs(1)),
+            GatewayError::ShuttingDown | GatewayError::EventStore => Some(Duration::from_secs(1)),
             _ => None,
         }
     }
@@ -147,6 +151,7 @@ impl GatewayError {
             GatewayError::InvalidJson(_) | GatewayError::InvalidParameter(_) => "bad_request",
             GatewayError::Service(_) => "service_error",
             GatewayError::ShuttingDown => "shutting_down",
+            GatewayError::EventStore => "not_stored",
             GatewayError::MissingAuthenticationToken
             | GatewayError::UnrecognizedClient
             | GatewayError::IncompleteSignature(_)

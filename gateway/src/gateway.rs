@@ -12,11 +12,13 @@ use porchlight_core::GatewayReport;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::async_invoke::{AsyncInvoker, AsyncSettings};
+use crate::async_invoke::{AsyncInvoker, AsyncSettings, Stopped};
 use crate::budget::{DEFAULT_MEMORY_BUDGET_MIB, MemoryBudget, Purpose, Reservation};
 use crate::dead_letters::{DeadLetterList, PageRequest};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::queue::EventQueue;
+use crate::queue::local::{LocalQueue, LocalSettings};
 use crate::registry::{DispatchConfig, FunctionEntry, Registry};
 use crate::report::ReportHub;
 use crate::routes::Ingress;
@@ -52,6 +54,19 @@ pub struct GatewayConfig {
     /// The namespace whose functions callers name by bare name (others:
     /// `namespace.name`).
     pub home_namespace: String,
+    /// How often a running async event is reported in progress to its store.
+    pub async_progress_every: Duration,
+}
+
+impl GatewayConfig {
+    /// The bounds of a gateway's own event queue (in memory or on a file).
+    pub fn local_queue_settings(&self) -> LocalSettings {
+        LocalSettings {
+            depth: self.dispatch.async_queue_depth,
+            dead_letter_capacity: self.dead_letter_capacity,
+            dead_letter_bytes: self.memory_budget / 4,
+        }
+    }
 }
 
 impl Default for GatewayConfig {
@@ -66,6 +81,7 @@ impl Default for GatewayConfig {
             gateway_name: "local".to_string(),
             credentials: None,
             home_namespace: porchlight_core::names::DEFAULT_NAMESPACE.to_string(),
+            async_progress_every: Duration::from_secs(10),
         }
     }
 }
@@ -83,8 +99,14 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// A gateway with no functions.
+    /// A gateway with no functions, whose async events wait in memory.
     pub fn new(config: GatewayConfig) -> Arc<Self> {
+        let queue = Arc::new(LocalQueue::in_memory(config.local_queue_settings()));
+        Gateway::with_queue(config, queue)
+    }
+
+    /// A gateway with no functions, whose async events wait in `queue`.
+    pub fn with_queue(config: GatewayConfig, queue: Arc<dyn EventQueue>) -> Arc<Self> {
         let metrics = Metrics::new();
         let budget = MemoryBudget::new(config.memory_budget);
         let sync = Arc::new(SyncInvoker::new(
@@ -99,10 +121,9 @@ impl Gateway {
                 retry_base: config.async_retry_base,
                 max_attempts: config.async_max_attempts,
                 max_age: config.async_max_age,
-                queue_depth: config.dispatch.async_queue_depth,
-                dead_letter_capacity: config.dead_letter_capacity,
-                dead_letter_bytes: config.memory_budget / 4,
+                progress_every: config.async_progress_every,
             },
+            queue,
         ));
         Arc::new(Gateway {
             registry: Arc::new(Registry::with_home(config.dispatch, &config.home_namespace)),
@@ -176,10 +197,35 @@ impl Gateway {
         self.sync.is_shutting_down()
     }
 
-    /// Waits up to `bound` for async invocations still running; returns
-    /// false when some were abandoned.
-    pub async fn finish_async(&self, bound: Duration) -> bool {
+    /// Stops taking async events and waits up to `bound` for those
+    /// running; events waiting for a retry stay in the store.
+    pub async fn finish_async(&self, bound: Duration) -> Stopped {
         self.asynchronous.finish(bound).await
+    }
+
+    /// Where async events wait.
+    pub fn describe_queue(&self) -> String {
+        self.asynchronous.queue().describe()
+    }
+
+    /// Keeps a worker taking async events for every registered function
+    /// (events stored by an earlier run or another gateway run without
+    /// waiting for a new one), until `shutdown`.
+    pub fn run_async_workers(
+        &self,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let registry = self.registry.clone();
+        let asynchronous = self.asynchronous.clone();
+        async move {
+            loop {
+                asynchronous.serve(&registry.all());
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
     }
 
     /// Looks a function up.
@@ -190,8 +236,8 @@ impl Gateway {
     }
 
     /// One page of the dead letters.
-    pub fn dead_letters(&self, page: &PageRequest) -> DeadLetterList {
-        self.asynchronous.dead_letters(page)
+    pub async fn dead_letters(&self, page: &PageRequest) -> Result<DeadLetterList, GatewayError> {
+        self.asynchronous.dead_letters(page).await
     }
 
     /// Asks an environment whether its init finished.
@@ -254,6 +300,10 @@ impl Ingress for Gateway {
         self.asynchronous.has_room(entry)
     }
 
+    fn async_pending(&self, entry: &FunctionEntry) -> u64 {
+        self.asynchronous.pending(entry)
+    }
+
     fn enqueue(
         &self,
         entry: &Arc<FunctionEntry>,
@@ -261,7 +311,7 @@ impl Ingress for Gateway {
         held: Reservation,
         request_id: String,
         trigger: TriggerKind,
-    ) -> Result<(), GatewayError> {
+    ) -> impl Future<Output = Result<(), GatewayError>> + Send {
         self.asynchronous
             .enqueue(entry, payload, held, request_id, trigger)
     }
@@ -288,7 +338,10 @@ impl Ingress for Gateway {
         self.reports.wait_after(after, wait)
     }
 
-    fn dead_letters(&self, page: &PageRequest) -> DeadLetterList {
+    fn dead_letters(
+        &self,
+        page: &PageRequest,
+    ) -> impl Future<Output = Result<DeadLetterList, GatewayError>> + Send {
         Gateway::dead_letters(self, page)
     }
 }

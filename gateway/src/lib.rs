@@ -28,6 +28,7 @@ pub mod kubernetes;
 pub mod listener;
 pub mod local;
 pub mod metrics;
+pub mod queue;
 pub mod registry;
 pub mod report;
 pub mod routes;

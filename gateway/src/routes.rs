@@ -74,7 +74,13 @@ pub trait Ingress: Send + Sync + 'static {
     fn reserve(&self, bytes: usize, purpose: Purpose) -> Result<Reservation, GatewayError>;
     /// Whether `entry`'s async queue has room for one more event now.
     fn has_async_room(&self, entry: &FunctionEntry) -> bool;
-    /// Accepts one event to run later, whose bytes `held` counts: queued, or refused.
+    /// Async events of `entry` accepted and not finished, as far as this
+    /// gateway knows (on a shared queue: those it is running).
+    fn async_pending(&self, entry: &FunctionEntry) -> u64 {
+        entry.status().async_pending
+    }
+    /// Accepts one event to run later, whose bytes `held` counts: stored
+    /// (then answered 202), or refused.
     fn enqueue(
         &self,
         entry: &Arc<FunctionEntry>,
@@ -82,7 +88,7 @@ pub trait Ingress: Send + Sync + 'static {
         held: Reservation,
         request_id: String,
         trigger: TriggerKind,
-    ) -> Result<(), GatewayError>;
+    ) -> impl Future<Output = Result<(), GatewayError>> + Send;
     /// Ready to take traffic.
     fn is_ready(&self) -> bool;
     /// The metrics, in Prometheus' text format.
@@ -96,7 +102,10 @@ pub trait Ingress: Send + Sync + 'static {
         wait: Duration,
     ) -> impl Future<Output = Arc<GatewayReport>> + Send;
     /// One page of the dead letters.
-    fn dead_letters(&self, page: &PageRequest) -> DeadLetterList;
+    fn dead_letters(
+        &self,
+        page: &PageRequest,
+    ) -> impl Future<Output = Result<DeadLetterList, GatewayError>> + Send;
     /// Verifies a Lambda API request's signature when the gateway requires
     /// one: who signed it, or `None` when signatures are off.
     fn authenticate(&self, _request: &SignedRequest<'_>) -> Result<Option<Caller>, GatewayError> {
@@ -396,7 +405,8 @@ async fn invoke_inner(
                 held,
                 request_id.to_string(),
                 TriggerKind::Event,
-            )?;
+            )
+            .await?;
             StatusCode::ACCEPTED.into_response()
         }
         _ => {
@@ -787,7 +797,7 @@ impl Incoming for cloudevents::CloudEvent {
 /// target's room is checked (its queue, then the memory budget for the
 /// event's exact size) before its event is built, so a refused target
 /// costs nothing but its count.
-fn fan_out<E: Incoming>(gw: &impl Ingress, incoming: &[E], trigger: TriggerKind) -> FanOut {
+async fn fan_out<E: Incoming>(gw: &impl Ingress, incoming: &[E], trigger: TriggerKind) -> FanOut {
     let functions = gw.functions();
     let mut out = FanOut::default();
     for item in incoming {
@@ -822,7 +832,10 @@ fn fan_out<E: Incoming>(gw: &impl Ingress, incoming: &[E], trigger: TriggerKind)
                     continue;
                 }
             };
-            match gw.enqueue(entry, item.event(), held, request_id(), trigger) {
+            match gw
+                .enqueue(entry, item.event(), held, request_id(), trigger)
+                .await
+            {
                 Ok(()) => *out.queued.entry(entry.name().to_string()).or_default() += 1,
                 Err(e) => out.refuse(entry, e),
             }
@@ -871,7 +884,7 @@ async fn s3_notification<G: Ingress>(State(gw): Gw<G>, headers: HeaderMap, body:
     if let Err(e) = held.try_resize(body.len() + parsed) {
         return GatewayError::from(e).into_response();
     }
-    accepted(fan_out(&*gw, &records, TriggerKind::S3))
+    accepted(fan_out(&*gw, &records, TriggerKind::S3).await)
 }
 
 async fn cloud_event<G: Ingress>(State(gw): Gw<G>, headers: HeaderMap, body: Body) -> Response {
@@ -890,7 +903,7 @@ async fn cloud_event<G: Ingress>(State(gw): Gw<G>, headers: HeaderMap, body: Bod
     if let Err(e) = held.try_resize(body.len() + parsed) {
         return GatewayError::from(e).into_response();
     }
-    let out = fan_out(&*gw, &events, TriggerKind::CloudEvents);
+    let out = fan_out(&*gw, &events, TriggerKind::CloudEvents).await;
     if out.matched == 0 {
         return GatewayError::RouteNotFound(
             "No function has a cloudevents trigger matching this event's type and source.".into(),
@@ -948,7 +961,7 @@ async fn functions_status<G: Ingress>(State(gw): Gw<G>) -> Response {
                 "draining": status.load.draining,
                 "inFlight": status.load.in_flight,
                 "queued": status.load.queued,
-                "asyncPending": status.async_pending,
+                "asyncPending": gw.async_pending(f),
                 "invocations": status.invocations,
             })
         })
@@ -985,13 +998,16 @@ pub const DEAD_LETTER_PAGE_BYTES: usize = 8 * 1024 * 1024;
 /// oldest first, with `nextMarker` when more follow. The page shares the
 /// letters' bytes with the ring; its JSON is held against the budget until sent.
 async fn dead_letters<G: Ingress>(State(gw): Gw<G>, RawQuery(query): RawQuery) -> Response {
-    match dead_letter_page(&*gw, query.as_deref()) {
+    match dead_letter_page(&*gw, query.as_deref()).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-fn dead_letter_page(gw: &impl Ingress, query: Option<&str>) -> Result<Response, GatewayError> {
+async fn dead_letter_page(
+    gw: &impl Ingress,
+    query: Option<&str>,
+) -> Result<Response, GatewayError> {
     let param =
         |upper: &str, lower: &str| query_param(query, upper).or_else(|| query_param(query, lower));
     let max_items = match param("MaxItems", "maxItems") {
@@ -1019,7 +1035,7 @@ fn dead_letter_page(gw: &impl Ingress, query: Option<&str>) -> Result<Response, 
         max_bytes: DEAD_LETTER_PAGE_BYTES,
     };
     // The page's JSON is about its letters' size; reserve it before writing it.
-    let page = gw.dead_letters(&request);
+    let page = gw.dead_letters(&request).await?;
     let mut held = gw.reserve(page.size(), Purpose::Listing)?;
     let body = Bytes::from(serde_json::to_vec(&page).unwrap_or_default());
     drop(page);
@@ -1060,7 +1076,7 @@ mod tests {
         fn has_async_room(&self, _: &FunctionEntry) -> bool {
             false
         }
-        fn enqueue(
+        async fn enqueue(
             &self,
             _: &Arc<FunctionEntry>,
             _: Bytes,
@@ -1082,8 +1098,8 @@ mod tests {
         async fn report_after(&self, _: u64, _: Duration) -> Arc<GatewayReport> {
             Arc::default()
         }
-        fn dead_letters(&self, _: &PageRequest) -> DeadLetterList {
-            DeadLetterList::empty()
+        async fn dead_letters(&self, _: &PageRequest) -> Result<DeadLetterList, GatewayError> {
+            Ok(DeadLetterList::empty())
         }
     }
 

@@ -1352,7 +1352,7 @@ mod routes {
         fn has_async_room(&self, _: &FunctionEntry) -> bool {
             true
         }
-        fn enqueue(
+        async fn enqueue(
             &self,
             _: &Arc<FunctionEntry>,
             payload: Bytes,
@@ -1375,8 +1375,8 @@ mod routes {
         async fn report_after(&self, _: u64, _: Duration) -> Arc<GatewayReport> {
             Arc::default()
         }
-        fn dead_letters(&self, _: &PageRequest) -> DeadLetterList {
-            DeadLetterList::empty()
+        async fn dead_letters(&self, _: &PageRequest) -> Result<DeadLetterList, GatewayError> {
+            Ok(DeadLetterList::empty())
         }
     }
 

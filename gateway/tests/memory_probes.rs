@@ -59,6 +59,8 @@ impl Gateway {
             .arg(&fns)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--async-retry-base", "10ms"])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
             .env("PORCHLIGHT_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("gateway.log")).expect("log"))

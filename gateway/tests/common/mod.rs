@@ -83,6 +83,9 @@ impl LocalGateway {
             .arg(format!("127.0.0.1:{port}"))
             .args(extra)
             .env("PORCHLIGHT_LOG", "info")
+            // Each test's async events in a store of its own (a test that
+            // restarts on the same store passes --data-dir).
+            .env("XDG_DATA_HOME", dir.join("data"))
             .stdout(std::fs::File::create(dir.join("stdout.log")).expect("stdout"))
             .stderr(std::fs::File::create(dir.join("gateway.log")).expect("log"))
             .spawn()
@@ -188,4 +191,73 @@ pub fn read_markers(dir: &Path) -> Vec<serde_json::Value> {
         }
     }
     out
+}
+
+/// A `nats-server` with JetStream on a free loopback port, its store in a
+/// temporary directory; killed on drop.
+pub struct NatsServer {
+    child: Child,
+    pub url: String,
+    dir: PathBuf,
+}
+
+/// The `nats-server` binary named by `PORCHLIGHT_NATS_SERVER` (tests/run.sh
+/// installs it). With `CI` set, a missing one fails the test; otherwise the
+/// test is skipped with a message.
+pub fn nats_server_binary() -> Option<PathBuf> {
+    let bin = std::env::var_os("PORCHLIGHT_NATS_SERVER").map(PathBuf::from);
+    if let Some(bin) = bin.filter(|b| b.is_file()) {
+        return Some(bin);
+    }
+    let help = "set PORCHLIGHT_NATS_SERVER to a nats-server binary (tests/run.sh builds one: GOFLAGS=-mod=mod GOBIN=~/.cache/porchlight/nats-server/v2.14.10 go install github.com/nats-io/nats-server/v2@v2.14.10)";
+    if std::env::var_os("CI").is_some() {
+        panic!("CI is set but no nats-server is available: {help}");
+    }
+    eprintln!("skipping: {help}");
+    None
+}
+
+impl NatsServer {
+    /// Starts one, waiting (bounded) until it accepts connections.
+    pub fn start(bin: &Path, tag: &str) -> NatsServer {
+        let dir = temp_dir(&format!("nats-{tag}"));
+        let port = free_port();
+        let child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.join("store"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("nats.log")).expect("log"))
+            .spawn()
+            .expect("spawn nats-server");
+        let server = NatsServer {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+            dir,
+        };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("nats-server did not start");
+    }
+}
+
+impl NatsServer {
+    /// Kills the server (its store stays until drop).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }

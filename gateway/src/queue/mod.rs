@@ -1,0 +1,170 @@
+//! Where async events wait: one interface, [`EventQueue`], over three
+//! stores. An event is answered 202 only once its store took it
+//! ([`EventQueue::publish`]); a worker takes it ([`Consumer::next`]), runs
+//! it and settles it ([`Delivery`]): ack on completion, stored again with a
+//! delay for a retry, released for a throttle, moved to the dead letters
+//! when its attempts or its age are spent. An event taken and not settled
+//! (its gateway stopped or died while running it) is handed out again.
+//!
+//! - [`local::LocalQueue`] in memory: today's behaviour, nothing survives
+//!   the process (Kubernetes mode without `--queue` or `--data-dir`).
+//! - [`local::LocalQueue`] on a file (`redb`): local mode's durable default,
+//!   one gateway per data folder.
+//! - [`nats::NatsQueue`]: NATS JetStream, shared by any number of gateways.
+
+pub mod local;
+pub mod nats;
+mod record;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::dead_letters::{DeadLetter, DeadLetterList, PageRequest};
+use crate::sync_invoke::TriggerKind;
+
+/// A boxed future, so that the queue traits can be used as objects.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// An async event as its store keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredEvent {
+    /// The request id: the same on every attempt, before and after a restart.
+    pub request_id: String,
+    /// The function it is for.
+    pub function: String,
+    /// Where it came from.
+    pub trigger: TriggerKind,
+    /// The event JSON.
+    pub payload: Bytes,
+    /// When it was accepted (milliseconds since the Unix epoch).
+    pub accepted_at_ms: u64,
+    /// Attempts that ended in a function error so far.
+    pub attempts: u32,
+    /// Not to run before this time (milliseconds since the Unix epoch).
+    pub not_before_ms: u64,
+}
+
+impl StoredEvent {
+    /// A new event, accepted now.
+    pub fn new(request_id: String, function: &str, trigger: TriggerKind, payload: Bytes) -> Self {
+        StoredEvent {
+            request_id,
+            function: function.to_string(),
+            trigger,
+            payload,
+            accepted_at_ms: now_ms(),
+            attempts: 0,
+            not_before_ms: 0,
+        }
+    }
+
+    /// How old the event is at `now_ms`.
+    pub fn age(&self, now_ms: u64) -> Duration {
+        Duration::from_millis(now_ms.saturating_sub(self.accepted_at_ms))
+    }
+}
+
+/// Now, in milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Why a store could not do what was asked.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum QueueError {
+    /// The function has as many events stored as it may.
+    #[error("the function's async queue is full")]
+    Full,
+    /// The store failed (disk, connection, server); the text is for logs only.
+    #[error("the event store failed: {0}")]
+    Store(String),
+    /// The queue is closed (the gateway is stopping).
+    #[error("the event queue is closed")]
+    Closed,
+    /// No room in the memory budget for the copy written to the store.
+    #[error("the memory budget has no room to write the event")]
+    Budget,
+}
+
+/// A store of async events and of dead letters.
+pub trait EventQueue: Send + Sync + 'static {
+    /// Which store this is, for logs and the banner.
+    fn describe(&self) -> String;
+    /// Whether events survive a restart of the gateway.
+    fn is_durable(&self) -> bool;
+    /// Events this gateway's own store holds (`None` for a shared store).
+    fn stored_events(&self) -> Option<usize>;
+    /// Events of `function` this gateway's own store holds (`None` for a
+    /// shared store).
+    fn stored_for(&self, function: &str) -> Option<usize>;
+    /// Stores `event`; `Ok` only once it is stored (on disk, or in the
+    /// JetStream stream). `held` is the event's memory reservation, which
+    /// the store keeps as long as it keeps the event's bytes in memory.
+    fn publish(
+        &self,
+        event: StoredEvent,
+        held: crate::budget::Reservation,
+    ) -> BoxFuture<'_, Result<(), QueueError>>;
+    /// Whether `function` may have one more event stored now (a hint taken
+    /// before building a fan-out event; `publish` decides).
+    fn has_room(&self, function: &str) -> bool;
+    /// Takes `function`'s events as they become due.
+    fn consumer(&self, function: &str) -> BoxFuture<'_, Result<Box<dyn Consumer>, QueueError>>;
+    /// One page of the dead letters.
+    fn dead_letters<'a>(
+        &'a self,
+        page: &'a PageRequest,
+    ) -> BoxFuture<'a, Result<DeadLetterList, QueueError>>;
+    /// Stops handing out events: every consumer's `next` answers `None`.
+    fn close(&self);
+}
+
+/// Takes one function's events.
+pub trait Consumer: Send {
+    /// The next due event, waiting for one; `room` is how many this caller
+    /// can start now (at least 1), so a store that fetches in batches never
+    /// takes more than will run. `None` once the queue is closed.
+    fn next(&mut self, room: usize) -> BoxFuture<'_, Result<Option<Delivery>, QueueError>>;
+}
+
+/// How a taken event is settled.
+pub trait Settle: Send + Sync {
+    /// Done: remove it.
+    fn ack(&self) -> BoxFuture<'_, Result<(), QueueError>>;
+    /// Store `event` (the same request, its attempts counted) to run again
+    /// after `delay`, in place of the taken one.
+    fn retry(&self, event: StoredEvent, delay: Duration) -> BoxFuture<'_, Result<(), QueueError>>;
+    /// Give it back without counting an attempt, due after `delay`.
+    fn release(&self, delay: Duration) -> BoxFuture<'_, Result<(), QueueError>>;
+    /// Still running: keep it taken (JetStream's in-progress ack).
+    fn in_progress(&self) -> BoxFuture<'_, Result<(), QueueError>>;
+    /// Replace it with its dead letter; answers how many older letters
+    /// were evicted to make room (when the store knows).
+    fn dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<u64, QueueError>>;
+}
+
+/// One taken event and how to settle it.
+pub struct Delivery {
+    /// The event.
+    pub event: StoredEvent,
+    /// Times the store handed this stored copy out, this one included
+    /// (more than 1 after a gateway stopped or died while running it).
+    pub delivered: u64,
+    /// Settles it.
+    pub settle: Box<dyn Settle>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("event", &self.event)
+            .field("delivered", &self.delivered)
+            .finish_non_exhaustive()
+    }
+}

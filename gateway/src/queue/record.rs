@@ -1,0 +1,129 @@
+//! How events and dead letters are written into a store: one JSON line of
+//! what describes the event, then the event's own bytes as they arrived.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::StoredEvent;
+use crate::dead_letters::DeadLetter;
+use crate::sync_invoke::TriggerKind;
+
+#[derive(Serialize, Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "r")]
+    request_id: &'a str,
+    #[serde(rename = "f")]
+    function: &'a str,
+    #[serde(rename = "t")]
+    trigger: &'a str,
+    #[serde(rename = "a")]
+    accepted_at_ms: u64,
+    #[serde(rename = "n")]
+    attempts: u32,
+    #[serde(rename = "b")]
+    not_before_ms: u64,
+}
+
+/// The trigger named by `text` (as [`TriggerKind::as_str`] writes it).
+pub fn decode_trigger(text: &str) -> Option<TriggerKind> {
+    [
+        TriggerKind::Invoke,
+        TriggerKind::Event,
+        TriggerKind::Http,
+        TriggerKind::S3,
+        TriggerKind::CloudEvents,
+    ]
+    .into_iter()
+    .find(|t| t.as_str() == text)
+}
+
+/// An event as bytes.
+pub fn encode_event(event: &StoredEvent) -> Vec<u8> {
+    let head = Head {
+        request_id: &event.request_id,
+        function: &event.function,
+        trigger: event.trigger.as_str(),
+        accepted_at_ms: event.accepted_at_ms,
+        attempts: event.attempts,
+        not_before_ms: event.not_before_ms,
+    };
+    let mut out = serde_json::to_vec(&head).unwrap_or_default();
+    out.push(b'\n');
+    out.extend_from_slice(&event.payload);
+    out
+}
+
+/// An event from its bytes, or `None` when they are not one.
+pub fn decode_event(bytes: &[u8]) -> Option<StoredEvent> {
+    let split = bytes.iter().position(|b| *b == b'\n')?;
+    let head: Head<'_> = serde_json::from_slice(&bytes[..split]).ok()?;
+    Some(StoredEvent {
+        request_id: head.request_id.to_string(),
+        function: head.function.to_string(),
+        trigger: decode_trigger(head.trigger)?,
+        payload: Bytes::copy_from_slice(&bytes[split + 1..]),
+        accepted_at_ms: head.accepted_at_ms,
+        attempts: head.attempts,
+        not_before_ms: head.not_before_ms,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LetterIn {
+    function: String,
+    request_id: String,
+    trigger: String,
+    event: Box<serde_json::value::RawValue>,
+    error: Box<serde_json::value::RawValue>,
+    attempts: u32,
+    time: String,
+}
+
+/// A dead letter as bytes (its JSON, as `/v1/dead-letters` lists it).
+pub fn encode_letter(letter: &DeadLetter) -> Vec<u8> {
+    serde_json::to_vec(letter).unwrap_or_default()
+}
+
+/// A dead letter from its bytes.
+pub fn decode_letter(bytes: &[u8]) -> Option<DeadLetter> {
+    let l: LetterIn = serde_json::from_slice(bytes).ok()?;
+    Some(DeadLetter {
+        function: l.function,
+        request_id: l.request_id,
+        trigger: decode_trigger(&l.trigger)?.as_str(),
+        event: Bytes::copy_from_slice(l.event.get().as_bytes()),
+        error: Bytes::copy_from_slice(l.error.get().as_bytes()),
+        attempts: l.attempts,
+        time: l.time,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_and_letters_round_trip() {
+        let mut e = StoredEvent::new(
+            "r-1".into(),
+            "f",
+            TriggerKind::S3,
+            Bytes::from_static(b"{\"a\":\n1}"),
+        );
+        e.attempts = 2;
+        e.not_before_ms = 7;
+        assert_eq!(decode_event(&encode_event(&e)), Some(e));
+        assert_eq!(decode_event(b"no head"), None);
+        let l = DeadLetter {
+            function: "f".into(),
+            request_id: "r".into(),
+            trigger: "cloudevents",
+            event: Bytes::from_static(br#"{"x":[1,2]}"#),
+            error: Bytes::from_static(br#"{"errorMessage":"boom"}"#),
+            attempts: 3,
+            time: "2026-01-01T00:00:00Z".into(),
+        };
+        assert_eq!(decode_letter(&encode_letter(&l)), Some(l));
+    }
+}
