@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod queue;
 pub mod registry;
 pub mod report;
+pub mod reread;
 pub mod routes;
 pub mod sigv4;
 pub mod sync_invoke;

@@ -154,18 +154,7 @@ impl KeyFile {
 
     /// Checks the file every [`KEY_FILE_CHECK`] until `stop`.
     pub async fn watch(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
-        let mut tick = tokio::time::interval(KEY_FILE_CHECK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => match self.reload() {
-                    Ok(true) => tracing::info!(credentials = ?self.credentials(), "access keys reloaded"),
-                    Ok(false) => {}
-                    Err(e) => tracing::error!(error = %e, "access key file is invalid; the keys in force stay"),
-                },
-            }
-        }
+        crate::reread::reread_every(KEY_FILE_CHECK, stop, "access keys", || self.reload()).await;
     }
 }
 

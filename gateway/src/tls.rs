@@ -105,18 +105,7 @@ impl CertFiles {
 
     /// Checks the files every [`CERT_CHECK`] until `stop`.
     pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(CERT_CHECK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => match self.reload() {
-                    Ok(true) => tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded"),
-                    Ok(false) => {}
-                    Err(e) => tracing::error!(error = %e, "TLS certificate files are invalid; the certificate in force stays"),
-                },
-            }
-        }
+        crate::reread::reread_every(CERT_CHECK, stop, "TLS certificate", || self.reload()).await;
     }
 }
 
