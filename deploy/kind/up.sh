@@ -28,5 +28,6 @@ forward=$!
 trap 'kill $forward 2>/dev/null' EXIT
 for _ in $(seq 50); do curl -s -o /dev/null localhost:8080/ && break; sleep 0.2; done
 cargo run --release -q -p porchlight-load -- --target http://127.0.0.1:8080 --function hello \
-  --concurrency 0:5s,50:30s,0:5s --observe-after 120s --out target/scale-report-kind
+  --concurrency 0:5s,50:30s,0:5s --observe-after 120s --out target/scale-report-kind \
+  --scale-source kubernetes --namespace default # the gateway's /v1/functions is on its internal port
 echo "Scale-test report: target/scale-report-kind (summary.json, latency.png, environments.png)"
