@@ -299,6 +299,21 @@ impl Autoscaler {
         }
     }
 
+    /// Records that an invocation ran since the last sample although no
+    /// sample saw it in flight (it was shorter than the sampling period):
+    /// the function was busy just now, for the keep-alive as for any event.
+    pub fn record_activity(&mut self, now: Instant) {
+        if !self.busy_now
+            && let Some(ended) = self.last_busy
+        {
+            let gap = now.saturating_duration_since(ended);
+            if gap >= MIN_IDLE_GAP {
+                self.idle.record_idle(gap);
+            }
+        }
+        self.last_busy = Some(now);
+    }
+
     /// Records a concurrency sample (in flight + queued, summed over gateways).
     /// Returns true when this is demand for a function at zero, which the
     /// caller should act on at once rather than at its next tick.

@@ -133,6 +133,10 @@ pub struct AggregatedLoad {
     pub gateways: u32,
     /// In-flight invocations per environment, summed over gateways.
     pub busy_environments: BTreeMap<String, u32>,
+    /// Sum of the gateways' invocation counters: when it grows, an
+    /// invocation started, even one too short for any sample to see it in
+    /// flight.
+    pub invocations_total: u64,
 }
 
 impl ReportAggregator {
@@ -170,6 +174,8 @@ impl ReportAggregator {
                 entry.concurrency = entry.concurrency.saturating_add(f.concurrency());
                 entry.average_concurrency += f.average_concurrency.max(0.0);
                 entry.gateways += 1;
+                entry.invocations_total =
+                    entry.invocations_total.saturating_add(f.invocations_total);
                 for (env, n) in &f.busy_environments {
                     let busy = entry.busy_environments.entry(env.clone()).or_default();
                     *busy = busy.saturating_add(*n);

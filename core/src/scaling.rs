@@ -330,6 +330,9 @@ struct FunctionScaler<T> {
     /// count is applied once, whatever the source says.
     booked_before_creation: bool,
     last_scale_time: Option<String>,
+    /// The gateways' summed invocation counter at the last report that
+    /// named the function.
+    invocations_seen: Option<u64>,
 }
 
 /// A decision waiting to be applied.
@@ -526,6 +529,20 @@ impl<S: ScaleSource, K: ScaleSink<S::Handle>> AutoscalerLoop<S, K> {
         let scaler = self.scalers.get_mut(key)?;
         let observed = sample(load);
         scaler.autoscaler.record(now, observed);
+        // An invocation shorter than the gateways' sampling period is never
+        // seen in flight; their counters still show it. Only growth counts:
+        // a restarted or expired gateway makes the sum drop, and a function
+        // missing from the reports (nothing in flight, no environment) keeps
+        // the last sum, so that its return is not taken for an invocation.
+        if load.gateways > 0 {
+            if scaler
+                .invocations_seen
+                .is_some_and(|seen| load.invocations_total > seen)
+            {
+                scaler.autoscaler.record_activity(now);
+            }
+            scaler.invocations_seen = Some(load.invocations_total);
+        }
         let decision = scaler.autoscaler.decide(now, scaler.target.ready);
         self.observer.observe(LoopEvent::Decided {
             key,
@@ -675,6 +692,7 @@ impl<S: ScaleSource, K: ScaleSink<S::Handle>> AutoscalerLoop<S, K> {
                             applied,
                             booked_before_creation: false,
                             last_scale_time,
+                            invocations_seen: None,
                         },
                     );
                 }
@@ -774,7 +792,7 @@ mod tests {
         assert_eq!(poked_functions(&report), [FunctionKey::new("d", "busy")]);
     }
 
-    struct OneFunction(Option<IdleHistogram>);
+    struct OneFunction(Option<IdleHistogram>, KeepAlive);
 
     impl ScaleSource for OneFunction {
         type Handle = ();
@@ -786,7 +804,7 @@ mod tests {
                 target_utilization: 0.7,
                 scale_to_zero_after: Duration::from_secs(30),
                 stable_window: Duration::from_secs(60),
-                keep_alive: KeepAlive::Adaptive,
+                keep_alive: self.1,
             };
             vec![ScaleTarget {
                 key: FunctionKey::new("d", "f"),
@@ -817,8 +835,12 @@ mod tests {
             idle.record_idle(Duration::from_secs(178));
         }
         let book = Arc::new(ScaleBook::default());
-        let mut l =
-            AutoscalerLoop::new(OneFunction(Some(idle)), Accept, book.clone(), Arc::new(()));
+        let mut l = AutoscalerLoop::new(
+            OneFunction(Some(idle), KeepAlive::Adaptive),
+            Accept,
+            book.clone(),
+            Arc::new(()),
+        );
         let report = |sequence, concurrency| {
             GatewayMessage::Report(GatewayReport {
                 gateway: "g".into(),
@@ -856,6 +878,63 @@ mod tests {
                 .next_prewarm
                 .is_some()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn invocations_too_short_to_be_sampled_keep_the_environment() {
+        // A function called every 20 s whose invocations end between two
+        // samples: no report shows one in flight, only the counter grows.
+        let book = Arc::new(ScaleBook::default());
+        let mut l = AutoscalerLoop::new(
+            OneFunction(None, KeepAlive::Fixed),
+            Accept,
+            book.clone(),
+            Arc::new(()),
+        );
+        let report = |sequence: u64, in_flight, invocations_total| {
+            GatewayMessage::Report(GatewayReport {
+                gateway: "g".into(),
+                sequence,
+                poke: in_flight > 0,
+                functions: vec![crate::FunctionLoad {
+                    namespace: "d".into(),
+                    name: "f".into(),
+                    in_flight,
+                    ready_environments: u32::from(sequence > 1),
+                    invocations_total,
+                    ..Default::default()
+                }],
+            })
+        };
+        let desired = || {
+            book.get(&FunctionKey::new("d", "f"))
+                .expect("record")
+                .desired
+        };
+        l.on_message(report(1, 1, 1)).await;
+        assert!(desired() >= 1, "woken by the first event");
+        let mut total = 1;
+        for s in 2..=120u64 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            if s % 20 == 0 {
+                total += 1;
+            }
+            l.on_message(report(s, 0, total)).await;
+            l.on_tick().await;
+            assert!(desired() >= 1, "second {s}: still called every 20 s");
+        }
+        // The calls stop: zero once the 30 s window has passed.
+        for s in 121..=160u64 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            l.on_message(report(s, 0, total)).await;
+            l.on_tick().await;
+        }
+        assert_eq!(desired(), 0);
+        let k = book
+            .get(&FunctionKey::new("d", "f"))
+            .and_then(|r| r.keep_alive)
+            .expect("keep-alive");
+        assert_eq!(k.histogram.total(), 6, "the gaps between the calls");
     }
 
     #[test]
