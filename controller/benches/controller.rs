@@ -225,6 +225,7 @@ fn bench_loop_tick(rt: &tokio::runtime::Runtime) {
                 average_concurrency: (i % 4) as f64,
                 ready_environments: 1,
                 invocations_total: 0,
+                idle_ms: None,
                 busy_environments: Default::default(),
             })
             .collect(),

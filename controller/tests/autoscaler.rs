@@ -83,6 +83,7 @@ fn report(gateway: &str, sequence: u64, poke: bool, concurrency: f64) -> Gateway
             average_concurrency: concurrency,
             ready_environments: 0,
             invocations_total: sequence,
+            idle_ms: None,
             busy_environments: Default::default(),
         }],
     })

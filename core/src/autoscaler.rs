@@ -299,19 +299,29 @@ impl Autoscaler {
         }
     }
 
-    /// Records that an invocation ran since the last sample although no
-    /// sample saw it in flight (it was shorter than the sampling period):
-    /// the function was busy just now, for the keep-alive as for any event.
-    pub fn record_activity(&mut self, now: Instant) {
-        if !self.busy_now
-            && let Some(ended) = self.last_busy
-        {
-            let gap = now.saturating_duration_since(ended);
-            if gap >= MIN_IDLE_GAP {
-                self.idle.record_idle(gap);
+    /// Records that nothing runs now and the last invocation ended at
+    /// `ended` (as the gateways measured it). The idle time counts from
+    /// there, not from the sample that last saw load (up to a report
+    /// period later), and an invocation no sample saw in flight still
+    /// counts as an event.
+    pub fn record_idle_since(&mut self, now: Instant, ended: Instant) {
+        let ended = ended.min(now);
+        if !self.busy_now {
+            match self.last_busy {
+                // Already counted from there or later.
+                Some(last) if last >= ended => return,
+                Some(last) => {
+                    // An invocation ran between two samples.
+                    let gap = ended.saturating_duration_since(last);
+                    if gap >= MIN_IDLE_GAP {
+                        self.idle.record_idle(gap);
+                    }
+                }
+                None => {}
             }
         }
-        self.last_busy = Some(now);
+        self.last_busy = Some(ended);
+        self.busy_now = false;
     }
 
     /// Records a concurrency sample (in flight + queued, summed over gateways).

@@ -87,6 +87,11 @@ pub struct FunctionLoad {
     /// A scale-down removes the others first.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub busy_environments: BTreeMap<String, u32>,
+    /// Milliseconds since the last invocation ended, when nothing runs or
+    /// waits: the exact start of the idle time, which the keep-alive counts
+    /// from (samples miss invocations shorter than their period).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_ms: Option<u64>,
 }
 
 impl FunctionLoad {
@@ -133,10 +138,9 @@ pub struct AggregatedLoad {
     pub gateways: u32,
     /// In-flight invocations per environment, summed over gateways.
     pub busy_environments: BTreeMap<String, u32>,
-    /// Sum of the gateways' invocation counters: when it grows, an
-    /// invocation started, even one too short for any sample to see it in
-    /// flight.
-    pub invocations_total: u64,
+    /// When the last invocation ended, over the gateways that report one
+    /// (the latest of them); in the receiver's clock.
+    pub last_active: Option<Instant>,
 }
 
 impl ReportAggregator {
@@ -168,14 +172,17 @@ impl ReportAggregator {
     pub fn totals(&mut self, now: Instant) -> BTreeMap<FunctionKey, AggregatedLoad> {
         self.expire(now);
         let mut out: BTreeMap<FunctionKey, AggregatedLoad> = BTreeMap::new();
-        for (_, report) in self.latest.values() {
+        for (at, report) in self.latest.values() {
+            let at = *at;
             for f in &report.functions {
                 let entry = out.entry(f.key()).or_default();
                 entry.concurrency = entry.concurrency.saturating_add(f.concurrency());
                 entry.average_concurrency += f.average_concurrency.max(0.0);
                 entry.gateways += 1;
-                entry.invocations_total =
-                    entry.invocations_total.saturating_add(f.invocations_total);
+                let ended = f
+                    .idle_ms
+                    .and_then(|ms| at.checked_sub(Duration::from_millis(ms)));
+                entry.last_active = entry.last_active.max(ended);
                 for (env, n) in &f.busy_environments {
                     let busy = entry.busy_environments.entry(env.clone()).or_default();
                     *busy = busy.saturating_add(*n);
@@ -209,6 +216,7 @@ mod tests {
                 average_concurrency: f64::from(in_flight + queued),
                 ready_environments: 1,
                 invocations_total: 0,
+                idle_ms: None,
                 busy_environments: if in_flight > 0 {
                     BTreeMap::from([(format!("{gateway}-env"), in_flight)])
                 } else {
@@ -236,6 +244,24 @@ mod tests {
         let totals = agg.totals(t0 + Duration::from_secs(6));
         assert_eq!(totals[&key].concurrency, 2);
         assert_eq!(agg.live_gateways(t0 + Duration::from_secs(9)), 0);
+    }
+
+    #[test]
+    fn the_last_active_time_is_the_latest_end_any_gateway_saw() {
+        let t0 = Instant::now();
+        let mut agg = ReportAggregator::new(Duration::from_secs(5));
+        let idle = |gateway, ms| {
+            let mut r = report(gateway, 0, 0);
+            r.functions[0].idle_ms = ms;
+            r
+        };
+        agg.ingest(t0 + Duration::from_secs(2), idle("a", Some(1_500)));
+        agg.ingest(t0 + Duration::from_secs(3), idle("b", Some(2_000)));
+        agg.ingest(t0 + Duration::from_secs(3), idle("c", None));
+        let totals = agg.totals(t0 + Duration::from_secs(3));
+        let key = FunctionKey::new("default", "hello");
+        // a: ended at 0.5 s; b: at 1.0 s.
+        assert_eq!(totals[&key].last_active, Some(t0 + Duration::from_secs(1)));
     }
 
     #[test]

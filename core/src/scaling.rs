@@ -330,9 +330,6 @@ struct FunctionScaler<T> {
     /// count is applied once, whatever the source says.
     booked_before_creation: bool,
     last_scale_time: Option<String>,
-    /// The gateways' summed invocation counter at the last report that
-    /// named the function.
-    invocations_seen: Option<u64>,
 }
 
 /// A decision waiting to be applied.
@@ -529,19 +526,13 @@ impl<S: ScaleSource, K: ScaleSink<S::Handle>> AutoscalerLoop<S, K> {
         let scaler = self.scalers.get_mut(key)?;
         let observed = sample(load);
         scaler.autoscaler.record(now, observed);
-        // An invocation shorter than the gateways' sampling period is never
-        // seen in flight; their counters still show it. Only growth counts:
-        // a restarted or expired gateway makes the sum drop, and a function
-        // missing from the reports (nothing in flight, no environment) keeps
-        // the last sum, so that its return is not taken for an invocation.
-        if load.gateways > 0 {
-            if scaler
-                .invocations_seen
-                .is_some_and(|seen| load.invocations_total > seen)
-            {
-                scaler.autoscaler.record_activity(now);
-            }
-            scaler.invocations_seen = Some(load.invocations_total);
+        // Nothing runs now: the idle time starts when the last invocation
+        // ended, which the gateways know to the millisecond (an invocation
+        // shorter than their sampling period is never seen in flight).
+        if load.concurrency == 0
+            && let Some(ended) = load.last_active
+        {
+            scaler.autoscaler.record_idle_since(now, ended);
         }
         let decision = scaler.autoscaler.decide(now, scaler.target.ready);
         self.observer.observe(LoopEvent::Decided {
@@ -692,7 +683,6 @@ impl<S: ScaleSource, K: ScaleSink<S::Handle>> AutoscalerLoop<S, K> {
                             applied,
                             booked_before_creation: false,
                             last_scale_time,
-                            invocations_seen: None,
                         },
                     );
                 }
@@ -883,7 +873,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn invocations_too_short_to_be_sampled_keep_the_environment() {
         // A function called every 20 s whose invocations end between two
-        // samples: no report shows one in flight, only the counter grows.
+        // samples: no report shows one in flight, only the time since the
+        // last one ended tells.
         let book = Arc::new(ScaleBook::default());
         let mut l = AutoscalerLoop::new(
             OneFunction(None, KeepAlive::Fixed),
@@ -891,7 +882,7 @@ mod tests {
             book.clone(),
             Arc::new(()),
         );
-        let report = |sequence: u64, in_flight, invocations_total| {
+        let report = |sequence: u64, in_flight, idle_ms| {
             GatewayMessage::Report(GatewayReport {
                 gateway: "g".into(),
                 sequence,
@@ -901,7 +892,7 @@ mod tests {
                     name: "f".into(),
                     in_flight,
                     ready_environments: u32::from(sequence > 1),
-                    invocations_total,
+                    idle_ms,
                     ..Default::default()
                 }],
             })
@@ -911,25 +902,27 @@ mod tests {
                 .expect("record")
                 .desired
         };
-        l.on_message(report(1, 1, 1)).await;
+        l.on_message(report(1, 1, None)).await;
         assert!(desired() >= 1, "woken by the first event");
-        let mut total = 1;
+        // The last call ended this many seconds before second s.
+        let since_call = |s: u64| (s - 1) % 20;
         for s in 2..=120u64 {
             tokio::time::advance(Duration::from_secs(1)).await;
-            if s % 20 == 0 {
-                total += 1;
-            }
-            l.on_message(report(s, 0, total)).await;
+            l.on_message(report(s, 0, Some(since_call(s) * 1000 + 300)))
+                .await;
             l.on_tick().await;
             assert!(desired() >= 1, "second {s}: still called every 20 s");
         }
-        // The calls stop: zero once the 30 s window has passed.
+        // The calls stop (the last ended at 120.7 s): zero once the 30 s
+        // window has passed, and not before.
         for s in 121..=160u64 {
             tokio::time::advance(Duration::from_secs(1)).await;
-            l.on_message(report(s, 0, total)).await;
+            l.on_message(report(s, 0, Some((s - 121) * 1000 + 300)))
+                .await;
             l.on_tick().await;
+            let expected = if s < 151 { 1 } else { 0 };
+            assert_eq!(desired().min(1), expected, "second {s}");
         }
-        assert_eq!(desired(), 0);
         let k = book
             .get(&FunctionKey::new("d", "f"))
             .and_then(|r| r.keep_alive)

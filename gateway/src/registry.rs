@@ -66,6 +66,8 @@ struct DispatchState {
     next_waiter: u64,
     /// The init error the platform reports for the function, if any.
     init_failure: Option<Bytes>,
+    /// When the last invocation ended (the start of the current idle time).
+    last_release: Option<Instant>,
 }
 
 /// Queue and dispatch settings shared by every function.
@@ -150,6 +152,8 @@ pub struct LoadSnapshot {
     pub draining: u32,
     /// Ready environments running nothing.
     pub idle: u32,
+    /// When the last invocation ended, if nothing runs or waits now.
+    pub idle_since: Option<Instant>,
 }
 
 impl LoadSnapshot {
@@ -383,8 +387,12 @@ impl FunctionEntry {
                 }
             }
         }
+        let last_release = st.last_release;
         drop(st);
         snap.queued += self.counters.async_waiting.load(Ordering::Relaxed) as u32;
+        if snap.concurrency() == 0 {
+            snap.idle_since = last_release;
+        }
         snap
     }
 
@@ -546,6 +554,7 @@ impl FunctionEntry {
                 e.drained.notify_one();
             }
         }
+        st.last_release = Some(st.environments[idx].last_used);
         Self::hand_out(&mut st, idx);
     }
 
@@ -831,14 +840,20 @@ mod tests {
         assert_eq!(e.load().queued, 1);
         e.add_environment(env("a", 1));
         assert_eq!(task.await.expect("join").expect("lease"), "a");
+        let load = e.load();
+        assert!(load.idle_since.is_some(), "the invocation ended: idle since then");
         assert_eq!(
-            e.load(),
+            LoadSnapshot {
+                idle_since: None,
+                ..load
+            },
             LoadSnapshot {
                 in_flight: 0,
                 queued: 0,
                 ready: 1,
                 draining: 0,
                 idle: 1,
+                idle_since: None,
             }
         );
     }

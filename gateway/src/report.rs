@@ -136,6 +136,9 @@ impl ReportHub {
                 ready_environments: load.ready,
                 invocations_total: f.invocations_total(),
                 busy_environments: f.busy_environments(),
+                idle_ms: load
+                    .idle_since
+                    .map(|t| t.elapsed().as_millis().try_into().unwrap_or(u64::MAX)),
             });
         }
         let sequence = self.tx.borrow().sequence + 1;

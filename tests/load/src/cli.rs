@@ -13,6 +13,7 @@ use crate::progress::ProgressMode;
 use crate::run::{Load, RunConfig};
 use crate::scale::{GatewayObserver, KubernetesObserver, ScaleObserver};
 use crate::simulate::SimulateArgs;
+use crate::simulate::live::ReplayArgs;
 use crate::workload::WeightedFunction;
 
 const AFTER_HELP: &str = "\
@@ -169,6 +170,9 @@ pub enum Command {
     /// Replay a production trace through fixed and adaptive keep-alive
     /// policies and report cold starts against wasted memory-time.
     Simulate(SimulateArgs),
+    /// Replay a slice of a trace against a running gateway, time compressed,
+    /// and compare its cold starts with the simulator's.
+    Replay(ReplayArgs),
 }
 
 /// Where environment counts come from.

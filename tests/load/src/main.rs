@@ -19,6 +19,24 @@ async fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Command::Replay(replay)) = args.command {
+        let check = replay.check;
+        return match porchlight_load::simulate::live::run(replay).await {
+            Ok(None) => ExitCode::SUCCESS,
+            Ok(Some(comparison)) => {
+                print!("{}", comparison.render());
+                if check && !comparison.agrees {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(e) => {
+                eprintln!("porchlight-load replay: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let (config, observer) = match args.into_config() {
         Ok(parsed) => parsed,
         Err(e) => {

@@ -9,6 +9,7 @@
 pub mod chart;
 pub mod evaluate;
 pub mod goals;
+pub mod live;
 pub mod replay;
 pub mod report;
 pub mod trace;
