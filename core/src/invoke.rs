@@ -68,6 +68,8 @@ pub mod header {
     pub const FUNCTION_ERROR: &str = "x-amz-function-error";
     /// X-Ray trace header, passed to the runtime as `_X_AMZN_TRACE_ID`.
     pub const TRACE_ID: &str = "x-amzn-trace-id";
+    /// W3C trace context (the gateway's invoke span, to the environment).
+    pub const TRACEPARENT: &str = "traceparent";
     /// Base64 JSON client context of the Invoke API.
     pub const CLIENT_CONTEXT: &str = "x-amz-client-context";
     /// `RequestResponse`, `Event` or `DryRun` (Invoke API).

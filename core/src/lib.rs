@@ -7,7 +7,7 @@
 //! annotations and conditions ([`names`]), the shim's settings ([`shim`]),
 //! the autoscaler maths ([`autoscaler`]) and the autoscaler loop that local
 //! mode and the controller share ([`scaling`]), the adaptive keep-alive
-//! policy ([`keepalive`]), plus small helpers
+//! policy ([`keepalive`]), trace ids in X-Ray's and W3C's forms ([`trace`]), plus small helpers
 //! written once ([`signal`], [`backoff`], [`endpoint`]).
 
 pub mod autoscaler;
@@ -21,6 +21,7 @@ pub mod report;
 pub mod scaling;
 pub mod shim;
 pub mod signal;
+pub mod trace;
 
 pub use autoscaler::{Autoscaler, AutoscalerConfig, Decision, ScalingSettings};
 pub use error::LambdaError;

@@ -10,9 +10,10 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use opentelemetry::KeyValue;
 use porchlight_core::backoff;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -21,10 +22,12 @@ use tokio_util::task::TaskTracker;
 use crate::budget::{Purpose, Reservation};
 use crate::dead_letters::{DeadLetter, DeadLetterList, PageRequest, now_rfc3339};
 use crate::error::GatewayError;
+use crate::forwarded::Forwarded;
 use crate::metrics::Metrics;
 use crate::queue::{Delivery, EventQueue, QueueError, StoredEvent, now_ms};
 use crate::registry::FunctionEntry;
 use crate::sync_invoke::{SyncInvoker, TriggerKind};
+use crate::telemetry;
 
 /// Why an attempt failed, and whether it counts as an attempt.
 #[derive(Debug, Clone, PartialEq)]
@@ -188,7 +191,8 @@ impl AsyncInvoker {
 
     /// Accepts an async event for `entry`, whose bytes `held` counts:
     /// answered once the store has it, or refused (429 when the function's
-    /// queue is full, 503 when the store failed).
+    /// queue is full, 503 when the store failed). What `forwarded` carries
+    /// is stored with it, for every attempt.
     pub async fn enqueue(
         self: &Arc<Self>,
         entry: &Arc<FunctionEntry>,
@@ -196,12 +200,14 @@ impl AsyncInvoker {
         held: Reservation,
         request_id: String,
         trigger: TriggerKind,
+        forwarded: Forwarded,
     ) -> Result<(), GatewayError> {
         if self.invoker.is_shutting_down() || self.stop.is_cancelled() {
             return Err(GatewayError::ShuttingDown);
         }
         self.worker_for(entry);
-        let event = StoredEvent::new(request_id, entry.name(), trigger, payload);
+        let event =
+            StoredEvent::new(request_id, entry.name(), trigger, payload).forwarding(forwarded);
         let request_id = event.request_id.clone();
         match self
             .queue
@@ -340,11 +346,14 @@ impl AsyncInvoker {
             tracing::info!(request_id = %event.request_id, function = entry.name(), delivered, "an async event taken before and not settled runs again");
         }
         let pending = entry.try_accept_async(usize::MAX);
+        let forwarded = event.forwarded();
+        record_queue_wait(&event, &forwarded);
         let invoke = self.invoker.invoke(
             entry,
             event.payload.clone(),
             &event.request_id,
             event.trigger,
+            &forwarded,
         );
         tokio::pin!(invoke);
         // A long invocation keeps its event taken.
@@ -443,6 +452,28 @@ impl AsyncInvoker {
             entry.async_finished();
         }
     }
+}
+
+/// The `queue wait` span of an async event: from when it was accepted (or
+/// its retry was due) until a worker took it.
+fn record_queue_wait(event: &StoredEvent, forwarded: &Forwarded) {
+    if !telemetry::enabled() {
+        return;
+    }
+    let Some(parent) = telemetry::parent_context(forwarded.resumes.as_ref()) else {
+        return;
+    };
+    let since = event.accepted_at_ms.max(event.not_before_ms);
+    telemetry::record(
+        "queue wait",
+        &parent,
+        UNIX_EPOCH + Duration::from_millis(since),
+        SystemTime::now(),
+        vec![
+            KeyValue::new("porchlight.queue", "async"),
+            KeyValue::new("porchlight.attempt", i64::from(event.attempts) + 1),
+        ],
+    );
 }
 
 /// A function's error as it is kept with a dead letter: its JSON, or the

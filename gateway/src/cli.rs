@@ -183,6 +183,12 @@ pub struct Cli {
     /// Log as JSON lines.
     #[arg(long)]
     pub log_json: bool,
+    /// Export OpenTelemetry spans of invocations (receive, queue wait, cold
+    /// start, invoke) over OTLP http/protobuf to this endpoint, e.g.
+    /// http://127.0.0.1:4318 (a Jaeger or an OpenTelemetry Collector);
+    /// `/v1/traces` is added. Unset: no spans are made.
+    #[arg(long, value_name = "URL", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Local mode: no START/END/REPORT line per invocation (functions'
     /// own output is still printed; `--log-type Tail` still has them).
     #[arg(long, short = 'q', env = "PORCHLIGHT_QUIET")]
@@ -298,7 +304,32 @@ pub fn main_from_args(args: Vec<OsString>) -> ExitCode {
         Ok(c) => c,
         Err(e) => return porchlight_runtime::exit_for_cli_error("porchlight-gateway", &e),
     };
-    init_tracing(cli.log_json);
+    let endpoint = cli
+        .otlp_endpoint
+        .as_deref()
+        .filter(|e| !e.trim().is_empty());
+    let exporter = match crate::telemetry::init(cli.log_json, endpoint) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("porchlight-gateway: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    if let Some(endpoint) = endpoint {
+        tracing::info!(
+            endpoint = %crate::telemetry::traces_url(endpoint),
+            "invocation spans are exported over OTLP"
+        );
+    }
+    let code = run(cli);
+    if let Some(exporter) = exporter {
+        exporter.shutdown();
+    }
+    code
+}
+
+/// Runs the gateway the command line asks for, until it stops.
+fn run(cli: Cli) -> ExitCode {
     if cli.kubernetes {
         return match new_runtime() {
             Ok(runtime) => runtime.block_on(run_kubernetes(cli)),
@@ -355,24 +386,6 @@ fn new_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
             eprintln!("porchlight-gateway: cannot start the async runtime: {e}");
             ExitCode::FAILURE
         })
-}
-
-fn init_tracing(json: bool) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env(porchlight_core::shim::LOG_FILTER_ENV)
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init()
-    };
 }
 
 /// The AWS CLI's flags for this gateway that work on a machine with no AWS

@@ -48,6 +48,10 @@ pub enum GatewayError {
     /// A request that is malformed in some other way.
     #[error("{0}")]
     InvalidParameter(String),
+    /// A request header Lambda refuses as content (a client context that
+    /// is not base64 JSON).
+    #[error("{0}")]
+    InvalidRequestContent(String),
     /// The environment died or could not be reached while handling the event.
     #[error("{0}")]
     Service(String),
@@ -82,7 +86,9 @@ impl GatewayError {
             | GatewayError::ShuttingDown
             | GatewayError::EventStore => "ServiceUnavailableException",
             GatewayError::TooLarge { .. } => "RequestEntityTooLargeException",
-            GatewayError::InvalidJson(_) => "InvalidRequestContentException",
+            GatewayError::InvalidJson(_) | GatewayError::InvalidRequestContent(_) => {
+                "InvalidRequestContentException"
+            }
             GatewayError::InvalidParameter(_) => "InvalidParameterValueException",
             GatewayError::Service(_) => "ServiceException",
             GatewayError::MissingAuthenticationToken => "MissingAuthenticationTokenException",
@@ -104,9 +110,9 @@ impl GatewayError {
             | GatewayError::ShuttingDown
             | GatewayError::EventStore => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            GatewayError::InvalidJson(_) | GatewayError::InvalidParameter(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            GatewayError::InvalidJson(_)
+            | GatewayError::InvalidParameter(_)
+            | GatewayError::InvalidRequestContent(_) => StatusCode::BAD_REQUEST,
             GatewayError::Service(_) => StatusCode::BAD_GATEWAY,
             GatewayError::MissingAuthenticationToken
             | GatewayError::UnrecognizedClient
@@ -148,7 +154,9 @@ impl GatewayError {
             GatewayError::Throttled { .. } => "throttled",
             GatewayError::Unavailable { .. } => "unavailable",
             GatewayError::TooLarge { .. } => "too_large",
-            GatewayError::InvalidJson(_) | GatewayError::InvalidParameter(_) => "bad_request",
+            GatewayError::InvalidJson(_)
+            | GatewayError::InvalidParameter(_)
+            | GatewayError::InvalidRequestContent(_) => "bad_request",
             GatewayError::Service(_) => "service_error",
             GatewayError::ShuttingDown => "shutting_down",
             GatewayError::EventStore => "not_stored",

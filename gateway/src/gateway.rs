@@ -16,6 +16,7 @@ use crate::async_invoke::{AsyncInvoker, AsyncSettings, Stopped};
 use crate::budget::{DEFAULT_MEMORY_BUDGET_MIB, MemoryBudget, Purpose, Reservation};
 use crate::dead_letters::{DeadLetterList, PageRequest};
 use crate::error::GatewayError;
+use crate::forwarded::Forwarded;
 use crate::metrics::Metrics;
 use crate::queue::EventQueue;
 use crate::queue::local::{LocalQueue, LocalSettings};
@@ -261,19 +262,10 @@ impl Ingress for Gateway {
         payload: Bytes,
         request_id: &str,
         trigger: TriggerKind,
-    ) -> impl Future<Output = Result<InvocationResult, GatewayError>> + Send {
-        self.sync.invoke(entry, payload, request_id, trigger)
-    }
-
-    fn invoke_with_log_tail(
-        &self,
-        entry: &Arc<FunctionEntry>,
-        payload: Bytes,
-        request_id: &str,
-        trigger: TriggerKind,
+        forwarded: &Forwarded,
     ) -> impl Future<Output = Result<InvocationResult, GatewayError>> + Send {
         self.sync
-            .invoke_with_log_tail(entry, payload, request_id, trigger, true)
+            .invoke(entry, payload, request_id, trigger, forwarded)
     }
 
     fn authenticate(&self, request: &SignedRequest<'_>) -> Result<Option<Caller>, GatewayError> {
@@ -311,9 +303,10 @@ impl Ingress for Gateway {
         held: Reservation,
         request_id: String,
         trigger: TriggerKind,
+        forwarded: Forwarded,
     ) -> impl Future<Output = Result<(), GatewayError>> + Send {
         self.asynchronous
-            .enqueue(entry, payload, held, request_id, trigger)
+            .enqueue(entry, payload, held, request_id, trigger, forwarded)
     }
 
     fn is_ready(&self) -> bool {

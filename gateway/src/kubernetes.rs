@@ -612,6 +612,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_function_whose_init_fails_answers_at_once() {
+        use crate::forwarded::Forwarded;
         use crate::gateway::{Gateway, GatewayConfig, TriggerKind};
         let gateway = Gateway::new(GatewayConfig::default());
         sync(gateway.registry(), &[function("hello", 5)], &[], 8080);
@@ -621,7 +622,13 @@ mod tests {
             let (gateway, entry) = (gateway.clone(), entry.clone());
             tokio::spawn(async move {
                 gateway
-                    .invoke(&entry, Bytes::from_static(b"{}"), "r1", TriggerKind::Invoke)
+                    .invoke(
+                        &entry,
+                        Bytes::from_static(b"{}"),
+                        "r1",
+                        TriggerKind::Invoke,
+                        &Forwarded::new_trace(false),
+                    )
                     .await
             })
         };
@@ -645,7 +652,13 @@ mod tests {
         assert_eq!(v["errorType"], "Runtime.ExitError");
         // New callers get it without waiting.
         let again = gateway
-            .invoke(&entry, Bytes::from_static(b"{}"), "r2", TriggerKind::Invoke)
+            .invoke(
+                &entry,
+                Bytes::from_static(b"{}"),
+                "r2",
+                TriggerKind::Invoke,
+                &Forwarded::new_trace(false),
+            )
             .await
             .expect("function error");
         assert_eq!(again.function_error.as_deref(), Some("Unhandled"));

@@ -11,6 +11,9 @@
 //!   environments ([`upstream`]); all behind one handle, [`gateway::Gateway`],
 //!   of which the routes see only the narrow [`routes::Ingress`].
 //! - Concurrency reports ([`report`]) for the controller and the metrics ([`metrics`]).
+//! - What an invocation carries to its environment besides its event (trace
+//!   id, client context: [`forwarded`]), and the optional OpenTelemetry spans
+//!   of invocations ([`telemetry`]).
 //! - Environment sources: [`local`] runs shim processes and scales them with
 //!   the shared autoscaler; [`kubernetes`] watches Functions and their pods,
 //!   adds, drains and removes environments as pods come and go, and leaves
@@ -23,6 +26,7 @@ pub mod cors;
 pub mod dead_letters;
 pub mod error;
 pub mod events;
+pub mod forwarded;
 pub mod gateway;
 pub mod kubernetes;
 pub mod listener;
@@ -35,6 +39,7 @@ pub mod reread;
 pub mod routes;
 pub mod sigv4;
 pub mod sync_invoke;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 pub mod usage;

@@ -34,15 +34,18 @@ use porchlight_core::invoke::{
 };
 use porchlight_core::report::REPORT_PATH;
 use serde_json::{Value, json};
+use tracing::Instrument as _;
 
 use crate::budget::{Purpose, Reservation, SharedHold};
 use crate::cors;
 use crate::dead_letters::{DeadLetterList, PageRequest};
 use crate::error::{GatewayError, function_arn};
 use crate::events::{apigw, cloudevents, decode_query_component, s3};
+use crate::forwarded::{self, Forwarded};
 use crate::registry::FunctionEntry;
 use crate::sigv4::{Caller, SignedRequest};
 use crate::sync_invoke::{ASYNC_PAYLOAD_LIMIT, InvocationResult, SYNC_PAYLOAD_LIMIT, TriggerKind};
+use crate::telemetry;
 use porchlight_api::function::HttpAuth;
 
 /// What the HTTP handlers need from the gateway.
@@ -51,25 +54,16 @@ pub trait Ingress: Send + Sync + 'static {
     fn function(&self, name: &str) -> Result<Arc<FunctionEntry>, GatewayError>;
     /// Every function, sorted by name.
     fn functions(&self) -> Vec<Arc<FunctionEntry>>;
-    /// Runs one event and waits for its answer.
+    /// Runs one event and waits for its answer; the environment gets what
+    /// `forwarded` carries (trace id, client context, a log tail asked for).
     fn invoke(
         &self,
         entry: &Arc<FunctionEntry>,
         payload: Bytes,
         request_id: &str,
         trigger: TriggerKind,
+        forwarded: &Forwarded,
     ) -> impl Future<Output = Result<InvocationResult, GatewayError>> + Send;
-    /// [`Ingress::invoke`], asking for the invocation's log tail
-    /// (`--log-type Tail`); without one, the answer has none.
-    fn invoke_with_log_tail(
-        &self,
-        entry: &Arc<FunctionEntry>,
-        payload: Bytes,
-        request_id: &str,
-        trigger: TriggerKind,
-    ) -> impl Future<Output = Result<InvocationResult, GatewayError>> + Send {
-        self.invoke(entry, payload, request_id, trigger)
-    }
     /// Holds `bytes` against the memory budget, or refuses with 429.
     fn reserve(&self, bytes: usize, purpose: Purpose) -> Result<Reservation, GatewayError>;
     /// Whether `entry`'s async queue has room for one more event now.
@@ -80,7 +74,7 @@ pub trait Ingress: Send + Sync + 'static {
         entry.status().async_pending
     }
     /// Accepts one event to run later, whose bytes `held` counts: stored
-    /// (then answered 202), or refused.
+    /// (then answered 202) with what `forwarded` carries, or refused.
     fn enqueue(
         &self,
         entry: &Arc<FunctionEntry>,
@@ -88,6 +82,7 @@ pub trait Ingress: Send + Sync + 'static {
         held: Reservation,
         request_id: String,
         trigger: TriggerKind,
+        forwarded: Forwarded,
     ) -> impl Future<Output = Result<(), GatewayError>> + Send;
     /// Ready to take traffic.
     fn is_ready(&self) -> bool;
@@ -340,8 +335,28 @@ async fn invoke<G: Ingress>(
     body: Body,
 ) -> Response {
     let request_id = request_id();
+    let forwarded = Forwarded::from_trace_headers(&headers, telemetry::enabled());
     let result = match name_param(raw_name) {
-        Ok(raw_name) => invoke_inner(&*gw, &raw_name, &uri, &headers, body, &request_id).await,
+        Ok(raw_name) => {
+            let span = telemetry::receive(
+                &raw_name,
+                &request_id,
+                "invoke",
+                &forwarded.trace,
+                forwarded.from_caller,
+            );
+            invoke_inner(
+                &*gw,
+                &raw_name,
+                &uri,
+                &headers,
+                body,
+                &request_id,
+                forwarded,
+            )
+            .instrument(span)
+            .await
+        }
         Err(e) => Err(e),
     };
     match result {
@@ -357,6 +372,7 @@ async fn invoke_inner(
     headers: &HeaderMap,
     body: Body,
     request_id: &str,
+    mut forwarded: Forwarded,
 ) -> Result<Response, GatewayError> {
     let invocation_type = match headers.get(header::INVOCATION_TYPE) {
         None => "RequestResponse",
@@ -396,15 +412,18 @@ async fn invoke_inner(
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&payload) {
         return Err(GatewayError::InvalidJson(e.to_string()));
     }
+    forwarded.client_context = forwarded::client_context(headers)?;
     let mut response = match invocation_type {
         "DryRun" => StatusCode::NO_CONTENT.into_response(),
         "Event" => {
+            forwarded.resumes = telemetry::current();
             gw.enqueue(
                 &entry,
                 payload,
                 held,
                 request_id.to_string(),
                 TriggerKind::Event,
+                forwarded,
             )
             .await?;
             StatusCode::ACCEPTED.into_response()
@@ -412,16 +431,12 @@ async fn invoke_inner(
         _ => {
             // The payload's bytes stay held through the call; then the
             // answer's (reserved before they were read), until it is sent.
-            let tail = headers
+            forwarded.log_tail = headers
                 .get(header::LOG_TYPE)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(LOG_TYPE_TAIL.as_bytes()));
-            let result = if tail {
-                gw.invoke_with_log_tail(&entry, payload, request_id, TriggerKind::Invoke)
-                    .await?
-            } else {
-                gw.invoke(&entry, payload, request_id, TriggerKind::Invoke)
-                    .await?
-            };
+            let result = gw
+                .invoke(&entry, payload, request_id, TriggerKind::Invoke, &forwarded)
+                .await?;
             if result.held.bytes() > 0 {
                 held.shrink_to(0);
             } else {
@@ -617,7 +632,24 @@ fn http_reply(reply: apigw::HttpReply) -> Response {
 
 async fn http_trigger<G: Ingress>(State(gw): Gw<G>, request: Request) -> Response {
     let request_id = request_id();
-    match http_trigger_inner(&*gw, request, &request_id).await {
+    let forwarded = Forwarded::from_trace_headers(request.headers(), telemetry::enabled());
+    let name = request
+        .uri()
+        .path()
+        .strip_prefix("/http/")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_default();
+    let span = telemetry::receive(
+        name,
+        &request_id,
+        "http",
+        &forwarded.trace,
+        forwarded.from_caller,
+    );
+    match http_trigger_inner(&*gw, request, &request_id, &forwarded)
+        .instrument(span)
+        .await
+    {
         Ok(r) => r,
         Err(e) => with_request_id(e, &request_id),
     }
@@ -627,6 +659,7 @@ async fn http_trigger_inner(
     gw: &impl Ingress,
     request: Request,
     request_id: &str,
+    forwarded: &Forwarded,
 ) -> Result<Response, GatewayError> {
     let (parts, body) = request.into_parts();
     let full = parts.uri.path();
@@ -650,7 +683,15 @@ async fn http_trigger_inner(
     {
         return Ok(cors::preflight(c, &parts.headers));
     }
-    let answer = http_trigger_call(gw, &parts, body, sub, &entry, trigger, request_id).await;
+    let answer = http_trigger_call(
+        gw,
+        &parts,
+        body,
+        (sub, &entry, trigger),
+        request_id,
+        forwarded,
+    )
+    .await;
     let mut response = answer.unwrap_or_else(|e| with_request_id(e, request_id));
     if let Some(c) = &trigger.cors {
         cors::decorate(c, &parts.headers, &mut response);
@@ -664,10 +705,13 @@ async fn http_trigger_call(
     gw: &impl Ingress,
     parts: &axum::http::request::Parts,
     body: Body,
-    sub: &str,
-    entry: &Arc<FunctionEntry>,
-    trigger: &porchlight_api::function::HttpTrigger,
+    (sub, entry, trigger): (
+        &str,
+        &Arc<FunctionEntry>,
+        &porchlight_api::function::HttpTrigger,
+    ),
     request_id: &str,
+    forwarded: &Forwarded,
 ) -> Result<Response, GatewayError> {
     let format = trigger.payload_format;
     let (body, mut held) =
@@ -709,7 +753,7 @@ async fn http_trigger_call(
     // The event replaces the body (it holds it, base64-encoded or not).
     held.try_resize(payload.len())?;
     let result = gw
-        .invoke(entry, payload, request_id, TriggerKind::Http)
+        .invoke(entry, payload, request_id, TriggerKind::Http, forwarded)
         .await?;
     if result.function_error.is_some() {
         tracing::info!(
@@ -832,8 +876,9 @@ async fn fan_out<E: Incoming>(gw: &impl Ingress, incoming: &[E], trigger: Trigge
                     continue;
                 }
             };
+            let forwarded = Forwarded::new_trace(false);
             match gw
-                .enqueue(entry, item.event(), held, request_id(), trigger)
+                .enqueue(entry, item.event(), held, request_id(), trigger, forwarded)
                 .await
             {
                 Ok(()) => *out.queued.entry(entry.name().to_string()).or_default() += 1,
@@ -1067,6 +1112,7 @@ mod tests {
             _: Bytes,
             _: &str,
             _: TriggerKind,
+            _: &Forwarded,
         ) -> Result<InvocationResult, GatewayError> {
             Err(GatewayError::ShuttingDown)
         }
@@ -1083,6 +1129,7 @@ mod tests {
             _: Reservation,
             _: String,
             _: TriggerKind,
+            _: Forwarded,
         ) -> Result<(), GatewayError> {
             Err(GatewayError::ShuttingDown)
         }

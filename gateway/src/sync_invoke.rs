@@ -5,15 +5,20 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use opentelemetry::KeyValue;
+use porchlight_core::trace::TraceContext;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::budget::{BudgetExceeded, MemoryBudget, Purpose, SharedHold};
 use crate::error::GatewayError;
+use crate::forwarded::Forwarded;
 use crate::metrics::Metrics;
 use crate::registry::{DispatchConfig, EnvironmentInfo, FunctionEntry};
+use crate::telemetry;
 use crate::upstream::{ANSWER_ROOM_WAIT, Readiness, UpstreamClient, UpstreamReply};
 use porchlight_core::LambdaError;
 use porchlight_core::error::fill_request_id;
@@ -161,31 +166,19 @@ impl SyncInvoker {
         });
     }
 
-    /// Invokes synchronously and records metrics.
+    /// Invokes synchronously and records metrics; the environment gets
+    /// what `forwarded` carries (trace id, client context, log tail).
     pub async fn invoke(
         &self,
         entry: &Arc<FunctionEntry>,
         payload: Bytes,
         request_id: &str,
         trigger: TriggerKind,
-    ) -> Result<InvocationResult, GatewayError> {
-        self.invoke_with_log_tail(entry, payload, request_id, trigger, false)
-            .await
-    }
-
-    /// [`SyncInvoker::invoke`], asking the environment for the invocation's
-    /// log tail when `log_tail` is set (`--log-type Tail`).
-    pub async fn invoke_with_log_tail(
-        &self,
-        entry: &Arc<FunctionEntry>,
-        payload: Bytes,
-        request_id: &str,
-        trigger: TriggerKind,
-        log_tail: bool,
+        forwarded: &Forwarded,
     ) -> Result<InvocationResult, GatewayError> {
         let started = Instant::now();
         let result = self
-            .invoke_inner(entry, payload, request_id, log_tail)
+            .invoke_inner(entry, payload, request_id, forwarded)
             .await;
         let outcome = match &result {
             Ok(r) => {
@@ -257,7 +250,7 @@ impl SyncInvoker {
         entry: &Arc<FunctionEntry>,
         payload: Bytes,
         request_id: &str,
-        log_tail: bool,
+        forwarded: &Forwarded,
     ) -> Result<InvocationResult, GatewayError> {
         if self.is_shutting_down() {
             return Err(GatewayError::ShuttingDown);
@@ -269,11 +262,19 @@ impl SyncInvoker {
         let mut unreachable = 0;
         let mut busy = 0;
         loop {
-            let lease = match entry.acquire(deadline).await {
+            let resumes = forwarded.resumes.as_ref();
+            let waited = entry
+                .acquire(deadline)
+                .instrument(telemetry::queue_wait(resumes))
+                .await;
+            let lease = match waited {
                 Ok(lease) => lease,
                 Err(e) => return no_environment(e, entry.current_init_failure(), request_id),
             };
+            let acquired = telemetry::enabled().then(SystemTime::now);
             let env = lease.environment().clone();
+            let span = telemetry::invoke(&env.id, resumes);
+            let pass = forwarded.pass_on(telemetry::traceparent_of(&span));
             // The attempt runs in a task of its own that holds the slot until
             // the environment answers: a caller that goes away must not free
             // a slot the environment is still using.
@@ -282,12 +283,15 @@ impl SyncInvoker {
                 let payload = payload.clone();
                 let request_id = request_id.to_string();
                 let base_url = env.base_url.clone();
-                tokio::spawn(async move {
-                    let answer = client
-                        .invoke(&base_url, &request_id, payload, upstream_timeout, log_tail)
-                        .await;
-                    (answer, lease)
-                })
+                tokio::spawn(
+                    async move {
+                        let answer = client
+                            .invoke(&base_url, &request_id, payload, upstream_timeout, &pass)
+                            .await;
+                        (answer, lease)
+                    }
+                    .instrument(span),
+                )
             };
             let Ok(((reply, held), lease)) = attempt.await else {
                 return Err(GatewayError::Service(
@@ -304,6 +308,9 @@ impl SyncInvoker {
             }
             match next_step(reply, request_id, timeout_seconds, &env.id) {
                 Step::Answer(result) => {
+                    if let (Ok(r), Some(acquired)) = (&result, acquired) {
+                        record_cold_start(r, acquired, resumes);
+                    }
                     return result.map(|r| InvocationResult { held, ..r });
                 }
                 Step::AnswerAndDrain(result) => {
@@ -348,6 +355,30 @@ impl SyncInvoker {
             "No execution environment could take the invocation.".into(),
         ))
     }
+}
+
+/// The `cold start` span of an answer that waited for an init: the init
+/// ended when the environment took the event (it was routed as soon as
+/// it was ready), and took the time the environment reports.
+fn record_cold_start(r: &InvocationResult, acquired: SystemTime, resumes: Option<&TraceContext>) {
+    let (true, Some(init_ms)) = (r.cold_start, r.init_duration_ms) else {
+        return;
+    };
+    let Some(parent) = telemetry::parent_context(resumes) else {
+        return;
+    };
+    let init = Duration::from_secs_f64(init_ms.max(0.0) / 1000.0);
+    telemetry::record(
+        "cold start",
+        &parent,
+        acquired.checked_sub(init).unwrap_or(acquired),
+        acquired,
+        vec![
+            KeyValue::new("faas.coldstart", true),
+            KeyValue::new("porchlight.init_duration_ms", init_ms),
+            KeyValue::new("porchlight.environment", r.environment.to_string()),
+        ],
+    );
 }
 
 /// Environments tried for one invocation while nothing reaches a handler.

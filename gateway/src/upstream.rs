@@ -40,6 +40,21 @@ pub enum UpstreamReply {
     NoRoom,
 }
 
+/// What an invocation passes to its environment besides its event and
+/// request id: the trace (`X-Amzn-Trace-Id`, and `traceparent` for the
+/// gateway's invoke span), the client context, and a log tail asked for.
+#[derive(Clone, Debug, Default)]
+pub struct PassOn {
+    /// `X-Amzn-Trace-Id`.
+    pub trace_id: Option<http::HeaderValue>,
+    /// `traceparent`.
+    pub traceparent: Option<http::HeaderValue>,
+    /// `X-Amz-Client-Context` (base64 JSON).
+    pub client_context: Option<http::HeaderValue>,
+    /// Ask for the invocation's log tail.
+    pub log_tail: bool,
+}
+
 /// How long an answer waits for room in the memory budget before the
 /// caller is refused: answers being sent give theirs back meanwhile.
 pub const ANSWER_ROOM_WAIT: Duration = Duration::from_secs(5);
@@ -88,20 +103,29 @@ impl UpstreamClient {
 
     /// Sends one event to an environment and classifies the answer. The
     /// answer's bytes come back held against the budget, if there is one.
-    /// With `log_tail` the environment is asked for the invocation's log tail.
+    /// `pass` says what else the environment gets.
     pub async fn invoke(
         &self,
         base_url: &str,
         request_id: &str,
         payload: Bytes,
         timeout: Duration,
-        log_tail: bool,
+        pass: &PassOn,
     ) -> (UpstreamReply, SharedHold) {
         let mut request = Request::post(format!("{base_url}{INVOKE_PATH}"))
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(header::REQUEST_ID, request_id);
-        if log_tail {
+        if pass.log_tail {
             request = request.header(header::LOG_TYPE, LOG_TYPE_TAIL);
+        }
+        for (name, value) in [
+            (header::TRACE_ID, &pass.trace_id),
+            (header::TRACEPARENT, &pass.traceparent),
+            (header::CLIENT_CONTEXT, &pass.client_context),
+        ] {
+            if let Some(value) = value {
+                request = request.header(name, value.clone());
+            }
         }
         let request = match request.body(Full::new(payload)) {
             Ok(r) => r,
@@ -223,7 +247,7 @@ mod tests {
                 "r1",
                 Bytes::from_static(b"{}"),
                 Duration::from_secs(5),
-                false,
+                &PassOn::default(),
             )
             .await
             .0;
@@ -238,7 +262,7 @@ mod tests {
                 "r2",
                 Bytes::from_static(b"{}"),
                 Duration::from_secs(5),
-                false,
+                &PassOn::default(),
             )
             .await
             .0;
@@ -252,7 +276,13 @@ mod tests {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         drop(listener);
         let got = UpstreamClient::new()
-            .invoke(&url, "r", Bytes::new(), Duration::from_secs(5), false)
+            .invoke(
+                &url,
+                "r",
+                Bytes::new(),
+                Duration::from_secs(5),
+                &PassOn::default(),
+            )
             .await
             .0;
         assert_eq!(got, UpstreamReply::Unreachable);
@@ -264,7 +294,8 @@ mod tests {
         let client = UpstreamClient::with_budget(budget.clone(), Duration::from_millis(100));
         let done = InvokeReply::ok(Bytes::from(vec![b'1'; 600]), None);
         let url = shim(done.clone()).await;
-        let invoke = || client.invoke(&url, "r", Bytes::new(), Duration::from_secs(5), false);
+        let pass = PassOn::default();
+        let invoke = || client.invoke(&url, "r", Bytes::new(), Duration::from_secs(5), &pass);
         let (got, held) = invoke().await;
         assert_eq!(
             (got, held.bytes(), budget.held()),

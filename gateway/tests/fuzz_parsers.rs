@@ -1309,6 +1309,7 @@ mod routes {
     use porchlight_gateway::GatewayError;
     use porchlight_gateway::budget::{MemoryBudget, Purpose, Reservation};
     use porchlight_gateway::dead_letters::{DeadLetterList, PageRequest};
+    use porchlight_gateway::forwarded::Forwarded;
     use porchlight_gateway::registry::{DispatchConfig, FunctionEntry, Registry};
     use porchlight_gateway::routes::{Ingress, app};
     use porchlight_gateway::sync_invoke::{InvocationResult, TriggerKind};
@@ -1342,6 +1343,7 @@ mod routes {
             payload: Bytes,
             _: &str,
             _: TriggerKind,
+            _: &Forwarded,
         ) -> Result<InvocationResult, GatewayError> {
             assert!(is_json(&payload), "the gateway sends a handler JSON");
             Ok(self.result.lock().expect("lock").clone())
@@ -1359,6 +1361,7 @@ mod routes {
             _: Reservation,
             _: String,
             _: TriggerKind,
+            _: Forwarded,
         ) -> Result<(), GatewayError> {
             assert!(is_json(&payload), "the gateway queues JSON events");
             Ok(())

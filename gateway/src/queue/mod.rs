@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::dead_letters::{DeadLetter, DeadLetterList, PageRequest};
+use crate::forwarded::Forwarded;
 use crate::sync_invoke::TriggerKind;
 
 /// A boxed future, so that the queue traits can be used as objects.
@@ -45,6 +46,14 @@ pub struct StoredEvent {
     pub attempts: u32,
     /// Not to run before this time (milliseconds since the Unix epoch).
     pub not_before_ms: u64,
+    /// The `X-Amzn-Trace-Id` the environment gets, the same on every
+    /// attempt (events stored before it was kept have none: they get a new one).
+    pub trace_id: Option<String>,
+    /// The caller's client context (base64 JSON).
+    pub client_context: Option<String>,
+    /// The `traceparent` of the span that accepted the event, which its
+    /// spans continue (when spans are recorded).
+    pub resumes: Option<String>,
 }
 
 impl StoredEvent {
@@ -58,6 +67,31 @@ impl StoredEvent {
             accepted_at_ms: now_ms(),
             attempts: 0,
             not_before_ms: 0,
+            trace_id: None,
+            client_context: None,
+            resumes: None,
+        }
+    }
+
+    /// The event with what its environment gets besides the event.
+    pub fn forwarding(self, forwarded: Forwarded) -> Self {
+        StoredEvent {
+            trace_id: Some(forwarded.trace_id),
+            client_context: forwarded.client_context,
+            resumes: forwarded.resumes.and_then(|r| r.to_traceparent()),
+            ..self
+        }
+    }
+
+    /// What its environment gets besides the event, on any attempt.
+    pub fn forwarded(&self) -> Forwarded {
+        match &self.trace_id {
+            Some(id) => Forwarded::restored(
+                id.clone(),
+                self.client_context.clone(),
+                self.resumes.as_deref(),
+            ),
+            None => Forwarded::new_trace(false),
         }
     }
 

@@ -1,6 +1,8 @@
 //! How events and dead letters are written into a store: one JSON line of
 //! what describes the event, then the event's own bytes as they arrived.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +24,12 @@ struct Head<'a> {
     attempts: u32,
     #[serde(rename = "b")]
     not_before_ms: u64,
+    #[serde(rename = "x", default, skip_serializing_if = "Option::is_none", borrow)]
+    trace_id: Option<Cow<'a, str>>,
+    #[serde(rename = "c", default, skip_serializing_if = "Option::is_none", borrow)]
+    client_context: Option<Cow<'a, str>>,
+    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none", borrow)]
+    resumes: Option<Cow<'a, str>>,
 }
 
 /// The trigger named by `text` (as [`TriggerKind::as_str`] writes it).
@@ -46,6 +54,9 @@ pub fn encode_event(event: &StoredEvent) -> Vec<u8> {
         accepted_at_ms: event.accepted_at_ms,
         attempts: event.attempts,
         not_before_ms: event.not_before_ms,
+        trace_id: event.trace_id.as_deref().map(Cow::Borrowed),
+        client_context: event.client_context.as_deref().map(Cow::Borrowed),
+        resumes: event.resumes.as_deref().map(Cow::Borrowed),
     };
     let mut out = serde_json::to_vec(&head).unwrap_or_default();
     out.push(b'\n');
@@ -65,6 +76,9 @@ pub fn decode_event(bytes: &[u8]) -> Option<StoredEvent> {
         accepted_at_ms: head.accepted_at_ms,
         attempts: head.attempts,
         not_before_ms: head.not_before_ms,
+        trace_id: head.trace_id.map(Cow::into_owned),
+        client_context: head.client_context.map(Cow::into_owned),
+        resumes: head.resumes.map(Cow::into_owned),
     })
 }
 
@@ -113,7 +127,20 @@ mod tests {
         );
         e.attempts = 2;
         e.not_before_ms = 7;
-        assert_eq!(decode_event(&encode_event(&e)), Some(e));
+        assert_eq!(decode_event(&encode_event(&e)), Some(e.clone()));
+        // Passed on as the caller sent it, quotes and all.
+        e.trace_id = Some(r#"Root=1-65800000-0123456789abcdef01234567;Self="a\b""#.into());
+        e.client_context = Some("e30=".into());
+        e.resumes = Some("00-65800000012345678abcdef012345678-00f067aa0ba902b7-01".into());
+        assert_eq!(decode_event(&encode_event(&e)), Some(e.clone()));
+        // Stored before the trace was kept: read, with none.
+        let old = br#"{"r":"r-1","f":"f","t":"s3","a":1,"n":0,"b":0}
+{}"#;
+        let read = decode_event(old).expect("an event");
+        assert_eq!(
+            (read.trace_id, read.client_context, read.resumes),
+            (None, None, None)
+        );
         assert_eq!(decode_event(b"no head"), None);
         let l = DeadLetter {
             function: "f".into(),
