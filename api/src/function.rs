@@ -498,6 +498,10 @@ pub struct FunctionStatus {
     /// Where the keep-alive stands (`spec.scaling.keepAlive`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_alive: Option<KeepAliveStatus>,
+    /// What the function used, summed over the gateways' reports since the
+    /// Function was created (see `UsageStatus`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageStatus>,
 }
 
 /// A function's keep-alive, as the autoscaler last decided it.
@@ -524,6 +528,61 @@ pub struct KeepAliveStatus {
     /// kept here so that a controller restart does not lose it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_histogram: Option<String>,
+}
+
+/// What a function used, in Lambda's billing terms, and what keeping it
+/// warm cost, as the gateways metered it (their `/v1/usage` and Prometheus
+/// counters hold the same numbers per gateway). Updated with the status's
+/// regular writes, not per invocation; usage metered while no controller
+/// ran is in the gateways' counters but not here.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageStatus {
+    /// Invocations that ran in an environment.
+    pub invocations: i64,
+    /// Their billed duration in milliseconds (each rounded up to 1 ms).
+    pub billed_duration_ms: i64,
+    /// Billed duration x memory, in GB-seconds.
+    pub gb_seconds: f64,
+    /// Invocations that started an environment.
+    pub cold_starts: i64,
+    /// The init time of those environments, in milliseconds.
+    pub init_duration_ms: f64,
+    /// Environment-seconds ready but running nothing.
+    pub idle_environment_seconds: f64,
+    /// Those, x memory, in GB-seconds.
+    pub idle_gb_seconds: f64,
+}
+
+impl UsageStatus {
+    /// The status form of metered usage.
+    pub fn from_usage(u: &porchlight_core::usage::FunctionUsage) -> UsageStatus {
+        let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        UsageStatus {
+            invocations: int(u.invocations),
+            billed_duration_ms: int(u.billed_duration_ms),
+            gb_seconds: u.gb_seconds,
+            cold_starts: int(u.cold_starts),
+            init_duration_ms: u.init_duration_ms,
+            idle_environment_seconds: u.idle_environment_seconds,
+            idle_gb_seconds: u.idle_gb_seconds,
+        }
+    }
+
+    /// Back to metered usage (a restarted controller goes on from it).
+    pub fn to_usage(&self) -> porchlight_core::usage::FunctionUsage {
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        let amount = |x: f64| if x.is_finite() { x.max(0.0) } else { 0.0 };
+        porchlight_core::usage::FunctionUsage {
+            invocations: count(self.invocations),
+            billed_duration_ms: count(self.billed_duration_ms),
+            gb_seconds: amount(self.gb_seconds),
+            cold_starts: count(self.cold_starts),
+            init_duration_ms: amount(self.init_duration_ms),
+            idle_environment_seconds: amount(self.idle_environment_seconds),
+            idle_gb_seconds: amount(self.idle_gb_seconds),
+        }
+    }
 }
 
 /// A status condition in the usual Kubernetes shape.

@@ -18,7 +18,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
-use porchlight_api::function::{FunctionCondition, KeepAliveStatus};
+use porchlight_api::function::{FunctionCondition, KeepAliveStatus, UsageStatus};
 use porchlight_api::{Function, FunctionStatus};
 use porchlight_core::ScalingSettings;
 use serde_json::json;
@@ -190,7 +190,7 @@ async fn apply_workload(
     } else {
         None
     };
-    let status = next_status(
+    let mut status = next_status(
         f,
         &observed,
         book.as_ref(),
@@ -198,6 +198,9 @@ async fn apply_workload(
         trouble.as_ref(),
         &ctx.settings.url_base,
     );
+    if let Some(used) = ctx.book.usage(&function_key(f)) {
+        status.usage = Some(UsageStatus::from_usage(&used));
+    }
     let newly_failed = newly_init_failed(f, &status);
     if f.status.as_ref() != Some(&status) {
         write_status(f, ctx, ns, &status).await?;
@@ -455,6 +458,7 @@ pub fn next_status(
             .and_then(|r| r.keep_alive.as_ref())
             .map(keep_alive_status)
             .or(previous_status.keep_alive),
+        usage: previous_status.usage,
     }
 }
 

@@ -14,6 +14,7 @@ use porchlight_core::scaling::{
     AutoscalerLoop, LoopEvent, ScaleBook, ScaleObserver, ScaleSink, ScaleSource, ScaleTarget,
     Workload,
 };
+use porchlight_core::usage::FunctionUsage;
 
 use crate::metrics::Metrics;
 use crate::validation::{function_key, validate_for_cluster};
@@ -83,6 +84,10 @@ impl<F: FunctionSource> ScaleSource for Functions<F> {
 
     fn idle_times(&self, f: &Arc<Function>) -> Option<IdleHistogram> {
         idle_times(f)
+    }
+
+    fn usage(&self, f: &Arc<Function>) -> Option<FunctionUsage> {
+        Some(f.status.as_ref()?.usage.as_ref()?.to_usage())
     }
 }
 

@@ -7,7 +7,8 @@
 //! annotations and conditions ([`names`]), the shim's settings ([`shim`]),
 //! the autoscaler maths ([`autoscaler`]) and the autoscaler loop that local
 //! mode and the controller share ([`scaling`]), the adaptive keep-alive
-//! policy ([`keepalive`]), trace ids in X-Ray's and W3C's forms ([`trace`]), plus small helpers
+//! policy ([`keepalive`]), trace ids in X-Ray's and W3C's forms ([`trace`]), metering
+//! ([`usage`]), plus small helpers
 //! written once ([`signal`], [`backoff`], [`endpoint`]).
 
 pub mod autoscaler;
@@ -22,6 +23,7 @@ pub mod scaling;
 pub mod shim;
 pub mod signal;
 pub mod trace;
+pub mod usage;
 
 pub use autoscaler::{Autoscaler, AutoscalerConfig, Decision, ScalingSettings};
 pub use error::LambdaError;

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::usage::FunctionUsage;
+
 /// Path on the gateway's ops port that serves [`GatewayReport`]s.
 /// Query parameters: `after=<sequence>` and `waitMs=<milliseconds>`.
 pub const REPORT_PATH: &str = "/v1/concurrency";
@@ -92,6 +94,10 @@ pub struct FunctionLoad {
     /// from (samples miss invocations shorter than their period).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_ms: Option<u64>,
+    /// What the function used through this gateway since it started (its
+    /// counters): the controller adds up their growth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<FunctionUsage>,
 }
 
 impl FunctionLoad {
@@ -125,6 +131,10 @@ pub struct GatewayReport {
 pub struct ReportAggregator {
     stale_after: Duration,
     latest: HashMap<String, (Instant, GatewayReport)>,
+    /// The usage counters each gateway last reported per function.
+    usage_seen: HashMap<(String, FunctionKey), FunctionUsage>,
+    /// When the first report arrived.
+    first_report: Option<Instant>,
 }
 
 /// Summed load of one function over all live gateways.
@@ -149,6 +159,8 @@ impl ReportAggregator {
         ReportAggregator {
             stale_after,
             latest: HashMap::new(),
+            usage_seen: HashMap::new(),
+            first_report: None,
         }
     }
 
@@ -157,9 +169,46 @@ impl ReportAggregator {
         self.latest.insert(report.gateway.clone(), (now, report));
     }
 
+    /// Stores a gateway's report and returns, per function, what was used
+    /// through that gateway since its previous report.
+    ///
+    /// A gateway's counters count from its own start. One first heard of
+    /// within `stale_after` of the first report was running before this
+    /// receiver started: its counters are taken as the baseline (what it
+    /// counted before is already in the totals kept elsewhere, or lost
+    /// with them). One first heard of later is new: all it counted is new.
+    /// Counters that go back belong to a restarted gateway of the same name.
+    pub fn ingest_usage(
+        &mut self,
+        now: Instant,
+        report: GatewayReport,
+    ) -> Vec<(FunctionKey, FunctionUsage)> {
+        let first = *self.first_report.get_or_insert(now);
+        let starting = now.saturating_duration_since(first) <= self.stale_after;
+        let mut used = Vec::new();
+        for f in &report.functions {
+            let Some(usage) = &f.usage else { continue };
+            let key = f.key();
+            let delta = match self
+                .usage_seen
+                .insert((report.gateway.clone(), key.clone()), usage.clone())
+            {
+                Some(earlier) => usage.since(&earlier).unwrap_or_else(|| usage.clone()),
+                None if starting => continue,
+                None => usage.clone(),
+            };
+            if !delta.is_empty() {
+                used.push((key, delta));
+            }
+        }
+        self.ingest(now, report);
+        used
+    }
+
     /// Forgets a gateway at once (its pod is gone).
     pub fn remove_gateway(&mut self, gateway: &str) {
         self.latest.remove(gateway);
+        self.usage_seen.retain(|(g, _), _| g != gateway);
     }
 
     /// Gateways whose reports are still trusted.
@@ -217,6 +266,7 @@ mod tests {
                 ready_environments: 1,
                 invocations_total: 0,
                 idle_ms: None,
+                usage: None,
                 busy_environments: if in_flight > 0 {
                     BTreeMap::from([(format!("{gateway}-env"), in_flight)])
                 } else {
@@ -262,6 +312,46 @@ mod tests {
         let key = FunctionKey::new("default", "hello");
         // a: ended at 0.5 s; b: at 1.0 s.
         assert_eq!(totals[&key].last_active, Some(t0 + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn usage_adds_up_each_gateway_s_growth() {
+        let t0 = Instant::now();
+        let mut agg = ReportAggregator::new(Duration::from_secs(5));
+        let with = |gateway, invocations: u64| {
+            let mut r = report(gateway, 0, 0);
+            r.functions[0].usage = Some(FunctionUsage {
+                invocations,
+                billed_duration_ms: invocations * 10,
+                ..Default::default()
+            });
+            r
+        };
+        let key = FunctionKey::new("default", "hello");
+        let total = |d: Vec<(FunctionKey, FunctionUsage)>| -> u64 {
+            d.iter()
+                .filter(|(k, _)| *k == key)
+                .map(|(_, u)| u.invocations)
+                .sum()
+        };
+        // Running before this receiver: a baseline, not new usage.
+        assert_eq!(total(agg.ingest_usage(t0, with("a", 100))), 0);
+        assert_eq!(
+            total(agg.ingest_usage(t0 + Duration::from_secs(1), with("a", 103))),
+            3
+        );
+        assert_eq!(
+            total(agg.ingest_usage(t0 + Duration::from_secs(2), with("a", 103))),
+            0
+        );
+        // A gateway that starts later: everything it counted is new.
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(total(agg.ingest_usage(later, with("b", 7))), 7);
+        // a restarted under the same name: counting again from zero.
+        assert_eq!(total(agg.ingest_usage(later, with("a", 2))), 2);
+        // A removed gateway's successor under the same name is new.
+        agg.remove_gateway("b");
+        assert_eq!(total(agg.ingest_usage(later, with("b", 1))), 1);
     }
 
     #[test]

@@ -30,6 +30,7 @@ use crate::autoscaler::{
 };
 use crate::keepalive::{self, IdleHistogram};
 use crate::report::{AggregatedLoad, DEFAULT_REPORT_STALE_AFTER};
+use crate::usage::FunctionUsage;
 use crate::{FunctionKey, GatewayReport, ReportAggregator};
 
 /// The clock of the autoscaler: tokio's, so paused-time tests control it.
@@ -101,6 +102,9 @@ impl KeepAliveRecord {
 pub struct ScaleBook {
     records: RwLock<HashMap<FunctionKey, ScaleRecord>>,
     holding: AtomicBool,
+    /// Usage per function: whether the total kept from before a restart is
+    /// in (only then is the sum complete), and the sum.
+    usage: RwLock<HashMap<FunctionKey, (bool, FunctionUsage)>>,
 }
 
 impl ScaleBook {
@@ -126,6 +130,38 @@ impl ScaleBook {
         if let Ok(mut map) = self.records.write() {
             map.remove(key);
         }
+        if let Ok(mut map) = self.usage.write() {
+            map.remove(key);
+        }
+    }
+
+    /// Adds usage the gateways reported.
+    pub fn add_usage(&self, key: &FunctionKey, used: &FunctionUsage) {
+        if let Ok(mut map) = self.usage.write() {
+            map.entry(key.clone()).or_default().1.add(used);
+        }
+    }
+
+    /// Adds the total kept from before a restart (once per function).
+    pub fn restore_usage(&self, key: &FunctionKey, kept: Option<FunctionUsage>) {
+        if let Ok(mut map) = self.usage.write() {
+            let entry = map.entry(key.clone()).or_default();
+            if !entry.0 {
+                entry.0 = true;
+                if let Some(kept) = kept {
+                    entry.1.add(&kept);
+                }
+            }
+        }
+    }
+
+    /// A function's usage total, once it includes what was kept from before
+    /// a restart.
+    pub fn usage(&self, key: &FunctionKey) -> Option<FunctionUsage> {
+        let map = self.usage.read().ok()?;
+        map.get(key)
+            .filter(|(restored, _)| *restored)
+            .map(|(_, u)| u.clone())
     }
 }
 
@@ -212,6 +248,12 @@ pub trait ScaleSource: Send + Sync {
     /// Idle times kept from before a restart (a Function's status), asked
     /// once per function when the loop first sees it.
     fn idle_times(&self, _handle: &Self::Handle) -> Option<IdleHistogram> {
+        None
+    }
+
+    /// Usage kept from before a restart (a Function's status), asked once
+    /// per function when the loop first sees it.
+    fn usage(&self, _handle: &Self::Handle) -> Option<FunctionUsage> {
         None
     }
 }
@@ -449,7 +491,9 @@ impl<S: ScaleSource, K: ScaleSink<S::Handle>> AutoscalerLoop<S, K> {
         self.observer.observe(LoopEvent::Report);
         self.ever_reported = true;
         let demand = poked_functions(&report);
-        self.aggregator.ingest(now, report);
+        for (key, used) in self.aggregator.ingest_usage(now, report) {
+            self.book.add_usage(&key, &used);
+        }
         if demand.is_empty() {
             return;
         }
@@ -675,6 +719,8 @@ impl<S: ScaleSource, K: ScaleSink<S::Handle>> AutoscalerLoop<S, K> {
                     if let Some(idle) = self.source.idle_times(&target.handle) {
                         autoscaler.restore_idle_times(idle);
                     }
+                    self.book
+                        .restore_usage(&key, self.source.usage(&target.handle));
                     self.scalers.insert(
                         key.clone(),
                         FunctionScaler {
@@ -928,6 +974,61 @@ mod tests {
             .and_then(|r| r.keep_alive)
             .expect("keep-alive");
         assert_eq!(k.histogram.total(), 6, "the gaps between the calls");
+    }
+
+    struct KeptUsage;
+
+    impl ScaleSource for KeptUsage {
+        type Handle = ();
+        fn targets(&self) -> Vec<ScaleTarget<()>> {
+            OneFunction(None, KeepAlive::Fixed).targets()
+        }
+        fn usage(&self, _: &()) -> Option<FunctionUsage> {
+            Some(FunctionUsage {
+                invocations: 1_000,
+                billed_duration_ms: 50_000,
+                ..Default::default()
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn usage_goes_on_from_the_kept_total_with_the_gateways_growth() {
+        let book = Arc::new(ScaleBook::default());
+        let mut l = AutoscalerLoop::new(KeptUsage, Accept, book.clone(), Arc::new(()));
+        let key = FunctionKey::new("d", "f");
+        let report = |sequence: u64, invocations: u64| {
+            GatewayMessage::Report(GatewayReport {
+                gateway: "g".into(),
+                sequence,
+                poke: false,
+                functions: vec![crate::FunctionLoad {
+                    namespace: "d".into(),
+                    name: "f".into(),
+                    ready_environments: 1,
+                    usage: Some(FunctionUsage {
+                        invocations,
+                        billed_duration_ms: invocations * 20,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+            })
+        };
+        // The gateway was running before: its first counters are a baseline.
+        l.on_message(report(1, 40)).await;
+        assert_eq!(
+            book.usage(&key),
+            None,
+            "not complete before the kept total is in"
+        );
+        l.on_tick().await;
+        for (s, n) in [(2, 45), (3, 52)] {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            l.on_message(report(s, n)).await;
+        }
+        let u = book.usage(&key).expect("usage");
+        assert_eq!((u.invocations, u.billed_duration_ms), (1_012, 50_240));
     }
 
     #[test]

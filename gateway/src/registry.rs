@@ -841,7 +841,10 @@ mod tests {
         e.add_environment(env("a", 1));
         assert_eq!(task.await.expect("join").expect("lease"), "a");
         let load = e.load();
-        assert!(load.idle_since.is_some(), "the invocation ended: idle since then");
+        assert!(
+            load.idle_since.is_some(),
+            "the invocation ended: idle since then"
+        );
         assert_eq!(
             LoadSnapshot {
                 idle_since: None,

@@ -139,6 +139,7 @@ impl ReportHub {
                 idle_ms: load
                     .idle_since
                     .map(|t| t.elapsed().as_millis().try_into().unwrap_or(u64::MAX)),
+                usage: Some(f.usage()),
             });
         }
         let sequence = self.tx.borrow().sequence + 1;
