@@ -226,6 +226,7 @@ fn bench_loop_tick(rt: &tokio::runtime::Runtime) {
                 ready_environments: 1,
                 invocations_total: 0,
                 idle_ms: None,
+                usage: None,
                 busy_environments: Default::default(),
             })
             .collect(),

@@ -84,6 +84,7 @@ fn report(gateway: &str, sequence: u64, poke: bool, concurrency: f64) -> Gateway
             ready_environments: 0,
             invocations_total: sequence,
             idle_ms: None,
+            usage: None,
             busy_environments: Default::default(),
         }],
     })

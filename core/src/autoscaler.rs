@@ -187,6 +187,19 @@ pub struct KeepAliveState {
     pub histogram: IdleHistogram,
 }
 
+/// The parts of a [`KeepAliveState`] a status shows, cheap to compare.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct KeepAliveSummary {
+    /// Fixed or adaptive.
+    pub policy: KeepAlive,
+    /// The decision for the current idle time.
+    pub decision: keepalive::Decision,
+    /// A pre-warm is ahead.
+    pub prewarm_ahead: bool,
+    /// Idle times recorded.
+    pub idle_times: u32,
+}
+
 impl KeepAliveState {
     /// When one environment is loaded again, if the function is idle and
     /// that is still ahead.
@@ -286,6 +299,23 @@ impl Autoscaler {
         match self.config.keep_alive {
             KeepAlive::Fixed => keepalive::Decision::fixed(self.config.scale_to_zero_after),
             KeepAlive::Adaptive => keepalive::decide(&self.idle, &self.params),
+        }
+    }
+
+    /// What a status shows of the keep-alive, without copying the
+    /// histogram: compared every tick, so that the full state is built only
+    /// when something changed.
+    pub fn keep_alive_summary(&self, now: Instant) -> KeepAliveSummary {
+        let decision = self.keep_alive_decision();
+        let idle_since = if self.busy_now { None } else { self.last_busy };
+        let prewarm_ahead = idle_since.is_some_and(|since| {
+            decision.prewarm_after > Duration::ZERO && since + decision.prewarm_after > now
+        });
+        KeepAliveSummary {
+            policy: self.config.keep_alive,
+            decision,
+            prewarm_ahead,
+            idle_times: self.idle.total(),
         }
     }
 

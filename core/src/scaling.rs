@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::autoscaler::{
     Autoscaler, AutoscalerConfig, Decision, DecisionReason, KeepAlive, KeepAliveState,
+    KeepAliveSummary,
 };
 use crate::keepalive::{self, IdleHistogram};
 use crate::report::{AggregatedLoad, DEFAULT_REPORT_STALE_AFTER};
@@ -86,13 +87,13 @@ impl KeepAliveRecord {
         }
     }
 
-    /// Whether `other` says something this one does not (the pre-warm time
-    /// itself moves with the clock; only whether there is one counts).
-    fn differs_from(&self, other: &KeepAliveRecord) -> bool {
-        self.policy != other.policy
-            || self.decision != other.decision
-            || self.next_prewarm.is_some() != other.next_prewarm.is_some()
-            || self.histogram.total() != other.histogram.total()
+    /// Whether `summary` says something this record does not (the pre-warm
+    /// time itself moves with the clock; only whether there is one counts).
+    fn differs_from(&self, summary: &KeepAliveSummary) -> bool {
+        self.policy != summary.policy
+            || self.decision != summary.decision
+            || self.next_prewarm.is_some() != summary.prewarm_ahead
+            || self.histogram.total() != summary.idle_times
     }
 }
 
@@ -116,6 +117,11 @@ impl ScaleBook {
     /// The record of a function.
     pub fn get(&self, key: &FunctionKey) -> Option<ScaleRecord> {
         self.records.read().ok()?.get(key).cloned()
+    }
+
+    /// Looks at a function's record in place (no copy).
+    fn inspect<R>(&self, key: &FunctionKey, f: impl FnOnce(&ScaleRecord) -> R) -> Option<R> {
+        self.records.read().ok()?.get(key).map(f)
     }
 
     /// Stores a record.
@@ -591,18 +597,23 @@ impl<S: ScaleSource, K: ScaleSink<S::Handle>> AutoscalerLoop<S, K> {
             &mut scaler.applied,
             &mut scaler.booked_before_creation,
         );
-        let keep_alive = KeepAliveRecord::new(scaler.autoscaler.keep_alive_state(), now);
+        let keep_alive = || KeepAliveRecord::new(scaler.autoscaler.keep_alive_state(), now);
         match step {
             Step::Keep => {
                 // New idle times or a new keep-alive reach the record (and
                 // the status with its next write) without a scaling change.
-                if let Some(mut record) = self.book.get(key)
-                    && record
-                        .keep_alive
+                // Compared in summary first: most ticks change nothing, and
+                // the full record copies the histogram.
+                let summary = scaler.autoscaler.keep_alive_summary(now);
+                let stale = self.book.inspect(key, |r| {
+                    r.keep_alive
                         .as_ref()
-                        .is_none_or(|k| k.differs_from(&keep_alive))
+                        .is_none_or(|k| k.differs_from(&summary))
+                });
+                if stale == Some(true)
+                    && let Some(mut record) = self.book.get(key)
                 {
-                    record.keep_alive = Some(keep_alive);
+                    record.keep_alive = Some(keep_alive());
                     self.book.set(key.clone(), record);
                 }
                 None
@@ -614,7 +625,7 @@ impl<S: ScaleSource, K: ScaleSink<S::Handle>> AutoscalerLoop<S, K> {
                         desired: decision.desired,
                         observed_concurrency: observed,
                         last_scale_time: scaler.last_scale_time.clone(),
-                        keep_alive: Some(keep_alive),
+                        keep_alive: Some(keep_alive()),
                     },
                 );
                 None
@@ -630,7 +641,7 @@ impl<S: ScaleSource, K: ScaleSink<S::Handle>> AutoscalerLoop<S, K> {
                     busy_environments: load.busy_environments.clone(),
                 },
                 panicking: decision.panicking,
-                keep_alive,
+                keep_alive: keep_alive(),
             }),
         }
     }
