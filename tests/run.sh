@@ -53,6 +53,17 @@ fi
 export PORCHLIGHT_NATS_SERVER="$nats_dir/nats-server"
 "$PORCHLIGHT_NATS_SERVER" --version
 
+step "helm for the chart's render test (built from the Go module into $cache/helm)"
+helm_version=v4.3.2
+helm_dir="$cache/helm/$helm_version"
+if [ ! -x "$helm_dir/helm" ]; then
+  command -v go >/dev/null || { echo "run.sh: go not found in PATH (it builds helm)" >&2; exit 1; }
+  echo "building helm $helm_version (cached for later runs)"
+  GOFLAGS=-mod=mod GOBIN="$helm_dir" timeout 900 go install "helm.sh/helm/v4/cmd/helm@$helm_version"
+fi
+export PORCHLIGHT_HELM="$helm_dir/helm"
+"$PORCHLIGHT_HELM" version --short
+
 step "cargo test --workspace"
 cargo test --workspace --locked -- --test-threads="${PORCHLIGHT_TEST_THREADS:-2}"
 

@@ -314,6 +314,13 @@ impl Ingress for Gateway {
     }
 
     fn metrics_text(&self) -> String {
+        for f in self.registry.all() {
+            let pending = i64::try_from(self.asynchronous.pending(&f)).unwrap_or(i64::MAX);
+            self.metrics
+                .async_pending
+                .with_label_values(&[f.name()])
+                .set(pending);
+        }
         let mut text = self.metrics.render();
         text.push_str(&self.budget.render());
         text

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub dead_letters_evicted: IntCounter,
     /// Async retries.
     pub async_retries: IntCounterVec,
+    /// Async events accepted and not finished (set when scraped).
+    pub async_pending: IntGaugeVec,
     /// Scaling decisions (local mode) by reason.
     pub scaling_decisions: IntCounterVec,
     /// Lambda API requests refused for their signature, by error type.
@@ -144,6 +146,12 @@ impl Metrics {
                 &r,
                 "porchlight_gateway_async_retries_total",
                 "Async invocations retried after a function error",
+                &["function"],
+            ),
+            async_pending: gauge(
+                &r,
+                "porchlight_gateway_async_pending_events",
+                "Async events accepted and not finished: stored in this gateway's own store, or running here when the store is shared (NATS)",
                 &["function"],
             ),
             scaling_decisions: counter(
