@@ -42,6 +42,10 @@ struct Environment {
     /// Marked after a failed connection: not routed to until a probe finds
     /// it answering again ([`FunctionEntry::recover_environment`]).
     unreachable: bool,
+    /// Its last answer said it re-initialises (after a timeout or a crash):
+    /// routed to only when no other environment has room, until an
+    /// invocation it runs afterwards ends.
+    reinit: bool,
     last_used: Instant,
     drained: Arc<Notify>,
     /// Notified when a probe gave up on it: whoever owns it replaces it.
@@ -194,6 +198,7 @@ pub struct Lease {
     entry: Arc<FunctionEntry>,
     env: EnvironmentInfo,
     released: bool,
+    reinit: bool,
 }
 
 impl Lease {
@@ -201,13 +206,19 @@ impl Lease {
     pub fn environment(&self) -> &EnvironmentInfo {
         &self.env
     }
+
+    /// The environment answered that it re-initialises: once the slot is
+    /// free, other environments with room are preferred to it.
+    pub fn environment_reinitialises(&mut self) {
+        self.reinit = true;
+    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         if !self.released {
             self.released = true;
-            self.entry.release(&self.env.id);
+            self.entry.release(&self.env.id, self.reinit);
         }
     }
 }
@@ -433,6 +444,7 @@ impl FunctionEntry {
             in_flight: 0,
             draining: false,
             unreachable: false,
+            reinit: false,
             last_used: Instant::now(),
             drained: Arc::new(Notify::new()),
             lost: Arc::new(Notify::new()),
@@ -533,7 +545,7 @@ impl FunctionEntry {
         }
     }
 
-    fn release(&self, id: &str) {
+    fn release(&self, id: &str, reinit: bool) {
         let mut st = lock(&self.dispatch);
         let Some(idx) = st.environments.iter().position(|e| &*e.info.id == id) else {
             return;
@@ -542,6 +554,8 @@ impl FunctionEntry {
             let e = &mut st.environments[idx];
             e.in_flight = e.in_flight.saturating_sub(1);
             e.last_used = Instant::now();
+            // The last answer says whether its runtime starts again.
+            e.reinit = reinit;
             if e.draining && e.in_flight == 0 {
                 e.drained.notify_one();
             }
@@ -570,13 +584,15 @@ impl FunctionEntry {
         }
     }
 
-    /// Takes a free slot at once, preferring the most recently used environment.
+    /// Takes a free slot at once, preferring the most recently used
+    /// environment that is not re-initialising (whose next event would wait
+    /// for an init).
     fn try_take(st: &mut DispatchState) -> Option<EnvironmentInfo> {
         let best = st
             .environments
             .iter_mut()
             .filter(|e| !e.draining && e.in_flight < e.info.capacity)
-            .max_by_key(|e| e.last_used)?;
+            .max_by_key(|e| (!e.reinit, e.last_used))?;
         best.in_flight += 1;
         best.last_used = Instant::now();
         Some(best.info.clone())
@@ -655,6 +671,7 @@ impl FunctionEntry {
             entry: self.clone(),
             env,
             released: false,
+            reinit: false,
         }
     }
 
@@ -881,6 +898,32 @@ mod tests {
         let _l4 = e.acquire(deadline).await.expect("lease");
         let r = e.acquire(deadline).await;
         assert!(matches!(r, Err(GatewayError::Throttled { .. })));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_environment_that_re_initialises_is_taken_last() {
+        let (_reg, e) = entry(10);
+        e.add_environment(env("warm", 1));
+        tokio::time::advance(Duration::from_millis(10)).await;
+        e.add_environment(env("reset", 1));
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut timed_out = e.acquire(deadline).await.expect("lease");
+        assert_eq!(&*timed_out.environment().id, "reset");
+        timed_out.environment_reinitialises();
+        drop(timed_out);
+        // Released last, yet the warm one is preferred while it has room.
+        let next = e.acquire(deadline).await.expect("lease");
+        assert_eq!(&*next.environment().id, "warm");
+        // With no other room it still takes events (they wait for its init),
+        // and one that ends normally makes it a plain environment again.
+        let other = e.acquire(deadline).await.expect("lease");
+        assert_eq!(&*other.environment().id, "reset");
+        drop(next);
+        tokio::time::advance(Duration::from_millis(10)).await;
+        drop(other);
+        let l = e.acquire(deadline).await.expect("lease");
+        assert_eq!(&*l.environment().id, "reset");
+        drop(l);
     }
 
     #[tokio::test(start_paused = true)]

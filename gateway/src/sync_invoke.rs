@@ -289,7 +289,7 @@ impl SyncInvoker {
                     (answer, lease)
                 })
             };
-            let Ok(((reply, held), lease)) = attempt.await else {
+            let Ok(((reply, held), mut lease)) = attempt.await else {
                 return Err(GatewayError::Service(
                     "The invocation ended without an answer.".into(),
                 ));
@@ -301,6 +301,9 @@ impl SyncInvoker {
                     status,
                     "environment answered with an unexpected status"
                 );
+            }
+            if let UpstreamReply::Reply(InvokeReply::Done { reinit: true, .. }) = &reply {
+                lease.environment_reinitialises();
             }
             match next_step(reply, request_id, timeout_seconds, &env.id) {
                 Step::Answer(result) => {
