@@ -80,6 +80,14 @@ pub mod header {
     pub const LOG_TYPE: &str = "x-amz-log-type";
     /// Base64 log tail in the Invoke API's answer (and in the shim's).
     pub const LOG_RESULT: &str = "x-amz-log-result";
+    /// Gateway to caller: how long the invocation queued in the gateway for
+    /// a slot on an environment, in milliseconds (only when it queued).
+    pub const WAITED_MS: &str = "x-porchlight-waited-ms";
+    /// Gateway to caller, with [`WAITED_MS`]: [`super::WAITED_FOR_COLD_START`]
+    /// when an environment of the function finished its init while the
+    /// invocation queued (it waited for a cold start, though not its own),
+    /// else [`super::WAITED_FOR_ENVIRONMENT`].
+    pub const WAITED_FOR: &str = "x-porchlight-waited-for";
     /// The version that ran (Invoke API).
     pub const EXECUTED_VERSION: &str = "x-amz-executed-version";
     /// AWS's request id header on every Invoke API answer.
@@ -87,6 +95,12 @@ pub mod header {
     /// The error type of an API error (AWS's JSON protocol).
     pub const AMZN_ERROR_TYPE: &str = "x-amzn-errortype";
 }
+
+/// [`header::WAITED_FOR`]: an environment finished its init while the
+/// invocation queued.
+pub const WAITED_FOR_COLD_START: &str = "cold-start";
+/// [`header::WAITED_FOR`]: the invocation queued for a busy environment.
+pub const WAITED_FOR_ENVIRONMENT: &str = "environment";
 
 /// The value of [`header::FUNCTION_ERROR`] for a function that failed.
 pub const UNHANDLED: &str = "Unhandled";

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::budget::{BudgetExceeded, MemoryBudget, Purpose, SharedHold};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
-use crate::registry::{DispatchConfig, EnvironmentInfo, FunctionEntry};
+use crate::registry::{DispatchConfig, EnvironmentInfo, FunctionEntry, Waited};
 use crate::upstream::{ANSWER_ROOM_WAIT, Readiness, UpstreamClient, UpstreamReply};
 use porchlight_core::LambdaError;
 use porchlight_core::error::fill_request_id;
@@ -73,6 +73,8 @@ pub struct InvocationResult {
     /// The body's bytes, held against the memory budget until the last
     /// clone of it is gone (sent to the caller, or dropped).
     pub held: SharedHold,
+    /// How it queued in the gateway for an environment (`None`: it did not).
+    pub waited: Option<Waited>,
 }
 
 impl InvocationResult {
@@ -268,10 +270,15 @@ impl SyncInvoker {
         let upstream_timeout = upstream_timeout(timeout_seconds);
         let mut unreachable = 0;
         let mut busy = 0;
+        let mut waited: Option<Waited> = None;
         loop {
             let lease = match entry.acquire(deadline).await {
                 Ok(lease) => lease,
                 Err(e) => return no_environment(e, entry.current_init_failure(), request_id),
+            };
+            waited = match (waited, lease.waited()) {
+                (Some(before), Some(now)) => Some(before.and(now)),
+                (before, now) => before.or(now),
             };
             let env = lease.environment().clone();
             // The attempt runs in a task of its own that holds the slot until
@@ -307,7 +314,7 @@ impl SyncInvoker {
             }
             match next_step(reply, request_id, timeout_seconds, &env.id) {
                 Step::Answer(result) => {
-                    return result.map(|r| InvocationResult { held, ..r });
+                    return result.map(|r| InvocationResult { held, waited, ..r });
                 }
                 Step::AnswerAndDrain(result) => {
                     tracing::warn!(
@@ -393,6 +400,7 @@ pub fn no_environment(
             environment: Arc::from("none"),
             log_result: None,
             held: SharedHold::default(),
+            waited: None,
         }),
         None => Err(refusal),
     }
@@ -429,6 +437,7 @@ pub fn next_step(
         environment: environment.clone(),
         log_result: None,
         held: SharedHold::default(),
+        waited: None,
     };
     match reply {
         UpstreamReply::Reply(InvokeReply::Done {
@@ -447,6 +456,7 @@ pub fn next_step(
             environment: environment.clone(),
             log_result,
             held: SharedHold::default(),
+            waited: None,
         })),
         UpstreamReply::Reply(InvokeReply::InitError { body }) => Step::Answer(Ok(
             function_error(fill_request_id(body, request_id), true),
