@@ -354,13 +354,23 @@ fn materialise(
         std::fs::create_dir_all(parent)
             .map_err(|e| err(file, format!("cannot create {}: {e}", parent.display())))?;
     }
-    std::fs::write(&target, source)
-        .map_err(|e| err(file, format!("cannot write {}: {e}", target.display())))?;
+    // This version may be written already (a reload reads every manifest
+    // again) and an environment may be reading it: it is left alone then,
+    // and otherwise written whole under another name and renamed into
+    // place, so that no reader ever sees a half-written file.
+    if std::fs::read(&target).is_ok_and(|written| written == source.as_bytes()) {
+        return Ok(root);
+    }
+    let partial = target.with_extension(format!("partial-{}", std::process::id()));
+    std::fs::write(&partial, source)
+        .map_err(|e| err(file, format!("cannot write {}: {e}", partial.display())))?;
     if spec.runtime == "provided" {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))
+        std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755))
             .map_err(|e| err(file, format!("cannot make bootstrap executable: {e}")))?;
     }
+    std::fs::rename(&partial, &target)
+        .map_err(|e| err(file, format!("cannot write {}: {e}", target.display())))?;
     Ok(root)
 }
 
