@@ -472,6 +472,8 @@ async fn run_local(
         if let Some(folder) = folder {
             source = source.watching(folder);
         }
+        // Before the listener serves its first request.
+        source.register(&gateway);
         let source = tokio::spawn(source.run(gateway, stop));
         println!("{text}");
         source

@@ -259,6 +259,17 @@ impl LocalSource {
         }
     }
 
+    /// Registers the functions (without environments yet), so that they
+    /// are served from the first request on; [`LocalSource::run`] finds
+    /// them registered.
+    pub fn register(&self, gateway: &Gateway) {
+        for f in &self.functions {
+            gateway
+                .registry()
+                .upsert(f.key.clone(), f.spec.clone(), f.settings.clone());
+        }
+    }
+
     /// Watches the folder the functions came from and applies its changes.
     pub fn watching(mut self, folder: FolderSettings) -> Self {
         self.folder = Some(folder);
