@@ -64,6 +64,10 @@ pub mod header {
     /// How long the invocation ran in the environment, in milliseconds
     /// (what Lambda's REPORT line calls Duration; billing rounds it up).
     pub const DURATION_MS: &str = "x-porchlight-duration-ms";
+    /// `true` when the environment restarts its runtime after this
+    /// invocation (a timeout, a crash): the next event it takes waits for
+    /// a new init.
+    pub const REINIT: &str = "x-porchlight-reinit";
     /// `Unhandled` when the function failed (Lambda's header).
     pub const FUNCTION_ERROR: &str = "x-amz-function-error";
     /// X-Ray trace header, passed to the runtime as `_X_AMZN_TRACE_ID`.
@@ -78,6 +82,14 @@ pub mod header {
     pub const LOG_TYPE: &str = "x-amz-log-type";
     /// Base64 log tail in the Invoke API's answer (and in the shim's).
     pub const LOG_RESULT: &str = "x-amz-log-result";
+    /// Gateway to caller: how long the invocation queued in the gateway for
+    /// a slot on an environment, in milliseconds (only when it queued).
+    pub const WAITED_MS: &str = "x-porchlight-waited-ms";
+    /// Gateway to caller, with [`WAITED_MS`]: [`super::WAITED_FOR_COLD_START`]
+    /// when an environment of the function finished its init while the
+    /// invocation queued (it waited for a cold start, though not its own),
+    /// else [`super::WAITED_FOR_ENVIRONMENT`].
+    pub const WAITED_FOR: &str = "x-porchlight-waited-for";
     /// The version that ran (Invoke API).
     pub const EXECUTED_VERSION: &str = "x-amz-executed-version";
     /// AWS's request id header on every Invoke API answer.
@@ -85,6 +97,12 @@ pub mod header {
     /// The error type of an API error (AWS's JSON protocol).
     pub const AMZN_ERROR_TYPE: &str = "x-amzn-errortype";
 }
+
+/// [`header::WAITED_FOR`]: an environment finished its init while the
+/// invocation queued.
+pub const WAITED_FOR_COLD_START: &str = "cold-start";
+/// [`header::WAITED_FOR`]: the invocation queued for a busy environment.
+pub const WAITED_FOR_ENVIRONMENT: &str = "environment";
 
 /// The value of [`header::FUNCTION_ERROR`] for a function that failed.
 pub const UNHANDLED: &str = "Unhandled";
@@ -110,6 +128,9 @@ pub enum InvokeReply {
         /// The base64 tail of the invocation's log, when it was asked for
         /// with [`header::LOG_TYPE`] `Tail`.
         log_result: Option<String>,
+        /// The environment restarts its runtime after this invocation
+        /// ([`header::REINIT`]).
+        reinit: bool,
     },
     /// 502: init failed; the body is the init error.
     InitError {
@@ -155,6 +176,7 @@ impl InvokeReply {
             cold_start_ms: None,
             duration_ms: None,
             log_result: None,
+            reinit: false,
         }
     }
 
@@ -167,6 +189,7 @@ impl InvokeReply {
             cold_start_ms: None,
             duration_ms: None,
             log_result: None,
+            reinit: false,
         }
     }
 
@@ -182,6 +205,15 @@ impl InvokeReply {
     pub fn with_duration(mut self, ms: f64) -> Self {
         if let InvokeReply::Done { duration_ms, .. } = &mut self {
             *duration_ms = Some(ms);
+        }
+        self
+    }
+
+    /// Marks a `Done` reply as the last of its runtime: the environment
+    /// re-initialises before its next event.
+    pub fn with_reinit(mut self) -> Self {
+        if let InvokeReply::Done { reinit, .. } = &mut self {
+            *reinit = true;
         }
         self
     }
@@ -252,8 +284,15 @@ impl InvokeReply {
                 cold_start_ms,
                 duration_ms,
                 log_result,
+                reinit,
                 ..
             } => {
+                if reinit {
+                    headers.insert(
+                        HeaderName::from_static(header::REINIT),
+                        HeaderValue::from_static("true"),
+                    );
+                }
                 // Full precision: billing rounds it up, and must round the
                 // same number the REPORT line does.
                 if let Some(v) =
@@ -307,6 +346,7 @@ impl InvokeReply {
                     cold_start_ms,
                     duration_ms: text(header::DURATION_MS).and_then(|v| v.parse().ok()),
                     log_result: text(header::LOG_RESULT).map(str::to_string),
+                    reinit: text(header::REINIT).is_some_and(|v| v.eq_ignore_ascii_case("true")),
                     body,
                 }
             }
@@ -376,7 +416,7 @@ mod tests {
                 .with_duration(101.25),
             InvokeReply::ok(Bytes::from_static(b"{}"), None).with_duration(0.5),
             InvokeReply::unhandled(error("ValueError")).with_log_result("U1RBUlQK".into()),
-            InvokeReply::unhandled(error("Sandbox.Timeout")),
+            InvokeReply::unhandled(error("Sandbox.Timeout")).with_reinit(),
             InvokeReply::unhandled(error("Runtime.ExitError")).with_cold_start(3.25),
             InvokeReply::InitError {
                 body: error("Runtime.ImportModuleError"),

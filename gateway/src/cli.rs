@@ -14,7 +14,7 @@ use crate::gateway::{Gateway, GatewayConfig};
 use crate::listener::ListenerLimits;
 use crate::local::manifests::{LoadedFunction, load_dir};
 use crate::local::process::{Launcher, run_embedded_shim};
-use crate::local::{LocalConfig, LocalSource};
+use crate::local::{FolderSettings, LocalConfig, LocalSource};
 use crate::queue::EventQueue;
 use crate::queue::local::LocalQueue;
 use crate::queue::nats::{NatsQueue, NatsSettings};
@@ -193,6 +193,12 @@ pub struct Cli {
     /// own output is still printed; `--log-type Tail` still has them).
     #[arg(long, short = 'q', env = "PORCHLIGHT_QUIET")]
     pub quiet: bool,
+    /// Local mode: do not watch the folder. By default a new, changed or
+    /// deleted manifest, or a changed file under a function's `code.path`,
+    /// applies at once; with this flag the functions stay as they were at
+    /// start (for CI-like runs).
+    #[arg(long, env = "PORCHLIGHT_NO_WATCH")]
+    pub no_watch: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -373,7 +379,12 @@ fn run(cli: Cli) -> ExitCode {
         stop_grace: Duration::from_secs(2),
         quiet: cli.quiet,
     };
-    let code = runtime.block_on(run_local(cli, dir, functions, local));
+    let folder = (!cli.no_watch).then(|| FolderSettings {
+        dir: dir.clone(),
+        code_dir: code_dir.clone(),
+        secrets_dir: cli.secrets_dir.clone(),
+    });
+    let code = runtime.block_on(run_local(cli, dir, functions, local, folder));
     let _ = std::fs::remove_dir_all(&code_dir);
     code
 }
@@ -446,17 +457,37 @@ fn banner(
     out
 }
 
+/// The banner's line about reloading.
+fn watch_line(dir: &std::path::Path, watching: bool) -> String {
+    if watching {
+        format!(
+            "  reload: watching {} (manifests and code.path folders); changes apply on the next invocation (--no-watch to turn off)\n",
+            dir.display()
+        )
+    } else {
+        "  reload: off (--no-watch); restart to apply changes\n".to_string()
+    }
+}
+
 async fn run_local(
     cli: Cli,
     dir: PathBuf,
     functions: Vec<LoadedFunction>,
     local: LocalConfig,
+    folder: Option<FolderSettings>,
 ) -> ExitCode {
     let signed = cli.auth_keys.is_some();
     serve(cli, move |gateway, addr, stop, _shutdown| {
         let mut text = banner(addr, &dir, &functions, signed);
         text.push_str(&format!("  async events: {}\n", gateway.describe_queue()));
-        let source = tokio::spawn(LocalSource::new(local, functions).run(gateway, stop));
+        text.push_str(&watch_line(&dir, folder.is_some()));
+        let mut source = LocalSource::new(local, functions);
+        if let Some(folder) = folder {
+            source = source.watching(folder);
+        }
+        // Before the listener serves its first request.
+        source.register(&gateway);
+        let source = tokio::spawn(source.run(gateway, stop));
         println!("{text}");
         source
     })

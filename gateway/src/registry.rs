@@ -42,6 +42,10 @@ struct Environment {
     /// Marked after a failed connection: not routed to until a probe finds
     /// it answering again ([`FunctionEntry::recover_environment`]).
     unreachable: bool,
+    /// Its last answer said it re-initialises (after a timeout or a crash):
+    /// routed to only when no other environment has room, until an
+    /// invocation it runs afterwards ends.
+    reinit: bool,
     last_used: Instant,
     drained: Arc<Notify>,
     /// Notified when a probe gave up on it: whoever owns it replaces it.
@@ -52,16 +56,42 @@ struct Environment {
 #[derive(Debug)]
 struct Grant {
     env: EnvironmentInfo,
+    /// An environment was added (finished its init) while it waited.
+    after_cold_start: bool,
 }
 
 struct Waiter {
     id: u64,
     tx: oneshot::Sender<Grant>,
+    /// [`DispatchState::environments_added`] when it began to wait.
+    added_before: u64,
+}
+
+/// How an invocation waited for its slot.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Waited {
+    /// How long it queued.
+    pub duration: Duration,
+    /// An environment of the function finished its init meanwhile: the
+    /// invocation waited for a cold start (its own, or one before it).
+    pub for_cold_start: bool,
+}
+
+impl Waited {
+    /// Both waits of an invocation tried twice, as one.
+    pub fn and(self, other: Waited) -> Waited {
+        Waited {
+            duration: self.duration + other.duration,
+            for_cold_start: self.for_cold_start || other.for_cold_start,
+        }
+    }
 }
 
 #[derive(Default)]
 struct DispatchState {
     environments: Vec<Environment>,
+    /// Environments added so far (each one's init has just finished).
+    environments_added: u64,
     waiters: VecDeque<Waiter>,
     next_waiter: u64,
     /// The init error the platform reports for the function, if any.
@@ -198,6 +228,8 @@ pub struct Lease {
     entry: Arc<FunctionEntry>,
     env: EnvironmentInfo,
     released: bool,
+    reinit: bool,
+    waited: Option<Waited>,
 }
 
 impl Lease {
@@ -205,13 +237,24 @@ impl Lease {
     pub fn environment(&self) -> &EnvironmentInfo {
         &self.env
     }
+
+    /// How the invocation waited for this slot (`None`: taken at once).
+    pub fn waited(&self) -> Option<Waited> {
+        self.waited
+    }
+
+    /// The environment answered that it re-initialises: once the slot is
+    /// free, other environments with room are preferred to it.
+    pub fn environment_reinitialises(&mut self) {
+        self.reinit = true;
+    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         if !self.released {
             self.released = true;
-            self.entry.release(&self.env.id);
+            self.entry.release(&self.env.id, self.reinit);
         }
     }
 }
@@ -441,10 +484,12 @@ impl FunctionEntry {
             in_flight: 0,
             draining: false,
             unreachable: false,
+            reinit: false,
             last_used: Instant::now(),
             drained: Arc::new(Notify::new()),
             lost: Arc::new(Notify::new()),
         });
+        st.environments_added += 1;
         let idx = st.environments.len() - 1;
         Self::hand_out(&mut st, idx);
     }
@@ -541,7 +586,7 @@ impl FunctionEntry {
         }
     }
 
-    fn release(&self, id: &str) {
+    fn release(&self, id: &str, reinit: bool) {
         let mut st = lock(&self.dispatch);
         let Some(idx) = st.environments.iter().position(|e| &*e.info.id == id) else {
             return;
@@ -550,6 +595,8 @@ impl FunctionEntry {
             let e = &mut st.environments[idx];
             e.in_flight = e.in_flight.saturating_sub(1);
             e.last_used = Instant::now();
+            // The last answer says whether its runtime starts again.
+            e.reinit = reinit;
             if e.draining && e.in_flight == 0 {
                 e.drained.notify_one();
             }
@@ -570,6 +617,7 @@ impl FunctionEntry {
             };
             let grant = Grant {
                 env: e.info.clone(),
+                after_cold_start: st.environments_added > waiter.added_before,
             };
             if waiter.tx.send(grant).is_ok() {
                 let e = &mut st.environments[idx];
@@ -579,13 +627,15 @@ impl FunctionEntry {
         }
     }
 
-    /// Takes a free slot at once, preferring the most recently used environment.
+    /// Takes a free slot at once, preferring the most recently used
+    /// environment that is not re-initialising (whose next event would wait
+    /// for an init).
     fn try_take(st: &mut DispatchState) -> Option<EnvironmentInfo> {
         let best = st
             .environments
             .iter_mut()
             .filter(|e| !e.draining && e.in_flight < e.info.capacity)
-            .max_by_key(|e| e.last_used)?;
+            .max_by_key(|e| (!e.reinit, e.last_used))?;
         best.in_flight += 1;
         best.last_used = Instant::now();
         Some(best.info.clone())
@@ -603,7 +653,7 @@ impl FunctionEntry {
         let (waiter_id, rx, at_zero) = {
             let mut st = lock(&self.dispatch);
             if let Some(env) = Self::try_take(&mut st) {
-                return Ok(self.lease(env));
+                return Ok(self.lease(env, None));
             }
             if st.waiters.len() >= self.queue_depth {
                 return Err(GatewayError::Throttled {
@@ -625,15 +675,30 @@ impl FunctionEntry {
             let (tx, rx) = oneshot::channel();
             let id = st.next_waiter;
             st.next_waiter += 1;
-            st.waiters.push_back(Waiter { id, tx });
+            let added_before = st.environments_added;
+            st.waiters.push_back(Waiter {
+                id,
+                tx,
+                added_before,
+            });
             (id, rx, at_zero)
+        };
+        let queued_at = Instant::now();
+        let waited = |grant: &Grant| {
+            Some(Waited {
+                duration: queued_at.elapsed(),
+                for_cold_start: grant.after_cold_start,
+            })
         };
         if at_zero {
             self.demand.poke();
         }
         let mut rx = rx;
         match tokio::time::timeout_at(deadline, &mut rx).await {
-            Ok(Ok(grant)) => Ok(self.lease(grant.env)),
+            Ok(Ok(grant)) => {
+                let waited = waited(&grant);
+                Ok(self.lease(grant.env, waited))
+            }
             Ok(Err(_)) => Err(GatewayError::ShuttingDown),
             Err(_) => {
                 let had_ready = {
@@ -643,7 +708,8 @@ impl FunctionEntry {
                 };
                 // A grant may have arrived between the timeout and the lock.
                 if let Ok(grant) = rx.try_recv() {
-                    return Ok(self.lease(grant.env));
+                    let waited = waited(&grant);
+                    return Ok(self.lease(grant.env, waited));
                 }
                 if had_ready {
                     Err(GatewayError::Throttled {
@@ -659,11 +725,13 @@ impl FunctionEntry {
         }
     }
 
-    fn lease(self: &Arc<Self>, env: EnvironmentInfo) -> Lease {
+    fn lease(self: &Arc<Self>, env: EnvironmentInfo, waited: Option<Waited>) -> Lease {
         Lease {
             entry: self.clone(),
             env,
             released: false,
+            reinit: false,
+            waited,
         }
     }
 
@@ -840,6 +908,9 @@ mod tests {
         assert_eq!(e.load().queued, 1);
         e.add_environment(env("a", 1));
         assert_eq!(task.await.expect("join").expect("lease"), "a");
+        // Taken at once: no wait to tell.
+        let warm = e.acquire(Instant::now() + Duration::from_secs(1)).await;
+        assert_eq!(warm.expect("lease").waited(), None);
         let load = e.load();
         assert!(
             load.idle_since.is_some(),
@@ -899,6 +970,75 @@ mod tests {
         let _l4 = e.acquire(deadline).await.expect("lease");
         let r = e.acquire(deadline).await;
         assert!(matches!(r, Err(GatewayError::Throttled { .. })));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_queued_behind_a_cold_start_is_told_so() {
+        let (_reg, e) = entry(10);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let waiting = |e: &Arc<FunctionEntry>| {
+            let e = e.clone();
+            tokio::spawn(async move {
+                let lease = e.acquire(deadline).await.expect("lease");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                (lease.environment().id.to_string(), lease.waited())
+            })
+        };
+        let first = waiting(&e);
+        let second = waiting(&e);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        // The environment's init finishes: the first takes its slot, the
+        // second gets it after the first (a warm slot, but it waited for
+        // the cold start all the same).
+        e.add_environment(env("a", 1));
+        let (id, waited) = first.await.expect("join");
+        assert_eq!(id, "a");
+        let waited = waited.expect("queued");
+        assert!(waited.for_cold_start);
+        assert_eq!(waited.duration, Duration::from_millis(400));
+        let (_, waited) = second.await.expect("join");
+        let waited = waited.expect("queued");
+        assert!(waited.for_cold_start);
+        assert_eq!(waited.duration, Duration::from_millis(500));
+        // Queued for a busy environment only: not a cold start's wait.
+        let busy = e.acquire(deadline).await.expect("lease");
+        let third = waiting(&e);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(busy);
+        let (_, waited) = third.await.expect("join");
+        assert_eq!(
+            waited,
+            Some(Waited {
+                duration: Duration::from_millis(50),
+                for_cold_start: false
+            })
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_environment_that_re_initialises_is_taken_last() {
+        let (_reg, e) = entry(10);
+        e.add_environment(env("warm", 1));
+        tokio::time::advance(Duration::from_millis(10)).await;
+        e.add_environment(env("reset", 1));
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut timed_out = e.acquire(deadline).await.expect("lease");
+        assert_eq!(&*timed_out.environment().id, "reset");
+        timed_out.environment_reinitialises();
+        drop(timed_out);
+        // Released last, yet the warm one is preferred while it has room.
+        let next = e.acquire(deadline).await.expect("lease");
+        assert_eq!(&*next.environment().id, "warm");
+        // With no other room it still takes events (they wait for its init),
+        // and one that ends normally makes it a plain environment again.
+        let other = e.acquire(deadline).await.expect("lease");
+        assert_eq!(&*other.environment().id, "reset");
+        drop(next);
+        tokio::time::advance(Duration::from_millis(10)).await;
+        drop(other);
+        let l = e.acquire(deadline).await.expect("lease");
+        assert_eq!(&*l.environment().id, "reset");
+        drop(l);
     }
 
     #[tokio::test(start_paused = true)]

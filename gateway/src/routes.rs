@@ -475,9 +475,25 @@ async fn invoke_inner(
     Ok(response)
 }
 
-/// Tells the caller which environment ran the event and whether it was a
-/// cold start (with the init duration), for load tools and debugging.
+/// Tells the caller which environment ran the event, whether it was a
+/// cold start (with the init duration) and how it queued for an
+/// environment, for load tools and debugging.
 fn environment_headers(h: &mut HeaderMap, result: &InvocationResult) {
+    if let Some(waited) = result.waited {
+        if let Ok(v) =
+            HeaderValue::from_str(&format!("{:.1}", waited.duration.as_secs_f64() * 1000.0))
+        {
+            h.insert(header::WAITED_MS, v);
+        }
+        h.insert(
+            header::WAITED_FOR,
+            HeaderValue::from_static(if waited.for_cold_start {
+                porchlight_core::invoke::WAITED_FOR_COLD_START
+            } else {
+                porchlight_core::invoke::WAITED_FOR_ENVIRONMENT
+            }),
+        );
+    }
     if let Ok(v) = HeaderValue::from_str(&result.environment) {
         h.insert(header::ENVIRONMENT, v);
     }

@@ -17,7 +17,7 @@ use crate::budget::{BudgetExceeded, MemoryBudget, Purpose, SharedHold};
 use crate::error::GatewayError;
 use crate::forwarded::Forwarded;
 use crate::metrics::Metrics;
-use crate::registry::{DispatchConfig, EnvironmentInfo, FunctionEntry};
+use crate::registry::{DispatchConfig, EnvironmentInfo, FunctionEntry, Waited};
 use crate::telemetry;
 use crate::upstream::{ANSWER_ROOM_WAIT, Readiness, UpstreamClient, UpstreamReply};
 use porchlight_core::LambdaError;
@@ -78,6 +78,8 @@ pub struct InvocationResult {
     /// The body's bytes, held against the memory budget until the last
     /// clone of it is gone (sent to the caller, or dropped).
     pub held: SharedHold,
+    /// How it queued in the gateway for an environment (`None`: it did not).
+    pub waited: Option<Waited>,
 }
 
 impl InvocationResult {
@@ -261,17 +263,22 @@ impl SyncInvoker {
         let upstream_timeout = upstream_timeout(timeout_seconds);
         let mut unreachable = 0;
         let mut busy = 0;
+        let mut waited: Option<Waited> = None;
         loop {
             let resumes = forwarded.resumes.as_ref();
-            let waited = entry
+            let acquired = entry
                 .acquire(deadline)
                 .instrument(telemetry::queue_wait(resumes))
                 .await;
-            let lease = match waited {
+            let lease = match acquired {
                 Ok(lease) => lease,
                 Err(e) => return no_environment(e, entry.current_init_failure(), request_id),
             };
             let acquired = telemetry::enabled().then(SystemTime::now);
+            waited = match (waited, lease.waited()) {
+                (Some(before), Some(now)) => Some(before.and(now)),
+                (before, now) => before.or(now),
+            };
             let env = lease.environment().clone();
             let span = telemetry::invoke(&env.id, resumes);
             let pass = forwarded.pass_on(telemetry::traceparent_of(&span));
@@ -293,7 +300,7 @@ impl SyncInvoker {
                     .instrument(span),
                 )
             };
-            let Ok(((reply, held), lease)) = attempt.await else {
+            let Ok(((reply, held), mut lease)) = attempt.await else {
                 return Err(GatewayError::Service(
                     "The invocation ended without an answer.".into(),
                 ));
@@ -306,12 +313,15 @@ impl SyncInvoker {
                     "environment answered with an unexpected status"
                 );
             }
+            if let UpstreamReply::Reply(InvokeReply::Done { reinit: true, .. }) = &reply {
+                lease.environment_reinitialises();
+            }
             match next_step(reply, request_id, timeout_seconds, &env.id) {
                 Step::Answer(result) => {
                     if let (Ok(r), Some(acquired)) = (&result, acquired) {
                         record_cold_start(r, acquired, resumes);
                     }
-                    return result.map(|r| InvocationResult { held, ..r });
+                    return result.map(|r| InvocationResult { held, waited, ..r });
                 }
                 Step::AnswerAndDrain(result) => {
                     tracing::warn!(
@@ -421,6 +431,7 @@ pub fn no_environment(
             environment: Arc::from("none"),
             log_result: None,
             held: SharedHold::default(),
+            waited: None,
         }),
         None => Err(refusal),
     }
@@ -457,6 +468,7 @@ pub fn next_step(
         environment: environment.clone(),
         log_result: None,
         held: SharedHold::default(),
+        waited: None,
     };
     match reply {
         UpstreamReply::Reply(InvokeReply::Done {
@@ -475,6 +487,7 @@ pub fn next_step(
             environment: environment.clone(),
             log_result,
             held: SharedHold::default(),
+            waited: None,
         })),
         UpstreamReply::Reply(InvokeReply::InitError { body }) => Step::Answer(Ok(
             function_error(fill_request_id(body, request_id), true),

@@ -1411,6 +1411,7 @@ mod routes {
                 environment: Arc::from("env"),
                 log_result: None,
                 held: Default::default(),
+                waited: None,
             }),
         })
     }
@@ -1557,6 +1558,7 @@ mod routes {
                 environment: Arc::from(c.environment.as_str()),
                 log_result: None,
                 held: Default::default(),
+                waited: None,
             };
             let (status, body) = runtime.block_on(async {
                 let response =

@@ -351,14 +351,19 @@ fn reply_for(outcome: Outcome, request_id: &str, settings: &Settings) -> InvokeR
                 "Response payload size exceeded maximum allowed payload size ({MAX_PAYLOAD_BYTES} bytes)."
             ),
         )),
+        // The runtime is gone or about to be killed: the next event waits
+        // for a new init, which the gateway is told so that it prefers a
+        // warm environment.
         Outcome::Answer(RuntimeAnswer::Exited { status }) => unhandled(LambdaError::new(
             "Runtime.ExitError",
             format!("RequestId: {request_id} Error: Runtime exited with error: {status}"),
-        )),
+        ))
+        .with_reinit(),
         Outcome::Timeout => unhandled(LambdaError::new(
             "Sandbox.Timeout",
             settings.timeout_message(),
-        )),
+        ))
+        .with_reinit(),
         Outcome::InitError(error) => InvokeReply::InitError {
             body: porchlight_core::error::fill_request_id(error.body, request_id),
         },
@@ -611,6 +616,18 @@ mod tests {
         let timeout = reply_for(Outcome::Timeout, "r-1", &settings());
         let message: Value = serde_json::from_slice(timeout.body()).unwrap();
         assert_eq!(message["errorMessage"], "Task timed out after 1.50 seconds");
+        // Both end their runtime; an answer does not.
+        let reinit = |r: &InvokeReply| matches!(r, InvokeReply::Done { reinit: true, .. });
+        assert!(reinit(&timeout) && reinit(&crash));
+        let handled = reply_for(
+            Outcome::Answer(RuntimeAnswer::Response {
+                body: Bytes::from_static(b"1"),
+                content_type: None,
+            }),
+            "r-2",
+            &settings(),
+        );
+        assert!(!reinit(&handled));
     }
 
     #[test]

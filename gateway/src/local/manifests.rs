@@ -50,32 +50,43 @@ fn err(file: &Path, problem: impl Into<String>) -> ManifestError {
     }
 }
 
-/// Parses every `*.yaml`/`*.yml` in `dir` (sorted), skipping documents of
-/// other kinds. Code is not materialised yet.
-pub fn parse_dir(dir: &Path) -> Result<Vec<(PathBuf, Function)>, ManifestError> {
+/// The `*.yaml`/`*.yml` files in `dir`, sorted.
+pub fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, ManifestError> {
     let entries =
         std::fs::read_dir(dir).map_err(|e| err(dir, format!("cannot read directory: {e}")))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && p.extension()
-                    .and_then(|x| x.to_str())
-                    .is_some_and(|x| x == "yaml" || x == "yml")
-        })
+        .filter(|p| p.is_file() && is_manifest(p))
         .collect();
     files.sort();
+    Ok(files)
+}
+
+/// Whether `path` names a manifest by its extension (`.yaml`, `.yml`).
+pub fn is_manifest(path: &Path) -> bool {
+    path.extension()
+        .and_then(|x| x.to_str())
+        .is_some_and(|x| x == "yaml" || x == "yml")
+}
+
+/// Parses every manifest in `dir` (sorted), skipping documents of other
+/// kinds. Code is not materialised yet.
+pub fn parse_dir(dir: &Path) -> Result<Vec<(PathBuf, Function)>, ManifestError> {
     let mut out = Vec::new();
-    for file in files {
-        let text =
-            std::fs::read_to_string(&file).map_err(|e| err(&file, format!("cannot read: {e}")))?;
+    for file in manifest_files(dir)? {
         out.extend(
-            parse_manifest(&file, &text)?
+            parse_file(&file)?
                 .into_iter()
                 .map(|function| (file.clone(), function)),
         );
     }
     Ok(out)
+}
+
+/// Reads and parses one manifest file.
+pub fn parse_file(file: &Path) -> Result<Vec<Function>, ManifestError> {
+    let text = std::fs::read_to_string(file).map_err(|e| err(file, format!("cannot read: {e}")))?;
+    parse_manifest(file, &text)
 }
 
 /// Parses the text of one manifest file (`file` names it in errors and
@@ -127,16 +138,39 @@ pub fn load_dir(
 ) -> Result<Vec<LoadedFunction>, ManifestError> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
-    for (file, function) in parse_dir(dir)? {
+    for file in manifest_files(dir)? {
+        for f in load_file(&file, code_dir, secrets_dir)? {
+            if !seen.insert(f.key.name.clone()) {
+                return Err(err(
+                    &file,
+                    format!("function '{}' is defined twice", f.key.name),
+                ));
+            }
+            out.push(f);
+        }
+    }
+    Ok(out)
+}
+
+/// Reads, validates and materialises the functions of one manifest file
+/// (see [`load_dir`]); a name defined twice in it is a problem.
+pub fn load_file(
+    file: &Path,
+    code_dir: &Path,
+    secrets_dir: Option<&Path>,
+) -> Result<Vec<LoadedFunction>, ManifestError> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for function in parse_file(file)? {
         let name = function
             .metadata
             .name
             .clone()
             .filter(|n| !n.is_empty())
-            .ok_or_else(|| err(&file, "metadata.name is missing"))?;
+            .ok_or_else(|| err(file, "metadata.name is missing"))?;
         if !valid_name(&name) {
             return Err(err(
-                &file,
+                file,
                 format!("metadata.name '{name}' must be a DNS label (a-z, 0-9, '-')"),
             ));
         }
@@ -146,24 +180,24 @@ pub fn load_dir(
             .clone()
             .unwrap_or_else(|| "default".into());
         if !seen.insert(name.clone()) {
-            return Err(err(&file, format!("function '{name}' is defined twice")));
+            return Err(err(file, format!("function '{name}' is defined twice")));
         }
         let spec = function.spec;
-        let settings = spec.validate().map_err(|problems| {
-            err(&file, format!("function '{name}': {}", problems.join("; ")))
-        })?;
+        let settings = spec
+            .validate()
+            .map_err(|problems| err(file, format!("function '{name}': {}", problems.join("; "))))?;
         let resolved_env =
             resolve_env_sources(&spec, secrets_dir, |var| std::env::var_os(var).is_some())
                 .map_err(|problems| {
-                    err(&file, format!("function '{name}': {}", problems.join("; ")))
+                    err(file, format!("function '{name}': {}", problems.join("; ")))
                 })?;
-        let task_root = materialise(&file, &name, &spec, code_dir)?;
+        let task_root = materialise(file, &name, &spec, code_dir)?;
         out.push(LoadedFunction {
             key: FunctionKey::new(namespace, name),
             spec,
             settings,
             task_root,
-            file,
+            file: file.to_path_buf(),
             resolved_env,
         });
     }
@@ -248,6 +282,14 @@ pub fn resolve_env_sources(
     }
 }
 
+/// A short name for one version of inline code (what decides its files).
+fn code_version(runtime: &str, handler: Option<&str>, source: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    (runtime, handler, source).hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
 fn valid_name(name: &str) -> bool {
     name.len() <= 63
         && name
@@ -285,7 +327,13 @@ fn materialise(
             ),
         ));
     };
-    let root = code_dir.join(name);
+    // One folder per version of the code: an environment started before an
+    // edit keeps reading the files it started with (a re-init after a
+    // timeout included), and the next version never meets a stale cache.
+    let root =
+        code_dir
+            .join(name)
+            .join(code_version(&spec.runtime, spec.handler.as_deref(), source));
     std::fs::create_dir_all(&root)
         .map_err(|e| err(file, format!("cannot create {}: {e}", root.display())))?;
     let target = if spec.runtime == "provided" {
@@ -306,13 +354,23 @@ fn materialise(
         std::fs::create_dir_all(parent)
             .map_err(|e| err(file, format!("cannot create {}: {e}", parent.display())))?;
     }
-    std::fs::write(&target, source)
-        .map_err(|e| err(file, format!("cannot write {}: {e}", target.display())))?;
+    // This version may be written already (a reload reads every manifest
+    // again) and an environment may be reading it: it is left alone then,
+    // and otherwise written whole under another name and renamed into
+    // place, so that no reader ever sees a half-written file.
+    if std::fs::read(&target).is_ok_and(|written| written == source.as_bytes()) {
+        return Ok(root);
+    }
+    let partial = target.with_extension(format!("partial-{}", std::process::id()));
+    std::fs::write(&partial, source)
+        .map_err(|e| err(file, format!("cannot write {}: {e}", partial.display())))?;
     if spec.runtime == "provided" {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))
+        std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755))
             .map_err(|e| err(file, format!("cannot make bootstrap executable: {e}")))?;
     }
+    std::fs::rename(&partial, &target)
+        .map_err(|e| err(file, format!("cannot write {}: {e}", target.display())))?;
     Ok(root)
 }
 
@@ -341,8 +399,18 @@ mod tests {
         assert_eq!(fns.len(), 2);
         assert_eq!(fns[0].key, FunctionKey::new("default", "a"));
         assert_eq!(fns[1].key.namespace, "team");
-        assert!(code.join("a/pkg/app.py").is_file());
-        assert!(code.join("b/app.py").is_file());
+        assert!(fns[0].task_root.join("pkg/app.py").is_file());
+        assert!(fns[0].task_root.starts_with(code.join("a")));
+        assert!(fns[1].task_root.join("app.py").is_file());
+        // Another version of the code gets a folder of its own.
+        std::fs::write(
+            dir.join("fns.yaml"),
+            "apiVersion: porchlight.dev/v1alpha1\nkind: Function\nmetadata: {name: a}\nspec:\n  handler: pkg.app.h\n  code: {inline: 'def h(e, c): return 2'}\n",
+        )
+        .expect("write");
+        let again = load_dir(&dir, &code, None).expect("valid");
+        assert_ne!(again[0].task_root, fns[0].task_root);
+        assert!(fns[0].task_root.join("pkg/app.py").is_file());
     }
 
     #[test]

@@ -9,13 +9,25 @@
 //! those that crash (with backoff). Each environment has a task that owns its
 //! process: it waits for `/ready`, adds the environment to the registry, and
 //! on stop drains it, then SIGTERMs its process group.
+//!
+//! Unless told not to, it watches its folder (`watcher.rs`): a new, changed or
+//! deleted manifest, or a changed file under a function's `code.path`, is
+//! read again (`reload.rs`) and applied at once. A new function is
+//! registered, a deleted one unregistered (callers get
+//! `ResourceNotFoundException`) and a changed one redefined in place; the
+//! environments of a changed or deleted function drain (their invocations
+//! in flight finish with the code they started with) and a changed one gets
+//! new environments, as many as the autoscaler wants.
 
 pub mod manifests;
 pub mod process;
+pub mod reload;
 pub mod strict;
+pub mod watcher;
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use porchlight_core::GatewayReport;
@@ -35,6 +47,8 @@ use crate::registry::{EnvironmentInfo, FunctionEntry};
 use crate::upstream::Readiness;
 use manifests::LoadedFunction;
 use process::{EnvironmentProcess, Launcher, free_port};
+use reload::{Catalog, Reload};
+use watcher::{Changes, FolderWatch};
 
 /// Settings of local mode.
 #[derive(Clone, Debug)]
@@ -94,10 +108,45 @@ pub struct Desired {
     pub count: u32,
 }
 
-/// The local functions as the autoscaler loop's source: every function is
-/// always there, its ready environments read from the registry.
+/// The functions the autoscaler loop scales in local mode, with their
+/// settings: shared between the loop's source and the environment manager,
+/// which changes them on a reload.
+#[derive(Clone, Default)]
+pub struct LocalTargets(Arc<RwLock<Vec<LocalTarget>>>);
+
+/// One function the loop scales, with its autoscaler settings.
+pub type LocalTarget = (AutoscalerConfig, Arc<FunctionEntry>);
+
+impl LocalTargets {
+    /// Adds `entry`, or updates its settings.
+    fn set(&self, config: AutoscalerConfig, entry: &Arc<FunctionEntry>) {
+        let mut targets = self.0.write().unwrap_or_else(|p| p.into_inner());
+        match targets.iter_mut().find(|(_, e)| Arc::ptr_eq(e, entry)) {
+            Some(target) => target.0 = config,
+            None => targets.push((config, entry.clone())),
+        }
+    }
+
+    /// Forgets `entry`: the loop stops scaling it.
+    fn remove(&self, entry: &Arc<FunctionEntry>) {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(_, e)| !Arc::ptr_eq(e, entry));
+    }
+}
+
+/// The local functions as the autoscaler loop's source: those local mode
+/// has now, their ready environments read from the registry.
 pub struct LocalFunctions {
-    functions: Vec<(AutoscalerConfig, Arc<FunctionEntry>)>,
+    functions: LocalTargets,
+}
+
+impl LocalFunctions {
+    /// The shared list of functions the loop scales.
+    pub fn targets_handle(&self) -> LocalTargets {
+        self.functions.clone()
+    }
 }
 
 impl ScaleSource for LocalFunctions {
@@ -105,6 +154,9 @@ impl ScaleSource for LocalFunctions {
 
     fn targets(&self) -> Vec<ScaleTarget<()>> {
         self.functions
+            .0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .iter()
             .map(|(config, entry)| ScaleTarget {
                 key: entry.key().clone(),
@@ -150,6 +202,7 @@ pub fn autoscaler_parts(
     functions: Vec<(AutoscalerConfig, Arc<FunctionEntry>)>,
 ) -> (LocalFunctions, LocalScaleSink, mpsc::Receiver<Desired>) {
     let (desired, rx) = mpsc::channel(1024);
+    let functions = LocalTargets(Arc::new(RwLock::new(functions)));
     (LocalFunctions { functions }, LocalScaleSink { desired }, rx)
 }
 
@@ -178,16 +231,49 @@ async fn forward_reports(
     }
 }
 
+/// Where local mode's functions come from, for reading them again.
+#[derive(Clone, Debug)]
+pub struct FolderSettings {
+    /// The manifest folder.
+    pub dir: PathBuf,
+    /// Where inline code is written.
+    pub code_dir: PathBuf,
+    /// `--secrets-dir`.
+    pub secrets_dir: Option<PathBuf>,
+}
+
 /// The local environment source.
 pub struct LocalSource {
     config: LocalConfig,
     functions: Vec<LoadedFunction>,
+    folder: Option<FolderSettings>,
 }
 
 impl LocalSource {
     /// A source for already loaded functions.
     pub fn new(config: LocalConfig, functions: Vec<LoadedFunction>) -> Self {
-        LocalSource { config, functions }
+        LocalSource {
+            config,
+            functions,
+            folder: None,
+        }
+    }
+
+    /// Registers the functions (without environments yet), so that they
+    /// are served from the first request on; [`LocalSource::run`] finds
+    /// them registered.
+    pub fn register(&self, gateway: &Gateway) {
+        for f in &self.functions {
+            gateway
+                .registry()
+                .upsert(f.key.clone(), f.spec.clone(), f.settings.clone());
+        }
+    }
+
+    /// Watches the folder the functions came from and applies its changes.
+    pub fn watching(mut self, folder: FolderSettings) -> Self {
+        self.folder = Some(folder);
+        self
     }
 
     /// Registers the functions, then scales them until `shutdown`; then
@@ -195,7 +281,7 @@ impl LocalSource {
     pub async fn run(self, gateway: Arc<Gateway>, shutdown: CancellationToken) {
         let mut managed: HashMap<String, FunctionEnvironments> = HashMap::new();
         let mut targets = Vec::new();
-        for f in self.functions {
+        for f in &self.functions {
             let entry =
                 gateway
                     .registry()
@@ -203,19 +289,34 @@ impl LocalSource {
             targets.push((AutoscalerConfig::from_settings(&f.settings), entry.clone()));
             managed.insert(
                 f.key.name.clone(),
-                FunctionEnvironments {
-                    function: Arc::new(f),
-                    entry,
-                    envs: HashMap::new(),
-                    desired: 0,
-                    next_id: 0,
-                    failures: 0,
-                    retry_at: None,
-                },
+                FunctionEnvironments::new(Arc::new(f.clone()), entry, 0),
             );
+        }
+        let mut watched = self.folder.as_ref().and_then(|folder| {
+            let catalog = Catalog::new(
+                &folder.dir,
+                &folder.code_dir,
+                folder.secrets_dir.as_deref(),
+                &self.functions,
+            );
+            match FolderWatch::start(&folder.dir) {
+                Ok((watch, changes)) => Some((catalog, watch, changes)),
+                Err(e) => {
+                    tracing::warn!(folder = %folder.dir.display(), error = %e,
+                        "cannot watch the folder; changes need a restart");
+                    None
+                }
+            }
+        });
+        if let Some((_, watch, _)) = &mut watched {
+            watch.set_code_folders(code_folders(&managed));
         }
         // The shared autoscaler loop, fed by this gateway's own reports.
         let (source, sink, mut desired_rx) = autoscaler_parts(targets);
+        let targets = source.targets_handle();
+        // Environment numbers of functions that were removed, so that one
+        // defined again never reuses the id of an environment still stopping.
+        let mut retired_ids: HashMap<String, u64> = HashMap::new();
         let (reports_tx, reports_rx) = mpsc::channel::<GatewayMessage>(64);
         let autoscaler = AutoscalerLoop::new(
             source,
@@ -244,8 +345,26 @@ impl LocalSource {
                     None => std::future::pending().await,
                 }
             };
+            let changed = async {
+                match watched.as_mut() {
+                    Some((_, _, changes)) => changes.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                Some(changes) = changed => {
+                    if let Some((catalog, watch, _)) = watched.as_mut() {
+                        let reload = read_again(catalog, watch.manifests(), &changes);
+                        let mut folder = Folder {
+                            managed: &mut managed,
+                            targets: &targets,
+                            retired_ids: &mut retired_ids,
+                        };
+                        folder.apply(reload, &ctx, Instant::now());
+                        watch.set_code_folders(code_folders(&managed));
+                    }
+                }
                 Some(d) = desired_rx.recv() => {
                     if let Some(m) = managed.get_mut(&d.function) {
                         m.desired = d.count;
@@ -312,6 +431,153 @@ impl LocalSource {
     }
 }
 
+/// The code folders (`code.path`) of the functions, for the watch.
+fn code_folders(managed: &HashMap<String, FunctionEnvironments>) -> Vec<PathBuf> {
+    managed
+        .values()
+        .filter(|m| m.function.spec.code.path.is_some())
+        .map(|m| m.function.task_root.clone())
+        .collect()
+}
+
+/// Reads the folder again after `changes`. A function's code changed when
+/// a changed path lies under its `code.path`. A manifest that does not
+/// read is reported when it is among the changes, not again at every
+/// change of another file.
+fn read_again(catalog: &mut Catalog, manifests: &Path, changes: &Changes) -> Reload {
+    let under = |root: &Path| changes.missed || changes.paths.iter().any(|p| p.starts_with(root));
+    let mut reload = catalog.rescan(|f| f.spec.code.path.is_some() && under(&f.task_root));
+    reload.problems.retain(|problem| {
+        let file = Path::new(&problem.file).file_name();
+        changes.missed
+            || changes
+                .paths
+                .iter()
+                .any(|p| p.parent() == Some(manifests) && p.file_name() == file)
+    });
+    reload
+}
+
+/// `N environment(s) draining`, or nothing when none is.
+fn draining_note(draining: usize) -> String {
+    match draining {
+        0 => String::new(),
+        1 => " (1 environment draining)".to_string(),
+        n => format!(" ({n} environments draining)"),
+    }
+}
+
+/// Local mode's functions as the environment manager holds them, for
+/// applying a reload.
+struct Folder<'a> {
+    managed: &'a mut HashMap<String, FunctionEnvironments>,
+    targets: &'a LocalTargets,
+    retired_ids: &'a mut HashMap<String, u64>,
+}
+
+impl Folder<'_> {
+    /// Applies what a reading of the folder changed, and logs one line per
+    /// manifest file it touched.
+    fn apply(&mut self, reload: Reload, ctx: &Ctx, now: Instant) {
+        for problem in &reload.problems {
+            tracing::error!(
+                "cannot reload {problem}; the functions it defined keep their last good version"
+            );
+        }
+        let mut by_file: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut note = |f: &LoadedFunction, what: String| {
+            let file = f.file.file_name().map_or_else(
+                || f.file.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            by_file.entry(file).or_default().push(what);
+        };
+        for f in &reload.removed {
+            let draining = self.remove(&f.key.name, ctx);
+            note(
+                f,
+                format!("{} removed{}", f.key.name, draining_note(draining)),
+            );
+        }
+        for f in reload.changed {
+            let name = f.key.name.clone();
+            let f = Arc::new(f);
+            let same_key = self
+                .managed
+                .get(&name)
+                .is_some_and(|m| m.function.key == f.key);
+            let draining = if same_key {
+                self.change(f.clone(), ctx, now)
+            } else {
+                let draining = self.remove(&name, ctx);
+                self.add(f.clone(), ctx);
+                draining
+            };
+            note(&f, format!("{name} changed{}", draining_note(draining)));
+        }
+        for f in reload.added {
+            let f = Arc::new(f);
+            self.add(f.clone(), ctx);
+            note(&f, format!("{} added", f.key.name));
+        }
+        for (file, what) in by_file {
+            tracing::info!("reloaded {file}: {}", what.join(", "));
+        }
+    }
+
+    fn add(&mut self, function: Arc<LoadedFunction>, ctx: &Ctx) {
+        let entry = ctx.gateway.registry().upsert(
+            function.key.clone(),
+            function.spec.clone(),
+            function.settings.clone(),
+        );
+        self.targets
+            .set(AutoscalerConfig::from_settings(&function.settings), &entry);
+        let name = function.key.name.clone();
+        let next_id = self.retired_ids.remove(&name).unwrap_or(0);
+        self.managed
+            .insert(name, FunctionEnvironments::new(function, entry, next_id));
+    }
+
+    /// Redefines a function in place and replaces its environments; returns
+    /// how many drain.
+    fn change(&mut self, function: Arc<LoadedFunction>, ctx: &Ctx, now: Instant) -> usize {
+        let Some(m) = self.managed.get_mut(&function.key.name) else {
+            return 0;
+        };
+        let entry = ctx.gateway.registry().upsert(
+            function.key.clone(),
+            function.spec.clone(),
+            function.settings.clone(),
+        );
+        self.targets
+            .set(AutoscalerConfig::from_settings(&function.settings), &entry);
+        m.function = function;
+        m.failures = 0;
+        m.retry_at = None;
+        let draining = m.stop_all();
+        m.reconcile(ctx, now);
+        draining
+    }
+
+    /// Unregisters a function (callers get `ResourceNotFoundException`)
+    /// and drains its environments; returns how many drain.
+    fn remove(&mut self, name: &str, ctx: &Ctx) -> usize {
+        let Some(mut m) = self.managed.remove(name) else {
+            return 0;
+        };
+        ctx.gateway.registry().remove(m.entry.name());
+        self.targets.remove(&m.entry);
+        m.entry.set_desired(0);
+        let draining = m.stop_all();
+        m.entry.set_starting(0);
+        // Waiting invocations are answered now rather than at their deadline.
+        m.entry.close_waiters();
+        self.retired_ids.insert(name.to_string(), m.next_id);
+        draining
+    }
+}
+
 /// The wait before replacing an environment after its `failures`-th crash in a row.
 fn crash_backoff(failures: u32) -> Duration {
     porchlight_core::backoff::exponential(
@@ -355,6 +621,35 @@ fn plan(
 }
 
 impl FunctionEnvironments {
+    fn new(function: Arc<LoadedFunction>, entry: Arc<FunctionEntry>, next_id: u64) -> Self {
+        FunctionEnvironments {
+            function,
+            entry,
+            envs: HashMap::new(),
+            desired: 0,
+            next_id,
+            failures: 0,
+            retry_at: None,
+        }
+    }
+
+    /// Drains every environment not already stopping (they finish their
+    /// invocations in flight, then stop); returns how many.
+    fn stop_all(&mut self) -> usize {
+        let mut draining = 0;
+        for (id, e) in self.envs.iter_mut() {
+            if e.state == EnvState::Stopping {
+                continue;
+            }
+            e.state = EnvState::Stopping;
+            drop(self.entry.drain_environment(id));
+            e.stop.cancel();
+            draining += 1;
+        }
+        self.publish_counts();
+        draining
+    }
+
     fn publish_counts(&self) {
         let starting = self
             .envs
@@ -524,6 +819,12 @@ async fn run_environment(
             environment = %id,
             "environment's init failed; invocations get its error and retry the init"
         );
+    }
+    if stop.is_cancelled() {
+        // Replaced (a reload) or scaled away while its init ran.
+        process.stop(config.stop_grace).await;
+        let _ = events.send(exited(true)).await;
+        return;
     }
     entry.add_environment(EnvironmentInfo {
         id: id.clone(),

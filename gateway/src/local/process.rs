@@ -92,7 +92,12 @@ impl EnvironmentProcess {
         };
         let mut cmd = Command::new(&launcher.program);
         cmd.args(&launcher.prefix).args(shim.to_args());
-        cmd.envs(&spec.env)
+        // Python caches compiled code keyed by the source's size and mtime
+        // in whole seconds: an edit of the same length within a second
+        // would run the old code. Local code changes, so nothing is cached
+        // (a function may still set the variable itself).
+        cmd.env("PYTHONDONTWRITEBYTECODE", "1")
+            .envs(&spec.env)
             .envs(&function.resolved_env)
             .env(PARENT_PID_ENV, std::process::id().to_string())
             .stdin(std::process::Stdio::null())

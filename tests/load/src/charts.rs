@@ -171,8 +171,110 @@ fn draw_latency(path: &Path, records: &[InvocationRecord], text: bool) -> DrawRe
     Ok(())
 }
 
+/// What one entry of the environments chart is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeriesKind {
+    /// The offered load, a grey area on the right axis.
+    Offered,
+    /// A function's ready environments: a thick, light line.
+    Ready,
+    /// A function's desired environments: a thin, dark, dashed line drawn
+    /// over its ready line, so that both show where they are equal.
+    Desired,
+}
+
+/// One series of the environments chart and how it is drawn.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeriesStyle {
+    /// Its legend text.
+    pub label: String,
+    /// What it is.
+    pub kind: SeriesKind,
+    /// Index of the function (0 for the offered load).
+    pub function: usize,
+    /// Line or area colour.
+    pub color: RGBColor,
+    /// Line width in pixels (0 for the area).
+    pub width: u32,
+    /// Dashed rather than solid.
+    pub dashed: bool,
+}
+
+/// The series of the environments chart, in the order they are drawn
+/// (each one over those before it).
+pub fn environments_series(functions: &[String]) -> Vec<SeriesStyle> {
+    let mut out = vec![SeriesStyle {
+        label: "offered load (req/s, right axis)".into(),
+        kind: SeriesKind::Offered,
+        function: 0,
+        color: RGBColor(150, 150, 150),
+        width: 0,
+        dashed: false,
+    }];
+    for (index, name) in functions.iter().enumerate() {
+        let RGBColor(r, g, b) = PALETTE[index % PALETTE.len()];
+        // Ready: the function's colour, lightened; desired: darkened.
+        let light = |c: u8| c + (255 - c) / 2;
+        let dark = |c: u8| c / 2;
+        out.push(SeriesStyle {
+            label: format!("{name} ready"),
+            kind: SeriesKind::Ready,
+            function: index,
+            color: RGBColor(light(r), light(g), light(b)),
+            width: 6,
+            dashed: false,
+        });
+        out.push(SeriesStyle {
+            label: format!("{name} desired"),
+            kind: SeriesKind::Desired,
+            function: index,
+            color: RGBColor(dark(r), dark(g), dark(b)),
+            width: 2,
+            dashed: true,
+        });
+    }
+    out
+}
+
+/// A rectangle in pixels: left, top, right, bottom (exclusive).
+pub type PixelRect = (u32, u32, u32, u32);
+
+/// Where the plot and its legend go in the image.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EnvironmentsLayout {
+    /// The chart: caption, axes and plot.
+    pub chart: PixelRect,
+    /// The legend, below the chart, outside every axis.
+    pub legend: PixelRect,
+    /// Legend entries on one row.
+    pub per_row: usize,
+}
+
+/// Legend entries per row, and the height of one row.
+const LEGEND_PER_ROW: usize = 3;
+const LEGEND_ROW: u32 = 20;
+
+/// The layout of the environments chart for `entries` legend entries: the
+/// legend gets a strip of its own below the chart, so it can never cover
+/// the data (a legend inside the plot covered the plateau of a run).
+pub fn environments_layout(size: (u32, u32), entries: usize, text: bool) -> EnvironmentsLayout {
+    let rows = if text {
+        entries.div_ceil(LEGEND_PER_ROW) as u32
+    } else {
+        0
+    };
+    let legend_height = if rows == 0 { 0 } else { rows * LEGEND_ROW + 12 };
+    let split = size.1.saturating_sub(legend_height);
+    EnvironmentsLayout {
+        chart: (0, 0, size.0, split),
+        legend: (0, split, size.0, size.1),
+        per_row: LEGEND_PER_ROW,
+    }
+}
+
 /// Ready and desired environments per function over time (left axis) against
-/// the offered load in requests per second (right axis, grey).
+/// the offered load in requests per second (right axis, grey); the legend
+/// below the chart.
 pub fn environments_chart(
     path: &Path,
     rows: &[ScaleRow],
@@ -214,10 +316,13 @@ fn draw_environments(
         }
     }
     let rps_max = offered.iter().map(|p| p.1).fold(1.0, f64::max) * 1.15;
+    let series = environments_series(functions);
+    let layout = environments_layout(SIZE, series.len(), text);
 
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut builder = ChartBuilder::on(&root);
+    let (upper, lower) = root.split_vertically(layout.chart.3);
+    let mut builder = ChartBuilder::on(&upper);
     builder.margin(12);
     if text {
         builder
@@ -247,16 +352,6 @@ fn draw_environments(
             .draw()?;
     }
 
-    let grey = RGBColor(150, 150, 150);
-    let series =
-        chart.draw_secondary_series(AreaSeries::new(step_before(&offered), 0.0, grey.mix(0.25)))?;
-    if text {
-        series
-            .label("offered load (req/s, right axis)")
-            .legend(move |(x, y)| {
-                Rectangle::new([(x, y - 4), (x + 14, y + 4)], grey.mix(0.4).filled())
-            });
-    }
     // Where the load stopped.
     chart.draw_series(DashedLineSeries::new(
         [(load_end, 0.0), (load_end, env_max)],
@@ -264,48 +359,158 @@ fn draw_environments(
         4,
         BLACK.mix(0.5).stroke_width(1),
     ))?;
-
-    for (index, name) in functions.iter().enumerate() {
-        let color = PALETTE[index % PALETTE.len()];
-        let mine: Vec<&ScaleRow> = rows.iter().filter(|r| r.function == index).collect();
-        let ready: Vec<(f64, f64)> = mine
-            .iter()
-            .filter_map(|r| r.scale.ready.map(|v| (r.t.as_secs_f64(), f64::from(v))))
-            .collect();
-        let desired: Vec<(f64, f64)> = mine
-            .iter()
-            .filter_map(|r| r.scale.desired.map(|v| (r.t.as_secs_f64(), f64::from(v))))
-            .collect();
-        let series =
-            chart.draw_series(LineSeries::new(step_after(&ready), color.stroke_width(3)))?;
-        if text {
-            series.label(format!("{name} ready")).legend(move |(x, y)| {
-                PathElement::new([(x, y), (x + 14, y)], color.stroke_width(3))
-            });
-        }
-        let series = chart.draw_series(DashedLineSeries::new(
-            step_after(&desired),
-            8,
-            5,
-            color.mix(0.8).stroke_width(2),
-        ))?;
-        if text {
-            series
-                .label(format!("{name} desired"))
-                .legend(move |(x, y)| {
-                    PathElement::new([(x, y), (x + 14, y)], color.mix(0.5).stroke_width(2))
-                });
+    for style in &series {
+        let mine = rows.iter().filter(|r| r.function == style.function);
+        let points = |value: fn(&ScaleRow) -> Option<u32>| -> Vec<(f64, f64)> {
+            mine.clone()
+                .filter_map(|r| value(r).map(|v| (r.t.as_secs_f64(), f64::from(v))))
+                .collect()
+        };
+        match style.kind {
+            SeriesKind::Offered => {
+                chart.draw_secondary_series(AreaSeries::new(
+                    step_before(&offered),
+                    0.0,
+                    style.color.mix(0.25),
+                ))?;
+            }
+            SeriesKind::Ready => {
+                chart.draw_series(LineSeries::new(
+                    step_after(&points(|r| r.scale.ready)),
+                    style.color.stroke_width(style.width),
+                ))?;
+            }
+            SeriesKind::Desired => {
+                chart.draw_series(DashedLineSeries::new(
+                    step_after(&points(|r| r.scale.desired)),
+                    8,
+                    5,
+                    style.color.stroke_width(style.width),
+                ))?;
+            }
         }
     }
     if text {
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font((FONT, 13))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
+        draw_legend(&lower, &series, &layout)?;
     }
     root.present()?;
     Ok(())
+}
+
+/// The legend in its strip: a sample of each series and its label.
+fn draw_legend(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    series: &[SeriesStyle],
+    layout: &EnvironmentsLayout,
+) -> DrawResult {
+    let column = (layout.legend.2 - layout.legend.0) as i32 / layout.per_row as i32;
+    for (i, style) in series.iter().enumerate() {
+        let x = 60 + (i % layout.per_row) as i32 * (column - 20);
+        let y = 10 + (i / layout.per_row) as i32 * LEGEND_ROW as i32;
+        match style.kind {
+            SeriesKind::Offered => {
+                area.draw(&Rectangle::new(
+                    [(x, y - 5), (x + 24, y + 5)],
+                    style.color.mix(0.4).filled(),
+                ))?;
+            }
+            SeriesKind::Ready => {
+                area.draw(&PathElement::new(
+                    [(x, y), (x + 24, y)],
+                    style.color.stroke_width(style.width),
+                ))?;
+            }
+            SeriesKind::Desired => {
+                for dash in [0, 14] {
+                    area.draw(&PathElement::new(
+                        [(x + dash, y), (x + dash + 9, y)],
+                        style.color.stroke_width(style.width),
+                    ))?;
+                }
+            }
+        }
+        area.draw(&Text::new(style.label.clone(), (x + 32, y - 7), (FONT, 13)))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn overlaps(a: PixelRect, b: PixelRect) -> bool {
+        a.0 < b.2 && b.0 < a.2 && a.1 < b.3 && b.1 < a.3
+    }
+
+    #[test]
+    fn the_legend_lies_outside_the_chart() {
+        for functions in 1..=4 {
+            let entries = environments_series(&vec!["f".to_string(); functions]).len();
+            let layout = environments_layout(SIZE, entries, true);
+            assert!(!overlaps(layout.chart, layout.legend), "{layout:?}");
+            assert!(layout.legend.3 <= SIZE.1 && layout.legend.1 >= layout.chart.3);
+            // Every entry has a row in the strip.
+            let rows = entries.div_ceil(layout.per_row) as u32;
+            assert!(
+                layout.legend.3 - layout.legend.1 >= rows * LEGEND_ROW,
+                "{layout:?}"
+            );
+            assert!(
+                layout.chart.3 >= SIZE.1 / 2,
+                "the plot keeps most of the image"
+            );
+        }
+        // Without text there is no legend, and the chart takes the image.
+        let bare = environments_layout(SIZE, 3, false);
+        assert_eq!(bare.chart, (0, 0, SIZE.0, SIZE.1));
+    }
+
+    #[test]
+    fn desired_is_drawn_over_ready_and_looks_different() {
+        let series = environments_series(&["a".to_string(), "b".to_string()]);
+        for function in 0..2 {
+            let at = |kind| {
+                series
+                    .iter()
+                    .position(|s| s.function == function && s.kind == kind)
+                    .expect("series")
+            };
+            let (ready, desired) = (
+                &series[at(SeriesKind::Ready)],
+                &series[at(SeriesKind::Desired)],
+            );
+            assert!(
+                at(SeriesKind::Desired) > at(SeriesKind::Ready),
+                "desired is drawn last"
+            );
+            assert!(desired.dashed && !ready.dashed);
+            assert_ne!(desired.color, ready.color);
+            assert!(ready.width > desired.width, "ready shows around desired");
+        }
+    }
+
+    #[test]
+    fn the_chart_is_written_with_and_without_text() {
+        let dir = std::env::temp_dir().join(format!("porchlight-charts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("environments.png");
+        let rows = vec![ScaleRow {
+            t: std::time::Duration::from_secs(1),
+            function: 0,
+            profile_level: 1.0,
+            offered_rps: 10.0,
+            scale: crate::scale::FunctionScale {
+                name: "f".into(),
+                desired: Some(2),
+                ready: Some(2),
+                in_flight: None,
+                queued: None,
+            },
+        }];
+        let text = load_font(Path::new(DEFAULT_FONT));
+        environments_chart(&path, &rows, &["f".into()], 2.0, text).expect("drawn");
+        assert!(std::fs::metadata(&path).expect("png").len() > 100);
+        environments_chart(&path, &rows, &["f".into()], 2.0, false).expect("drawn");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -22,6 +22,11 @@ pub const ENVIRONMENT_HEADER: &str = header::ENVIRONMENT;
 pub const COLD_START_HEADER: &str = header::COLD_START;
 /// Response header with the cold start's init duration in milliseconds.
 pub const INIT_DURATION_HEADER: &str = header::INIT_DURATION_MS;
+/// Response header with how long the invocation queued in the gateway.
+pub const WAITED_MS_HEADER: &str = header::WAITED_MS;
+/// Response header saying what it queued for (`cold-start`: an
+/// environment's init finished meanwhile).
+pub const WAITED_FOR_HEADER: &str = header::WAITED_FOR;
 
 /// How an invocation ended, from the caller's point of view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -80,6 +85,11 @@ pub struct InvocationRecord {
     pub cold_start: bool,
     /// Init duration reported for a cold start.
     pub init_duration_ms: Option<f64>,
+    /// Not a cold start itself, but it queued while an environment of the
+    /// function finished its init: it waited for a cold start.
+    pub waited_for_cold_start: bool,
+    /// How long it queued in the gateway for an environment.
+    pub waited_ms: Option<f64>,
     /// Environment that served it.
     pub environment: Option<String>,
     /// Request id from the gateway.
@@ -98,6 +108,8 @@ impl InvocationRecord {
             outcome: Outcome::DroppedByClient,
             cold_start: false,
             init_duration_ms: None,
+            waited_for_cold_start: false,
+            waited_ms: None,
             environment: None,
             request_id: None,
         }
@@ -176,6 +188,8 @@ impl Invoker {
             outcome: Outcome::TransportError,
             cold_start: false,
             init_duration_ms: None,
+            waited_for_cold_start: false,
+            waited_ms: None,
             environment: None,
             request_id: None,
         };
@@ -243,5 +257,48 @@ fn read_headers(headers: &HeaderMap, record: &mut InvocationRecord) -> bool {
     record.environment = text(ENVIRONMENT_HEADER);
     record.cold_start = text(COLD_START_HEADER).is_some_and(|v| v.eq_ignore_ascii_case("true"));
     record.init_duration_ms = text(INIT_DURATION_HEADER).and_then(|v| v.parse().ok());
+    record.waited_ms = text(WAITED_MS_HEADER).and_then(|v| v.parse().ok());
+    record.waited_for_cold_start = !record.cold_start
+        && text(WAITED_FOR_HEADER)
+            .is_some_and(|v| v == porchlight_core::invoke::WAITED_FOR_COLD_START);
     headers.contains_key(FUNCTION_ERROR_HEADER)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    fn recorded(pairs: &[(&'static str, &'static str)]) -> InvocationRecord {
+        let mut headers = HeaderMap::new();
+        for (k, v) in pairs {
+            headers.insert(*k, HeaderValue::from_static(v));
+        }
+        let mut record = InvocationRecord::dropped(0, Duration::ZERO);
+        read_headers(&headers, &mut record);
+        record
+    }
+
+    #[test]
+    fn a_caller_that_queued_behind_a_cold_start_is_told_apart() {
+        let waited = recorded(&[
+            (WAITED_MS_HEADER, "412.5"),
+            (WAITED_FOR_HEADER, "cold-start"),
+        ]);
+        assert!(waited.waited_for_cold_start && !waited.cold_start);
+        assert_eq!(waited.waited_ms, Some(412.5));
+        // Its own cold start is counted as one, not as a wait.
+        let cold = recorded(&[
+            (COLD_START_HEADER, "true"),
+            (WAITED_MS_HEADER, "400.0"),
+            (WAITED_FOR_HEADER, "cold-start"),
+        ]);
+        assert!(cold.cold_start && !cold.waited_for_cold_start);
+        let busy = recorded(&[
+            (WAITED_MS_HEADER, "3.0"),
+            (WAITED_FOR_HEADER, "environment"),
+        ]);
+        assert!(!busy.waited_for_cold_start && !busy.cold_start);
+        assert!(!recorded(&[]).waited_for_cold_start);
+    }
 }

@@ -41,6 +41,12 @@ pub struct InvocationRow {
     pub cold_start: bool,
     /// Init duration of the cold start.
     pub init_duration_ms: Option<f64>,
+    /// Not a cold start, but it queued while an environment finished its init.
+    #[serde(default)]
+    pub waited_for_cold_start: bool,
+    /// How long it queued in the gateway for an environment.
+    #[serde(default)]
+    pub waited_ms: Option<f64>,
     /// Environment that served it.
     pub environment: Option<String>,
     /// Gateway request id.
@@ -114,6 +120,8 @@ pub fn write(dir: &Path, input: &ReportInput<'_>) -> Result<ReportFiles> {
             outcome: r.outcome,
             cold_start: r.cold_start,
             init_duration_ms: r.init_duration_ms,
+            waited_for_cold_start: r.waited_for_cold_start,
+            waited_ms: r.waited_ms,
             environment: r.environment.clone(),
             request_id: r.request_id.clone(),
         })?;

@@ -121,6 +121,18 @@ pub struct ColdStarts {
     pub init_duration_ms: Option<LatencySummary>,
 }
 
+/// Invocations that were not cold starts themselves but queued while an
+/// environment finished its init: they waited for a cold start (the
+/// gateway's `X-Porchlight-Waited-For: cold-start`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WaitedForColdStart {
+    /// How many.
+    pub count: u64,
+    /// Their end-to-end latency.
+    pub latency_ms: Option<LatencySummary>,
+}
+
 /// Per-function figures, including how the function scaled.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -131,6 +143,9 @@ pub struct FunctionSummary {
     pub requests: Counts,
     /// Cold starts seen.
     pub cold_starts: u64,
+    /// Invocations that waited for a cold start other than their own.
+    #[serde(default)]
+    pub waited_for_cold_start: u64,
     /// Distinct environment ids that served it.
     pub environments_seen: usize,
     /// Highest desired environments observed.
@@ -171,10 +186,14 @@ pub struct Summary {
     pub offered_rps: f64,
     /// Latency of all 2xx invocations, from the intended send time.
     pub latency_ms: Option<LatencySummary>,
-    /// Latency of the 2xx invocations that were not cold starts.
+    /// Latency of the 2xx invocations that neither were cold starts nor
+    /// waited for one.
     pub warm_latency_ms: Option<LatencySummary>,
     /// Cold starts.
     pub cold_starts: ColdStarts,
+    /// Invocations that waited for a cold start other than their own.
+    #[serde(default)]
+    pub waited_for_cold_start: WaitedForColdStart,
     /// Distinct environment ids seen.
     pub environments_seen: usize,
     /// Where environment counts came from (`None` if not observed).
@@ -237,6 +256,10 @@ pub fn summarize(
     };
     let per_second = |n: u64| if active > 0.0 { n as f64 / active } else { 0.0 };
     let colds: Vec<&InvocationRecord> = records.iter().filter(|r| r.cold_start).collect();
+    let waited: Vec<&InvocationRecord> = records
+        .iter()
+        .filter(|r| r.waited_for_cold_start && !r.cold_start)
+        .collect();
     let environments_seen = |function: Option<usize>| {
         records
             .iter()
@@ -274,6 +297,10 @@ pub fn summarize(
                 name: name.clone(),
                 requests: counts,
                 cold_starts: mine.iter().filter(|r| r.cold_start).count() as u64,
+                waited_for_cold_start: mine
+                    .iter()
+                    .filter(|r| r.waited_for_cold_start && !r.cold_start)
+                    .count() as u64,
                 environments_seen: environments_seen(Some(index)),
                 peak_desired,
                 peak_ready,
@@ -301,8 +328,14 @@ pub fn summarize(
         requests,
         latency_ms: LatencySummary::from_micros(successes().filter_map(latency)),
         warm_latency_ms: LatencySummary::from_micros(
-            successes().filter(|r| !r.cold_start).filter_map(latency),
+            successes()
+                .filter(|r| !r.cold_start && !r.waited_for_cold_start)
+                .filter_map(latency),
         ),
+        waited_for_cold_start: WaitedForColdStart {
+            count: waited.len() as u64,
+            latency_ms: LatencySummary::from_micros(waited.iter().filter_map(|r| latency(r))),
+        },
         cold_starts: ColdStarts {
             count: colds.len() as u64,
             latency_ms: LatencySummary::from_micros(colds.iter().filter_map(|r| latency(r))),
@@ -361,6 +394,12 @@ pub fn render(summary: &Summary) -> String {
         "cold       {} cold starts; latency {}",
         summary.cold_starts.count,
         latency(&summary.cold_starts.latency_ms)
+    );
+    let _ = writeln!(
+        out,
+        "waited     {} waited for a cold start; latency {}",
+        summary.waited_for_cold_start.count,
+        latency(&summary.waited_for_cold_start.latency_ms)
     );
     if let Some(init) = &summary.cold_starts.init_duration_ms {
         let _ = writeln!(
@@ -457,6 +496,8 @@ mod tests {
             outcome,
             cold_start: false,
             init_duration_ms: None,
+            waited_for_cold_start: false,
+            waited_ms: None,
             environment: Some(format!("env-{}", at_ms % 3)),
             request_id: None,
         }
@@ -485,6 +526,12 @@ mod tests {
             .collect();
         records[0].cold_start = true;
         records[0].init_duration_ms = Some(120.0);
+        // Two callers queued behind that cold start: neither warm nor cold.
+        for r in &mut records[1..3] {
+            r.waited_for_cold_start = true;
+            r.waited_ms = Some(400.0);
+            r.latency = Some(Duration::from_millis(450));
+        }
         records.push(record(0, 3000, 10, Outcome::Throttled));
         let scale: Vec<_> = [
             (0, 0, 0),
@@ -514,7 +561,19 @@ mod tests {
         assert_eq!(s.requests.ok, 10);
         assert_eq!(s.cold_starts.count, 1);
         assert_eq!(s.cold_starts.init_duration_ms.as_ref().unwrap().max, 120.0);
-        assert_eq!(s.warm_latency_ms.as_ref().unwrap().count, 9);
+        assert_eq!(s.warm_latency_ms.as_ref().unwrap().count, 7);
+        assert_eq!(s.warm_latency_ms.as_ref().unwrap().max, 50.0);
+        assert_eq!(s.waited_for_cold_start.count, 2);
+        assert_eq!(
+            s.waited_for_cold_start.latency_ms.as_ref().unwrap().p50,
+            450.0
+        );
+        assert_eq!(s.functions[0].waited_for_cold_start, 2);
+        assert!(
+            render(&s).contains("2 waited for a cold start"),
+            "{}",
+            render(&s)
+        );
         assert_eq!(s.environments_seen, 3);
 
         let with_target = RunInfo {
