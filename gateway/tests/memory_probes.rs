@@ -282,6 +282,9 @@ async fn dead_letters(gw: &Gateway) -> Measured {
     m
 }
 
+/// Longest a probe may take (each takes well under a minute alone).
+const PROBE_LIMIT: Duration = Duration::from_secs(300);
+
 const PROBES: [&str; 5] = [
     "one 6 MB S3 notification",
     "four 6 MB S3 notifications at once",
@@ -297,12 +300,28 @@ async fn run_probes(bin: &Path) -> Vec<Measured> {
         let gw = Gateway::start(bin, &format!("probe{i}"));
         // Let start-up finish before the first reading.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let m = match i {
-            0 => s3_notifications(&gw, 1).await,
-            1 => s3_notifications(&gw, 4).await,
-            2 => event_invokes(&gw).await,
-            3 => waiting_sync_calls(&gw).await,
-            _ => dead_letters(&gw).await,
+        let probe = async {
+            match i {
+                0 => s3_notifications(&gw, 1).await,
+                1 => s3_notifications(&gw, 4).await,
+                2 => event_invokes(&gw).await,
+                3 => waiting_sync_calls(&gw).await,
+                _ => dead_letters(&gw).await,
+            }
+        };
+        // Bounded: a probe that stops making progress fails with its name
+        // and the gateway's log rather than holding the suite.
+        let Ok(m) = tokio::time::timeout(PROBE_LIMIT, probe).await else {
+            panic!(
+                "probe `{name}` did not finish within {PROBE_LIMIT:?}; gateway log tail: {}",
+                std::fs::read_to_string(gw.dir.join("gateway.log"))
+                    .unwrap_or_default()
+                    .lines()
+                    .rev()
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
         };
         eprintln!("{name}: {m:?}");
         out.push(m);

@@ -17,7 +17,7 @@ use crate::profile::Profile;
 use crate::progress::{self, Phase, ProgressMode};
 use crate::report::{self, ReportFiles, ReportInput};
 use crate::scale::{self, SamplerState, ScaleObserver};
-use crate::summary::{self, RunInfo, Summary};
+use crate::summary::{self, RunInfo, RunUsage, Summary};
 use crate::workload::{FunctionMix, WeightedFunction, padded_event};
 
 /// The shape of the load.
@@ -124,6 +124,12 @@ pub async fn run(
         sequence: AtomicU64::new(0),
     });
 
+    // The platform's metering before the load, to report the run's usage.
+    let usage_before = match &observer {
+        Some(o) => o.usage(&names).await.ok(),
+        None => None,
+    };
+
     let background = CancellationToken::new();
     let (sampler_tx, mut sampler_rx) = watch::channel(SamplerState::default());
     let sampler = observer.as_ref().map(|observer| {
@@ -191,7 +197,15 @@ pub async fn run(
         scale_source: observer.as_ref().map(|o| o.source()),
         scale_observation_failures: sampler_rx.borrow().failures,
     };
-    let summary = summary::summarize(&info, &records, &scale_rows, load_end);
+    let mut summary = summary::summarize(&info, &records, &scale_rows, load_end);
+    if let (Some(observer), Some(before)) = (&observer, &usage_before) {
+        match observer.usage(&names).await {
+            Ok(after) => {
+                summary.usage = Some(RunUsage::between(observer.source(), before, &after));
+            }
+            Err(e) => eprintln!("porchlight-load: usage after the run: {e}"),
+        }
+    }
     let report = report::write(
         &config.out,
         &ReportInput {

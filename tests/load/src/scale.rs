@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use kube::api::{Api, ListParams};
 use porchlight_api::Function;
+use porchlight_core::usage::FunctionUsage;
 use serde_json::Value;
 use tokio::sync::{OnceCell, watch};
 use tokio::time::Instant;
@@ -47,6 +48,37 @@ pub trait ScaleObserver: Send + Sync {
 
     /// Where the observer looks, for the report.
     fn source(&self) -> String;
+
+    /// What `functions` used so far, as the platform metered it (the
+    /// gateway's `/v1/usage`, or the Functions' `status.usage`). Read before
+    /// and after a run; the difference is the run's usage.
+    fn usage<'a>(
+        &'a self,
+        functions: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<(String, FunctionUsage)>, String>>;
+}
+
+/// The usage of `functions` in a `/v1/usage` answer (`{"functions": [{"name",
+/// ...counters}]}`); a function not listed has used nothing yet.
+pub fn parse_gateway_usage(
+    body: &Value,
+    functions: &[String],
+) -> Result<Vec<(String, FunctionUsage)>, String> {
+    let list = body
+        .get("functions")
+        .and_then(Value::as_array)
+        .ok_or("the gateway's usage has no `functions` list")?;
+    Ok(functions
+        .iter()
+        .map(|name| {
+            let used = list
+                .iter()
+                .find(|f| f.get("name").and_then(Value::as_str) == Some(name.as_str()))
+                .and_then(|f| serde_json::from_value::<FunctionUsage>(f.clone()).ok())
+                .unwrap_or_default();
+            (name.clone(), used)
+        })
+        .collect())
 }
 
 /// Reads the gateway's `GET /v1/functions`.
@@ -95,6 +127,34 @@ impl ScaleObserver for GatewayObserver {
 
     fn source(&self) -> String {
         format!("gateway {}", self.url)
+    }
+
+    fn usage<'a>(
+        &'a self,
+        functions: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<(String, FunctionUsage)>, String>> {
+        Box::pin(async move {
+            // The usage is beside the function list: .../v1/functions -> .../v1/usage.
+            let url = match self.url.strip_suffix("/functions") {
+                Some(base) => format!("{base}/usage"),
+                None => return Err(format!("cannot tell the usage URL from {}", self.url)),
+            };
+            let response = self
+                .client
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| format!("GET {url}: {e}"))?;
+            let status = response.status();
+            if !status.is_success() {
+                return Err(format!("GET {url}: HTTP {status}"));
+            }
+            let body: Value = response
+                .json()
+                .await
+                .map_err(|e| format!("GET {url}: {e}"))?;
+            parse_gateway_usage(&body, functions)
+        })
     }
 }
 
@@ -235,6 +295,33 @@ impl ScaleObserver for KubernetesObserver {
 
     fn source(&self) -> String {
         format!("Function status in namespace {}", self.namespace)
+    }
+
+    fn usage<'a>(
+        &'a self,
+        functions: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<(String, FunctionUsage)>, String>> {
+        Box::pin(async move {
+            let client = self.client().await?.clone();
+            let api: Api<Function> = Api::namespaced(client, &self.namespace);
+            let list = tokio::time::timeout(KUBERNETES_TIMEOUT, api.list(&ListParams::default()))
+                .await
+                .map_err(|_| "LIST functions: no answer".to_string())?
+                .map_err(|e| one_line(&format!("LIST functions: {e}")))?;
+            Ok(functions
+                .iter()
+                .map(|name| {
+                    let used = list
+                        .items
+                        .iter()
+                        .find(|f| f.metadata.name.as_deref() == Some(name.as_str()))
+                        .and_then(|f| f.status.as_ref()?.usage.as_ref())
+                        .map(|u| u.to_usage())
+                        .unwrap_or_default();
+                    (name.clone(), used)
+                })
+                .collect())
+        })
     }
 }
 

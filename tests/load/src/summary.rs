@@ -7,6 +7,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use porchlight_core::usage::FunctionUsage;
+
 use crate::invoke::{InvocationRecord, Outcome};
 use crate::scale::ScaleRow;
 
@@ -202,6 +204,65 @@ pub struct Summary {
     pub scale_observation_failures: u64,
     /// Per function.
     pub functions: Vec<FunctionSummary>,
+    /// What the run's functions used, as the platform metered it (the
+    /// difference of its counters before and after the run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<RunUsage>,
+}
+
+/// The usage of a run: per function and in total.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunUsage {
+    /// Where the counters were read.
+    pub source: String,
+    /// All functions together.
+    pub total: FunctionUsage,
+    /// Per function, in the run's order.
+    pub functions: Vec<NamedUsage>,
+}
+
+/// One function's usage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NamedUsage {
+    /// The function.
+    pub name: String,
+    /// What it used.
+    #[serde(flatten)]
+    pub usage: FunctionUsage,
+}
+
+impl RunUsage {
+    /// The difference between two readings of the same counters (a counter
+    /// that went back started again: all of the later reading counts).
+    pub fn between(
+        source: String,
+        before: &[(String, FunctionUsage)],
+        after: &[(String, FunctionUsage)],
+    ) -> RunUsage {
+        let mut total = FunctionUsage::default();
+        let functions = after
+            .iter()
+            .map(|(name, now)| {
+                let earlier = before
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, u)| u.clone())
+                    .unwrap_or_default();
+                let usage = now.since(&earlier).unwrap_or_else(|| now.clone());
+                total.add(&usage);
+                NamedUsage {
+                    name: name.clone(),
+                    usage,
+                }
+            })
+            .collect();
+        RunUsage {
+            source,
+            total,
+            functions,
+        }
+    }
 }
 
 /// What the run was, for the summary's header fields.
@@ -349,6 +410,7 @@ pub fn summarize(
         environments_seen: environments_seen(None),
         scale_source: info.scale_source.clone(),
         scale_observation_failures: info.scale_observation_failures,
+        usage: None,
         functions,
     }
 }
@@ -419,6 +481,21 @@ pub fn render(summary: &Summary) -> String {
         None => {
             let _ = writeln!(out, "scale      not observed");
         }
+    }
+    if let Some(u) = &summary.usage {
+        let t = &u.total;
+        let _ = writeln!(
+            out,
+            "usage      {} invocations billed {:.3} s ({:.3} GB-s); {} cold starts, init {:.3} s; idle environments {:.1} s ({:.3} GB-s) [from {}]",
+            t.invocations,
+            t.billed_duration_ms as f64 / 1000.0,
+            t.gb_seconds,
+            t.cold_starts,
+            t.init_duration_ms / 1000.0,
+            t.idle_environment_seconds,
+            t.idle_gb_seconds,
+            u.source
+        );
     }
     for f in &summary.functions {
         let _ = writeln!(

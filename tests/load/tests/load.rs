@@ -13,7 +13,7 @@ use porchlight_load::invoke::Outcome;
 use porchlight_load::progress::ProgressMode;
 use porchlight_load::report::{InvocationRow, ScaleCsvRow};
 use porchlight_load::scale::{GatewayObserver, ScaleObserver};
-use porchlight_load::summary::Summary;
+use porchlight_load::summary::{Summary, render};
 use porchlight_load::workload::WeightedFunction;
 use porchlight_load::{Load, RunConfig, RunOutput, profile::Profile, run};
 use tokio_util::sync::CancellationToken;
@@ -192,6 +192,15 @@ async fn report_files_are_written_and_the_summary_matches_the_csv() {
     assert_eq!(summary.requests, out.summary.requests);
     assert_eq!(summary.latency_ms, out.summary.latency_ms);
     assert_eq!(summary.functions.len(), 1);
+    // The run's usage: the gateway's counters after, less before (the fake
+    // had 1,000 invocations before the run); throttled calls did not run.
+    let usage = summary.usage.clone().expect("the run's usage");
+    let ran = summary.requests.ok + summary.requests.function_errors;
+    assert_eq!(usage.total.invocations, ran, "{usage:?}");
+    assert_eq!(usage.total.billed_duration_ms, ran * 20);
+    assert_eq!(usage.functions.len(), 1);
+    assert_eq!(usage.functions[0].name, "hello");
+    assert!(render(&summary).contains(&format!("usage      {ran} invocations billed")));
     let rows = read_invocations(&cfg);
     let count = |o: Outcome| rows.iter().filter(|r| r.outcome == o).count() as u64;
     assert_eq!(rows.len() as u64, summary.requests.attempted);

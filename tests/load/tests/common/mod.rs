@@ -46,6 +46,8 @@ pub struct Fake {
     pub received: AtomicU64,
     pub in_flight: AtomicU64,
     pub max_in_flight: AtomicU64,
+    /// Invocations that ran (not throttled), for `/v1/usage`.
+    pub ran: AtomicU64,
     environments: Mutex<Environments>,
 }
 
@@ -57,11 +59,13 @@ pub async fn start(behaviour: Behaviour) -> (String, Arc<Fake>) {
         received: AtomicU64::new(0),
         in_flight: AtomicU64::new(0),
         max_in_flight: AtomicU64::new(0),
+        ran: AtomicU64::new(0),
         environments: Mutex::new(Environments::default()),
     });
     let app = Router::new()
         .route("/2015-03-31/functions/{name}/invocations", post(invoke))
         .route("/v1/functions", get(functions))
+        .route("/v1/usage", get(usage))
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -107,6 +111,7 @@ async fn handle(fake: &Fake, name: &str, n: u64, body: &str) -> Response {
         tokio::time::sleep(b.init).await;
     }
     tokio::time::sleep(b.work).await;
+    fake.ran.fetch_add(1, Ordering::SeqCst);
     fake.environments.lock().unwrap().idle.push(environment);
     let mut headers = HeaderMap::new();
     headers.insert(
@@ -139,6 +144,21 @@ async fn handle(fake: &Fake, name: &str, n: u64, body: &str) -> Response {
             .into_response();
     }
     (StatusCode::OK, headers, r#"{"statusCode":200,"body":"hi"}"#).into_response()
+}
+
+/// Usage counters as the gateway's `/v1/usage` has them, counting from 1,000
+/// invocations used before the run (so a run's usage is a difference).
+pub const USAGE_BEFORE: u64 = 1_000;
+
+async fn usage(State(fake): State<Arc<Fake>>) -> Json<serde_json::Value> {
+    let ran = USAGE_BEFORE + fake.ran.load(Ordering::SeqCst);
+    let ms = fake.behaviour.work.as_millis().max(1) as u64;
+    Json(serde_json::json!({"functions": [{
+        "name": "hello",
+        "invocations": ran,
+        "billedDurationMs": ran * ms,
+        "gbSeconds": (ran * ms) as f64 / 1000.0 * 0.125,
+    }]}))
 }
 
 async fn functions(State(fake): State<Arc<Fake>>) -> Json<serde_json::Value> {
