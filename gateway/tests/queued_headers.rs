@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{LocalGateway, python_function};
 
 struct Answer {
@@ -15,25 +13,15 @@ struct Answer {
     waited_ms: Option<f64>,
 }
 
-async fn invoke(url: &str) -> Answer {
-    let r = reqwest::Client::new()
-        .post(url)
-        .body("{}")
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .expect("invoke");
-    let header = |n: &str| {
-        r.headers()
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
+async fn invoke(gw: &LocalGateway) -> Answer {
+    let r = common::invoke(gw, "one", "{}").await;
     Answer {
-        status: r.status().as_u16(),
-        cold_start: header("x-porchlight-cold-start").is_some(),
-        waited_for: header("x-porchlight-waited-for"),
-        waited_ms: header("x-porchlight-waited-ms").and_then(|v| v.parse().ok()),
+        status: r.status,
+        cold_start: r.header("x-porchlight-cold-start").is_some(),
+        waited_for: r.header("x-porchlight-waited-for"),
+        waited_ms: r
+            .header("x-porchlight-waited-ms")
+            .and_then(|v| v.parse().ok()),
     }
 }
 
@@ -45,16 +33,14 @@ async fn callers_queued_behind_a_cold_start_are_told_so() {
         "  scaling:\n    maxScale: 1\n",
     );
     let gw = LocalGateway::start("queued", &[("one.yaml", manifest)], &["--no-watch"]);
-    let url = gw.url("/2015-03-31/functions/one/invocations");
-    let up = common::poll(100, Duration::from_millis(100), || async {
-        let r = reqwest::get(gw.url("/ready")).await.ok()?;
-        r.status().is_success().then_some(())
-    })
-    .await;
-    assert!(up.is_some(), "never ready; log: {}", gw.log());
+    assert!(
+        common::wait_ready(&gw).await,
+        "never ready; log: {}",
+        gw.log()
+    );
 
     // Three callers at zero, one environment: all three queue for its init.
-    let answers = futures::future::join_all([invoke(&url), invoke(&url), invoke(&url)]).await;
+    let answers = futures::future::join_all([invoke(&gw), invoke(&gw), invoke(&gw)]).await;
     assert!(answers.iter().all(|a| a.status == 200), "{}", gw.log());
     let cold = answers.iter().filter(|a| a.cold_start).count();
     assert_eq!(cold, 1, "one cold start; log: {}", gw.log());
@@ -64,7 +50,7 @@ async fn callers_queued_behind_a_cold_start_are_told_so() {
     }
 
     // Warm and idle: taken at once, nothing to tell.
-    let warm = invoke(&url).await;
+    let warm = invoke(&gw).await;
     assert_eq!(warm.status, 200);
     assert!(!warm.cold_start);
     assert_eq!((warm.waited_for, warm.waited_ms), (None, None));

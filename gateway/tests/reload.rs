@@ -23,34 +23,20 @@ struct Answer {
 /// Starts local mode on `manifests` and waits (bounded) until it is ready.
 async fn start(tag: &str, manifests: &[(&str, String)], extra: &[&str]) -> LocalGateway {
     let gw = LocalGateway::start(tag, manifests, extra);
-    let ready = gw.url("/ready");
-    let up = common::poll(TRIES, EVERY, || async {
-        let r = reqwest::get(&ready).await.ok()?;
-        r.status().is_success().then_some(())
-    })
-    .await;
-    assert!(up.is_some(), "never ready; log: {}", gw.log());
+    assert!(
+        common::wait_ready(&gw).await,
+        "never ready; log: {}",
+        gw.log()
+    );
     gw
 }
 
 async fn invoke(gw: &LocalGateway, name: &str, event: &str) -> Answer {
-    let r = reqwest::Client::new()
-        .post(gw.url(&format!("/2015-03-31/functions/{name}/invocations")))
-        .body(event.to_string())
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .expect("invoke");
-    let header = |n: &str| {
-        r.headers()
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
+    let r = common::invoke(gw, name, event).await;
     Answer {
-        status: r.status().as_u16(),
-        error_type: header("x-amzn-errortype"),
-        body: r.text().await.expect("body"),
+        status: r.status,
+        error_type: r.header("x-amzn-errortype"),
+        body: r.body,
     }
 }
 

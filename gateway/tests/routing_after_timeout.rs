@@ -18,25 +18,13 @@ struct Answer {
 }
 
 async fn invoke(gw: &LocalGateway, event: &str) -> Answer {
-    let r = reqwest::Client::new()
-        .post(gw.url("/2015-03-31/functions/sleepy/invocations"))
-        .body(event.to_string())
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .expect("invoke");
-    let header = |n: &str| {
-        r.headers()
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
+    let r = common::invoke(gw, "sleepy", event).await;
     Answer {
-        status: r.status().as_u16(),
-        environment: header("x-porchlight-environment").unwrap_or_default(),
-        cold_start: header("x-porchlight-cold-start").is_some(),
-        function_error: header("x-amz-function-error").is_some(),
-        body: r.text().await.expect("body"),
+        status: r.status,
+        environment: r.header("x-porchlight-environment").unwrap_or_default(),
+        cold_start: r.header("x-porchlight-cold-start").is_some(),
+        function_error: r.header("x-amz-function-error").is_some(),
+        body: r.body,
     }
 }
 

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod dashboard;
+
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -162,6 +164,49 @@ pub fn python_function(name: &str, body: &str, extra_spec: &str) -> String {
     format!(
         "apiVersion: porchlight.dev/v1alpha1\nkind: Function\nmetadata:\n  name: {name}\nspec:\n  runtime: python3.12\n  handler: app.handler\n  code:\n    inline: |\n{code}{extra_spec}"
     )
+}
+
+/// One answer of the Invoke API.
+pub struct Invoked {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Invoked {
+    /// A response header as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+}
+
+/// Invokes `name` with `event` (RequestResponse, up to 30 s).
+pub async fn invoke(gw: &LocalGateway, name: &str, event: &str) -> Invoked {
+    let r = reqwest::Client::new()
+        .post(gw.url(&format!("/2015-03-31/functions/{name}/invocations")))
+        .body(event.to_string())
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .expect("invoke");
+    Invoked {
+        status: r.status().as_u16(),
+        headers: r.headers().clone(),
+        body: r.text().await.expect("body"),
+    }
+}
+
+/// Waits (up to 10 s) until the gateway's `/ready` answers 200.
+pub async fn wait_ready(gw: &LocalGateway) -> bool {
+    poll(100, Duration::from_millis(100), || async {
+        let r = reqwest::get(gw.url("/ready")).await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await
+    .is_some()
 }
 
 /// Polls `f` up to `tries` times, `every` apart, until it returns Some.
