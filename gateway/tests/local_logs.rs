@@ -49,19 +49,7 @@ fn boto3_log_type_tail_gets_the_invocations_real_log() {
         &[("shout.yaml", python_function("shout", SHOUT, ""))],
         &[],
     );
-    let out = std::process::Command::new(&python)
-        .args(["-c", TAIL_SCRIPT, &gw.base])
-        .env("HOME", gw.dir.join("no-home"))
-        .output()
-        .expect("python");
-    assert!(
-        out.status.success(),
-        "boto3: {}{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        gw.log()
-    );
-    let got: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let got = common::python_json(&python, TAIL_SCRIPT, &gw);
 
     let ok = &got["ok"];
     let id = ok["id"].as_str().expect("a request id");

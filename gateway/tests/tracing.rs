@@ -149,19 +149,7 @@ async fn boto3_s_client_context_reaches_the_handler() {
     let markers = common::temp_dir("cc-markers");
     let gw = start("client-context", &markers, &[]);
     // (d) boto3's invoke(ClientContext=...).
-    let out = std::process::Command::new(&python)
-        .args(["-c", CLIENT_CONTEXT_SCRIPT, &gw.base])
-        .env("HOME", gw.dir.join("no-home"))
-        .output()
-        .expect("python");
-    assert!(
-        out.status.success(),
-        "boto3: {}{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        gw.log()
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let v = common::python_json(&python, CLIENT_CONTEXT_SCRIPT, &gw);
     assert_eq!(v["status"], 200, "{v}");
     assert_eq!(v["seen"]["custom"]["tenant"], "blue", "{v}");
     assert_eq!(v["seen"]["env"]["locale"], "en-GB", "{v}");

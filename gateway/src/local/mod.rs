@@ -525,7 +525,9 @@ impl Folder<'_> {
         }
     }
 
-    fn add(&mut self, function: Arc<LoadedFunction>, ctx: &Ctx) {
+    /// Defines (or redefines) a function in the registry and the
+    /// autoscaler's targets.
+    fn register(&self, function: &LoadedFunction, ctx: &Ctx) -> Arc<FunctionEntry> {
         let entry = ctx.gateway.registry().upsert(
             function.key.clone(),
             function.spec.clone(),
@@ -533,6 +535,11 @@ impl Folder<'_> {
         );
         self.targets
             .set(AutoscalerConfig::from_settings(&function.settings), &entry);
+        entry
+    }
+
+    fn add(&mut self, function: Arc<LoadedFunction>, ctx: &Ctx) {
+        let entry = self.register(&function, ctx);
         let name = function.key.name.clone();
         let next_id = self.retired_ids.remove(&name).unwrap_or(0);
         self.managed
@@ -542,16 +549,13 @@ impl Folder<'_> {
     /// Redefines a function in place and replaces its environments; returns
     /// how many drain.
     fn change(&mut self, function: Arc<LoadedFunction>, ctx: &Ctx, now: Instant) -> usize {
+        if !self.managed.contains_key(&function.key.name) {
+            return 0;
+        }
+        self.register(&function, ctx);
         let Some(m) = self.managed.get_mut(&function.key.name) else {
             return 0;
         };
-        let entry = ctx.gateway.registry().upsert(
-            function.key.clone(),
-            function.spec.clone(),
-            function.settings.clone(),
-        );
-        self.targets
-            .set(AutoscalerConfig::from_settings(&function.settings), &entry);
         m.function = function;
         m.failures = 0;
         m.retry_at = None;

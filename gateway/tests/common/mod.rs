@@ -166,6 +166,25 @@ pub fn python_function(name: &str, body: &str, extra_spec: &str) -> String {
     )
 }
 
+/// Runs a Python `script` with the gateway's base URL as its argument, with
+/// an empty HOME (no AWS configuration), and returns what it printed, as
+/// JSON; a failed script fails the test with its output and the log.
+pub fn python_json(python: &Path, script: &str, gw: &LocalGateway) -> serde_json::Value {
+    let out = Command::new(python)
+        .args(["-c", script, &gw.base])
+        .env("HOME", gw.dir.join("no-home"))
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "python: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        gw.log()
+    );
+    serde_json::from_slice(&out.stdout).expect("the script prints JSON")
+}
+
 /// One answer of the Invoke API.
 pub struct Invoked {
     pub status: u16,
