@@ -164,12 +164,8 @@ impl ReportAggregator {
         }
     }
 
-    /// Stores a gateway's report, replacing its previous one.
-    pub fn ingest(&mut self, now: Instant, report: GatewayReport) {
-        self.latest.insert(report.gateway.clone(), (now, report));
-    }
-
-    /// Stores a gateway's report and returns, per function, what was used
+    /// Stores a gateway's report in place of its previous one and returns,
+    /// per function, what was used
     /// through that gateway since its previous report.
     ///
     /// A gateway's counters count from its own start. One first heard of
@@ -178,7 +174,7 @@ impl ReportAggregator {
     /// counted before is already in the totals kept elsewhere, or lost
     /// with them). One first heard of later is new: all it counted is new.
     /// Counters that go back belong to a restarted gateway of the same name.
-    pub fn ingest_usage(
+    pub fn ingest(
         &mut self,
         now: Instant,
         report: GatewayReport,
@@ -201,7 +197,7 @@ impl ReportAggregator {
                 used.push((key, delta));
             }
         }
-        self.ingest(now, report);
+        self.latest.insert(report.gateway.clone(), (now, report));
         used
     }
 
@@ -209,6 +205,14 @@ impl ReportAggregator {
     pub fn remove_gateway(&mut self, gateway: &str) {
         self.latest.remove(gateway);
         self.usage_seen.retain(|(g, _), _| g != gateway);
+    }
+
+    /// Whether every trusted gateway has reported after `since` (and at
+    /// least one is trusted): their reports then show every invocation that
+    /// was running at `since`.
+    pub fn all_reported_after(&mut self, since: Instant, now: Instant) -> bool {
+        self.expire(now);
+        !self.latest.is_empty() && self.latest.values().all(|(at, _)| *at > since)
     }
 
     /// Gateways whose reports are still trusted.
@@ -335,23 +339,23 @@ mod tests {
                 .sum()
         };
         // Running before this receiver: a baseline, not new usage.
-        assert_eq!(total(agg.ingest_usage(t0, with("a", 100))), 0);
+        assert_eq!(total(agg.ingest(t0, with("a", 100))), 0);
         assert_eq!(
-            total(agg.ingest_usage(t0 + Duration::from_secs(1), with("a", 103))),
+            total(agg.ingest(t0 + Duration::from_secs(1), with("a", 103))),
             3
         );
         assert_eq!(
-            total(agg.ingest_usage(t0 + Duration::from_secs(2), with("a", 103))),
+            total(agg.ingest(t0 + Duration::from_secs(2), with("a", 103))),
             0
         );
         // A gateway that starts later: everything it counted is new.
         let later = t0 + Duration::from_secs(60);
-        assert_eq!(total(agg.ingest_usage(later, with("b", 7))), 7);
+        assert_eq!(total(agg.ingest(later, with("b", 7))), 7);
         // a restarted under the same name: counting again from zero.
-        assert_eq!(total(agg.ingest_usage(later, with("a", 2))), 2);
+        assert_eq!(total(agg.ingest(later, with("a", 2))), 2);
         // A removed gateway's successor under the same name is new.
         agg.remove_gateway("b");
-        assert_eq!(total(agg.ingest_usage(later, with("b", 1))), 1);
+        assert_eq!(total(agg.ingest(later, with("b", 1))), 1);
     }
 
     #[test]

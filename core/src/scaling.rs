@@ -378,6 +378,9 @@ struct FunctionScaler<T> {
     /// count is applied once, whatever the source says.
     booked_before_creation: bool,
     last_scale_time: Option<String>,
+    /// When the scale-down now waiting was first decided (see
+    /// [`AutoscalerLoop::decide`]).
+    scale_down_decided: Option<Instant>,
 }
 
 /// A decision waiting to be applied.
@@ -497,7 +500,7 @@ impl<S: ScaleSource, K: ScaleSink<S::Handle>> AutoscalerLoop<S, K> {
         self.observer.observe(LoopEvent::Report);
         self.ever_reported = true;
         let demand = poked_functions(&report);
-        for (key, used) in self.aggregator.ingest_usage(now, report) {
+        for (key, used) in self.aggregator.ingest(now, report) {
             self.book.add_usage(&key, &used);
         }
         if demand.is_empty() {
@@ -597,6 +600,28 @@ impl<S: ScaleSource, K: ScaleSink<S::Handle>> AutoscalerLoop<S, K> {
             &mut scaler.applied,
             &mut scaler.booked_before_creation,
         );
+        // A scale-down to fewer environments (not to zero) waits until every
+        // gateway has reported after it was decided (a second at most): it
+        // marks the busy pods to keep, and reports are up to a second old, so
+        // an invocation that started since the last one would lose its pod.
+        // A scale to zero keeps no pod and is not held: its timing is the
+        // keep-alive's, and an event that arrives meanwhile starts a new
+        // environment at once (the gateway pokes) while the old one drains.
+        let scaling_down = step == Step::Apply
+            && decision.desired > 0
+            && scaler.applied.is_some_and(|from| decision.desired < from);
+        let step = if !scaling_down {
+            scaler.scale_down_decided = None;
+            step
+        } else {
+            let decided = *scaler.scale_down_decided.get_or_insert(now);
+            if self.aggregator.all_reported_after(decided, now) {
+                scaler.scale_down_decided = None;
+                step
+            } else {
+                return None;
+            }
+        };
         let keep_alive = || KeepAliveRecord::new(scaler.autoscaler.keep_alive_state(), now);
         match step {
             Step::Keep => {
@@ -740,6 +765,7 @@ impl<S: ScaleSource, K: ScaleSink<S::Handle>> AutoscalerLoop<S, K> {
                             applied,
                             booked_before_creation: false,
                             last_scale_time,
+                            scale_down_decided: None,
                         },
                     );
                 }
@@ -985,6 +1011,104 @@ mod tests {
             .and_then(|r| r.keep_alive)
             .expect("keep-alive");
         assert_eq!(k.histogram.total(), 6, "the gaps between the calls");
+    }
+
+    /// One function whose bounds the test sets, at two environments.
+    struct Bounded(std::sync::Mutex<(u32, u32)>);
+
+    impl ScaleSource for Bounded {
+        type Handle = ();
+        fn targets(&self) -> Vec<ScaleTarget<()>> {
+            let (min_scale, max_scale) = *self.0.lock().expect("bounds");
+            let settings = crate::ScalingSettings {
+                min_scale,
+                max_scale,
+                concurrency_per_environment: 1,
+                target_utilization: 0.7,
+                scale_to_zero_after: Duration::from_secs(30),
+                stable_window: Duration::from_secs(60),
+                keep_alive: KeepAlive::Fixed,
+            };
+            vec![ScaleTarget {
+                key: FunctionKey::new("d", "f"),
+                config: AutoscalerConfig::from_settings(&settings),
+                ready: 2,
+                workload: exists(Some(2)),
+                handle: (),
+            }]
+        }
+    }
+
+    #[derive(Default)]
+    struct Record(std::sync::Mutex<Vec<ScaleChange>>);
+
+    impl ScaleSink<()> for Record {
+        type Error = String;
+        async fn apply(&self, _: &(), change: &ScaleChange) -> Result<(), String> {
+            self.0.lock().expect("changes").push(change.clone());
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_scale_down_waits_for_reports_that_show_the_busy_environments() {
+        let mut l = AutoscalerLoop::new(
+            Bounded(std::sync::Mutex::new((2, 2))),
+            Record::default(),
+            Arc::new(ScaleBook::default()),
+            Arc::new(()),
+        );
+        let report = |sequence: u64, busy: &[&str]| {
+            GatewayMessage::Report(GatewayReport {
+                gateway: "g".into(),
+                sequence,
+                poke: false,
+                functions: vec![crate::FunctionLoad {
+                    namespace: "d".into(),
+                    name: "f".into(),
+                    in_flight: busy.len() as u32,
+                    ready_environments: 2,
+                    busy_environments: busy.iter().map(|e| (e.to_string(), 1)).collect(),
+                    ..Default::default()
+                }],
+            })
+        };
+        l.on_message(report(1, &[])).await;
+        l.on_tick().await;
+        assert!(
+            l.sink().0.lock().expect("changes").is_empty(),
+            "at its bounds"
+        );
+
+        // The bounds drop to one while an invocation has just started on
+        // env-b, after the gateway's last report: the scale-down waits.
+        *l.source.0.lock().expect("bounds") = (1, 1);
+        l.on_tick().await;
+        assert_eq!(l.desired(&FunctionKey::new("d", "f")), Some(1));
+        assert!(
+            l.sink().0.lock().expect("changes").is_empty(),
+            "no report since the decision: not applied yet"
+        );
+        tokio::time::advance(Duration::from_millis(500)).await;
+        l.on_tick().await;
+        assert!(l.sink().0.lock().expect("changes").is_empty());
+
+        // The next report shows env-b busy: the change marks it.
+        tokio::time::advance(Duration::from_millis(500)).await;
+        l.on_message(report(2, &["env-b"])).await;
+        l.on_tick().await;
+        let changes = l.sink().0.lock().expect("changes").clone();
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!((changes[0].from, changes[0].to), (Some(2), 1));
+        assert_eq!(
+            changes[0].busy_environments,
+            BTreeMap::from([("env-b".to_string(), 1)])
+        );
+        // Applied once: the next ticks keep it.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        l.on_message(report(3, &["env-b"])).await;
+        l.on_tick().await;
+        assert_eq!(l.sink().0.lock().expect("changes").len(), 1);
     }
 
     struct KeptUsage;
