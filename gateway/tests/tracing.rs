@@ -174,6 +174,16 @@ async fn boto3_s_client_context_reaches_the_handler() {
     }
 }
 
+/// The markers of an async event's three attempts, once all three ran.
+async fn three_attempts(gw: &LocalGateway, markers: &Path) -> Vec<Value> {
+    poll(200, Duration::from_millis(50), || async {
+        let m = read_markers(markers);
+        (m.len() >= 3).then_some(m)
+    })
+    .await
+    .unwrap_or_else(|| panic!("three attempts: {:?}\n{}", read_markers(markers), gw.log()))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_async_event_keeps_its_trace_and_client_context_on_every_attempt() {
     let markers = common::temp_dir("async-markers");
@@ -192,12 +202,7 @@ async fn an_async_event_keeps_its_trace_and_client_context_on_every_attempt() {
     )
     .await;
     assert_eq!(status, 202);
-    let seen = poll(200, Duration::from_millis(50), || async {
-        let m = read_markers(&markers);
-        (m.len() >= 3).then_some(m)
-    })
-    .await
-    .unwrap_or_else(|| panic!("three attempts: {:?}\n{}", read_markers(&markers), gw.log()));
+    let seen = three_attempts(&gw, &markers).await;
     for s in &seen {
         assert_eq!(s["trace"], GIVEN, "{seen:?}");
         assert_eq!(s["custom"]["n"], 1, "{seen:?}");
@@ -212,12 +217,7 @@ async fn an_async_event_keeps_its_trace_and_client_context_on_every_attempt() {
     )
     .await;
     assert_eq!(status, 202);
-    let seen = poll(200, Duration::from_millis(50), || async {
-        let m = read_markers(&markers);
-        (m.len() >= 3).then_some(m)
-    })
-    .await
-    .expect("three attempts");
+    let seen = three_attempts(&gw, &markers).await;
     let first = seen[0]["trace"].as_str().unwrap_or_default();
     assert!(is_lambda_trace_id(first), "{first}");
     assert!(seen.iter().all(|s| s["trace"] == first), "{seen:?}");

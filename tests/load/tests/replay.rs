@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use porchlight_load::simulate::SpreadKind;
 use porchlight_load::simulate::live::{Plan, ReplayArgs, drive};
 use porchlight_load::simulate::trace::Trace;
+use porchlight_load::simulate::{SpreadKind, TraceArrivals};
 
 fn slice() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/azure-2019-slice")
@@ -75,15 +75,17 @@ async fn a_live_replay_shows_the_cold_starts_the_simulator_predicts() {
     let dir = std::env::temp_dir().join(format!("porchlight-replay-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let args = ReplayArgs {
-        trace: slice(),
+        arrivals: TraceArrivals {
+            trace: slice(),
+            spread: SpreadKind::Uniform,
+            seed: 2019,
+        },
         start_minute: 0,
         minutes: 30,
         functions: 20,
         max_per_minute: 10,
         compress: 20.0,
         keep_alive: Duration::from_secs(5 * 60),
-        spread: SpreadKind::Uniform,
-        seed: 2019,
         write_manifests: None,
         target: String::new(),
         tolerance: 0.10,
@@ -92,7 +94,7 @@ async fn a_live_replay_shows_the_cold_starts_the_simulator_predicts() {
         no_sign_request: true,
         quiet: true,
     };
-    let trace = Trace::load(&args.trace).expect("the slice");
+    let trace = Trace::load(&args.arrivals.trace).expect("the slice");
     let plan = Plan::new(&trace, &args).expect("a plan");
     assert_eq!(plan.functions.len(), 20);
     let simulated: u64 = plan.simulated_cold_starts().iter().sum();

@@ -8,7 +8,7 @@ use porchlight_core::keepalive::KeepAliveParams;
 use porchlight_load::simulate::evaluate::{Candidate, Group, PolicyResult, evaluate};
 use porchlight_load::simulate::replay::Policy;
 use porchlight_load::simulate::trace::{Spread, Trace, arrivals};
-use porchlight_load::simulate::{SimulateArgs, SpreadKind};
+use porchlight_load::simulate::{SimulateArgs, SpreadKind, TraceArrivals};
 
 /// Two functions over 30 minutes.
 ///
@@ -129,10 +129,12 @@ fn simulate_writes_the_report_chart_and_csv() {
     let folder = write_trace("report");
     let out = folder.join("out");
     porchlight_load::simulate::run(SimulateArgs {
-        trace: folder.clone(),
+        arrivals: TraceArrivals {
+            trace: folder.clone(),
+            spread: SpreadKind::Uniform,
+            seed: 7,
+        },
         out: out.clone(),
-        spread: SpreadKind::Uniform,
-        seed: 7,
         font: PathBuf::from(porchlight_load::charts::DEFAULT_FONT),
         explore: false,
         quiet: true,

@@ -25,9 +25,9 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::SpreadKind;
+use super::TraceArrivals;
 use super::replay::{Policy, replay};
-use super::trace::{FunctionTrace, MINUTE_S, Spread, Trace, arrivals};
+use super::trace::{FunctionTrace, MINUTE_S, Trace, arrivals};
 use crate::error::{Error, Result};
 use crate::invoke::{InvocationRecord, Invoker, Outcome};
 use crate::profile::parse_duration;
@@ -65,13 +65,9 @@ OUTPUT (in --out):
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_long_help = REPLAY_HELP, after_help = "See --help for the two steps and what is compared.")]
 pub struct ReplayArgs {
-    /// Folder with the trace's inv.csv, run.csv and mem.csv.
-    #[arg(
-        long,
-        value_name = "DIR",
-        default_value = "../shared/traces/azure-functions-2019"
-    )]
-    pub trace: PathBuf,
+    /// The trace and how its minutes become arrivals.
+    #[command(flatten)]
+    pub arrivals: TraceArrivals,
 
     /// First minute of the slice (0 is the trace's first).
     #[arg(long, default_value_t = 0)]
@@ -96,14 +92,6 @@ pub struct ReplayArgs {
     /// The fixed keep-alive window compared, in trace time.
     #[arg(long, default_value = "10m", value_parser = duration)]
     pub keep_alive: Duration,
-
-    /// How the invocations of one minute are placed inside it.
-    #[arg(long, value_enum, default_value_t = SpreadKind::Uniform)]
-    pub spread: SpreadKind,
-
-    /// Seed for --spread uniform.
-    #[arg(long, default_value_t = 2019)]
-    pub seed: u64,
 
     /// Write the replayed functions' manifests into this folder and exit.
     #[arg(long, value_name = "DIR")]
@@ -194,10 +182,7 @@ impl Plan {
                 "--keep-alive / --compress is {live_window:.2} s; the autoscaler decides once a second, so make it at least 1 s"
             )));
         }
-        let spread = match args.spread {
-            SpreadKind::Uniform => Spread::Uniform { seed: args.seed },
-            SpreadKind::Even => Spread::Even,
-        };
+        let spread = args.arrivals.spread();
         let slice = args.start_minute..args.start_minute + args.minutes;
         let functions: Vec<Replayed> = trace
             .functions
@@ -544,7 +529,7 @@ pub fn write_invocations(dir: &Path, plan: &Plan, records: &[InvocationRecord]) 
 
 /// Runs `porchlight-load replay`.
 pub async fn run(args: ReplayArgs) -> Result<Option<Comparison>> {
-    let trace = Trace::load(&args.trace)?;
+    let trace = Trace::load(&args.arrivals.trace)?;
     let plan = Plan::new(&trace, &args)?;
     if let Some(dir) = &args.write_manifests {
         plan.write_manifests(dir)?;
@@ -572,7 +557,7 @@ pub async fn run(args: ReplayArgs) -> Result<Option<Comparison>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simulate::minutes;
+    use crate::simulate::{SpreadKind, minutes};
 
     fn function(per_minute: Vec<u32>, execution_s: f64) -> FunctionTrace {
         FunctionTrace {
@@ -586,15 +571,17 @@ mod tests {
 
     fn args() -> ReplayArgs {
         ReplayArgs {
-            trace: PathBuf::new(),
+            arrivals: TraceArrivals {
+                trace: PathBuf::new(),
+                spread: SpreadKind::Even,
+                seed: 1,
+            },
             start_minute: 1,
             minutes: 3,
             functions: 2,
             max_per_minute: 5,
             compress: 60.0,
             keep_alive: minutes(1),
-            spread: SpreadKind::Even,
-            seed: 1,
             write_manifests: None,
             target: String::new(),
             tolerance: 0.1,

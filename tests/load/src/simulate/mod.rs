@@ -61,25 +61,13 @@ EXAMPLES:
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = SIMULATE_HELP, after_help = "See --help for the model, the output files and examples.")]
 pub struct SimulateArgs {
-    /// Folder with the trace's inv.csv, run.csv and mem.csv (Azure Functions 2019 columns).
-    #[arg(
-        long,
-        value_name = "DIR",
-        default_value = "../shared/traces/azure-functions-2019"
-    )]
-    pub trace: PathBuf,
+    /// The trace and how its minutes become arrivals.
+    #[command(flatten)]
+    pub arrivals: TraceArrivals,
 
     /// Folder for REPORT.md, policies.csv and tradeoff.png (created if missing).
     #[arg(long, value_name = "DIR", default_value = "docs/keepalive")]
     pub out: PathBuf,
-
-    /// How the invocations counted in one minute are placed inside it.
-    #[arg(long, value_enum, default_value_t = SpreadKind::Uniform)]
-    pub spread: SpreadKind,
-
-    /// Seed for --spread uniform (the same seed gives the same arrivals).
-    #[arg(long, default_value_t = 2019)]
-    pub seed: u64,
 
     /// TrueType font for chart text (the chart has no text if it is missing).
     #[arg(long, value_name = "FILE", default_value = DEFAULT_FONT)]
@@ -92,6 +80,37 @@ pub struct SimulateArgs {
     /// No progress lines on stderr.
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+/// The trace a run reads and how the invocations it counts per minute
+/// become arrival times (flags shared by `simulate` and `replay`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TraceArrivals {
+    /// Folder with the trace's inv.csv, run.csv and mem.csv (Azure Functions 2019 columns).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "../shared/traces/azure-functions-2019"
+    )]
+    pub trace: PathBuf,
+
+    /// How the invocations counted in one minute are placed inside it.
+    #[arg(long, value_enum, default_value_t = SpreadKind::Uniform)]
+    pub spread: SpreadKind,
+
+    /// Seed for --spread uniform (the same seed gives the same arrivals).
+    #[arg(long, default_value_t = 2019)]
+    pub seed: u64,
+}
+
+impl TraceArrivals {
+    /// The arrival model the flags ask for.
+    pub fn spread(&self) -> Spread {
+        match self.spread {
+            SpreadKind::Uniform => Spread::Uniform { seed: self.seed },
+            SpreadKind::Even => Spread::Even,
+        }
+    }
 }
 
 /// How arrivals are placed inside their minute.
@@ -287,12 +306,12 @@ pub fn run(args: SimulateArgs) -> Result<()> {
             eprintln!("{line}");
         }
     };
-    say(format!("reading the trace in {}", args.trace.display()));
-    let trace = Trace::load(&args.trace)?;
-    let spread = match args.spread {
-        SpreadKind::Uniform => Spread::Uniform { seed: args.seed },
-        SpreadKind::Even => Spread::Even,
-    };
+    say(format!(
+        "reading the trace in {}",
+        args.arrivals.trace.display()
+    ));
+    let trace = Trace::load(&args.arrivals.trace)?;
+    let spread = args.arrivals.spread();
     let all_arrivals: Vec<Vec<f64>> = trace
         .functions
         .iter()
@@ -346,7 +365,7 @@ pub fn run(args: SimulateArgs) -> Result<()> {
     }
     print!("{}", report::text_table(&results));
     let run = report::RunInfo {
-        trace_folder: args.trace.display().to_string(),
+        trace_folder: args.arrivals.trace.display().to_string(),
         spread,
         invocations: invocations as u64,
         replay_s,
