@@ -283,11 +283,39 @@ async fn two_gateways_on_one_jetstream_run_each_event_once() {
     };
     let nats = NatsServer::start(&bin, "two");
     let markers = temp_dir("two-markers");
-    let manifest = recorder("rec", &markers, "", 3);
+    // The first events wait at a gate until both gateways run one: on a
+    // loaded machine one gateway could otherwise run all 1,000 before the
+    // other's environments have started, and the test would show nothing
+    // about sharing the stream.
+    let gate = markers.with_extension("gate");
+    let _ = std::fs::remove_file(&gate);
+    let manifest = recorder(
+        "rec",
+        &markers,
+        &format!("    GATE: {}\n", gate.display()),
+        3,
+    );
     let (a, b) = two_gateways("two", &nats, &manifest);
     let (mut ids, rate_a) = send_events(&a.base, "rec", 500, 8).await;
     let (more, rate_b) = send_events(&b.base, "rec", 500, 8).await;
     ids.extend(more);
+    let both = poll(300, Duration::from_millis(200), || {
+        let gateways: HashSet<String> = Runs::read(&markers)
+            .starts
+            .into_values()
+            .flatten()
+            .map(|(_, pid)| pid)
+            .collect();
+        async move { (gateways.len() == 2).then_some(()) }
+    })
+    .await;
+    std::fs::write(&gate, "open").expect("gate");
+    assert!(
+        both.is_some(),
+        "both gateways took events from the stream\n{}\n{}",
+        a.log(),
+        b.log()
+    );
     let runs = wait_all_finished(&markers, &ids, 180).await;
     let by_gateway = runs
         .starts
@@ -308,6 +336,7 @@ async fn two_gateways_on_one_jetstream_run_each_event_once() {
     assert_eq!(by_gateway.len(), 2, "both gateways took events");
     drop((a, b));
     let _ = std::fs::remove_dir_all(&markers);
+    let _ = std::fs::remove_file(&gate);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
