@@ -80,6 +80,7 @@ pub fn decode_event(bytes: &[u8]) -> Option<StoredEvent> {
         trace_id: head.trace_id.map(Cow::into_owned),
         client_context: head.client_context.map(Cow::into_owned),
         resumes: head.resumes.map(Cow::into_owned),
+        redriven: false,
     })
 }
 
