@@ -152,7 +152,72 @@ pub struct FunctionSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub triggers: Vec<Trigger>,
+
+    /// Asynchronous invocations (Lambda's event invoke config): retries,
+    /// the age after which an event is given up, and where records of
+    /// successes and failures go. Unset values take the gateway's defaults.
+    #[serde(rename = "async", default, skip_serializing_if = "Option::is_none")]
+    pub async_config: Option<AsyncConfig>,
 }
+
+/// How a function's asynchronous events are retried and where their
+/// outcome is sent (Lambda's `PutFunctionEventInvokeConfig`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AsyncConfig {
+    /// Retries after a function error (Lambda: 0 to 2, default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2), extend("format" = "int32"))]
+    pub maximum_retry_attempts: Option<u32>,
+    /// Seconds after which an event not yet done is given up (Lambda: 60 to
+    /// 21,600); unset: the gateway's `--async-max-age` (default 21,600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 60, max = 21600), extend("format" = "int32"))]
+    pub maximum_event_age_seconds: Option<u32>,
+    /// Where a record of each outcome goes.
+    #[serde(default, skip_serializing_if = "Destinations::is_empty")]
+    pub destinations: Destinations,
+}
+
+/// Where the records of an async event's outcome go.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Destinations {
+    /// A record of each event that succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_success: Option<Destination>,
+    /// A record of each event given up (retries exhausted or too old);
+    /// without it, the event goes to the dead letters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<Destination>,
+}
+
+impl Destinations {
+    fn is_empty(&self) -> bool {
+        self.on_success.is_none() && self.on_failure.is_none()
+    }
+}
+
+/// One destination: another Function (invoked asynchronously with the
+/// record as its event) or a NATS subject (needs the gateway on NATS).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[x_kube(validation = Rule::new("has(self.function) != has(self.subject)").message("each async destination needs exactly one of function or subject"))]
+#[serde(rename_all = "camelCase")]
+pub struct Destination {
+    /// A Function in the same namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub function: Option<String>,
+    /// A NATS subject the record is published to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub subject: Option<String>,
+}
+
+/// Lambda's default retries of an async event that fails.
+pub const DEFAULT_MAXIMUM_RETRY_ATTEMPTS: u32 = 2;
+/// Lambda's default and largest age of an async event, in seconds.
+pub const MAXIMUM_EVENT_AGE_SECONDS: u32 = 21_600;
 
 /// Where a function's code comes from.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -794,6 +859,9 @@ impl FunctionSpec {
                 ));
             }
         }
+        if let Some(a) = &self.async_config {
+            problems.extend(a.problems());
+        }
         match (scale_to_zero_after, stable_window) {
             (Ok(scale_to_zero_after), Ok(stable_window)) if problems.is_empty() => {
                 let floor = self.replicas.unwrap_or(0).max(0) as u32;
@@ -815,10 +883,60 @@ impl FunctionSpec {
         }
     }
 
+    /// The async settings, when the function has any.
+    pub fn async_settings(&self) -> Option<&AsyncConfig> {
+        self.async_config.as_ref()
+    }
+
     /// The HTTP trigger, if the function declares one.
     pub fn http_trigger(&self) -> Option<&HttpTrigger> {
         self.triggers.iter().find_map(|t| t.http.as_ref())
     }
+}
+
+impl AsyncConfig {
+    /// What the schema and CEL rules check.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(n) = self.maximum_retry_attempts
+            && n > 2
+        {
+            problems.push(format!(
+                "spec.async.maximumRetryAttempts must be between 0 and 2, got {n}"
+            ));
+        }
+        if let Some(n) = self.maximum_event_age_seconds
+            && !(60..=MAXIMUM_EVENT_AGE_SECONDS).contains(&n)
+        {
+            problems.push(format!(
+                "spec.async.maximumEventAgeSeconds must be between 60 and 21600, got {n}"
+            ));
+        }
+        let d = &self.destinations;
+        for (name, dest) in [("onSuccess", &d.on_success), ("onFailure", &d.on_failure)] {
+            let Some(dest) = dest else { continue };
+            match (dest.function.as_deref(), dest.subject.as_deref()) {
+                (Some(f), None) if !f.is_empty() => {}
+                (None, Some(s)) if valid_subject(s) => {}
+                (None, Some(s)) => problems.push(format!(
+                    "spec.async.destinations.{name}.subject is not a NATS subject one can publish to: '{s}'"
+                )),
+                _ => problems.push(format!(
+                    "spec.async.destinations.{name} needs exactly one of function or subject"
+                )),
+            }
+        }
+        problems
+    }
+}
+
+/// A subject a message can be published to: dot-separated tokens, none
+/// empty, no wildcards or whitespace.
+fn valid_subject(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && s.split('.')
+            .all(|t| !t.is_empty() && t != "*" && t != ">" && !t.chars().any(char::is_whitespace))
 }
 
 #[cfg(test)]
@@ -909,5 +1027,105 @@ code:
             porchlight_core::names::API_VERSION
         );
         assert_eq!(Function::kind(&()), porchlight_core::names::FUNCTION_KIND);
+    }
+
+    #[test]
+    fn async_settings_read_from_yaml_and_are_checked() {
+        let mut spec: FunctionSpec = serde_yaml::from_str(
+            r#"
+handler: app.handler
+code: {inline: "x"}
+async:
+  maximumRetryAttempts: 0
+  maximumEventAgeSeconds: 60
+  destinations:
+    onSuccess: {function: audit}
+    onFailure: {subject: orders.failed}
+"#,
+        )
+        .expect("valid yaml");
+        let a = spec.async_config.clone().expect("async block");
+        assert_eq!(a.maximum_retry_attempts, Some(0));
+        assert_eq!(a.maximum_event_age_seconds, Some(60));
+        assert_eq!(
+            a.destinations
+                .on_success
+                .as_ref()
+                .and_then(|d| d.function.as_deref()),
+            Some("audit")
+        );
+        assert_eq!(
+            a.destinations
+                .on_failure
+                .as_ref()
+                .and_then(|d| d.subject.as_deref()),
+            Some("orders.failed")
+        );
+        assert!(spec.validate().is_ok());
+        // Written back under `async`, camelCase, unset fields left out.
+        let v = serde_json::to_value(&spec).expect("json");
+        assert_eq!(v["async"]["maximumRetryAttempts"], 0);
+        assert_eq!(
+            v["async"]["destinations"]["onFailure"]["subject"],
+            "orders.failed"
+        );
+        assert!(
+            v["async"]["destinations"]["onSuccess"]
+                .get("subject")
+                .is_none()
+        );
+        // A spec without the block writes none.
+        assert!(
+            serde_json::to_value(hello())
+                .expect("json")
+                .get("async")
+                .is_none()
+        );
+
+        let a = spec.async_config.as_mut().expect("async block");
+        a.maximum_retry_attempts = Some(3);
+        a.maximum_event_age_seconds = Some(59);
+        a.destinations.on_success = Some(Destination {
+            function: Some("a".into()),
+            subject: Some("b".into()),
+        });
+        a.destinations.on_failure = Some(Destination {
+            function: None,
+            subject: Some("orders.*".into()),
+        });
+        let problems = spec.validate().expect_err("invalid");
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("maximumRetryAttempts")));
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("maximumEventAgeSeconds"))
+        );
+        assert!(problems.iter().any(|p| p.contains(
+            "spec.async.destinations.onSuccess needs exactly one of function or subject"
+        )));
+        assert!(problems.iter().any(|p| p.contains("onFailure.subject")));
+    }
+
+    #[test]
+    fn crd_bounds_the_async_settings_and_asks_for_one_destination_kind() {
+        let crd = serde_json::to_value(Function::crd()).expect("serialises");
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["async"];
+        let props = &spec["properties"];
+        let bound = |field: &str, which: &str| props[field][which].as_f64();
+        assert_eq!(bound("maximumRetryAttempts", "minimum"), Some(0.0));
+        assert_eq!(bound("maximumRetryAttempts", "maximum"), Some(2.0));
+        assert_eq!(bound("maximumEventAgeSeconds", "minimum"), Some(60.0));
+        assert_eq!(bound("maximumEventAgeSeconds", "maximum"), Some(21600.0));
+        let on_failure = &props["destinations"]["properties"]["onFailure"];
+        assert_eq!(
+            on_failure["x-kubernetes-validations"][0]["rule"],
+            "has(self.function) != has(self.subject)"
+        );
+        assert_eq!(
+            on_failure["x-kubernetes-validations"][0]["message"],
+            "each async destination needs exactly one of function or subject"
+        );
     }
 }

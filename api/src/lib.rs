@@ -8,4 +8,6 @@
 pub mod duration;
 pub mod function;
 
-pub use function::{Function, FunctionSpec, FunctionStatus};
+pub use function::{
+    AsyncConfig, Destination, Destinations, Function, FunctionSpec, FunctionStatus,
+};

@@ -201,6 +201,7 @@ fn spec() -> impl Strategy<Value = FunctionSpec> {
                     scaling,
                     replicas,
                     triggers,
+                    async_config: None,
                 }
             },
         )

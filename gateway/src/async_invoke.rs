@@ -6,6 +6,13 @@
 //! then 2 min apart), a dead letter once the attempts or the age are spent.
 //! Nothing waits in a task during a retry's delay: the event waits in the
 //! store, so a stop never waits for it and a restart resumes it.
+//!
+//! A function's `spec.async` overrides the gateway's retries and maximum
+//! age, and names destinations: a record of each success goes to
+//! `onSuccess`, of each event given up to `onFailure` (in place of the
+//! dead letter, unless delivering the record fails). A destination is a
+//! Function (the record becomes an async event for it, stored in the same
+//! queue) or a NATS subject.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,13 +26,17 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::budget::{Purpose, Reservation};
+use porchlight_api::Destination;
+use porchlight_core::FunctionKey;
+
+use crate::budget::{MemoryBudget, Purpose, Reservation};
 use crate::dead_letters::{DeadLetter, DeadLetterList, PageRequest, now_rfc3339};
+use crate::destinations::{Condition, Response, record};
 use crate::error::GatewayError;
 use crate::forwarded::Forwarded;
 use crate::metrics::Metrics;
-use crate::queue::{Delivery, EventQueue, QueueError, StoredEvent, now_ms};
-use crate::registry::FunctionEntry;
+use crate::queue::{Delivery, EventQueue, QueueError, StoredEvent, decode_trigger, now_ms};
+use crate::registry::{FunctionEntry, Registry};
 use crate::sync_invoke::{SyncInvoker, TriggerKind};
 use crate::telemetry;
 
@@ -36,13 +47,15 @@ pub enum RetryDecision {
     Done,
     /// Retry after this delay.
     RetryAfter(Duration),
-    /// Give up: dead letter.
-    GiveUp,
+    /// Give up (dead letter or `onFailure` destination), and why.
+    GiveUp(Condition),
 }
 
 /// The retry policy (pure): `attempts` made so far, `age` of the event,
 /// whether the last failure was a throttle (which Lambda retries without
-/// counting it as an attempt, until the event is too old).
+/// counting it as an attempt, until the event is too old). A retry that
+/// would only be due once the event is too old is given up now, as
+/// `EventAgeExceeded`: Lambda would drop it then, unrun.
 pub fn retry_decision(
     attempts: u32,
     throttled: bool,
@@ -52,7 +65,7 @@ pub fn retry_decision(
     max_age: Duration,
 ) -> RetryDecision {
     if age >= max_age {
-        return RetryDecision::GiveUp;
+        return RetryDecision::GiveUp(Condition::EventAgeExceeded);
     }
     if throttled {
         // Lambda backs off 1 s to 5 min on throttles; here capped by the base.
@@ -62,9 +75,13 @@ pub fn retry_decision(
         return RetryDecision::RetryAfter(delay.min(max_age - age));
     }
     if attempts >= max_attempts {
-        return RetryDecision::GiveUp;
+        return RetryDecision::GiveUp(Condition::RetriesExhausted);
     }
-    RetryDecision::RetryAfter(backoff::exponential(base, attempts, Duration::MAX))
+    let delay = backoff::exponential(base, attempts, Duration::MAX);
+    if age.saturating_add(delay) >= max_age {
+        return RetryDecision::GiveUp(Condition::EventAgeExceeded);
+    }
+    RetryDecision::RetryAfter(delay)
 }
 
 /// Retries and bounds of async invocations.
@@ -72,13 +89,31 @@ pub fn retry_decision(
 pub struct AsyncSettings {
     /// Delay before the first retry; doubled for the second (Lambda: 60 s).
     pub retry_base: Duration,
-    /// Attempts of an event that fails (Lambda: 1 + 2 retries).
+    /// Attempts of an event that fails (Lambda: 1 + 2 retries), unless
+    /// the function's `spec.async.maximumRetryAttempts` says otherwise.
     pub max_attempts: u32,
-    /// Age after which an event is given up (Lambda default: 6 h).
+    /// Age after which an event is given up (Lambda default: 6 h), unless
+    /// the function's `spec.async.maximumEventAgeSeconds` says otherwise.
     pub max_age: Duration,
     /// How often a running event is reported as still in progress to its
     /// store (a third of JetStream's ack wait).
     pub progress_every: Duration,
+}
+
+impl AsyncSettings {
+    /// The attempts and maximum age of `entry`'s events: its own
+    /// `spec.async`, else these.
+    pub fn for_function(&self, entry: &FunctionEntry) -> (u32, Duration) {
+        let spec = entry.spec();
+        let config = spec.async_config.as_ref();
+        let attempts = config
+            .and_then(|c| c.maximum_retry_attempts)
+            .map_or(self.max_attempts, |retries| retries + 1);
+        let age = config
+            .and_then(|c| c.maximum_event_age_seconds)
+            .map_or(self.max_age, |s| Duration::from_secs(u64::from(s)));
+        (attempts, age)
+    }
 }
 
 /// Most bytes of a function's error kept with a dead letter; a longer one
@@ -112,6 +147,8 @@ pub struct AsyncInvoker {
     metrics: Metrics,
     settings: AsyncSettings,
     queue: Arc<dyn EventQueue>,
+    registry: Arc<Registry>,
+    budget: MemoryBudget,
     workers: Mutex<HashMap<String, Worker>>,
     tasks: TaskTracker,
     stop: CancellationToken,
@@ -119,18 +156,23 @@ pub struct AsyncInvoker {
 }
 
 impl AsyncInvoker {
-    /// An invoker over `queue`, with no workers yet.
+    /// An invoker over `queue`, with no workers yet; destinations are
+    /// looked up in `registry`, and their records held against `budget`.
     pub fn new(
         invoker: Arc<SyncInvoker>,
         metrics: Metrics,
         settings: AsyncSettings,
         queue: Arc<dyn EventQueue>,
+        registry: Arc<Registry>,
+        budget: MemoryBudget,
     ) -> Self {
         AsyncInvoker {
             invoker,
             metrics,
             settings,
             queue,
+            registry,
+            budget,
             workers: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
@@ -149,6 +191,54 @@ impl AsyncInvoker {
             tracing::error!(error = %e, "cannot read the dead letters");
             GatewayError::EventStore
         })
+    }
+
+    /// Stores `entry`'s dead letters again as new events (only
+    /// `request_id`'s, when given): the same request id, attempts and age
+    /// starting over; each is removed from the dead letters once stored.
+    /// Answers how many were redriven.
+    pub async fn redrive(
+        self: &Arc<Self>,
+        entry: &Arc<FunctionEntry>,
+        request_id: Option<&str>,
+    ) -> Result<usize, GatewayError> {
+        let letters = self
+            .queue
+            .find_dead_letters(entry.name(), request_id)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot read the dead letters");
+                GatewayError::EventStore
+            })?;
+        if let Some(id) = request_id
+            && letters.is_empty()
+        {
+            return Err(GatewayError::DeadLetterNotFound(format!(
+                "No dead letter of {} has the request id {id}.",
+                entry.name()
+            )));
+        }
+        let mut redriven = 0;
+        for (sequence, letter) in letters {
+            let trigger = decode_trigger(letter.trigger).unwrap_or(TriggerKind::Event);
+            let held = self
+                .budget
+                .try_reserve(letter.event.len(), Purpose::Async)?;
+            let mut event =
+                StoredEvent::new(letter.request_id, entry.name(), trigger, letter.event);
+            event.redriven = true;
+            let request_id = event.request_id.clone();
+            self.store(entry, event, held).await?;
+            // Stored before it is removed: a failure here leaves the letter
+            // listed, and a second redrive would run it twice.
+            if let Err(e) = self.queue.remove_dead_letter(sequence).await {
+                tracing::error!(%request_id, function = entry.name(), error = %e, "a redriven dead letter could not be removed");
+                return Err(GatewayError::EventStore);
+            }
+            tracing::info!(%request_id, function = entry.name(), "dead letter redriven");
+            redriven += 1;
+        }
+        Ok(redriven)
     }
 
     /// Events of `entry` stored and not finished (this gateway's own store),
@@ -205,10 +295,24 @@ impl AsyncInvoker {
         if self.invoker.is_shutting_down() || self.stop.is_cancelled() {
             return Err(GatewayError::ShuttingDown);
         }
-        self.worker_for(entry);
         let event =
             StoredEvent::new(request_id, entry.name(), trigger, payload).forwarding(forwarded);
+        self.store(entry, event, held).await
+    }
+
+    /// Stores `event` for `entry` (see [`AsyncInvoker::enqueue`]).
+    async fn store(
+        self: &Arc<Self>,
+        entry: &Arc<FunctionEntry>,
+        event: StoredEvent,
+        held: Reservation,
+    ) -> Result<(), GatewayError> {
+        if self.invoker.is_shutting_down() || self.stop.is_cancelled() {
+            return Err(GatewayError::ShuttingDown);
+        }
+        self.worker_for(entry);
         let request_id = event.request_id.clone();
+        let trigger = event.trigger;
         match self
             .queue
             .publish(event, held.repurpose(Purpose::Async))
@@ -273,6 +377,21 @@ impl AsyncInvoker {
         ) {
             old.stop.cancel();
         }
+        if !self.queue.publishes_to_subjects()
+            && let Some(config) = entry.spec().async_config.as_ref()
+        {
+            let d = &config.destinations;
+            for (which, dest) in [("onSuccess", &d.on_success), ("onFailure", &d.on_failure)] {
+                if let Some(subject) = dest.as_ref().and_then(|d| d.subject.as_deref()) {
+                    tracing::warn!(
+                        function = entry.name(),
+                        destination = which,
+                        subject,
+                        "a subject destination needs the gateway on NATS (--queue nats://...); its records cannot be sent (those of failures go to the dead letters)"
+                    );
+                }
+            }
+        }
         let this = self.clone();
         let e = entry.clone();
         self.tasks
@@ -335,7 +454,7 @@ impl AsyncInvoker {
     }
 
     /// Runs one attempt of a taken event and settles it.
-    async fn run_event(&self, entry: &Arc<FunctionEntry>, delivery: Delivery) {
+    async fn run_event(self: &Arc<Self>, entry: &Arc<FunctionEntry>, delivery: Delivery) {
         let Delivery {
             event,
             delivered,
@@ -367,23 +486,62 @@ impl AsyncInvoker {
                 }
             }
         };
+        let (max_attempts, max_age) = cfg.for_function(entry);
         let settled = match result {
-            Ok(r) if r.function_error.is_none() => settle.ack().await.map(|()| "done"),
+            Ok(r) if r.function_error.is_none() => {
+                if let Some(dest) = destination(entry, Condition::Success) {
+                    let response = Response {
+                        status_code: 200,
+                        function_error: None,
+                        payload: r.body.clone(),
+                    };
+                    let sent = self
+                        .send_record(
+                            entry,
+                            &dest,
+                            &event,
+                            Condition::Success,
+                            event.attempts + 1,
+                            &response,
+                        )
+                        .await;
+                    if let Err(e) = sent {
+                        // The event is done; its record is lost (as Lambda's
+                        // are when a destination refuses them).
+                        tracing::warn!(request_id = %event.request_id, function = entry.name(), error = %e, "the onSuccess record could not be sent");
+                    }
+                }
+                settle.ack().await.map(|()| "done")
+            }
             Err(GatewayError::ShuttingDown) => {
                 // Not an attempt: it stays stored and runs after the next
                 // start (or on another gateway).
                 settle.release(Duration::ZERO).await.map(|()| "given back")
             }
             outcome => {
-                let (error, throttled) = match outcome {
-                    Ok(r) => (error_to_keep(&r.body), false),
+                let (error, throttled, response) = match outcome {
+                    Ok(r) => {
+                        let error = error_to_keep(&r.body);
+                        let response = Response {
+                            status_code: 200,
+                            function_error: r.function_error.clone(),
+                            payload: error.clone(),
+                        };
+                        (error, false, response)
+                    }
                     Err(e) => {
                         let throttled = matches!(
                             e,
                             GatewayError::Throttled { .. } | GatewayError::Unavailable { .. }
                         );
                         let error = serde_json::json!({"errorType": e.error_type(), "errorMessage": e.to_string()});
-                        (Bytes::from(error.to_string()), throttled)
+                        let error = Bytes::from(error.to_string());
+                        let response = Response {
+                            status_code: e.status().as_u16(),
+                            function_error: None,
+                            payload: error.clone(),
+                        };
+                        (error, throttled, response)
                     }
                 };
                 let attempts = event.attempts + u32::from(!throttled);
@@ -392,8 +550,8 @@ impl AsyncInvoker {
                     throttled,
                     event.age(now_ms()),
                     cfg.retry_base,
-                    cfg.max_attempts,
-                    cfg.max_age,
+                    max_attempts,
+                    max_age,
                 ) {
                     RetryDecision::RetryAfter(delay) if throttled => {
                         settle.release(delay).await.map(|()| "throttled")
@@ -414,33 +572,61 @@ impl AsyncInvoker {
                         again.attempts = attempts;
                         settle.retry(again, delay).await.map(|()| "retry stored")
                     }
-                    RetryDecision::Done | RetryDecision::GiveUp => {
-                        tracing::warn!(
-                            request_id = %event.request_id,
-                            function = entry.name(),
-                            attempts,
-                            "async invocation failed every attempt; recorded as a dead letter"
-                        );
-                        self.metrics
-                            .dead_letters
-                            .with_label_values(&[entry.name()])
-                            .inc();
-                        let letter = DeadLetter {
-                            function: entry.name().to_string(),
-                            request_id: event.request_id.clone(),
-                            trigger: event.trigger.as_str(),
-                            event: event.payload.clone(),
-                            error,
-                            attempts,
-                            time: now_rfc3339(),
-                        };
-                        settle.dead_letter(letter).await.map(|evicted| {
-                            if evicted > 0 {
-                                self.metrics.dead_letters_evicted.inc_by(evicted);
+                    RetryDecision::GiveUp(condition) => {
+                        let mut sent = false;
+                        if let Some(dest) = destination(entry, condition) {
+                            match self
+                                .send_record(entry, &dest, &event, condition, attempts, &response)
+                                .await
+                            {
+                                Ok(()) => sent = true,
+                                Err(e) => tracing::warn!(
+                                    request_id = %event.request_id,
+                                    function = entry.name(),
+                                    error = %e,
+                                    "the onFailure record could not be sent; the event goes to the dead letters"
+                                ),
                             }
-                            "dead-lettered"
-                        })
+                        }
+                        if sent {
+                            tracing::info!(
+                                request_id = %event.request_id,
+                                function = entry.name(),
+                                attempts,
+                                condition = condition.as_str(),
+                                "async invocation given up; its record went to the onFailure destination"
+                            );
+                            settle.ack().await.map(|()| "sent to onFailure")
+                        } else {
+                            tracing::warn!(
+                                request_id = %event.request_id,
+                                function = entry.name(),
+                                attempts,
+                                condition = condition.as_str(),
+                                "async invocation given up; recorded as a dead letter"
+                            );
+                            self.metrics
+                                .dead_letters
+                                .with_label_values(&[entry.name()])
+                                .inc();
+                            let letter = DeadLetter {
+                                function: entry.name().to_string(),
+                                request_id: event.request_id.clone(),
+                                trigger: event.trigger.as_str(),
+                                event: event.payload.clone(),
+                                error,
+                                attempts,
+                                time: now_rfc3339(),
+                            };
+                            settle.dead_letter(letter).await.map(|evicted| {
+                                if evicted > 0 {
+                                    self.metrics.dead_letters_evicted.inc_by(evicted);
+                                }
+                                "dead-lettered"
+                            })
+                        }
                     }
+                    RetryDecision::Done => settle.ack().await.map(|()| "done"),
                 }
             }
         };
@@ -451,6 +637,76 @@ impl AsyncInvoker {
         if pending {
             entry.async_finished();
         }
+    }
+}
+
+impl AsyncInvoker {
+    /// Sends the record of `event`'s outcome to `dest`: a Function gets it
+    /// as an async event of its own (a new request id), a subject gets it
+    /// published.
+    async fn send_record(
+        self: &Arc<Self>,
+        source: &Arc<FunctionEntry>,
+        dest: &Destination,
+        event: &StoredEvent,
+        condition: Condition,
+        invokes: u32,
+        response: &Response,
+    ) -> Result<(), String> {
+        let body = record(
+            source.name(),
+            &event.request_id,
+            condition,
+            invokes,
+            &event.payload,
+            response,
+        );
+        if let Some(name) = dest.function.as_deref() {
+            let key = FunctionKey::new(source.key().namespace.clone(), name);
+            let address = self.registry.address_of(&key);
+            let target = self
+                .registry
+                .get(&address)
+                .ok_or_else(|| format!("the destination function {address} does not exist"))?;
+            if Arc::ptr_eq(&target, source) {
+                return Err("a function cannot be its own destination".into());
+            }
+            let held = self
+                .budget
+                .try_reserve(body.len(), Purpose::Async)
+                .map_err(|e| e.to_string())?;
+            let request_id = uuid::Uuid::new_v4().to_string();
+            return self
+                .enqueue(
+                    &target,
+                    body,
+                    held,
+                    request_id,
+                    TriggerKind::Destination,
+                    Forwarded::new_trace(false),
+                )
+                .await
+                .map_err(|e| e.to_string());
+        }
+        match dest.subject.as_deref() {
+            Some(subject) => self
+                .queue
+                .publish_record(subject, body)
+                .await
+                .map_err(|e| e.to_string()),
+            None => Err("the destination names no function and no subject".into()),
+        }
+    }
+}
+
+/// Where the record of an event that ended with `condition` goes, if the
+/// function names a destination for it.
+fn destination(entry: &FunctionEntry, condition: Condition) -> Option<Destination> {
+    let spec = entry.spec();
+    let d = &spec.async_config.as_ref()?.destinations;
+    match condition {
+        Condition::Success => d.on_success.clone(),
+        Condition::RetriesExhausted | Condition::EventAgeExceeded => d.on_failure.clone(),
     }
 }
 
@@ -519,7 +775,7 @@ mod tests {
         );
         assert_eq!(
             retry_decision(3, false, age, base, 3, max_age),
-            RetryDecision::GiveUp
+            RetryDecision::GiveUp(Condition::RetriesExhausted)
         );
         // Throttles do not use up attempts but expire with the event.
         assert!(matches!(
@@ -528,7 +784,75 @@ mod tests {
         ));
         assert_eq!(
             retry_decision(0, true, max_age, base, 3, max_age),
-            RetryDecision::GiveUp
+            RetryDecision::GiveUp(Condition::EventAgeExceeded)
+        );
+    }
+
+    #[test]
+    fn a_functions_settings_override_the_gateways() {
+        let base = Duration::from_secs(60);
+        let age = Duration::from_secs(1);
+        // maximumRetryAttempts 0: one attempt, then given up.
+        assert_eq!(
+            retry_decision(1, false, age, base, 1, Duration::from_secs(21_600)),
+            RetryDecision::GiveUp(Condition::RetriesExhausted)
+        );
+        // maximumRetryAttempts 1: one retry.
+        assert_eq!(
+            retry_decision(1, false, age, base, 2, Duration::from_secs(21_600)),
+            RetryDecision::RetryAfter(base)
+        );
+        // maximumEventAgeSeconds 90: the first retry (at 61 s) is in time,
+        // the second (at about 3 min) would not be: given up now.
+        let max_age = Duration::from_secs(90);
+        assert_eq!(
+            retry_decision(1, false, age, base, 3, max_age),
+            RetryDecision::RetryAfter(base)
+        );
+        assert_eq!(
+            retry_decision(2, false, Duration::from_secs(62), base, 3, max_age),
+            RetryDecision::GiveUp(Condition::EventAgeExceeded)
+        );
+        // Older than its maximum: given up whatever the attempts.
+        assert_eq!(
+            retry_decision(0, false, max_age, base, 3, max_age),
+            RetryDecision::GiveUp(Condition::EventAgeExceeded)
+        );
+    }
+
+    fn spec(yaml: &str) -> porchlight_api::FunctionSpec {
+        serde_yaml::from_str(yaml).expect("a spec")
+    }
+
+    #[test]
+    fn settings_come_from_the_function_else_the_gateway() {
+        let gateway = AsyncSettings {
+            retry_base: Duration::from_secs(60),
+            max_attempts: 3,
+            max_age: Duration::from_secs(3600),
+            progress_every: Duration::from_secs(10),
+        };
+        let registry = Registry::new(crate::registry::DispatchConfig::default());
+        let plain = spec("handler: a.b\ncode: {inline: x}\n");
+        let own = spec(
+            "handler: a.b\ncode: {inline: x}\nasync: {maximumRetryAttempts: 0, maximumEventAgeSeconds: 120}\n",
+        );
+        let half = spec("handler: a.b\ncode: {inline: x}\nasync: {maximumRetryAttempts: 1}\n");
+        let entry = |name: &str, s: porchlight_api::FunctionSpec| {
+            let settings = s.validate().expect("valid");
+            registry.upsert(FunctionKey::new("default", name), s, settings)
+        };
+        assert_eq!(
+            gateway.for_function(&entry("plain", plain)),
+            (3, Duration::from_secs(3600))
+        );
+        assert_eq!(
+            gateway.for_function(&entry("own", own)),
+            (1, Duration::from_secs(120))
+        );
+        assert_eq!(
+            gateway.for_function(&entry("half", half)),
+            (2, Duration::from_secs(3600))
         );
     }
 }

@@ -120,7 +120,8 @@ pub struct Cli {
     /// Delay before the first retry of a failed async invocation (doubled for the second).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub async_retry_base: Duration,
-    /// Async events older than this are given up (dead-lettered).
+    /// Async events older than this are given up (dead-lettered), unless
+    /// the function's `spec.async.maximumEventAgeSeconds` says otherwise.
     #[arg(long, default_value = "6h", value_parser = parse_duration)]
     pub async_max_age: Duration,
     /// Dead letters kept (the oldest are evicted and counted).

@@ -56,7 +56,7 @@ const LETTER_OVERHEAD: usize = 256;
 
 /// Writes JSON text as it is (a string when it is not JSON), without
 /// building a tree of it.
-fn raw_json<S: Serializer>(text: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn raw_json<S: Serializer>(text: &Bytes, s: S) -> Result<S::Ok, S::Error> {
     let raw = std::str::from_utf8(text)
         .ok()
         .and_then(|t| serde_json::from_str::<&serde_json::value::RawValue>(t).ok());
@@ -207,6 +207,31 @@ impl DeadLetters {
     pub fn set_counts(&self, total: u64, evicted: u64) {
         self.total.store(total, Ordering::Relaxed);
         self.evicted.store(evicted, Ordering::Relaxed);
+    }
+
+    /// The letters of `function` (only `request_id`'s, when given), oldest
+    /// first, with their sequences.
+    pub fn matching(&self, function: &str, request_id: Option<&str>) -> Vec<(u64, DeadLetter)> {
+        let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        ring.letters
+            .iter()
+            .filter(|k| {
+                k.letter.function == function && request_id.is_none_or(|r| k.letter.request_id == r)
+            })
+            .map(|k| (k.sequence, k.letter.clone()))
+            .collect()
+    }
+
+    /// Removes the letter kept under `sequence`; whether it was there.
+    pub fn remove(&self, sequence: u64) -> bool {
+        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        let Ok(at) = ring.letters.binary_search_by_key(&sequence, |k| k.sequence) else {
+            return false;
+        };
+        if let Some(kept) = ring.letters.remove(at) {
+            ring.bytes -= kept.letter.size();
+        }
+        true
     }
 
     /// Bytes the ring holds.
@@ -363,6 +388,35 @@ mod tests {
         });
         assert_eq!(page.dead_letters.len(), 1);
         assert_eq!(page.next_marker.as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn letters_are_found_by_function_and_request_and_removed() {
+        let budget = MemoryBudget::new(1 << 20);
+        let d = DeadLetters::new(100, usize::MAX);
+        for i in 0..6 {
+            let f = if i % 2 == 0 { "even" } else { "odd" };
+            push(&d, &budget, letter(f, i, "{}"));
+        }
+        let odd = d.matching("odd", None);
+        let ids: Vec<&str> = odd.iter().map(|(_, l)| l.request_id.as_str()).collect();
+        assert_eq!(ids, ["r1", "r3", "r5"]);
+        let one = d.matching("odd", Some("r3"));
+        assert_eq!(one.len(), 1);
+        assert!(d.matching("even", Some("r3")).is_empty());
+        assert!(d.remove(one[0].0));
+        assert!(!d.remove(one[0].0), "removed once");
+        let left: Vec<String> = all(&d, None)
+            .dead_letters
+            .into_iter()
+            .map(|l| l.request_id)
+            .collect();
+        assert_eq!(left, ["r0", "r1", "r2", "r4", "r5"]);
+        assert_eq!(
+            budget.held(),
+            d.bytes(),
+            "a removed letter gives its bytes back"
+        );
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub enum GatewayError {
     /// Payload over the limit.
     #[error("{limit} bytes is the maximum payload size for this invocation type.")]
     TooLarge { limit: usize },
+    /// No dead letter with the request id asked for.
+    #[error("{0}")]
+    DeadLetterNotFound(String),
     /// Body is not JSON where JSON is required.
     #[error("Could not parse request body into json: {0}")]
     InvalidJson(String),
@@ -78,9 +81,9 @@ impl GatewayError {
     /// Lambda's error type name (a bounded set, also used as a metric label).
     pub fn error_type(&self) -> &'static str {
         match self {
-            GatewayError::FunctionNotFound { .. } | GatewayError::RouteNotFound(_) => {
-                "ResourceNotFoundException"
-            }
+            GatewayError::FunctionNotFound { .. }
+            | GatewayError::RouteNotFound(_)
+            | GatewayError::DeadLetterNotFound(_) => "ResourceNotFoundException",
             GatewayError::Throttled { .. } => "TooManyRequestsException",
             GatewayError::Unavailable { .. }
             | GatewayError::ShuttingDown
@@ -102,9 +105,9 @@ impl GatewayError {
     /// The HTTP status Lambda answers with.
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::FunctionNotFound { .. } | GatewayError::RouteNotFound(_) => {
-                StatusCode::NOT_FOUND
-            }
+            GatewayError::FunctionNotFound { .. }
+            | GatewayError::RouteNotFound(_)
+            | GatewayError::DeadLetterNotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Unavailable { .. }
             | GatewayError::ShuttingDown
@@ -150,7 +153,9 @@ impl GatewayError {
     /// A short label for metrics.
     pub fn outcome(&self) -> &'static str {
         match self {
-            GatewayError::FunctionNotFound { .. } | GatewayError::RouteNotFound(_) => "not_found",
+            GatewayError::FunctionNotFound { .. }
+            | GatewayError::RouteNotFound(_)
+            | GatewayError::DeadLetterNotFound(_) => "not_found",
             GatewayError::Throttled { .. } => "throttled",
             GatewayError::Unavailable { .. } => "unavailable",
             GatewayError::TooLarge { .. } => "too_large",

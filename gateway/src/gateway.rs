@@ -115,6 +115,10 @@ impl Gateway {
             metrics.clone(),
             budget.clone(),
         ));
+        let registry = Arc::new(Registry::with_home(
+            config.dispatch.clone(),
+            &config.home_namespace,
+        ));
         let asynchronous = Arc::new(AsyncInvoker::new(
             sync.clone(),
             metrics.clone(),
@@ -125,9 +129,11 @@ impl Gateway {
                 progress_every: config.async_progress_every,
             },
             queue,
+            registry.clone(),
+            budget.clone(),
         ));
         Arc::new(Gateway {
-            registry: Arc::new(Registry::with_home(config.dispatch, &config.home_namespace)),
+            registry,
             sync,
             asynchronous,
             reports: Arc::new(ReportHub::new(config.gateway_name)),
@@ -241,6 +247,17 @@ impl Gateway {
         self.asynchronous.dead_letters(page).await
     }
 
+    /// Runs `function`'s dead letters again (only `request_id`'s, when
+    /// given); answers how many.
+    pub async fn redrive(
+        &self,
+        function: &str,
+        request_id: Option<&str>,
+    ) -> Result<usize, GatewayError> {
+        let entry = self.function(function)?;
+        self.asynchronous.redrive(&entry, request_id).await
+    }
+
     /// Asks an environment whether its init finished.
     pub async fn readiness(&self, base_url: &str) -> Readiness {
         self.sync.readiness(base_url).await
@@ -343,5 +360,13 @@ impl Ingress for Gateway {
         page: &PageRequest,
     ) -> impl Future<Output = Result<DeadLetterList, GatewayError>> + Send {
         Gateway::dead_letters(self, page)
+    }
+
+    fn redrive(
+        &self,
+        function: &str,
+        request_id: Option<&str>,
+    ) -> impl Future<Output = Result<usize, GatewayError>> + Send {
+        Gateway::redrive(self, function, request_id)
     }
 }

@@ -24,6 +24,7 @@ pub mod budget;
 pub mod cli;
 pub mod cors;
 pub mod dead_letters;
+pub mod destinations;
 pub mod error;
 pub mod events;
 pub mod forwarded;

@@ -101,6 +101,13 @@ pub trait Ingress: Send + Sync + 'static {
         &self,
         page: &PageRequest,
     ) -> impl Future<Output = Result<DeadLetterList, GatewayError>> + Send;
+    /// Stores `function`'s dead letters (only `request_id`'s, when given)
+    /// as new events and removes them from the dead letters; how many.
+    fn redrive(
+        &self,
+        function: &str,
+        request_id: Option<&str>,
+    ) -> impl Future<Output = Result<usize, GatewayError>> + Send;
     /// Verifies a Lambda API request's signature when the gateway requires
     /// one: who signed it, or `None` when signatures are off.
     fn authenticate(&self, _request: &SignedRequest<'_>) -> Result<Option<Caller>, GatewayError> {
@@ -145,6 +152,7 @@ fn public_routes<G: Ingress>() -> Router<Arc<G>> {
 fn internal_routes<G: Ingress>() -> Router<Arc<G>> {
     Router::new()
         .route("/v1/dead-letters", get(dead_letters::<G>))
+        .route("/v1/dead-letters/redrive", post(redrive::<G>))
         .route("/v1/functions", get(functions_status::<G>))
         .route("/v1/usage", get(usage::<G>))
         .route(REPORT_PATH, get(concurrency::<G>))
@@ -1107,6 +1115,44 @@ async fn dead_letter_page(
     Ok(r)
 }
 
+/// What `POST /v1/dead-letters/redrive` takes.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RedriveRequest {
+    function: String,
+    #[serde(default)]
+    request_id: Option<String>,
+}
+
+/// Most bytes of a redrive request.
+const REDRIVE_BODY_LIMIT: usize = 64 * 1024;
+
+/// `POST /v1/dead-letters/redrive` with `{"function": NAME}` (all of its
+/// dead letters) or `{"function": NAME, "requestId": ID}` (one): stores
+/// them again as new events (same request id, attempts and age starting
+/// over) and removes them from the dead letters. Answers `{"redriven": N}`.
+async fn redrive<G: Ingress>(State(gw): Gw<G>, headers: HeaderMap, body: Body) -> Response {
+    let run = async {
+        let body = read_body(&headers, body, REDRIVE_BODY_LIMIT).await?;
+        let request: RedriveRequest = serde_json::from_slice(&body).map_err(|e| {
+            GatewayError::InvalidParameter(format!(
+                "The body must be {{\"function\": NAME}} or {{\"function\": NAME, \"requestId\": ID}}: {e}"
+            ))
+        })?;
+        if request.function.is_empty() || request.request_id.as_deref() == Some("") {
+            return Err(GatewayError::InvalidParameter(
+                "function and requestId must not be empty.".into(),
+            ));
+        }
+        let (name, _) = parse_function_name(&request.function);
+        gw.redrive(&name, request.request_id.as_deref()).await
+    };
+    match run.await {
+        Ok(n) => axum::Json(json!({ "redriven": n })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1164,6 +1210,9 @@ mod tests {
         async fn dead_letters(&self, _: &PageRequest) -> Result<DeadLetterList, GatewayError> {
             Ok(DeadLetterList::empty())
         }
+        async fn redrive(&self, name: &str, _: Option<&str>) -> Result<usize, GatewayError> {
+            Err(GatewayError::not_found(name))
+        }
     }
 
     async fn status(uri: &str, method: &str) -> (StatusCode, HeaderMap) {
@@ -1188,6 +1237,60 @@ mod tests {
         assert_eq!(status("/v1/functions", "GET").await.0, StatusCode::OK);
         let (code, _) = status("/events/cloudevents", "POST").await;
         assert_eq!(code, StatusCode::BAD_REQUEST, "no ce- headers");
+    }
+
+    #[tokio::test]
+    async fn redrive_answers_in_lambdas_error_shape() {
+        for (body, code, error_type) in [
+            (
+                "{}",
+                StatusCode::BAD_REQUEST,
+                "InvalidParameterValueException",
+            ),
+            (
+                "not json",
+                StatusCode::BAD_REQUEST,
+                "InvalidParameterValueException",
+            ),
+            (
+                r#"{"function":"f","requestId":""}"#,
+                StatusCode::BAD_REQUEST,
+                "InvalidParameterValueException",
+            ),
+            (
+                r#"{"function":"f","other":1}"#,
+                StatusCode::BAD_REQUEST,
+                "InvalidParameterValueException",
+            ),
+            (
+                r#"{"function":"nope"}"#,
+                StatusCode::NOT_FOUND,
+                "ResourceNotFoundException",
+            ),
+        ] {
+            let req = Request::builder()
+                .method("POST")
+                .uri("/v1/dead-letters/redrive")
+                .body(Body::from(body))
+                .expect("request");
+            let r = app(Arc::new(Empty)).oneshot(req).await.expect("infallible");
+            assert_eq!(r.status(), code, "{body}");
+            let bytes = r.into_body().collect().await.expect("body").to_bytes();
+            let v: Value = serde_json::from_slice(&bytes).expect("JSON");
+            assert_eq!(v["errorType"], error_type, "{body}");
+            assert!(v["errorMessage"].is_string(), "{body}");
+        }
+        // Only on the internal listener, as the dead-letter listing.
+        let req = Request::builder()
+            .method("POST")
+            .uri("/v1/dead-letters/redrive")
+            .body(Body::from(r#"{"function":"nope"}"#))
+            .expect("request");
+        let r = public_app(Arc::new(Empty))
+            .oneshot(req)
+            .await
+            .expect("infallible");
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
     }
 
     /// Found by `gateway/tests/fuzz_parsers.rs`: a name that percent-decodes

@@ -42,6 +42,9 @@ pub enum TriggerKind {
     S3,
     /// CloudEvent.
     CloudEvents,
+    /// A record of another function's async event (its `onSuccess` or
+    /// `onFailure` destination).
+    Destination,
 }
 
 impl TriggerKind {
@@ -53,6 +56,7 @@ impl TriggerKind {
             TriggerKind::Http => "http",
             TriggerKind::S3 => "s3",
             TriggerKind::CloudEvents => "cloudevents",
+            TriggerKind::Destination => "destination",
         }
     }
 }

@@ -1381,6 +1381,9 @@ mod routes {
         async fn dead_letters(&self, _: &PageRequest) -> Result<DeadLetterList, GatewayError> {
             Ok(DeadLetterList::empty())
         }
+        async fn redrive(&self, name: &str, _: Option<&str>) -> Result<usize, GatewayError> {
+            Err(GatewayError::not_found(name))
+        }
     }
 
     fn stand_in() -> Arc<StandIn> {

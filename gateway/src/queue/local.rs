@@ -94,6 +94,8 @@ enum Op {
         letter: Vec<u8>,
         evicted: Vec<u64>,
     },
+    /// A dead letter redriven.
+    RemoveLetter(u64),
 }
 
 struct Write {
@@ -353,6 +355,9 @@ fn commit(db: &Database, batch: &[Write]) -> Result<(), String> {
                         letters.remove(k).map_err(|e| e.to_string())?;
                     }
                 }
+                Op::RemoveLetter(k) => {
+                    letters.remove(k).map_err(|e| e.to_string())?;
+                }
             }
         }
     }
@@ -448,6 +453,22 @@ impl EventQueue for LocalQueue {
         page: &'a PageRequest,
     ) -> BoxFuture<'a, Result<DeadLetterList, QueueError>> {
         Box::pin(async move { Ok(self.inner.dead.page(page)) })
+    }
+
+    fn find_dead_letters<'a>(
+        &'a self,
+        function: &'a str,
+        request_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<(u64, DeadLetter)>, QueueError>> {
+        Box::pin(async move { Ok(self.inner.dead.matching(function, request_id)) })
+    }
+
+    fn remove_dead_letter(&self, sequence: u64) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(async move {
+            self.inner.write(Op::RemoveLetter(sequence)).await?;
+            self.inner.dead.remove(sequence);
+            Ok(())
+        })
     }
 
     fn close(&self) {
@@ -812,6 +833,45 @@ mod tests {
     }
 
     /// Opens `dir` again once the previous queue's writer let go of it.
+    #[tokio::test]
+    async fn a_removed_dead_letter_stays_removed_across_reopen() {
+        let dir = tempdir();
+        let budget = MemoryBudget::new(1 << 20);
+        let q = LocalQueue::open(&dir, settings(10)).expect("open");
+        for i in 0..3 {
+            publish(&q, &budget, event(i)).await.expect("stored");
+        }
+        let mut c = q.consumer("f").await.expect("consumer");
+        for _ in 0..3 {
+            let d = take(&mut c).await;
+            d.settle
+                .dead_letter(letter(&d.event))
+                .await
+                .expect("letter");
+        }
+        let found = q.find_dead_letters("f", Some("r1")).await.expect("find");
+        assert_eq!(found.len(), 1);
+        assert!(
+            q.find_dead_letters("g", None)
+                .await
+                .expect("find")
+                .is_empty()
+        );
+        q.remove_dead_letter(found[0].0).await.expect("remove");
+        drop(c);
+        drop(q);
+        let q = reopen(&dir).await;
+        let left: Vec<String> = q
+            .find_dead_letters("f", None)
+            .await
+            .expect("find")
+            .into_iter()
+            .map(|(_, l)| l.request_id)
+            .collect();
+        assert_eq!(left, ["r0", "r2"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     async fn reopen(dir: &Path) -> LocalQueue {
         for _ in 0..100 {
             if let Ok(q) = LocalQueue::open(dir, settings(100)) {

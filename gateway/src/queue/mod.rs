@@ -16,6 +16,8 @@ pub mod local;
 pub mod nats;
 mod record;
 
+pub use record::decode_trigger;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -54,6 +56,10 @@ pub struct StoredEvent {
     /// The `traceparent` of the span that accepted the event, which its
     /// spans continue (when spans are recorded).
     pub resumes: Option<String>,
+    /// Published again from the dead letters (not stored: it only makes
+    /// the publish one that a store's de-duplication tells apart from the
+    /// event's first).
+    pub redriven: bool,
 }
 
 impl StoredEvent {
@@ -70,6 +76,7 @@ impl StoredEvent {
             trace_id: None,
             client_context: None,
             resumes: None,
+            redriven: false,
         }
     }
 
@@ -155,6 +162,32 @@ pub trait EventQueue: Send + Sync + 'static {
         &'a self,
         page: &'a PageRequest,
     ) -> BoxFuture<'a, Result<DeadLetterList, QueueError>>;
+    /// The dead letters of `function` (only `request_id`'s, when given),
+    /// oldest first, each with the sequence it is kept under.
+    fn find_dead_letters<'a>(
+        &'a self,
+        function: &'a str,
+        request_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<(u64, DeadLetter)>, QueueError>>;
+    /// Removes the dead letter kept under `sequence` (once it was redriven).
+    fn remove_dead_letter(&self, sequence: u64) -> BoxFuture<'_, Result<(), QueueError>>;
+    /// Whether [`EventQueue::publish_record`] can reach a subject (a store on NATS).
+    fn publishes_to_subjects(&self) -> bool {
+        false
+    }
+    /// Publishes a destination record to a NATS subject.
+    fn publish_record<'a>(
+        &'a self,
+        subject: &'a str,
+        record: Bytes,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        let _ = (subject, record);
+        Box::pin(async {
+            Err(QueueError::Store(
+                "a subject destination needs the gateway on NATS (--queue nats://...)".into(),
+            ))
+        })
+    }
     /// Stops handing out events: every consumer's `next` answers `None`.
     fn close(&self);
 }

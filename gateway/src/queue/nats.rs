@@ -178,7 +178,13 @@ impl EventQueue for NatsQueue {
                 return Err(QueueError::Closed);
             }
             let subject = format!("porchlight.async.{}", token(&event.function));
-            let id = event.request_id.clone();
+            // A redriven event is told apart from its first publish, which
+            // the stream may still remember.
+            let id = if event.redriven {
+                format!("{}/redrive/{}", event.request_id, event.accepted_at_ms)
+            } else {
+                event.request_id.clone()
+            };
             let body = encode_event(&event);
             drop(event);
             // The copy sent to the server counts until the server has it.
@@ -290,6 +296,80 @@ impl EventQueue for NatsQueue {
                 out.dead_letters.push(letter);
             }
             Ok(out)
+        })
+    }
+
+    fn find_dead_letters<'a>(
+        &'a self,
+        function: &'a str,
+        request_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<(u64, DeadLetter)>, QueueError>> {
+        Box::pin(async move {
+            let info = self
+                .dead
+                .get_info()
+                .await
+                .map_err(|e| store_error("dead letters", e))?;
+            let subject = format!("porchlight.dead.{}", token(function));
+            let mut sequence = info.state.first_sequence.max(1);
+            let mut out = Vec::new();
+            // The stream is bounded by count, so this walk is too.
+            while sequence <= info.state.last_sequence {
+                let message = match self
+                    .dead
+                    .raw_message_builder()
+                    .sequence(sequence)
+                    .next_by_subject(subject.clone())
+                    .send()
+                    .await
+                {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => break,
+                    Err(e) => return Err(store_error("dead letters", e)),
+                };
+                sequence = message.sequence + 1;
+                if let Some(letter) = decode_letter(&message.payload)
+                    && letter.function == function
+                    && request_id.is_none_or(|r| letter.request_id == r)
+                {
+                    out.push((message.sequence, letter));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn remove_dead_letter(&self, sequence: u64) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(async move {
+            match self.dead.delete_message(sequence).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.to_string().contains("no message found") => Ok(()),
+                Err(e) => Err(store_error("remove a dead letter", e)),
+            }
+        })
+    }
+
+    fn publishes_to_subjects(&self) -> bool {
+        true
+    }
+
+    fn publish_record<'a>(
+        &'a self,
+        subject: &'a str,
+        record: bytes::Bytes,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(async move {
+            // A plain publish: subscribers get it, and so does a stream
+            // that takes the subject.
+            let client = self.js.client();
+            client
+                .publish(subject.to_string(), record)
+                .await
+                .map_err(|e| store_error("publish a record", e))?;
+            client
+                .flush()
+                .await
+                .map_err(|e| store_error("publish a record", e))
         })
     }
 
@@ -426,7 +506,12 @@ impl Settle for NatsSettle {
         Box::pin(async move {
             let mut event = event;
             event.not_before_ms = now_ms() + delay.as_millis() as u64;
-            let id = format!("{}/{}", event.request_id, event.attempts);
+            // Unique per attempt of each life of the event (a redriven one
+            // starts its attempts again).
+            let id = format!(
+                "{}/{}/{}",
+                event.request_id, event.accepted_at_ms, event.attempts
+            );
             let subject = format!("porchlight.retry.{}", self.function);
             match publish(&self.js, subject, id, encode_event(&event)).await {
                 Ok(()) => self
@@ -467,7 +552,7 @@ impl Settle for NatsSettle {
     fn dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<u64, QueueError>> {
         Box::pin(async move {
             let subject = format!("porchlight.dead.{}", self.function);
-            let id = format!("dead/{}", letter.request_id);
+            let id = format!("dead/{}/{}", letter.request_id, letter.time);
             publish(&self.js, subject, id, encode_letter(&letter)).await?;
             self.message
                 .double_ack()

@@ -40,6 +40,7 @@ pub fn decode_trigger(text: &str) -> Option<TriggerKind> {
         TriggerKind::Http,
         TriggerKind::S3,
         TriggerKind::CloudEvents,
+        TriggerKind::Destination,
     ]
     .into_iter()
     .find(|t| t.as_str() == text)
@@ -79,6 +80,7 @@ pub fn decode_event(bytes: &[u8]) -> Option<StoredEvent> {
         trace_id: head.trace_id.map(Cow::into_owned),
         client_context: head.client_context.map(Cow::into_owned),
         resumes: head.resumes.map(Cow::into_owned),
+        redriven: false,
     })
 }
 
