@@ -202,6 +202,45 @@ impl AsyncInvoker {
         trigger: TriggerKind,
         forwarded: Forwarded,
     ) -> Result<(), GatewayError> {
+        self.store(entry, payload, held, request_id, trigger, forwarded, None)
+            .await
+    }
+
+    /// Accepts the event of a schedule's tick, recording the tick as the
+    /// schedule `key`'s last fired with it (see [`EventQueue::publish_tick`]).
+    pub async fn enqueue_tick(
+        self: &Arc<Self>,
+        entry: &Arc<FunctionEntry>,
+        payload: Bytes,
+        held: Reservation,
+        request_id: String,
+        key: String,
+        tick: i64,
+    ) -> Result<(), GatewayError> {
+        let forwarded = Forwarded::new_trace(false);
+        self.store(
+            entry,
+            payload,
+            held,
+            request_id,
+            TriggerKind::Schedule,
+            forwarded,
+            Some((key, tick)),
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn store(
+        self: &Arc<Self>,
+        entry: &Arc<FunctionEntry>,
+        payload: Bytes,
+        held: Reservation,
+        request_id: String,
+        trigger: TriggerKind,
+        forwarded: Forwarded,
+        tick: Option<(String, i64)>,
+    ) -> Result<(), GatewayError> {
         if self.invoker.is_shutting_down() || self.stop.is_cancelled() {
             return Err(GatewayError::ShuttingDown);
         }
@@ -209,11 +248,12 @@ impl AsyncInvoker {
         let event =
             StoredEvent::new(request_id, entry.name(), trigger, payload).forwarding(forwarded);
         let request_id = event.request_id.clone();
-        match self
-            .queue
-            .publish(event, held.repurpose(Purpose::Async))
-            .await
-        {
+        let held = held.repurpose(Purpose::Async);
+        let stored = match tick {
+            Some((key, at)) => self.queue.publish_tick(event, held, key, at).await,
+            None => self.queue.publish(event, held).await,
+        };
+        match stored {
             Ok(()) => {
                 if entry.load().ready == 0 {
                     entry.signal_demand();

@@ -42,6 +42,8 @@ pub enum TriggerKind {
     S3,
     /// CloudEvent.
     CloudEvents,
+    /// A schedule's tick.
+    Schedule,
 }
 
 impl TriggerKind {
@@ -53,6 +55,7 @@ impl TriggerKind {
             TriggerKind::Http => "http",
             TriggerKind::S3 => "s3",
             TriggerKind::CloudEvents => "cloudevents",
+            TriggerKind::Schedule => "schedule",
         }
     }
 }

@@ -40,6 +40,7 @@ pub fn decode_trigger(text: &str) -> Option<TriggerKind> {
         TriggerKind::Http,
         TriggerKind::S3,
         TriggerKind::CloudEvents,
+        TriggerKind::Schedule,
     ]
     .into_iter()
     .find(|t| t.as_str() == text)
