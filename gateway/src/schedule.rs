@@ -95,10 +95,12 @@ pub async fn run(gateway: Arc<Gateway>, clock: Arc<dyn Clock>, shutdown: Cancell
     loop {
         let now = clock.now();
         let mut wait = MAX_WAIT;
+        let mut seen = std::collections::HashSet::new();
         for entry in gateway.registry().all() {
             let spec = entry.spec();
             for (index, expression, schedule) in spec.schedules() {
                 let key = schedule_key(entry.name(), index, &expression);
+                seen.insert(key.clone());
                 if let Some(next) = schedule.next_after(now) {
                     wait = wait.min(clock.real_until(next));
                 }
@@ -153,6 +155,9 @@ pub async fn run(gateway: Arc<Gateway>, clock: Arc<dyn Clock>, shutdown: Cancell
                 }
             }
         }
+        // Schedules removed or changed are forgotten here (their last tick
+        // stays in the store).
+        known.retain(|k, _| seen.contains(k));
         tokio::select! {
             _ = tokio::time::sleep(wait.max(Duration::from_millis(5))) => {}
             _ = shutdown.cancelled() => return,
