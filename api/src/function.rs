@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::duration::parse_duration;
 pub use porchlight_core::autoscaler::ScalingSettings;
+pub use porchlight_core::schedule::Schedule;
 
 /// A function: code plus the settings of its execution environments.
 // `printcolumn(type_ = ...)` repeats by design; clippy reads it as a duplicate.
@@ -416,7 +417,7 @@ impl Default for Scaling {
 
 /// One event source. Exactly one field is set.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[x_kube(validation = Rule::new("[has(self.http), has(self.s3), has(self.cloudevents)].filter(x, x).size() == 1").message("each trigger needs exactly one of http, s3 or cloudevents"))]
+#[x_kube(validation = Rule::new("[has(self.http), has(self.s3), has(self.cloudevents), has(self.schedule)].filter(x, x).size() == 1").message("each trigger needs exactly one of http, s3, cloudevents or schedule"))]
 #[serde(rename_all = "camelCase")]
 pub struct Trigger {
     /// HTTP requests on `/http/<name>/...` become API Gateway proxy events.
@@ -428,6 +429,13 @@ pub struct Trigger {
     /// CloudEvents 1.0 posted to the gateway, routed by type and source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloudevents: Option<CloudEventsTrigger>,
+    /// An EventBridge schedule expression, UTC: `rate(5 minutes)` or
+    /// `cron(0 12 * * ? *)`. Each tick delivers one Scheduled Event, once
+    /// across every gateway, as an async event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^rate\\\\([1-9][0-9]* (minute|hour|day)s?\\\\)$') || self.matches('^cron\\\\([^ ]+( [^ ]+){5}\\\\)$')").message("a schedule must be rate(N minute|minutes|hour|hours|day|days) or cron with 6 fields, e.g. rate(5 minutes) or cron(0 12 * * ? *)"))]
+    #[schemars(length(max = 256))]
+    pub schedule: Option<String>,
 }
 
 /// API Gateway payload format of the HTTP trigger.
@@ -832,11 +840,21 @@ impl FunctionSpec {
             ));
         }
         for (i, t) in self.triggers.iter().enumerate() {
-            let kinds = [t.http.is_some(), t.s3.is_some(), t.cloudevents.is_some()];
+            let kinds = [
+                t.http.is_some(),
+                t.s3.is_some(),
+                t.cloudevents.is_some(),
+                t.schedule.is_some(),
+            ];
             if kinds.iter().filter(|k| **k).count() != 1 {
                 problems.push(format!(
-                    "spec.triggers[{i}] needs exactly one of http, s3 or cloudevents"
+                    "spec.triggers[{i}] needs exactly one of http, s3, cloudevents or schedule"
                 ));
+            }
+            if let Some(expression) = &t.schedule
+                && let Err(e) = Schedule::parse(expression)
+            {
+                problems.push(format!("spec.triggers[{i}].schedule: {e}"));
             }
             if let Some(cors) = t.http.as_ref().and_then(|h| h.cors.as_ref())
                 && cors.allow_credentials
@@ -891,6 +909,19 @@ impl FunctionSpec {
     /// The HTTP trigger, if the function declares one.
     pub fn http_trigger(&self) -> Option<&HttpTrigger> {
         self.triggers.iter().find_map(|t| t.http.as_ref())
+    }
+
+    /// The schedule triggers that parse: each with its index in
+    /// `spec.triggers` and its expression.
+    pub fn schedules(&self) -> Vec<(usize, String, Schedule)> {
+        self.triggers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                let e = t.schedule.as_ref()?;
+                Some((i, e.clone(), Schedule::parse(e).ok()?))
+            })
+            .collect()
     }
 }
 
@@ -993,6 +1024,47 @@ code:
         assert_eq!(problems.len(), 5, "{problems:?}");
         assert!(problems.iter().any(|p| p.contains("maxScale")));
         assert!(problems.iter().any(|p| p.contains("scaleToZeroAfter")));
+    }
+
+    #[test]
+    fn schedules_are_validated_with_their_field() {
+        let mut spec = hello();
+        spec.triggers = vec![
+            Trigger {
+                schedule: Some("rate(1 minute)".into()),
+                ..Default::default()
+            },
+            Trigger {
+                schedule: Some("cron(0 12 * * * *)".into()),
+                ..Default::default()
+            },
+            Trigger {
+                schedule: Some("rate(5 minutes)".into()),
+                s3: Some(S3Trigger {
+                    bucket: "b".into(),
+                    events: default_s3_events(),
+                    prefix: None,
+                    suffix: None,
+                }),
+                ..Default::default()
+            },
+        ];
+        let problems = spec.validate().expect_err("invalid");
+        assert_eq!(
+            problems,
+            vec![
+                "spec.triggers[1].schedule: cron(0 12 * * * *): one of day-of-month and day-of-week must be '?' (e.g. cron(0 12 * * ? *))".to_string(),
+                "spec.triggers[2] needs exactly one of http, s3, cloudevents or schedule".to_string(),
+            ]
+        );
+        spec.triggers.truncate(1);
+        spec.validate().expect("valid");
+        let schedules = spec.schedules();
+        assert_eq!(schedules.len(), 1);
+        assert_eq!(schedules[0].0, 0);
+        assert_eq!(schedules[0].2, Schedule::Rate(60));
+        let crd = serde_json::to_string(&Function::crd()).expect("serialises");
+        assert!(crd.contains("a schedule must be rate(N minute"));
     }
 
     #[test]

@@ -105,10 +105,18 @@ fn trigger() -> impl Strategy<Value = Trigger> {
         (text(), prop::option::of(text()))
             .prop_map(|(event_type, source)| CloudEventsTrigger { event_type, source }),
     );
-    (http, s3, cloudevents).prop_map(|(http, s3, cloudevents)| Trigger {
+    let schedule = prop::option::of(prop::sample::select(vec![
+        "rate(1 minute)".to_string(),
+        "rate(1 minutes)".to_string(),
+        "cron(0 12 * * ? *)".to_string(),
+        "cron(0 12 * * * *)".to_string(),
+        "every minute".to_string(),
+    ]));
+    (http, s3, cloudevents, schedule).prop_map(|(http, s3, cloudevents, schedule)| Trigger {
         http,
         s3,
         cloudevents,
+        schedule,
     })
 }
 

@@ -8,7 +8,7 @@
 //! the autoscaler maths ([`autoscaler`]) and the autoscaler loop that local
 //! mode and the controller share ([`scaling`]), the adaptive keep-alive
 //! policy ([`keepalive`]), trace ids in X-Ray's and W3C's forms ([`trace`]), metering
-//! ([`usage`]), plus small helpers
+//! ([`usage`]), EventBridge schedule expressions ([`schedule`]), plus small helpers
 //! written once ([`signal`], [`backoff`], [`endpoint`]).
 
 pub mod autoscaler;
@@ -20,6 +20,7 @@ pub mod keepalive;
 pub mod names;
 pub mod report;
 pub mod scaling;
+pub mod schedule;
 pub mod shim;
 pub mod signal;
 pub mod trace;

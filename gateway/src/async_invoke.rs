@@ -228,7 +228,7 @@ impl AsyncInvoker {
                 StoredEvent::new(letter.request_id, entry.name(), trigger, letter.event);
             event.redriven = true;
             let request_id = event.request_id.clone();
-            self.store(entry, event, held).await?;
+            self.store(entry, event, held, None).await?;
             // Stored before it is removed: a failure here leaves the letter
             // listed, and a second redrive would run it twice.
             if let Err(e) = self.queue.remove_dead_letter(sequence).await {
@@ -292,20 +292,35 @@ impl AsyncInvoker {
         trigger: TriggerKind,
         forwarded: Forwarded,
     ) -> Result<(), GatewayError> {
-        if self.invoker.is_shutting_down() || self.stop.is_cancelled() {
-            return Err(GatewayError::ShuttingDown);
-        }
         let event =
             StoredEvent::new(request_id, entry.name(), trigger, payload).forwarding(forwarded);
-        self.store(entry, event, held).await
+        self.store(entry, event, held, None).await
     }
 
-    /// Stores `event` for `entry` (see [`AsyncInvoker::enqueue`]).
+    /// Accepts the event of a schedule's tick, recording the tick as the
+    /// schedule `key`'s last fired with it (see [`EventQueue::publish_tick`]).
+    pub async fn enqueue_tick(
+        self: &Arc<Self>,
+        entry: &Arc<FunctionEntry>,
+        payload: Bytes,
+        held: Reservation,
+        request_id: String,
+        key: String,
+        tick: i64,
+    ) -> Result<(), GatewayError> {
+        let event = StoredEvent::new(request_id, entry.name(), TriggerKind::Schedule, payload)
+            .forwarding(Forwarded::new_trace(false));
+        self.store(entry, event, held, Some((key, tick))).await
+    }
+
+    /// Stores `event` for `entry` (see [`AsyncInvoker::enqueue`]); with a
+    /// schedule's key and tick, records the tick with it.
     async fn store(
         self: &Arc<Self>,
         entry: &Arc<FunctionEntry>,
         event: StoredEvent,
         held: Reservation,
+        tick: Option<(String, i64)>,
     ) -> Result<(), GatewayError> {
         if self.invoker.is_shutting_down() || self.stop.is_cancelled() {
             return Err(GatewayError::ShuttingDown);
@@ -313,11 +328,12 @@ impl AsyncInvoker {
         self.worker_for(entry);
         let request_id = event.request_id.clone();
         let trigger = event.trigger;
-        match self
-            .queue
-            .publish(event, held.repurpose(Purpose::Async))
-            .await
-        {
+        let held = held.repurpose(Purpose::Async);
+        let stored = match tick {
+            Some((key, at)) => self.queue.publish_tick(event, held, key, at).await,
+            None => self.queue.publish(event, held).await,
+        };
+        match stored {
             Ok(()) => {
                 if entry.load().ready == 0 {
                     entry.signal_demand();

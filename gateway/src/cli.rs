@@ -142,6 +142,11 @@ pub struct Cli {
         conflicts_with = "queue"
     )]
     pub data_dir: Option<PathBuf>,
+    /// For tests only: schedule triggers read a clock this many times faster
+    /// than real time, from 2026-01-01T00:00Z (60: a schedule minute lasts
+    /// a second). Every gateway sharing a store must use the same value.
+    #[arg(long, hide = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub schedule_clock_scale: Option<u32>,
     /// With --queue: how long a taken event may go without a sign of life
     /// before JetStream hands it to another gateway (running events send
     /// one every third of it).
@@ -621,6 +626,18 @@ where
         tokio::spawn(keys.watch(shutdown.clone()));
     }
     let workers = tokio::spawn(gateway.run_async_workers(shutdown.clone()));
+    let clock: Arc<dyn crate::schedule::Clock> = match cli.schedule_clock_scale {
+        Some(scale) => {
+            tracing::warn!(scale, "schedules read a faster clock (a test setting)");
+            Arc::new(crate::schedule::ScaledClock::new(scale))
+        }
+        None => Arc::new(crate::schedule::SystemClock),
+    };
+    let schedules = tokio::spawn(crate::schedule::run(
+        gateway.clone(),
+        clock,
+        shutdown.clone(),
+    ));
     let source = start_source(gateway.clone(), addr, source_stop.clone(), shutdown.clone());
     let limits = ListenerLimits {
         max_connections: cli.max_connections,
@@ -666,6 +683,7 @@ where
     }
     gateway.begin_shutdown();
     let _ = workers.await;
+    let _ = schedules.await;
     let stopped = gateway.finish_async(Duration::from_secs(5)).await;
     match stopped.stored {
         Some(n) if n > 0 && !stopped.durable => tracing::warn!(

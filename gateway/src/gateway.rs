@@ -235,6 +235,27 @@ impl Gateway {
         }
     }
 
+    /// The store of async events, which also keeps schedules' last ticks.
+    pub fn event_store(&self) -> &Arc<dyn EventQueue> {
+        self.asynchronous.queue()
+    }
+
+    /// Stores the event of a schedule's tick for `entry`, recording the
+    /// tick as the schedule `key`'s last fired with it.
+    pub async fn fire_tick(
+        &self,
+        entry: &Arc<FunctionEntry>,
+        payload: Bytes,
+        request_id: String,
+        key: String,
+        tick: i64,
+    ) -> Result<(), GatewayError> {
+        let held = self.budget.try_reserve(payload.len(), Purpose::Async)?;
+        self.asynchronous
+            .enqueue_tick(entry, payload, held, request_id, key, tick)
+            .await
+    }
+
     /// Looks a function up.
     pub fn function(&self, name: &str) -> Result<Arc<FunctionEntry>, GatewayError> {
         self.registry

@@ -10,6 +10,8 @@
 //!   ([`async_invoke`]) ending in [`dead_letters`]; the client to
 //!   environments ([`upstream`]); all behind one handle, [`gateway::Gateway`],
 //!   of which the routes see only the narrow [`routes::Ingress`].
+//! - Schedule triggers ([`schedule`]): each tick fired once across gateways,
+//!   as an async event.
 //! - Concurrency reports ([`report`]) for the controller and the metrics ([`metrics`]).
 //! - What an invocation carries to its environment besides its event (trace
 //!   id, client context: [`forwarded`]), and the optional OpenTelemetry spans
@@ -38,6 +40,7 @@ pub mod registry;
 pub mod report;
 pub mod reread;
 pub mod routes;
+pub mod schedule;
 pub mod sigv4;
 pub mod sync_invoke;
 pub mod telemetry;

@@ -45,6 +45,8 @@ pub enum TriggerKind {
     /// A record of another function's async event (its `onSuccess` or
     /// `onFailure` destination).
     Destination,
+    /// A schedule's tick.
+    Schedule,
 }
 
 impl TriggerKind {
@@ -57,6 +59,7 @@ impl TriggerKind {
             TriggerKind::S3 => "s3",
             TriggerKind::CloudEvents => "cloudevents",
             TriggerKind::Destination => "destination",
+            TriggerKind::Schedule => "schedule",
         }
     }
 }

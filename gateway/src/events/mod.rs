@@ -1,9 +1,10 @@
-//! Event mapping: HTTP requests, S3 notifications and CloudEvents to the JSON
+//! Event mapping: HTTP requests, S3 notifications, CloudEvents and schedule ticks to the JSON
 //! events handlers receive, and handler results back. Pure functions only.
 
 pub mod apigw;
 pub mod cloudevents;
 pub mod s3;
+pub mod schedule;
 
 use percent_encoding::percent_decode_str;
 use time::OffsetDateTime;

@@ -458,4 +458,20 @@ mod tests {
         assert!(e.problem.contains("spec.runtime"), "{e}");
         assert!(!e.to_string().contains('\n'));
     }
+
+    #[test]
+    fn a_bad_schedule_names_file_trigger_and_reason() {
+        let dir = tmp("bad-schedule");
+        std::fs::write(
+            dir.join("tick.yaml"),
+            "apiVersion: porchlight.dev/v1alpha1\nkind: Function\nmetadata: {name: tick}\nspec:\n  handler: app.h\n  code: {inline: 'x'}\n  triggers:\n    - schedule: rate(1 minutes)\n",
+        )
+        .expect("write");
+        let e = load_dir(&dir, &dir.join("code"), None).expect_err("invalid");
+        assert!(e.file.ends_with("tick.yaml"));
+        assert_eq!(
+            e.problem,
+            "function 'tick': spec.triggers[0].schedule: rate(1 minutes): a value of 1 takes the unit \"minute\""
+        );
+    }
 }

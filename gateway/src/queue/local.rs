@@ -33,6 +33,8 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// Each event's own bytes, written once.
 const PAYLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("payloads");
 const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
+/// The last tick fired of each schedule (Unix seconds), by schedule key.
+const TICKS: TableDefinition<&str, i64> = TableDefinition::new("schedule_ticks");
 
 /// The file in the data folder.
 pub const STORE_FILE: &str = "queue.redb";
@@ -82,11 +84,16 @@ struct State {
     next_sequence: u64,
     lanes: HashMap<String, Lane>,
     events: HashMap<u64, Kept>,
+    /// The last tick fired of each schedule.
+    ticks: HashMap<String, i64>,
 }
 
 enum Op {
     /// An event's description, and its bytes when it is new.
     Put(u64, Vec<u8>, Option<bytes::Bytes>),
+    /// A schedule's last tick, with the event fired for it if any (both in
+    /// one transaction: a tick is stored fired exactly when its event is).
+    Tick(String, i64, Option<(u64, Vec<u8>, bytes::Bytes)>),
     Remove(u64),
     Letter {
         remove: u64,
@@ -144,8 +151,11 @@ impl LocalQueue {
                 ),
                 e => format!("cannot open {}: {e}", path.display()),
             })?;
-        let Contents { events, letters } =
-            read_all(&db).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let Contents {
+            events,
+            letters,
+            ticks,
+        } = read_all(&db).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let (tx, rx) = mpsc::channel(WRITE_BACKLOG);
         std::thread::Builder::new()
             .name("porchlight-queue-writer".into())
@@ -154,6 +164,7 @@ impl LocalQueue {
         let queue = LocalQueue::build(settings, Some(tx), Some(path));
         {
             let mut state = queue.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.ticks = ticks;
             for (sequence, event) in events {
                 state.next_sequence = state.next_sequence.max(sequence);
                 let lane = state.lanes.entry(event.function.clone()).or_default();
@@ -201,6 +212,65 @@ impl LocalQueue {
                 path,
             }),
         }
+    }
+
+    /// Stores `event` (and, with `tick`, records the schedule's tick in the
+    /// same write).
+    async fn store(
+        &self,
+        event: StoredEvent,
+        held: Reservation,
+        tick: Option<(String, i64)>,
+    ) -> Result<(), QueueError> {
+        let inner = &self.inner;
+        if inner.closed.is_cancelled() {
+            return Err(QueueError::Closed);
+        }
+        let function = event.function.clone();
+        let sequence = {
+            let mut state = inner.lock();
+            let lane = state.lanes.entry(function.clone()).or_default();
+            if lane.stored >= inner.settings.depth {
+                return Err(QueueError::Full);
+            }
+            lane.stored += 1;
+            state.next_sequence += 1;
+            state.next_sequence
+        };
+        // The file gets the event's own bytes, shared, not copied.
+        let head = encode_head(&event);
+        let op = match &tick {
+            Some((key, at)) => Op::Tick(
+                key.clone(),
+                *at,
+                Some((sequence, head, event.payload.clone())),
+            ),
+            None => Op::Put(sequence, head, Some(event.payload.clone())),
+        };
+        let written = inner.write(op).await;
+        if let Err(e) = written {
+            let mut state = inner.lock();
+            if let Some(lane) = state.lanes.get_mut(&function) {
+                lane.stored = lane.stored.saturating_sub(1);
+            }
+            return Err(e);
+        }
+        let mut state = inner.lock();
+        if let Some((key, at)) = tick {
+            state.ticks.insert(key, at);
+        }
+        state.events.insert(
+            sequence,
+            Kept {
+                event,
+                delivered: 0,
+                held: Some(held),
+            },
+        );
+        let lane = state.lanes.entry(function).or_default();
+        lane.ready.push_back(sequence);
+        lane.notify.notify_one();
+        Ok(())
     }
 
     /// Events stored for `function` (due, delayed or running).
@@ -264,6 +334,7 @@ impl Inner {
 struct Contents {
     events: Vec<(u64, StoredEvent)>,
     letters: Vec<(u64, DeadLetter)>,
+    ticks: HashMap<String, i64>,
 }
 
 fn read_all(db: &Database) -> Result<Contents, String> {
@@ -271,6 +342,7 @@ fn read_all(db: &Database) -> Result<Contents, String> {
     init.open_table(EVENTS).map_err(|e| e.to_string())?;
     init.open_table(PAYLOADS).map_err(|e| e.to_string())?;
     init.open_table(DEAD_LETTERS).map_err(|e| e.to_string())?;
+    init.open_table(TICKS).map_err(|e| e.to_string())?;
     init.commit().map_err(|e| e.to_string())?;
     let read = db.begin_read().map_err(|e| e.to_string())?;
     let mut events = Vec::new();
@@ -298,7 +370,17 @@ fn read_all(db: &Database) -> Result<Contents, String> {
             letters.push((k.value(), letter));
         }
     }
-    Ok(Contents { events, letters })
+    let mut ticks = HashMap::new();
+    let table = read.open_table(TICKS).map_err(|e| e.to_string())?;
+    for row in table.iter().map_err(|e| e.to_string())? {
+        let (k, v) = row.map_err(|e| e.to_string())?;
+        ticks.insert(k.value().to_string(), v.value());
+    }
+    Ok(Contents {
+        events,
+        letters,
+        ticks,
+    })
 }
 
 /// The writer thread: one transaction for everything waiting.
@@ -324,8 +406,22 @@ fn commit(db: &Database, batch: &[Write]) -> Result<(), String> {
         let mut events = tx.open_table(EVENTS).map_err(|e| e.to_string())?;
         let mut payloads = tx.open_table(PAYLOADS).map_err(|e| e.to_string())?;
         let mut letters = tx.open_table(DEAD_LETTERS).map_err(|e| e.to_string())?;
+        let mut ticks = tx.open_table(TICKS).map_err(|e| e.to_string())?;
         for w in batch {
             match &w.op {
+                Op::Tick(key, tick, event) => {
+                    ticks
+                        .insert(key.as_str(), *tick)
+                        .map_err(|e| e.to_string())?;
+                    if let Some((k, head, payload)) = event {
+                        events
+                            .insert(k, head.as_slice())
+                            .map_err(|e| e.to_string())?;
+                        payloads
+                            .insert(k, payload.as_ref())
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
                 Op::Put(k, head, payload) => {
                     events
                         .insert(k, head.as_slice())
@@ -389,49 +485,28 @@ impl EventQueue for LocalQueue {
         event: StoredEvent,
         held: Reservation,
     ) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(self.store(event, held, None))
+    }
+
+    fn publish_tick(
+        &self,
+        event: StoredEvent,
+        held: Reservation,
+        key: String,
+        tick: i64,
+    ) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(self.store(event, held, Some((key, tick))))
+    }
+
+    fn last_tick<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<i64>, QueueError>> {
+        let last = self.inner.lock().ticks.get(key).copied();
+        Box::pin(async move { Ok(last) })
+    }
+
+    fn record_tick(&self, key: String, tick: i64) -> BoxFuture<'_, Result<(), QueueError>> {
         Box::pin(async move {
-            let inner = &self.inner;
-            if inner.closed.is_cancelled() {
-                return Err(QueueError::Closed);
-            }
-            let function = event.function.clone();
-            let sequence = {
-                let mut state = inner.lock();
-                let lane = state.lanes.entry(function.clone()).or_default();
-                if lane.stored >= inner.settings.depth {
-                    return Err(QueueError::Full);
-                }
-                lane.stored += 1;
-                state.next_sequence += 1;
-                state.next_sequence
-            };
-            // The file gets the event's own bytes, shared, not copied.
-            let written = inner
-                .write(Op::Put(
-                    sequence,
-                    encode_head(&event),
-                    Some(event.payload.clone()),
-                ))
-                .await;
-            if let Err(e) = written {
-                let mut state = inner.lock();
-                if let Some(lane) = state.lanes.get_mut(&function) {
-                    lane.stored = lane.stored.saturating_sub(1);
-                }
-                return Err(e);
-            }
-            let mut state = inner.lock();
-            state.events.insert(
-                sequence,
-                Kept {
-                    event,
-                    delivered: 0,
-                    held: Some(held),
-                },
-            );
-            let lane = state.lanes.entry(function).or_default();
-            lane.ready.push_back(sequence);
-            lane.notify.notify_one();
+            self.inner.write(Op::Tick(key.clone(), tick, None)).await?;
+            self.inner.lock().ticks.insert(key, tick);
             Ok(())
         })
     }
@@ -684,6 +759,33 @@ mod tests {
             attempts: 3,
             time: String::new(),
         }
+    }
+
+    #[tokio::test]
+    async fn schedule_ticks_persist_with_their_events() {
+        let dir = tempdir();
+        let budget = MemoryBudget::new(1 << 20);
+        {
+            let q = LocalQueue::open(&dir, settings(100)).expect("open");
+            assert_eq!(q.last_tick("f.0.x").await, Ok(None));
+            q.record_tick("f.0.x".into(), 60).await.expect("started");
+            let mut e = event(1);
+            e.trigger = TriggerKind::Schedule;
+            let held = budget.try_reserve(8, Purpose::Async).expect("room");
+            q.publish_tick(e, held, "f.0.x".into(), 120)
+                .await
+                .expect("fired");
+            assert_eq!(q.last_tick("f.0.x").await, Ok(Some(120)));
+        }
+        let q = reopen(&dir).await;
+        assert_eq!(q.last_tick("f.0.x").await, Ok(Some(120)));
+        assert_eq!(q.last_tick("f.1.x").await, Ok(None));
+        let mut c = q.consumer("f").await.expect("consumer");
+        let d = take(&mut c).await;
+        assert_eq!(
+            (d.event.request_id.as_str(), d.event.trigger),
+            ("r1", TriggerKind::Schedule)
+        );
     }
 
     #[tokio::test]

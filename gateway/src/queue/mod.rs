@@ -11,6 +11,9 @@
 //! - [`local::LocalQueue`] on a file (`redb`): local mode's durable default,
 //!   one gateway per data folder.
 //! - [`nats::NatsQueue`]: NATS JetStream, shared by any number of gateways.
+//!
+//! Each store also keeps the last tick fired of every schedule
+//! ([`EventQueue::last_tick`]), so that a restart fires a missed tick once.
 
 pub mod local;
 pub mod nats;
@@ -152,6 +155,23 @@ pub trait EventQueue: Send + Sync + 'static {
         event: StoredEvent,
         held: crate::budget::Reservation,
     ) -> BoxFuture<'_, Result<(), QueueError>>;
+    /// Stores `event`, fired for the schedule `key`'s tick `tick` (Unix
+    /// seconds), and records the tick as the schedule's last: both or
+    /// neither on a gateway's own store; on JetStream the event's
+    /// `Nats-Msg-Id` (its request id, one per schedule and tick) drops a
+    /// second gateway's copy of the same tick.
+    fn publish_tick(
+        &self,
+        event: StoredEvent,
+        held: crate::budget::Reservation,
+        key: String,
+        tick: i64,
+    ) -> BoxFuture<'_, Result<(), QueueError>>;
+    /// The last tick fired (or a schedule's starting point) of the schedule `key`.
+    fn last_tick<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<i64>, QueueError>>;
+    /// Records `tick` as the last of the schedule `key` without firing it
+    /// (a new schedule starts from now: no tick before it is fired).
+    fn record_tick(&self, key: String, tick: i64) -> BoxFuture<'_, Result<(), QueueError>>;
     /// Whether `function` may have one more event stored now (a hint taken
     /// before building a fan-out event; `publish` decides).
     fn has_room(&self, function: &str) -> bool;

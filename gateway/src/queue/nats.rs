@@ -16,6 +16,11 @@
 //!   with a delayed `nak`; a copy handed out before it is due is too.
 //! - Stream `PORCHLIGHT_DEAD_LETTERS` (limits retention, bounded by count
 //!   and bytes, the oldest dropped), subjects `porchlight.dead.<function>`.
+//! - Key-value bucket `PORCHLIGHT_SCHEDULES`: the last tick fired of each
+//!   schedule, shared by every gateway, which read it before firing a tick
+//!   and after a restart. Two gateways firing the same tick at once publish
+//!   the same `Nats-Msg-Id` (one per schedule and tick), and the stream's
+//!   duplicate window keeps one.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -30,6 +35,8 @@ use crate::dead_letters::{DeadLetter, DeadLetterList, PageRequest};
 
 /// The stream of async events.
 pub const EVENT_STREAM: &str = "PORCHLIGHT_ASYNC";
+/// The key-value bucket of schedules' last ticks.
+pub const SCHEDULE_BUCKET: &str = "PORCHLIGHT_SCHEDULES";
 /// The stream of dead letters.
 pub const DEAD_LETTER_STREAM: &str = "PORCHLIGHT_DEAD_LETTERS";
 /// Deliveries of one stored copy at most; the last one is dead-lettered
@@ -59,6 +66,7 @@ pub struct NatsQueue {
     js: jetstream::Context,
     events: stream::Stream,
     dead: stream::Stream,
+    ticks: jetstream::kv::Store,
     settings: NatsSettings,
     closed: tokio_util::sync::CancellationToken,
 }
@@ -121,10 +129,20 @@ impl NatsQueue {
             })
             .await
             .map_err(|e| format!("cannot create the stream {DEAD_LETTER_STREAM}: {e}"))?;
+        let ticks = js
+            .create_or_update_key_value(jetstream::kv::Config {
+                bucket: SCHEDULE_BUCKET.to_string(),
+                history: 1,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("cannot create the bucket {SCHEDULE_BUCKET}: {e}"))?;
         Ok(NatsQueue {
             js,
             events,
             dead,
+            ticks,
             settings,
             closed: tokio_util::sync::CancellationToken::new(),
         })
@@ -196,6 +214,64 @@ impl EventQueue for NatsQueue {
             // The server keeps the bytes now.
             drop(held);
             result
+        })
+    }
+
+    fn publish_tick(
+        &self,
+        event: StoredEvent,
+        held: Reservation,
+        key: String,
+        tick: i64,
+    ) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(async move {
+            // Published first: a gateway that dies before recording the
+            // tick fires it again after its restart, with the same id.
+            self.publish(event, held).await?;
+            self.record_tick(key, tick).await
+        })
+    }
+
+    fn last_tick<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<i64>, QueueError>> {
+        Box::pin(async move {
+            let value = self
+                .ticks
+                .get(key)
+                .await
+                .map_err(|e| store_error("schedule", e))?;
+            Ok(value.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()))
+        })
+    }
+
+    fn record_tick(&self, key: String, tick: i64) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(async move {
+            // Compare and set: a slower gateway never moves a tick back.
+            for _ in 0..5 {
+                let entry = self
+                    .ticks
+                    .entry(key.as_str())
+                    .await
+                    .map_err(|e| store_error("schedule", e))?;
+                let value = bytes::Bytes::from(tick.to_string());
+                let written = match entry {
+                    Some(e) if e.operation == jetstream::kv::Operation::Put => {
+                        let last = std::str::from_utf8(&e.value)
+                            .ok()
+                            .and_then(|v| v.parse::<i64>().ok());
+                        if last.is_some_and(|l| l >= tick) {
+                            return Ok(());
+                        }
+                        self.ticks.update(&key, value, e.revision).await.is_ok()
+                    }
+                    _ => self.ticks.create(&key, value).await.is_ok(),
+                };
+                if written {
+                    return Ok(());
+                }
+            }
+            Err(QueueError::Store(format!(
+                "schedule {key}: the last tick kept changing"
+            )))
         })
     }
 

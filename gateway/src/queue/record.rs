@@ -41,6 +41,7 @@ pub fn decode_trigger(text: &str) -> Option<TriggerKind> {
         TriggerKind::S3,
         TriggerKind::CloudEvents,
         TriggerKind::Destination,
+        TriggerKind::Schedule,
     ]
     .into_iter()
     .find(|t| t.as_str() == text)
