@@ -127,6 +127,20 @@ async fn record_of(gw: &LocalGateway, sink: &Path, request_id: &str) -> Value {
     found.unwrap_or_else(|| panic!("no record of {request_id}; log: {}", gw.log()))
 }
 
+/// Waits until `request_id` has run twice (a redriven dead letter).
+async fn ran_twice(gw: &LocalGateway, attempts: &Path, request_id: &str) {
+    let ran = poll(300, Duration::from_millis(200), || {
+        let n = attempts_of(attempts, request_id);
+        async move { (n == 2).then_some(()) }
+    })
+    .await;
+    assert!(
+        ran.is_some(),
+        "the redriven event did not run; log: {}",
+        gw.log()
+    );
+}
+
 /// The dead letters of `function`.
 async fn dead_letters(gw: &LocalGateway, function: &str) -> Vec<Value> {
     let v: Value = reqwest::get(gw.url(&format!("/v1/dead-letters?function={function}")))
@@ -366,16 +380,7 @@ async fn redrive_runs_dead_letters_again(tag: &str, extra: &[&str]) {
     // One, by request id: it runs again (same request id) and succeeds.
     let (status, v) = redrive(&gw, json!({"function": "flaky", "requestId": first})).await;
     assert_eq!((status, v.clone()), (200, json!({"redriven": 1})), "{v}");
-    let ran = poll(300, Duration::from_millis(200), || {
-        let n = attempts_of(&attempts, &first);
-        async move { (n == 2).then_some(()) }
-    })
-    .await;
-    assert!(
-        ran.is_some(),
-        "the redriven event did not run; log: {}",
-        gw.log()
-    );
+    ran_twice(&gw, &attempts, &first).await;
     let left: Vec<Value> = dead_letters(&gw, "flaky").await;
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(left[0]["requestId"], second.as_str());
@@ -383,16 +388,7 @@ async fn redrive_runs_dead_letters_again(tag: &str, extra: &[&str]) {
     // The rest, by function.
     let (status, v) = redrive(&gw, json!({"function": "flaky"})).await;
     assert_eq!((status, v.clone()), (200, json!({"redriven": 1})), "{v}");
-    let ran = poll(300, Duration::from_millis(200), || {
-        let n = attempts_of(&attempts, &second);
-        async move { (n == 2).then_some(()) }
-    })
-    .await;
-    assert!(
-        ran.is_some(),
-        "the redriven event did not run; log: {}",
-        gw.log()
-    );
+    ran_twice(&gw, &attempts, &second).await;
     assert!(dead_letters(&gw, "flaky").await.is_empty());
     // Both succeeded: neither came back as a dead letter nor ran a third time.
     let (status, v) = redrive(&gw, json!({"function": "flaky"})).await;

@@ -169,6 +169,36 @@ async fn publish(
     }
 }
 
+impl NatsQueue {
+    /// The dead-letter stream's state.
+    async fn dead_info(&self) -> Result<stream::Info, QueueError> {
+        self.dead
+            .get_info()
+            .await
+            .map_err(|e| store_error("dead letters", e))
+    }
+
+    /// The first dead letter on `subject` at or after `sequence`, if any.
+    async fn next_dead_letter(
+        &self,
+        subject: &str,
+        sequence: u64,
+    ) -> Result<Option<jetstream::message::StreamMessage>, QueueError> {
+        match self
+            .dead
+            .raw_message_builder()
+            .sequence(sequence)
+            .next_by_subject(subject.to_string())
+            .send()
+            .await
+        {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(store_error("dead letters", e)),
+        }
+    }
+}
+
 impl EventQueue for NatsQueue {
     fn describe(&self) -> String {
         format!("NATS JetStream at {}", self.settings.url)
@@ -320,11 +350,7 @@ impl EventQueue for NatsQueue {
         page: &'a PageRequest,
     ) -> BoxFuture<'a, Result<DeadLetterList, QueueError>> {
         Box::pin(async move {
-            let info = self
-                .dead
-                .get_info()
-                .await
-                .map_err(|e| store_error("dead letters", e))?;
+            let info = self.dead_info().await?;
             let subject = match &page.function {
                 Some(f) => format!("porchlight.dead.{}", token(f)),
                 None => "porchlight.dead.*".to_string(),
@@ -344,17 +370,8 @@ impl EventQueue for NatsQueue {
                 if sequence > info.state.last_sequence {
                     break;
                 }
-                let message = match self
-                    .dead
-                    .raw_message_builder()
-                    .sequence(sequence)
-                    .next_by_subject(subject.clone())
-                    .send()
-                    .await
-                {
-                    Ok(m) => m,
-                    Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => break,
-                    Err(e) => return Err(store_error("dead letters", e)),
+                let Some(message) = self.next_dead_letter(&subject, sequence).await? else {
+                    break;
                 };
                 sequence = message.sequence + 1;
                 let Some(letter) = decode_letter(&message.payload) else {
@@ -381,27 +398,14 @@ impl EventQueue for NatsQueue {
         request_id: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Vec<(u64, DeadLetter)>, QueueError>> {
         Box::pin(async move {
-            let info = self
-                .dead
-                .get_info()
-                .await
-                .map_err(|e| store_error("dead letters", e))?;
+            let info = self.dead_info().await?;
             let subject = format!("porchlight.dead.{}", token(function));
             let mut sequence = info.state.first_sequence.max(1);
             let mut out = Vec::new();
             // The stream is bounded by count, so this walk is too.
             while sequence <= info.state.last_sequence {
-                let message = match self
-                    .dead
-                    .raw_message_builder()
-                    .sequence(sequence)
-                    .next_by_subject(subject.clone())
-                    .send()
-                    .await
-                {
-                    Ok(m) => m,
-                    Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => break,
-                    Err(e) => return Err(store_error("dead letters", e)),
+                let Some(message) = self.next_dead_letter(&subject, sequence).await? else {
+                    break;
                 };
                 sequence = message.sequence + 1;
                 if let Some(letter) = decode_letter(&message.payload)
