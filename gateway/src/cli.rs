@@ -455,6 +455,19 @@ fn banner(
                     ce.source.as_deref().unwrap_or("/example")
                 ));
             }
+            if let Some(q) = &t.queue {
+                match (&q.subject, &q.stream) {
+                    (Some(subject), _) => out.push_str(&format!(
+                        "    nats pub {subject} '{{}}'   (queue trigger: needs --queue nats://HOST:PORT)
+"
+                    )),
+                    (None, Some(stream)) => out.push_str(&format!(
+                        "    queue trigger on the stream {stream} (needs --queue nats://HOST:PORT)
+"
+                    )),
+                    (None, None) => {}
+                }
+            }
         }
     }
     out.push_str(&format!(
