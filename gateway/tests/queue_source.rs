@@ -2,7 +2,8 @@
 //! `nats-server`: batches in the SQS event shape of 1 and of 10 records, a
 //! batching window that gathers messages published apart, a partial batch
 //! failure that delivers only the failed messages again, and a function
-//! error that delivers the whole batch again. Every case settles: the
+//! error that delivers the whole batch again; a message that keeps failing
+//! becomes a dead letter on its fifth delivery. Every case settles: the
 //! consumer ends with nothing pending and nothing unacked, so no message
 //! can run again.
 
@@ -19,7 +20,8 @@ use serde_json::Value;
 
 /// A function that writes each batch it gets to a file of its own in
 /// `markers`; `MODE` says how it answers: `ok`, `partial` (messages 3 and 7
-/// fail on their first delivery) or `error` (a first delivery raises).
+/// fail on their first delivery), `error` (a first delivery raises) or
+/// `always` (every delivery raises).
 fn consumer_function(name: &str, markers: &Path, mode: &str, queue: &str) -> String {
     let code = r#"import json, os, uuid
 def handler(event, context):
@@ -36,6 +38,8 @@ def handler(event, context):
         return {"batchItemFailures": [{"itemIdentifier": i} for i in failed]}
     if mode == "error" and first:
         raise RuntimeError("the first delivery fails")
+    if mode == "always":
+        raise RuntimeError("every delivery fails")
     return {}"#;
     python_function(
         name,
@@ -351,4 +355,84 @@ async fn batches_windows_and_partial_failures() {
     for (_, dir) in marks {
         let _ = std::fs::remove_dir_all(dir);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_failing_five_times_is_a_dead_letter() {
+    let Some(bin) = nats_server_binary() else {
+        return;
+    };
+    let nats = NatsServer::start(&bin, "queue-dead");
+    let client = async_nats::connect(nats.url.as_str())
+        .await
+        .expect("connect");
+    let js = jetstream::new(client);
+    create_stream(&js, "DEAD", "t.dead").await;
+    publish(&js, "t.dead", 42).await;
+    let markers = temp_dir("queue-dead-markers");
+    let manifest = consumer_function(
+        "dead",
+        &markers,
+        "always",
+        "        stream: DEAD\n        batchSize: 10\n",
+    );
+    let mut gw = LocalGateway::start(
+        "queue-dead",
+        &[("dead.yaml", manifest)],
+        &["--queue", nats.url.as_str()],
+    );
+    // Delivered 5 times (1 + 2 + 4 + 8 s apart), then dead-lettered.
+    let letters = poll(200, Duration::from_millis(200), || async {
+        let v: Value = reqwest::get(gw.url("/v1/dead-letters?function=dead"))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let letters = v["deadLetters"].as_array().cloned().unwrap_or_default();
+        (!letters.is_empty()).then_some(letters)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no dead letter; log: {}", gw.log()));
+    wait_settled(&js, "DEAD", "dead", &gw).await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert_eq!(letter["trigger"], "queue");
+    assert_eq!(letter["attempts"], 5);
+    let record = &letter["event"]["Records"][0];
+    assert_eq!(n_of(record), 42);
+    assert_eq!(letter["requestId"], record["messageId"]);
+    let runs = batches(&markers);
+    let mut counts: Vec<String> = runs
+        .iter()
+        .map(|b| receive_count(&b[0]).to_string())
+        .collect();
+    counts.sort_unstable();
+    assert_eq!(
+        counts,
+        ["1", "2", "3", "4", "5"],
+        "five deliveries, no more"
+    );
+    assert!(gw.stop(), "stopped by itself");
+    let _ = std::fs::remove_dir_all(markers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_nats_a_queue_trigger_is_reported_at_load() {
+    let markers = temp_dir("queue-off-markers");
+    let manifest = consumer_function("off", &markers, "ok", "        subject: q.off\n");
+    let mut gw = LocalGateway::start("queue-off", &[("off.yaml", manifest)], &[]);
+    let warned = poll(100, Duration::from_millis(100), || async {
+        gw.log()
+            .lines()
+            .any(|l| {
+                l.contains("a queue trigger needs the gateway on NATS JetStream")
+                    && l.contains("--queue nats://HOST:PORT")
+            })
+            .then_some(())
+    })
+    .await;
+    assert!(warned.is_some(), "no warning; log: {}", gw.log());
+    assert!(gw.stop(), "stopped by itself");
+    let _ = std::fs::remove_dir_all(markers);
 }
