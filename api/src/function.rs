@@ -417,7 +417,7 @@ impl Default for Scaling {
 
 /// One event source. Exactly one field is set.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[x_kube(validation = Rule::new("[has(self.http), has(self.s3), has(self.cloudevents), has(self.schedule)].filter(x, x).size() == 1").message("each trigger needs exactly one of http, s3, cloudevents or schedule"))]
+#[x_kube(validation = Rule::new("[has(self.http), has(self.s3), has(self.cloudevents), has(self.schedule), has(self.queue)].filter(x, x).size() == 1").message("each trigger needs exactly one of http, s3, cloudevents, schedule or queue"))]
 #[serde(rename_all = "camelCase")]
 pub struct Trigger {
     /// HTTP requests on `/http/<name>/...` become API Gateway proxy events.
@@ -436,6 +436,99 @@ pub struct Trigger {
     #[x_kube(validation = Rule::new("self.matches('^rate\\\\([1-9][0-9]* (minute|hour|day)s?\\\\)$') || self.matches('^cron\\\\([^ ]+( [^ ]+){5}\\\\)$')").message("a schedule must be rate(N minute|minutes|hour|hours|day|days) or cron with 6 fields, e.g. rate(5 minutes) or cron(0 12 * * ? *)"))]
     #[schemars(length(max = 256))]
     pub schedule: Option<String>,
+    /// Messages of a NATS JetStream stream, delivered in batches in the SQS
+    /// event shape (Lambda's event source mapping); needs the gateway on
+    /// NATS (`--queue nats://...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueTrigger>,
+}
+
+/// A queue source: the stream it reads, and how it batches.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.subject) != has(self.stream)").message("a queue trigger needs exactly one of subject or stream"))]
+#[x_kube(validation = Rule::new("!has(self.batchSize) || self.batchSize <= 10 || (has(self.maximumBatchingWindowSeconds) && self.maximumBatchingWindowSeconds >= 1)").message("a queue trigger with batchSize over 10 needs maximumBatchingWindowSeconds of at least 1"))]
+#[serde(rename_all = "camelCase")]
+pub struct QueueTrigger {
+    /// A NATS subject (wildcards allowed): the gateway creates a JetStream
+    /// stream over it, `PORCHLIGHT_Q_<subject>`, or binds the one there is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub subject: Option<String>,
+    /// An existing JetStream stream, read whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub stream: Option<String>,
+    /// Messages per invocation at most (Lambda: 1 to 10,000, default 10;
+    /// over 10 needs a batching window of at least 1 s).
+    #[serde(default = "default_batch_size")]
+    #[schemars(range(min = 1, max = 10000), extend("format" = "int32"))]
+    pub batch_size: u32,
+    /// Seconds to wait for a batch to fill, from its first message (0:
+    /// what is there is sent at once).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 300), extend("format" = "int32"))]
+    pub maximum_batching_window_seconds: u32,
+    /// Batches in flight at most, per gateway replica (Lambda: 2 to 1,000);
+    /// unset: as many as the function can run at its maximum scale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = 1000), extend("format" = "int32"))]
+    pub maximum_concurrency: Option<u32>,
+}
+
+fn default_batch_size() -> u32 {
+    10
+}
+
+impl Default for QueueTrigger {
+    fn default() -> Self {
+        QueueTrigger {
+            subject: None,
+            stream: None,
+            batch_size: default_batch_size(),
+            maximum_batching_window_seconds: 0,
+            maximum_concurrency: None,
+        }
+    }
+}
+
+impl QueueTrigger {
+    /// What the schema and CEL rules check.
+    fn problems(&self, i: usize) -> Vec<String> {
+        let mut problems = Vec::new();
+        let at = format!("spec.triggers[{i}].queue");
+        let empty = |v: &Option<String>| v.as_deref().is_some_and(str::is_empty);
+        if self.subject.is_some() == self.stream.is_some()
+            || empty(&self.subject)
+            || empty(&self.stream)
+        {
+            problems.push(format!("{at} needs exactly one of subject or stream"));
+        }
+        if !(1..=10_000).contains(&self.batch_size) {
+            problems.push(format!(
+                "{at}.batchSize must be 1 to 10000, got {}",
+                self.batch_size
+            ));
+        }
+        if self.maximum_batching_window_seconds > 300 {
+            problems.push(format!(
+                "{at}.maximumBatchingWindowSeconds must be 0 to 300, got {}",
+                self.maximum_batching_window_seconds
+            ));
+        }
+        if self.batch_size > 10 && self.maximum_batching_window_seconds < 1 {
+            problems.push(format!(
+                "{at}: batchSize over 10 needs maximumBatchingWindowSeconds of at least 1"
+            ));
+        }
+        if let Some(c) = self.maximum_concurrency
+            && !(2..=1000).contains(&c)
+        {
+            problems.push(format!(
+                "{at}.maximumConcurrency must be 2 to 1000, got {c}"
+            ));
+        }
+        problems
+    }
 }
 
 /// API Gateway payload format of the HTTP trigger.
@@ -845,11 +938,15 @@ impl FunctionSpec {
                 t.s3.is_some(),
                 t.cloudevents.is_some(),
                 t.schedule.is_some(),
+                t.queue.is_some(),
             ];
             if kinds.iter().filter(|k| **k).count() != 1 {
                 problems.push(format!(
-                    "spec.triggers[{i}] needs exactly one of http, s3, cloudevents or schedule"
+                    "spec.triggers[{i}] needs exactly one of http, s3, cloudevents, schedule or queue"
                 ));
+            }
+            if let Some(q) = &t.queue {
+                problems.extend(q.problems(i));
             }
             if let Some(expression) = &t.schedule
                 && let Err(e) = Schedule::parse(expression)
@@ -921,6 +1018,15 @@ impl FunctionSpec {
                 let e = t.schedule.as_ref()?;
                 Some((i, e.clone(), Schedule::parse(e).ok()?))
             })
+            .collect()
+    }
+
+    /// The queue triggers: each with its index in `spec.triggers`.
+    pub fn queues(&self) -> Vec<(usize, &QueueTrigger)> {
+        self.triggers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| Some((i, t.queue.as_ref()?)))
             .collect()
     }
 }
@@ -1054,7 +1160,7 @@ code:
             problems,
             vec![
                 "spec.triggers[1].schedule: cron(0 12 * * * *): one of day-of-month and day-of-week must be '?' (e.g. cron(0 12 * * ? *))".to_string(),
-                "spec.triggers[2] needs exactly one of http, s3, cloudevents or schedule".to_string(),
+                "spec.triggers[2] needs exactly one of http, s3, cloudevents, schedule or queue".to_string(),
             ]
         );
         spec.triggers.truncate(1);
@@ -1065,6 +1171,61 @@ code:
         assert_eq!(schedules[0].2, Schedule::Rate(60));
         let crd = serde_json::to_string(&Function::crd()).expect("serialises");
         assert!(crd.contains("a schedule must be rate(N minute"));
+    }
+
+    #[test]
+    fn queue_triggers_are_validated_as_lambda_does() {
+        let queue = |q: QueueTrigger| Trigger {
+            queue: Some(q),
+            ..Default::default()
+        };
+        let mut spec = hello();
+        spec.triggers = vec![
+            queue(QueueTrigger {
+                subject: Some("orders.>".into()),
+                ..Default::default()
+            }),
+            queue(QueueTrigger {
+                subject: Some("a".into()),
+                stream: Some("B".into()),
+                ..Default::default()
+            }),
+            queue(QueueTrigger::default()),
+            queue(QueueTrigger {
+                stream: Some("ORDERS".into()),
+                batch_size: 100,
+                ..Default::default()
+            }),
+            queue(QueueTrigger {
+                stream: Some("ORDERS".into()),
+                batch_size: 0,
+                maximum_batching_window_seconds: 301,
+                maximum_concurrency: Some(1),
+                ..Default::default()
+            }),
+        ];
+        let problems = spec.validate().expect_err("invalid");
+        assert_eq!(
+            problems,
+            vec![
+                "spec.triggers[1].queue needs exactly one of subject or stream".to_string(),
+                "spec.triggers[2].queue needs exactly one of subject or stream".to_string(),
+                "spec.triggers[3].queue: batchSize over 10 needs maximumBatchingWindowSeconds of at least 1".to_string(),
+                "spec.triggers[4].queue.batchSize must be 1 to 10000, got 0".to_string(),
+                "spec.triggers[4].queue.maximumBatchingWindowSeconds must be 0 to 300, got 301".to_string(),
+                "spec.triggers[4].queue.maximumConcurrency must be 2 to 1000, got 1".to_string(),
+            ]
+        );
+        spec.triggers.truncate(1);
+        spec.validate().expect("valid");
+        assert_eq!(spec.queues().len(), 1);
+        let parsed: QueueTrigger = serde_json::from_str(r#"{"stream":"ORDERS"}"#).expect("parses");
+        assert_eq!(parsed.batch_size, 10);
+        assert_eq!(parsed.maximum_batching_window_seconds, 0);
+        let crd = serde_json::to_string(&Function::crd()).expect("serialises");
+        assert!(crd.contains("a queue trigger needs exactly one of subject or stream"));
+        assert!(crd.contains("batchSize over 10 needs maximumBatchingWindowSeconds"));
+        assert!(crd.contains(r#""maximum":10000"#) || crd.contains(r#""maximum":10000.0"#));
     }
 
     #[test]

@@ -9,5 +9,5 @@ pub mod duration;
 pub mod function;
 
 pub use function::{
-    AsyncConfig, Destination, Destinations, Function, FunctionSpec, FunctionStatus,
+    AsyncConfig, Destination, Destinations, Function, FunctionSpec, FunctionStatus, QueueTrigger,
 };

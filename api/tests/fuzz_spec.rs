@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use porchlight_api::FunctionSpec;
 use porchlight_api::function::{
-    CloudEventsTrigger, ConfigMapCode, FunctionCode, HttpTrigger, PayloadFormat, S3Trigger,
-    Scaling, Trigger,
+    CloudEventsTrigger, ConfigMapCode, FunctionCode, HttpTrigger, PayloadFormat, QueueTrigger,
+    S3Trigger, Scaling, Trigger,
 };
 use porchlight_core::{Autoscaler, AutoscalerConfig};
 use proptest::prelude::*;
@@ -112,11 +112,32 @@ fn trigger() -> impl Strategy<Value = Trigger> {
         "cron(0 12 * * * *)".to_string(),
         "every minute".to_string(),
     ]));
-    (http, s3, cloudevents, schedule).prop_map(|(http, s3, cloudevents, schedule)| Trigger {
-        http,
-        s3,
-        cloudevents,
-        schedule,
+    let queue = prop::option::of(
+        (
+            prop::option::of(text()),
+            prop::option::of(text()),
+            small_or_any(),
+            small_or_any(),
+            prop::option::of(small_or_any()),
+        )
+            .prop_map(
+                |(subject, stream, batch_size, window, concurrency)| QueueTrigger {
+                    subject,
+                    stream,
+                    batch_size,
+                    maximum_batching_window_seconds: window,
+                    maximum_concurrency: concurrency,
+                },
+            ),
+    );
+    (http, s3, cloudevents, schedule, queue).prop_map(|(http, s3, cloudevents, schedule, queue)| {
+        Trigger {
+            http,
+            s3,
+            cloudevents,
+            schedule,
+            queue,
+        }
     })
 }
 
@@ -227,6 +248,16 @@ fn fuzz_function_spec_validate() {
                 prop_assert!(s.stable_window >= Duration::from_secs(1));
                 prop_assert!((1..=900).contains(&spec.timeout_seconds));
                 prop_assert!(spec.triggers.len() <= 16);
+                for (_, q) in spec.queues() {
+                    prop_assert!(q.subject.is_some() != q.stream.is_some());
+                    prop_assert!((1..=10_000).contains(&q.batch_size));
+                    prop_assert!(q.maximum_batching_window_seconds <= 300);
+                    prop_assert!(q.batch_size <= 10 || q.maximum_batching_window_seconds >= 1);
+                    prop_assert!(
+                        q.maximum_concurrency
+                            .is_none_or(|c| (2..=1000).contains(&c))
+                    );
+                }
                 // What validation accepts, the autoscaler runs with.
                 let t0 = Instant::now();
                 let mut autoscaler = Autoscaler::new(AutoscalerConfig::from_settings(&s), t0, 0);

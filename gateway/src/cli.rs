@@ -455,6 +455,19 @@ fn banner(
                     ce.source.as_deref().unwrap_or("/example")
                 ));
             }
+            if let Some(q) = &t.queue {
+                match (&q.subject, &q.stream) {
+                    (Some(subject), _) => out.push_str(&format!(
+                        "    nats pub {subject} '{{}}'   (queue trigger: needs --queue nats://HOST:PORT)
+"
+                    )),
+                    (None, Some(stream)) => out.push_str(&format!(
+                        "    queue trigger on the stream {stream} (needs --queue nats://HOST:PORT)
+"
+                    )),
+                    (None, None) => {}
+                }
+            }
         }
     }
     out.push_str(&format!(
@@ -638,6 +651,7 @@ where
         clock,
         shutdown.clone(),
     ));
+    let queue_triggers = tokio::spawn(crate::queue_source::run(gateway.clone(), shutdown.clone()));
     let source = start_source(gateway.clone(), addr, source_stop.clone(), shutdown.clone());
     let limits = ListenerLimits {
         max_connections: cli.max_connections,
@@ -684,6 +698,7 @@ where
     gateway.begin_shutdown();
     let _ = workers.await;
     let _ = schedules.await;
+    let _ = queue_triggers.await;
     let stopped = gateway.finish_async(Duration::from_secs(5)).await;
     match stopped.stored {
         Some(n) if n > 0 && !stopped.durable => tracing::warn!(

@@ -144,6 +144,25 @@ impl Gateway {
         })
     }
 
+    /// Runs a queue trigger's batch as one synchronous invocation, through
+    /// the normal dispatch (it counts as demand).
+    pub async fn invoke_batch(
+        &self,
+        entry: &Arc<FunctionEntry>,
+        payload: Bytes,
+        request_id: &str,
+    ) -> Result<InvocationResult, GatewayError> {
+        self.sync
+            .invoke(
+                entry,
+                payload,
+                request_id,
+                TriggerKind::Queue,
+                &Forwarded::new_trace(false),
+            )
+            .await
+    }
+
     /// The functions and their queues (environment sources add, drain and
     /// remove environments here; the demand signal is [`Registry::demand`]).
     pub fn registry(&self) -> &Arc<Registry> {

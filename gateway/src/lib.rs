@@ -36,6 +36,7 @@ pub mod listener;
 pub mod local;
 pub mod metrics;
 pub mod queue;
+pub mod queue_source;
 pub mod registry;
 pub mod report;
 pub mod reread;

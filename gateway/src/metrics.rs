@@ -32,6 +32,12 @@ pub struct Metrics {
     pub async_retries: IntCounterVec,
     /// Async events accepted and not finished (set when scraped).
     pub async_pending: IntGaugeVec,
+    /// Queue trigger batches run, by outcome.
+    pub queue_batches: IntCounterVec,
+    /// Queue trigger messages settled, by outcome.
+    pub queue_messages: IntCounterVec,
+    /// Queue trigger batches running now on this gateway.
+    pub queue_in_flight: IntGaugeVec,
     /// Scaling decisions (local mode) by reason.
     pub scaling_decisions: IntCounterVec,
     /// Lambda API requests refused for their signature, by error type.
@@ -146,6 +152,24 @@ impl Metrics {
                 &r,
                 "porchlight_gateway_async_retries_total",
                 "Async invocations retried after a function error",
+                &["function"],
+            ),
+            queue_batches: counter(
+                &r,
+                "porchlight_gateway_queue_batches_total",
+                "Batches of queue trigger messages run, by outcome (success, partial, failed)",
+                &["function", "outcome"],
+            ),
+            queue_messages: counter(
+                &r,
+                "porchlight_gateway_queue_messages_total",
+                "Queue trigger messages settled, by outcome (acked, redelivered, dead_lettered)",
+                &["function", "outcome"],
+            ),
+            queue_in_flight: gauge(
+                &r,
+                "porchlight_gateway_queue_batches_in_flight",
+                "Batches of queue trigger messages running on this gateway",
                 &["function"],
             ),
             async_pending: gauge(

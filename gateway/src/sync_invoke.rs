@@ -47,6 +47,8 @@ pub enum TriggerKind {
     Destination,
     /// A schedule's tick.
     Schedule,
+    /// A batch of a queue trigger's messages.
+    Queue,
 }
 
 impl TriggerKind {
@@ -60,6 +62,7 @@ impl TriggerKind {
             TriggerKind::CloudEvents => "cloudevents",
             TriggerKind::Destination => "destination",
             TriggerKind::Schedule => "schedule",
+            TriggerKind::Queue => "queue",
         }
     }
 }

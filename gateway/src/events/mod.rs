@@ -1,10 +1,11 @@
-//! Event mapping: HTTP requests, S3 notifications, CloudEvents and schedule ticks to the JSON
+//! Event mapping: HTTP requests, S3 notifications, CloudEvents, schedule ticks and queue batches to the JSON
 //! events handlers receive, and handler results back. Pure functions only.
 
 pub mod apigw;
 pub mod cloudevents;
 pub mod s3;
 pub mod schedule;
+pub mod sqs;
 
 use percent_encoding::percent_decode_str;
 use time::OffsetDateTime;

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use crate::error::{ACCOUNT, REGION};
 
 /// FNV-1a, 64 bits: a hash that is the same in every process and build.
-fn fnv1a(seed: u64, parts: &[&[u8]]) -> u64 {
+pub(crate) fn fnv1a(seed: u64, parts: &[&[u8]]) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
     for part in parts {
         for b in part.iter().chain(std::iter::once(&0xff)) {

@@ -208,6 +208,20 @@ pub trait EventQueue: Send + Sync + 'static {
             ))
         })
     }
+    /// The JetStream connection, for queue triggers (a store on NATS).
+    fn jetstream(&self) -> Option<async_nats::jetstream::Context> {
+        None
+    }
+    /// Stores a dead letter that is not an event of this store (a queue
+    /// trigger's message given up).
+    fn put_dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), QueueError>> {
+        let _ = letter;
+        Box::pin(async {
+            Err(QueueError::Store(
+                "this store takes no outside dead letters".into(),
+            ))
+        })
+    }
     /// Stops handing out events: every consumer's `next` answers `None`.
     fn close(&self);
 }

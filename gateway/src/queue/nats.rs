@@ -73,7 +73,7 @@ pub struct NatsQueue {
 
 /// A function name as one subject token (names are DNS labels or
 /// subdomains: a dot becomes `_`, which they never contain).
-fn token(function: &str) -> String {
+pub(crate) fn token(function: &str) -> String {
     function
         .chars()
         .map(|c| {
@@ -450,6 +450,18 @@ impl EventQueue for NatsQueue {
                 .flush()
                 .await
                 .map_err(|e| store_error("publish a record", e))
+        })
+    }
+
+    fn jetstream(&self) -> Option<jetstream::Context> {
+        Some(self.js.clone())
+    }
+
+    fn put_dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(async move {
+            let subject = format!("porchlight.dead.{}", token(&letter.function));
+            let id = format!("dead/{}/{}", letter.request_id, letter.time);
+            publish(&self.js, subject, id, encode_letter(&letter)).await
         })
     }
 

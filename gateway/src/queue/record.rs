@@ -42,6 +42,7 @@ pub fn decode_trigger(text: &str) -> Option<TriggerKind> {
         TriggerKind::CloudEvents,
         TriggerKind::Destination,
         TriggerKind::Schedule,
+        TriggerKind::Queue,
     ]
     .into_iter()
     .find(|t| t.as_str() == text)
