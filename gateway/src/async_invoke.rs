@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use opentelemetry::KeyValue;
 use porchlight_core::backoff;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -113,6 +113,18 @@ impl AsyncSettings {
             .and_then(|c| c.maximum_event_age_seconds)
             .map_or(self.max_age, |s| Duration::from_secs(u64::from(s)));
         (attempts, age)
+    }
+}
+
+/// One of `slots` once free, or `None` once `stop` is cancelled (or the
+/// semaphore closed): how a worker waits for room to start one more.
+pub(crate) async fn take_slot(
+    slots: &Arc<Semaphore>,
+    stop: &CancellationToken,
+) -> Option<OwnedSemaphorePermit> {
+    tokio::select! {
+        p = slots.clone().acquire_owned() => p.ok(),
+        _ = stop.cancelled() => None,
     }
 }
 
@@ -434,12 +446,8 @@ impl AsyncInvoker {
             .clamp(1, 10_000);
         let slots = Arc::new(Semaphore::new(parallel));
         loop {
-            let permit = tokio::select! {
-                p = slots.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
-                _ = stop.cancelled() => return,
+            let Some(permit) = take_slot(&slots, &stop).await else {
+                return;
             };
             let room = 1 + slots.available_permits();
             let delivery = tokio::select! {

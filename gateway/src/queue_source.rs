@@ -38,6 +38,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::async_invoke::take_slot;
 use crate::dead_letters::{DeadLetter, now_rfc3339};
 use crate::error::GatewayError;
 use crate::events::sqs::{self, BatchAnswer, QueueMessage};
@@ -254,12 +255,8 @@ impl Mapping {
         );
         let slots = Arc::new(Semaphore::new(self.concurrency()));
         loop {
-            let permit = tokio::select! {
-                p = slots.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
-                _ = stop.cancelled() => return,
+            let Some(permit) = take_slot(&slots, &stop).await else {
+                return;
             };
             match self.gather(&consumer, &stop).await {
                 Ok(batch) if batch.is_empty() => {}

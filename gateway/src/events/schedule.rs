@@ -6,19 +6,8 @@ use porchlight_core::schedule::event_time;
 use serde_json::json;
 use time::OffsetDateTime;
 
+use super::{fnv1a, stable_uuid};
 use crate::error::{ACCOUNT, REGION};
-
-/// FNV-1a, 64 bits: a hash that is the same in every process and build.
-pub(crate) fn fnv1a(seed: u64, parts: &[&[u8]]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
-    for part in parts {
-        for b in part.iter().chain(std::iter::once(&0xff)) {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
-}
 
 /// The key of trigger `index` of `function` with `expression`, in the
 /// store of last ticks (letters, digits, `-`, `_` and `.`, as a JetStream
@@ -43,15 +32,7 @@ pub fn schedule_key(function: &str, index: usize, expression: &str) -> String {
 /// one event (JetStream's `Nats-Msg-Id`) and a doubled run is visible.
 pub fn request_id(key: &str, at: OffsetDateTime) -> String {
     let tick = at.unix_timestamp().to_be_bytes();
-    let hi = fnv1a(1, &[key.as_bytes(), &tick]);
-    let lo = fnv1a(2, &[key.as_bytes(), &tick]);
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&hi.to_be_bytes());
-    bytes[8..].copy_from_slice(&lo.to_be_bytes());
-    // A version 8 (custom) UUID, RFC 9562 variant.
-    bytes[6] = (bytes[6] & 0x0f) | 0x80;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    uuid::Uuid::from_bytes(bytes).to_string()
+    stable_uuid(1, &[key.as_bytes(), &tick])
 }
 
 /// The rule a schedule trigger stands for, as EventBridge names rules.

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use md5::{Digest, Md5};
 use serde_json::{Map, Value, json};
 
-use super::schedule::fnv1a;
+use super::stable_uuid;
 use crate::error::{ACCOUNT, REGION};
 
 /// One message of a batch, as the mapping read it.
@@ -32,16 +32,7 @@ pub struct QueueMessage {
 /// The `messageId` of the message at `sequence` of `stream`: a UUID that
 /// is the same on every delivery and every gateway.
 pub fn message_id(stream: &str, sequence: u64) -> String {
-    let seq = sequence.to_be_bytes();
-    let hi = fnv1a(3, &[stream.as_bytes(), &seq]);
-    let lo = fnv1a(4, &[stream.as_bytes(), &seq]);
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&hi.to_be_bytes());
-    bytes[8..].copy_from_slice(&lo.to_be_bytes());
-    // A version 8 (custom) UUID, RFC 9562 variant.
-    bytes[6] = (bytes[6] & 0x0f) | 0x80;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    uuid::Uuid::from_bytes(bytes).to_string()
+    stable_uuid(3, &[stream.as_bytes(), &sequence.to_be_bytes()])
 }
 
 /// The queue a trigger stands for (its subject, or its stream's name).
