@@ -865,27 +865,47 @@ mod tests {
         assert_eq!(poked_functions(&report), [FunctionKey::new("d", "busy")]);
     }
 
+    /// Function d/f with these bounds and keep-alive, `at` environments
+    /// (ready and in its workload), a 30 s idle window and 60 s stable window.
+    fn target(min_scale: u32, max_scale: u32, keep_alive: KeepAlive, at: u32) -> ScaleTarget<()> {
+        let settings = crate::ScalingSettings {
+            min_scale,
+            max_scale,
+            concurrency_per_environment: 1,
+            target_utilization: 0.7,
+            scale_to_zero_after: Duration::from_secs(30),
+            stable_window: Duration::from_secs(60),
+            keep_alive,
+        };
+        ScaleTarget {
+            key: FunctionKey::new("d", "f"),
+            config: AutoscalerConfig::from_settings(&settings),
+            ready: at,
+            workload: exists(Some(at)),
+            handle: (),
+        }
+    }
+
+    /// Gateway g's report of `load` for function d/f.
+    fn report_of(sequence: u64, poke: bool, load: crate::FunctionLoad) -> GatewayMessage {
+        GatewayMessage::Report(GatewayReport {
+            gateway: "g".into(),
+            sequence,
+            poke,
+            functions: vec![crate::FunctionLoad {
+                namespace: "d".into(),
+                name: "f".into(),
+                ..load
+            }],
+        })
+    }
+
     struct OneFunction(Option<IdleHistogram>, KeepAlive);
 
     impl ScaleSource for OneFunction {
         type Handle = ();
         fn targets(&self) -> Vec<ScaleTarget<()>> {
-            let settings = crate::ScalingSettings {
-                min_scale: 0,
-                max_scale: 5,
-                concurrency_per_environment: 1,
-                target_utilization: 0.7,
-                scale_to_zero_after: Duration::from_secs(30),
-                stable_window: Duration::from_secs(60),
-                keep_alive: self.1,
-            };
-            vec![ScaleTarget {
-                key: FunctionKey::new("d", "f"),
-                config: AutoscalerConfig::from_settings(&settings),
-                ready: 0,
-                workload: exists(Some(0)),
-                handle: (),
-            }]
+            vec![target(0, 5, self.1, 0)]
         }
         fn idle_times(&self, _: &()) -> Option<IdleHistogram> {
             self.0.clone()
@@ -915,17 +935,14 @@ mod tests {
             Arc::new(()),
         );
         let report = |sequence, concurrency| {
-            GatewayMessage::Report(GatewayReport {
-                gateway: "g".into(),
+            report_of(
                 sequence,
-                poke: true,
-                functions: vec![crate::FunctionLoad {
-                    namespace: "d".into(),
-                    name: "f".into(),
+                true,
+                crate::FunctionLoad {
                     in_flight: concurrency,
                     ..Default::default()
-                }],
-            })
+                },
+            )
         };
         l.on_message(report(1, 1)).await;
         let record = book.get(&FunctionKey::new("d", "f")).expect("record");
@@ -966,19 +983,16 @@ mod tests {
             Arc::new(()),
         );
         let report = |sequence: u64, in_flight, idle_ms| {
-            GatewayMessage::Report(GatewayReport {
-                gateway: "g".into(),
+            report_of(
                 sequence,
-                poke: in_flight > 0,
-                functions: vec![crate::FunctionLoad {
-                    namespace: "d".into(),
-                    name: "f".into(),
+                in_flight > 0,
+                crate::FunctionLoad {
                     in_flight,
                     ready_environments: u32::from(sequence > 1),
                     idle_ms,
                     ..Default::default()
-                }],
-            })
+                },
+            )
         };
         let desired = || {
             book.get(&FunctionKey::new("d", "f"))
@@ -1020,22 +1034,7 @@ mod tests {
         type Handle = ();
         fn targets(&self) -> Vec<ScaleTarget<()>> {
             let (min_scale, max_scale) = *self.0.lock().expect("bounds");
-            let settings = crate::ScalingSettings {
-                min_scale,
-                max_scale,
-                concurrency_per_environment: 1,
-                target_utilization: 0.7,
-                scale_to_zero_after: Duration::from_secs(30),
-                stable_window: Duration::from_secs(60),
-                keep_alive: KeepAlive::Fixed,
-            };
-            vec![ScaleTarget {
-                key: FunctionKey::new("d", "f"),
-                config: AutoscalerConfig::from_settings(&settings),
-                ready: 2,
-                workload: exists(Some(2)),
-                handle: (),
-            }]
+            vec![target(min_scale, max_scale, KeepAlive::Fixed, 2)]
         }
     }
 
@@ -1059,19 +1058,16 @@ mod tests {
             Arc::new(()),
         );
         let report = |sequence: u64, busy: &[&str]| {
-            GatewayMessage::Report(GatewayReport {
-                gateway: "g".into(),
+            report_of(
                 sequence,
-                poke: false,
-                functions: vec![crate::FunctionLoad {
-                    namespace: "d".into(),
-                    name: "f".into(),
+                false,
+                crate::FunctionLoad {
                     in_flight: busy.len() as u32,
                     ready_environments: 2,
                     busy_environments: busy.iter().map(|e| (e.to_string(), 1)).collect(),
                     ..Default::default()
-                }],
-            })
+                },
+            )
         };
         l.on_message(report(1, &[])).await;
         l.on_tick().await;
@@ -1133,13 +1129,10 @@ mod tests {
         let mut l = AutoscalerLoop::new(KeptUsage, Accept, book.clone(), Arc::new(()));
         let key = FunctionKey::new("d", "f");
         let report = |sequence: u64, invocations: u64| {
-            GatewayMessage::Report(GatewayReport {
-                gateway: "g".into(),
+            report_of(
                 sequence,
-                poke: false,
-                functions: vec![crate::FunctionLoad {
-                    namespace: "d".into(),
-                    name: "f".into(),
+                false,
+                crate::FunctionLoad {
                     ready_environments: 1,
                     usage: Some(FunctionUsage {
                         invocations,
@@ -1147,8 +1140,8 @@ mod tests {
                         ..Default::default()
                     }),
                     ..Default::default()
-                }],
-            })
+                },
+            )
         };
         // The gateway was running before: its first counters are a baseline.
         l.on_message(report(1, 40)).await;
