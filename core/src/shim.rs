@@ -57,7 +57,7 @@ pub mod var {
     pub const FUNCTION_NAME: ShimVar = v("function-name", "PORCHLIGHT_FUNCTION_NAME");
     /// Handler, e.g. `app.lambda_handler`.
     pub const HANDLER: ShimVar = v("handler", "PORCHLIGHT_HANDLER");
-    /// Runtime: `python3.x` or `provided`.
+    /// Runtime: `python3.x`, `nodejs18.x` / `nodejs20.x` / `nodejs22.x`, or `provided`.
     pub const RUNTIME: ShimVar = v("runtime", "PORCHLIGHT_RUNTIME");
     /// Directory holding the function's code.
     pub const TASK_ROOT: ShimVar = v("task-root", "PORCHLIGHT_TASK_ROOT");
@@ -88,6 +88,10 @@ pub mod var {
     pub const PYTHON: ShimVar = v("python", "PORCHLIGHT_PYTHON");
     /// The bundled Python bootstrap as a file.
     pub const PYTHON_BOOTSTRAP: ShimVar = v("python-bootstrap", "PORCHLIGHT_PYTHON_BOOTSTRAP");
+    /// Node.js of the bundled Node bootstrap.
+    pub const NODE: ShimVar = v("node", "PORCHLIGHT_NODE");
+    /// The bundled Node bootstrap as a file.
+    pub const NODE_BOOTSTRAP: ShimVar = v("node-bootstrap", "PORCHLIGHT_NODE_BOOTSTRAP");
 
     /// Output for a terminal (local mode): a log record's `\r`-joined lines
     /// as lines, and `START` / `END` / `REPORT` lines naming the function.
@@ -96,7 +100,7 @@ pub mod var {
     pub const QUIET: ShimVar = v("quiet", "PORCHLIGHT_QUIET");
 
     /// Every setting above, for checks that must cover them all.
-    pub const ALL: [ShimVar; 19] = [
+    pub const ALL: [ShimVar; 21] = [
         LISTEN,
         RUNTIME_API,
         FUNCTION_NAME,
@@ -114,6 +118,8 @@ pub mod var {
         SHUTDOWN_GRACE_SECONDS,
         PYTHON,
         PYTHON_BOOTSTRAP,
+        NODE,
+        NODE_BOOTSTRAP,
         LOCAL_LOGS,
         QUIET,
     ];

@@ -47,7 +47,8 @@ pub struct Config {
     #[arg(long = var::HANDLER.flag, env = var::HANDLER.env)]
     pub handler: Option<String>,
 
-    /// Runtime: `python3.12` (any `python3.x`) or `provided`.
+    /// Runtime: `python3.12` (any `python3.x`), `nodejs18.x`, `nodejs20.x`,
+    /// `nodejs22.x` or `provided`.
     #[arg(long = var::RUNTIME.flag, env = var::RUNTIME.env)]
     pub runtime: Option<String>,
 
@@ -124,6 +125,21 @@ pub struct Config {
     )]
     pub python_bootstrap: PathBuf,
 
+    /// Node.js for the bundled Node bootstrap.
+    #[arg(long = var::NODE.flag, env = var::NODE.env, default_value = "node")]
+    pub node: String,
+
+    /// The bundled Node bootstrap as a file (runtime images ship it at
+    /// /var/runtime/bootstrap.js); when the file is missing, the copy built
+    /// into this binary runs with `node -e`.
+    #[arg(
+        long = var::NODE_BOOTSTRAP.flag,
+        env = var::NODE_BOOTSTRAP.env,
+        default_value = "/var/runtime/bootstrap.js",
+        value_name = "PATH"
+    )]
+    pub node_bootstrap: PathBuf,
+
     /// Write logs for a terminal (local mode): a log record's lines joined
     /// with `\r` (Lambda's way for CloudWatch) as separate lines, and
     /// START/END/REPORT lines prefixed with the function's name.
@@ -158,11 +174,17 @@ fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// The Node.js runtimes, as Lambda names them.
+pub const NODE_RUNTIMES: [&str; 3] = ["nodejs18.x", "nodejs20.x", "nodejs22.x"];
+
 /// Which language runtime the environment runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuntimeKind {
     /// `python3.x`: the bundled Python bootstrap unless a command is given.
     Python(String),
+    /// `nodejs18.x`, `nodejs20.x`, `nodejs22.x`: the bundled Node bootstrap
+    /// unless a command is given.
+    Node(String),
     /// `provided*`: `<task-root>/bootstrap` unless a command is given.
     Provided,
     /// No `--runtime`, only a command.
@@ -239,7 +261,8 @@ impl Config {
             None | Some("") => {
                 return Err(invalid(
                     var::RUNTIME.flag,
-                    "required (python3.x or provided) unless a command follows `--`",
+                    "required (python3.x, nodejs18.x, nodejs20.x, nodejs22.x or provided) \
+                     unless a command follows `--`",
                 ));
             }
             Some(r) if r == "provided" || r.starts_with("provided.") => RuntimeKind::Provided,
@@ -250,10 +273,14 @@ impl Config {
             {
                 RuntimeKind::Python(r.to_owned())
             }
+            Some(r) if NODE_RUNTIMES.contains(&r) => RuntimeKind::Node(r.to_owned()),
             Some(r) => {
                 return Err(invalid(
                     var::RUNTIME.flag,
-                    format!("unknown runtime {r:?}; expected python3.x or provided"),
+                    format!(
+                        "unknown runtime {r:?}; expected python3.x, nodejs18.x, nodejs20.x, \
+                         nodejs22.x or provided"
+                    ),
                 ));
             }
         };
@@ -265,15 +292,20 @@ impl Config {
                 "1 to 128 characters without whitespace",
             ));
         }
-        if matches!(runtime, RuntimeKind::Python(_)) && self.command.is_empty() {
-            match &self.handler {
-                Some(h) if h.contains('.') => {}
-                _ => {
-                    return Err(invalid(
-                        var::HANDLER.flag,
-                        "the Python bootstrap needs a handler like module.function",
-                    ));
+        if self.command.is_empty() {
+            let needs = match runtime {
+                RuntimeKind::Python(_) => {
+                    Some("the Python bootstrap needs a handler like module.function")
                 }
+                RuntimeKind::Node(_) => {
+                    Some("the Node bootstrap needs a handler like index.handler")
+                }
+                RuntimeKind::Provided | RuntimeKind::Image => None,
+            };
+            if let Some(why) = needs
+                && !self.handler.as_deref().is_some_and(|h| h.contains('.'))
+            {
+                return Err(invalid(var::HANDLER.flag, why));
             }
         }
         if self.command.first().is_some_and(String::is_empty) {
@@ -281,6 +313,9 @@ impl Config {
         }
         if self.python.is_empty() {
             return Err(invalid(var::PYTHON.flag, "must not be empty"));
+        }
+        if self.node.is_empty() {
+            return Err(invalid(var::NODE.flag, "must not be empty"));
         }
         let environment_id = match &self.environment_id {
             Some(id) => id.clone(),
@@ -337,7 +372,9 @@ impl Settings {
     /// `AWS_EXECUTION_ENV` for the runtime.
     pub fn execution_env(&self) -> String {
         match &self.runtime {
-            RuntimeKind::Python(version) => format!("AWS_Lambda_{version}"),
+            RuntimeKind::Python(version) | RuntimeKind::Node(version) => {
+                format!("AWS_Lambda_{version}")
+            }
             RuntimeKind::Provided | RuntimeKind::Image => "AWS_Lambda_Image".to_owned(),
         }
     }
@@ -377,6 +414,27 @@ mod tests {
         let ok = parse(&["--runtime", "python3.12", "--handler", "app.handler"]).unwrap();
         assert_eq!(ok.runtime, RuntimeKind::Python("python3.12".into()));
         assert_eq!(ok.execution_env(), "AWS_Lambda_python3.12");
+    }
+
+    #[test]
+    fn node_runtimes_need_a_handler() {
+        for runtime in NODE_RUNTIMES {
+            let err = parse(&["--runtime", runtime]).unwrap_err();
+            assert!(err.contains("--handler"), "{err}");
+            let ok = parse(&["--runtime", runtime, "--handler", "src/app.handler"]).unwrap();
+            assert_eq!(ok.runtime, RuntimeKind::Node(runtime.into()));
+            assert_eq!(ok.execution_env(), format!("AWS_Lambda_{runtime}"));
+        }
+        // A command replaces the bootstrap, and with it the need of a handler.
+        let ok = parse(&["--runtime", "nodejs20.x", "--", "node", "my-ric.js"]).unwrap();
+        assert_eq!(ok.runtime, RuntimeKind::Node("nodejs20.x".into()));
+        for unknown in ["nodejs16.x", "nodejs24.x", "nodejs20", "node20"] {
+            let err = parse(&["--runtime", unknown, "--handler", "a.b"]).unwrap_err();
+            assert!(
+                err.contains("unknown runtime") && err.contains("nodejs22.x"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -16,6 +16,10 @@ use crate::{launcher, reaper};
 /// image does not ship it as a file.
 pub const PYTHON_BOOTSTRAP: &str = include_str!("../bootstrap/python/bootstrap.py");
 
+/// The dependency-free Node bootstrap, run with `node -e` when the image
+/// does not ship it as a file.
+pub const NODE_BOOTSTRAP: &str = include_str!("../bootstrap/node/bootstrap.js");
+
 /// `LAMBDA_RUNTIME_DIR` exported to the runtime.
 const RUNTIME_DIR: &str = "/var/runtime";
 
@@ -33,6 +37,14 @@ pub fn runtime_command(settings: &Settings) -> (String, Vec<String>) {
         RuntimeKind::Python(_) => (
             config.python.clone(),
             vec!["-c".to_owned(), PYTHON_BOOTSTRAP.to_owned()],
+        ),
+        RuntimeKind::Node(_) if config.node_bootstrap.is_file() => (
+            config.node.clone(),
+            vec![config.node_bootstrap.to_string_lossy().into_owned()],
+        ),
+        RuntimeKind::Node(_) => (
+            config.node.clone(),
+            vec!["-e".to_owned(), NODE_BOOTSTRAP.to_owned()],
         ),
         RuntimeKind::Provided | RuntimeKind::Image => (
             config
@@ -270,6 +282,45 @@ mod tests {
         let missing = dir.join("missing.py").to_string_lossy().into_owned();
         let (_, args) = runtime_command(&settings(&["--python-bootstrap", &missing]));
         assert_eq!(args, vec!["-c".to_owned(), PYTHON_BOOTSTRAP.to_owned()]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn node_bootstrap_runs_from_the_image_file_when_present() {
+        let dir =
+            std::env::temp_dir().join(format!("porchlight-node-bootstrap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("bootstrap.js");
+        std::fs::write(&file, NODE_BOOTSTRAP).expect("write");
+        let path = file.to_string_lossy().into_owned();
+        let node = |extra: &[&str]| {
+            let mut argv = vec![
+                "porchlight-runtime",
+                "--runtime",
+                "nodejs20.x",
+                "--handler",
+                "index.handler",
+            ];
+            argv.extend_from_slice(extra);
+            crate::config::Config::try_parse_from(argv)
+                .expect("parses")
+                .validate()
+                .expect("valid")
+        };
+        let (program, args) = runtime_command(&node(&["--node-bootstrap", &path]));
+        assert_eq!((program.as_str(), args), ("node", vec![path]));
+
+        let missing = dir.join("missing.js").to_string_lossy().into_owned();
+        let settings = node(&["--node-bootstrap", &missing, "--node", "/opt/node/bin/node"]);
+        let (program, args) = runtime_command(&settings);
+        assert_eq!(program, "/opt/node/bin/node");
+        assert_eq!(args, vec!["-e".to_owned(), NODE_BOOTSTRAP.to_owned()]);
+        assert!(
+            runtime_env(&settings, "127.0.0.1:9001".parse().unwrap()).contains(&(
+                "AWS_EXECUTION_ENV".to_owned(),
+                "AWS_Lambda_nodejs20.x".to_owned()
+            ))
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,7 +1,8 @@
 //! Tier 3: the built shim driving runtime clients nobody here wrote —
 //! unmodified `awslambdaric`, an unmodified `lambda_runtime` bootstrap, a
 //! shell-script `bootstrap` as in AWS's custom-runtime tutorial — and the
-//! bundled Python bootstrap.
+//! bundled Python and Node.js bootstraps (Node.js: env `PORCHLIGHT_NODE` or
+//! `node` on PATH).
 //!
 //! Needs: env `PORCHLIGHT_PYTHON` = a Python with `awslambdaric` installed,
 //! and the Rust bootstrap built (`cargo build -p porchlight-test-rust-bootstrap`)
@@ -665,4 +666,398 @@ fn bad_config_exits_64_with_one_line() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
+}
+
+// ---------------------------------------------------------------------------
+// The bundled Node.js bootstrap.
+
+/// A CommonJS handler, async, with a module-level counter and every
+/// context field in its answer.
+const NODE_APP: &str = r#"
+let count = 0;
+console.log('init\nsecond line');
+exports.handler = async (event, context) => {
+  count += 1;
+  console.log('handling', count, { n: event.n });
+  console.warn('a warning');
+  console.error('an error %d', 42);
+  if (event.fail) {
+    throw new RangeError('the event asked for a failure');
+  }
+  if (event.sleep) {
+    await new Promise((resolve) => setTimeout(resolve, event.sleep * 1000));
+  }
+  if ('exit' in event) {
+    process.exit(event.exit);
+  }
+  if (event.lost) {
+    // Rejected, and nobody waits for it.
+    Promise.reject(new Error('lost promise'));
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  const first = context.getRemainingTimeInMillis();
+  await new Promise((resolve) => setTimeout(resolve, 30));
+  return {
+    count,
+    request_id: context.awsRequestId,
+    remaining_ms: context.getRemainingTimeInMillis(),
+    remaining_first_ms: first,
+    function_name: context.functionName,
+    function_version: context.functionVersion,
+    memory_limit_in_mb: context.memoryLimitInMB,
+    invoked_function_arn: context.invokedFunctionArn,
+    log_group_name: context.logGroupName,
+    log_stream_name: context.logStreamName,
+    waits: context.callbackWaitsForEmptyEventLoop,
+    client_custom: context.clientContext ? context.clientContext.custom : null,
+    identity: context.identity === undefined ? 'none' : context.identity,
+    execution_env: process.env.AWS_EXECUTION_ENV,
+    event,
+  };
+};
+"#;
+
+/// Callback handlers: `cb` answers after a timer unless the event asks not
+/// to wait for the event loop; `forgets` never calls back; `never` is async
+/// and never settles; `fails` calls back with an error, `fails_plain` with
+/// a string.
+const NODE_CALLBACKS: &str = r#"
+exports.cb = (event, context, callback) => {
+  context.callbackWaitsForEmptyEventLoop = !event.dont_wait;
+  setTimeout(() => console.log('timer fired'), 400);
+  callback(null, { answered: Date.now(), waits: context.callbackWaitsForEmptyEventLoop });
+};
+exports.forgets = (event, context, callback) => {
+  setTimeout(() => console.log('done without calling back'), 50);
+};
+exports.never = async () => new Promise(() => {});
+exports.fails = (event, context, callback) => callback(new TypeError('callback failure'));
+exports.fails_plain = (event, context, callback) => callback('plain failure');
+"#;
+
+fn node_shim(files: &[(&str, &str)], handler: &str, extra: &[&str]) -> Option<Shim> {
+    let node = common::node()?;
+    let root = task_root(files);
+    let mut args = vec![
+        "--runtime",
+        "nodejs20.x",
+        "--handler",
+        handler,
+        "--function-name",
+        "hello",
+    ];
+    args.extend_from_slice(extra);
+    Some(Shim::start(&root, &args, &[("PORCHLIGHT_NODE", &node)]))
+}
+
+#[test]
+fn bundled_node_bootstrap_gives_lambdas_context() {
+    let Some(shim) = node_shim(
+        &[("index.js", NODE_APP)],
+        "index.handler",
+        &["--timeout-seconds", "2"],
+    ) else {
+        return;
+    };
+    lifecycle_checks(
+        &shim,
+        2000,
+        json!({"fail": true}),
+        json!({"sleep": 30}),
+        json!({"exit": 3}),
+        "RangeError",
+    );
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(r#"{"custom":{"k":"v"}}"#);
+    let reply = shim.invoke_raw(br#"{"a":[1,2]}"#, &[("X-Amz-Client-Context", &encoded)]);
+    let body = reply.json();
+    assert_eq!(
+        body["request_id"],
+        reply.header("x-porchlight-request-id").unwrap()
+    );
+    assert_eq!(body["function_name"], "hello");
+    assert_eq!(body["function_version"], "$LATEST");
+    assert_eq!(body["memory_limit_in_mb"], "128");
+    assert_eq!(
+        body["invoked_function_arn"],
+        "arn:aws:lambda:us-east-1:000000000000:function:hello"
+    );
+    assert_eq!(body["log_group_name"], "/aws/lambda/hello");
+    assert!(
+        body["log_stream_name"]
+            .as_str()
+            .unwrap()
+            .ends_with("[$LATEST]test-env")
+    );
+    assert_eq!(body["waits"], true);
+    assert_eq!(body["client_custom"], json!({"k": "v"}));
+    assert_eq!(body["identity"], "none");
+    assert_eq!(body["execution_env"], "AWS_Lambda_nodejs20.x");
+    assert_eq!(body["event"], json!({"a": [1, 2]}));
+    let (first, then) = (
+        body["remaining_first_ms"].as_u64().unwrap(),
+        body["remaining_ms"].as_u64().unwrap(),
+    );
+    assert!(
+        then < first && first <= 2000 && then >= 1000,
+        "remaining time decreases within the deadline: {first} then {then}"
+    );
+
+    // A thrown error in Lambda's Node.js shape.
+    let error = shim.invoke(&json!({"fail": true})).json();
+    assert_eq!(error["errorType"], "RangeError");
+    assert_eq!(error["errorMessage"], "the event asked for a failure");
+    let trace: Vec<&str> = error["trace"]
+        .as_array()
+        .expect("a trace array")
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert_eq!(trace[0], "RangeError: the event asked for a failure");
+    assert!(trace.iter().any(|l| l.contains("index.js:")), "{trace:?}");
+}
+
+#[test]
+fn bundled_node_bootstrap_logs_as_lambdas_node_runtime() {
+    let Some(shim) = node_shim(&[("index.js", NODE_APP)], "index.handler", &[]) else {
+        return;
+    };
+    assert_eq!(shim.wait_ready().status, 200);
+    let reply = shim.invoke(&json!({"n": 7}));
+    assert_eq!(count(&reply), 1);
+    let id = reply.header("x-porchlight-request-id").unwrap().to_owned();
+    // `2026-01-02T03:04:05.678Z`, as Date.toISOString writes it.
+    let is_timestamp = |t: &str| {
+        t.len() == 24
+            && t.bytes().enumerate().all(|(i, b)| match i {
+                4 | 7 => b == b'-',
+                10 => b == b'T',
+                13 | 16 => b == b':',
+                19 => b == b'.',
+                23 => b == b'Z',
+                _ => b.is_ascii_digit(),
+            })
+    };
+    let line = |level: &str, message: &str| {
+        let (id, level, message) = (id.clone(), level.to_owned(), message.to_owned());
+        move |l: &str| {
+            let fields: Vec<&str> = l.splitn(4, '\t').collect();
+            fields.len() == 4
+                && is_timestamp(fields[0])
+                && fields[1] == id
+                && fields[2] == level
+                && fields[3] == message
+        }
+    };
+    assert!(shim.stdout_has(line("INFO", "handling 1 { n: 7 }")));
+    assert!(shim.stdout_has(line("WARN", "a warning")));
+    assert!(shim.stdout_has(line("ERROR", "an error 42")));
+    // During init the request id is `undefined`, and a multi-line message
+    // stays one line, its newlines turned into carriage returns.
+    assert!(shim.stdout_has(|l| {
+        let fields: Vec<&str> = l.splitn(4, '\t').collect();
+        fields.len() == 4
+            && is_timestamp(fields[0])
+            && fields[1..] == ["undefined", "INFO", "init\rsecond line"]
+    }));
+    // The runtime's own record of a failed invocation.
+    let failed = shim.invoke(&json!({"fail": true}));
+    let id = failed.header("x-porchlight-request-id").unwrap().to_owned();
+    assert!(shim.stdout_has(|l| l.contains(&format!(
+        "\t{id}\tERROR\tInvoke Error \t{{\"errorType\":\"RangeError\""
+    ))));
+}
+
+#[test]
+fn bundled_node_bootstrap_loads_es_modules() {
+    let esm = "import { platform } from 'node:os';\n\
+               export const handler = async (event, context) => ({ kind: 'mjs', os: platform(), event });\n";
+    let typed = "export function handler(event, context, callback) {\n  callback(null, { kind: 'type-module', id: context.awsRequestId });\n}\n";
+    let cjs = "module.exports.nested = { handler: async () => ({ kind: 'cjs' }) };\n";
+    for (files, handler, kind) in [
+        (vec![("app.mjs", esm)], "app.handler", "mjs"),
+        (
+            vec![
+                ("package.json", r#"{"type": "module"}"#),
+                ("src/app.js", typed),
+            ],
+            "src/app.handler",
+            "type-module",
+        ),
+        (vec![("lib.cjs", cjs)], "lib.nested.handler", "cjs"),
+    ] {
+        let Some(shim) = node_shim(&files, handler, &[]) else {
+            return;
+        };
+        let ready = shim.wait_ready();
+        assert_eq!(ready.status, 200, "{handler}: {}", ready.text());
+        let reply = shim.invoke(&json!({"x": 1}));
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.json()["kind"], kind, "{}", reply.text());
+        if kind == "mjs" {
+            assert_eq!(reply.json()["event"], json!({"x": 1}));
+        }
+        if kind == "type-module" {
+            assert_eq!(
+                reply.json()["id"],
+                reply.header("x-porchlight-request-id").unwrap()
+            );
+        }
+    }
+}
+
+#[test]
+fn bundled_node_bootstrap_honours_callbacks_and_the_event_loop() {
+    let Some(shim) = node_shim(&[("index.js", NODE_CALLBACKS)], "index.cb", &[]) else {
+        return;
+    };
+    assert_eq!(shim.wait_ready().status, 200);
+    // The callback's answer waits for the pending timer (400 ms) ...
+    let started = std::time::Instant::now();
+    let reply = shim.invoke(&json!({}));
+    let waited = started.elapsed();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["waits"], true);
+    assert!(
+        waited >= std::time::Duration::from_millis(350),
+        "answered after {waited:?}, before the event loop was empty"
+    );
+    let id = reply.header("x-porchlight-request-id").unwrap().to_owned();
+    assert!(shim.stdout_has(|l| l.contains(&format!("\t{id}\tINFO\ttimer fired"))));
+    // ... unless the function says not to wait.
+    let started = std::time::Instant::now();
+    let reply = shim.invoke(&json!({"dont_wait": true}));
+    assert_eq!(reply.json()["waits"], false, "{}", reply.text());
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(350),
+        "answered after {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn bundled_node_bootstrap_reports_callback_and_settling_errors() {
+    for (handler, status_check) in [
+        ("index.fails", Some(("TypeError", "callback failure"))),
+        ("index.fails_plain", Some(("string", "plain failure"))),
+        ("index.never", Some(("Runtime.NodeJsExit", ""))),
+        ("index.forgets", None),
+    ] {
+        let Some(shim) = node_shim(&[("index.js", NODE_CALLBACKS)], handler, &[]) else {
+            return;
+        };
+        assert_eq!(shim.wait_ready().status, 200);
+        for _ in 0..2 {
+            let reply = shim.invoke(&json!({}));
+            match status_check {
+                Some((error_type, message)) => {
+                    let body = assert_unhandled(&reply, error_type);
+                    if !message.is_empty() {
+                        assert_eq!(body["errorMessage"], message);
+                    }
+                    assert!(body["trace"].is_array(), "{body}");
+                }
+                None => {
+                    // Never called back: Lambda answers null once the
+                    // event loop is empty.
+                    assert_eq!(reply.status, 200, "{}", reply.text());
+                    assert_eq!(reply.header("x-amz-function-error"), None);
+                    assert_eq!(reply.text(), "null");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bundled_node_bootstrap_exits_after_an_unhandled_rejection() {
+    let Some(shim) = node_shim(&[("index.js", NODE_APP)], "index.handler", &[]) else {
+        return;
+    };
+    assert_eq!(count(&shim.invoke(&json!({}))), 1);
+    assert_eq!(count(&shim.invoke(&json!({}))), 2);
+    let body = assert_unhandled(
+        &shim.invoke(&json!({"lost": true})),
+        "Runtime.UnhandledPromiseRejection",
+    );
+    assert_eq!(body["errorMessage"], "Error: lost promise");
+    // The runtime exits (as Lambda's does) once the error is posted; the
+    // shim starts it again.
+    let restarted = (0..500).any(|_| {
+        let metrics = shim.request("GET", "/metrics", &[], b"").text();
+        if metrics.contains("porchlight_runtime_runtime_restarts_total{reason=\"crash\"} 1") {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        false
+    });
+    assert!(restarted, "the runtime did not exit after the rejection");
+    let after = shim.invoke(&json!({}));
+    assert_eq!(count(&after), 1, "a fresh runtime: {}", after.text());
+    assert_eq!(after.header("x-porchlight-cold-start"), Some("true"));
+}
+
+#[test]
+fn bundled_node_bootstrap_reports_init_errors() {
+    let app = "exports.handler = async () => 1;\nexports.value = 3;\n";
+    for (files, handler, error_type, message) in [
+        (
+            vec![("index.js", app)],
+            "missing.handler",
+            "Runtime.ImportModuleError",
+            "Cannot find module 'missing'",
+        ),
+        (
+            vec![(
+                "app.mjs",
+                "import nothing from 'no-such-package';\nexport const handler = 1;\n",
+            )],
+            "app.handler",
+            "Runtime.ImportModuleError",
+            "no-such-package",
+        ),
+        (
+            vec![("index.js", app)],
+            "index.nothing",
+            "Runtime.HandlerNotFound",
+            "index.nothing is undefined or not exported",
+        ),
+        (
+            vec![("index.js", app)],
+            "index.value",
+            "Runtime.HandlerNotFound",
+            "index.value is not a function",
+        ),
+        (
+            vec![("index.js", "exports.handler = async (event => {;\n")],
+            "index.handler",
+            "Runtime.UserCodeSyntaxError",
+            "SyntaxError",
+        ),
+        (
+            vec![("index.js", "throw new URIError('bad at init');\n")],
+            "index.handler",
+            "URIError",
+            "bad at init",
+        ),
+    ] {
+        let Some(shim) = node_shim(&files, handler, &[]) else {
+            return;
+        };
+        let ready = shim.wait_ready();
+        assert_eq!(ready.status, 503, "{handler}: {}", ready.text());
+        assert_eq!(ready.json()["errorType"], error_type, "{}", ready.text());
+        assert!(
+            ready.json()["errorMessage"]
+                .as_str()
+                .is_some_and(|m| m.contains(message)),
+            "{}",
+            ready.text()
+        );
+        let reply = shim.invoke_raw(b"{}", &[("X-Porchlight-Request-Id", "gw-init-1")]);
+        assert_eq!(reply.status, 502);
+        assert_eq!(reply.json()["errorType"], error_type);
+        // Init output is logged with `undefined` for the request id.
+        assert!(shim.stdout_has(|l| l.contains("\tundefined\tERROR\t")));
+    }
 }

@@ -56,6 +56,30 @@ pub fn plain_python() -> String {
         .unwrap_or_else(|| "python3".to_owned())
 }
 
+/// Node.js for the bundled Node bootstrap: env `PORCHLIGHT_NODE`, else
+/// `node` on PATH.
+pub fn node() -> Option<String> {
+    let node = std::env::var("PORCHLIGHT_NODE")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "node".to_owned());
+    let ok = Command::new(&node)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        Some(node)
+    } else {
+        missing(
+            &format!("Node.js ({node})"),
+            "Install Node.js 18 or later (apt-get install nodejs), or set PORCHLIGHT_NODE",
+        );
+        None
+    }
+}
+
 /// The `bootstrap` binary of `tests/lambda-rust-bootstrap`: env
 /// `PORCHLIGHT_RUST_BOOTSTRAP`, else next to the shim in the target dir
 /// (`cargo build -p porchlight-test-rust-bootstrap` puts it there).
@@ -82,6 +106,9 @@ pub fn task_root(files: &[(&str, &str)]) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     for (name, content) in files {
         let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
         std::fs::write(&path, content).unwrap();
         if name.ends_with("bootstrap") || name.ends_with(".sh") {
             use std::os::unix::fs::PermissionsExt;
