@@ -90,14 +90,17 @@ pub use porchlight_core::schedule::Schedule;
 #[serde(rename_all = "camelCase")]
 pub struct FunctionSpec {
     /// Language runtime: `python3.12` (any `python3.x`) runs the bundled Python
-    /// bootstrap; `provided` runs the `bootstrap` executable in the code.
+    /// bootstrap; `nodejs18.x`, `nodejs20.x` and `nodejs22.x` run the bundled
+    /// Node.js bootstrap (with the Node.js of the runtime image); `provided`
+    /// runs the `bootstrap` executable in the code.
     #[serde(default = "default_runtime")]
     #[schemars(length(max = 32))]
-    #[x_kube(validation = Rule::new("self == 'provided' || self.matches('^python3\\\\.[0-9]+$')").message("spec.runtime must be 'provided' or 'python3.N'"))]
+    #[x_kube(validation = Rule::new("self == 'provided' || self.matches('^python3\\\\.[0-9]+$') || self in ['nodejs18.x', 'nodejs20.x', 'nodejs22.x']").message("spec.runtime must be 'provided', 'python3.N', 'nodejs18.x', 'nodejs20.x' or 'nodejs22.x'"))]
     pub runtime: String,
 
-    /// Handler, e.g. `app.lambda_handler` (module `app`, function `lambda_handler`).
-    /// Required for `python3.x`; passed as `_HANDLER` to custom bootstraps.
+    /// Handler, e.g. `app.lambda_handler` (module `app`, function `lambda_handler`),
+    /// or for Node.js `index.handler` / `src/app.handler`. Required for
+    /// `python3.x` and `nodejs*`; passed as `_HANDLER` to custom bootstraps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handler: Option<String>,
 
@@ -226,7 +229,8 @@ pub const MAXIMUM_EVENT_AGE_SECONDS: u32 = 21_600;
 #[serde(rename_all = "camelCase")]
 pub struct FunctionCode {
     /// Source of a single-file handler. Python code is written as `<module>.py`,
-    /// the module being the first part of the handler.
+    /// the module being the first part of the handler; Node.js code as
+    /// `<module>.mjs` when it has `import`/`export` statements, else `<module>.js`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inline: Option<String>,
     /// A ConfigMap whose keys become files in the task root.
@@ -771,6 +775,52 @@ pub struct FunctionCondition {
     pub last_transition_time: Option<String>,
 }
 
+/// The Node.js runtimes, as Lambda names them.
+pub const NODE_RUNTIMES: [&str; 3] = ["nodejs18.x", "nodejs20.x", "nodejs22.x"];
+
+/// Whether `runtime` is one of [`NODE_RUNTIMES`].
+pub fn is_node_runtime(runtime: &str) -> bool {
+    NODE_RUNTIMES.contains(&runtime)
+}
+
+/// The module path of a Node.js handler, relative to the task root and
+/// without extension: `src/app` for `src/app.handler` (the file name ends at
+/// its first dot, the rest is a property path). `None` for a handler the
+/// bundled bootstrap cannot load.
+pub fn node_handler_module(handler: &str) -> Option<String> {
+    let (dir, file) = match handler.rsplit_once('/') {
+        Some((dir, file)) => (Some(dir), file),
+        None => (None, handler),
+    };
+    let (module, property) = file.split_once('.')?;
+    if module.is_empty()
+        || property.is_empty()
+        || handler.contains("..")
+        || handler.starts_with('/')
+        || dir.is_some_and(|d| d.is_empty() || d.split('/').any(str::is_empty))
+    {
+        return None;
+    }
+    Some(match dir {
+        Some(dir) => format!("{dir}/{module}"),
+        None => module.to_string(),
+    })
+}
+
+/// Where inline Node.js code is written, relative to the task root:
+/// `<module>.mjs` when the source has `import` or `export` statements (an ES
+/// module), else `<module>.js` (CommonJS), as the bundled bootstrap loads them.
+pub fn node_inline_file(handler: &str, source: &str) -> Option<String> {
+    let module = node_handler_module(handler)?;
+    let esm = source.lines().map(str::trim_start).any(|l| {
+        l.starts_with("export ")
+            || l.starts_with("export{")
+            || (l.starts_with("import ") && !l.starts_with("import ("))
+            || l.starts_with("import{")
+    });
+    Some(format!("{module}.{}", if esm { "mjs" } else { "js" }))
+}
+
 fn default_runtime() -> String {
     "python3.12".to_string()
 }
@@ -828,9 +878,10 @@ impl FunctionSpec {
             .runtime
             .strip_prefix("python3.")
             .is_some_and(|minor| !minor.is_empty() && minor.bytes().all(|b| b.is_ascii_digit()));
-        if !python && self.runtime != "provided" {
+        let node = is_node_runtime(&self.runtime);
+        if !python && !node && self.runtime != "provided" {
             problems.push(format!(
-                "spec.runtime must be 'provided' or 'python3.N', got '{}'",
+                "spec.runtime must be 'provided', 'python3.N', 'nodejs18.x', 'nodejs20.x' or 'nodejs22.x', got '{}'",
                 self.runtime
             ));
         }
@@ -841,6 +892,15 @@ impl FunctionSpec {
                     "spec.handler must look like 'module.function', got '{h}'"
                 )),
                 None => problems.push("spec.handler is required for python runtimes".to_string()),
+            }
+        }
+        if node {
+            match self.handler.as_deref() {
+                Some(h) if node_handler_module(h).is_some() => {}
+                Some(h) => problems.push(format!(
+                    "spec.handler must look like 'index.handler' or 'dir/file.handler', got '{h}'"
+                )),
+                None => problems.push("spec.handler is required for nodejs runtimes".to_string()),
             }
         }
         let sources = [
@@ -1130,6 +1190,63 @@ code:
         assert_eq!(problems.len(), 5, "{problems:?}");
         assert!(problems.iter().any(|p| p.contains("maxScale")));
         assert!(problems.iter().any(|p| p.contains("scaleToZeroAfter")));
+    }
+
+    #[test]
+    fn node_runtimes_validate_with_a_handler() {
+        for runtime in NODE_RUNTIMES {
+            let mut spec = hello();
+            spec.runtime = runtime.into();
+            spec.handler = Some("src/app.handler".into());
+            assert!(spec.validate().is_ok(), "{runtime}");
+            spec.handler = None;
+            let problems = spec.validate().expect_err("no handler");
+            assert!(problems[0].contains("required for nodejs"), "{problems:?}");
+            spec.handler = Some("index".into());
+            assert!(spec.validate().is_err(), "a handler without a function");
+        }
+        let mut spec = hello();
+        spec.runtime = "nodejs16.x".into();
+        let problems = spec.validate().expect_err("an old runtime");
+        assert!(problems[0].contains("'nodejs22.x'"), "{problems:?}");
+    }
+
+    #[test]
+    fn node_handlers_name_a_module_path() {
+        assert_eq!(
+            node_handler_module("index.handler").as_deref(),
+            Some("index")
+        );
+        assert_eq!(
+            node_handler_module("src/app.handler").as_deref(),
+            Some("src/app")
+        );
+        assert_eq!(
+            node_handler_module("app.lib.handler").as_deref(),
+            Some("app")
+        );
+        for bad in [
+            "index",
+            ".handler",
+            "index.",
+            "../x.handler",
+            "/abs/x.handler",
+            "a//b.h",
+        ] {
+            assert_eq!(node_handler_module(bad), None, "{bad}");
+        }
+        assert_eq!(
+            node_inline_file("index.handler", "exports.handler = async () => 1;").as_deref(),
+            Some("index.js")
+        );
+        assert_eq!(
+            node_inline_file(
+                "src/app.handler",
+                "import os from 'os';\nexport const handler = 1;"
+            )
+            .as_deref(),
+            Some("src/app.mjs")
+        );
     }
 
     #[test]
