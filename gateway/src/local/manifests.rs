@@ -338,6 +338,15 @@ fn materialise(
         .map_err(|e| err(file, format!("cannot create {}: {e}", root.display())))?;
     let target = if spec.runtime == "provided" {
         root.join("bootstrap")
+    } else if porchlight_api::function::is_node_runtime(&spec.runtime) {
+        let handler = spec.handler.as_deref().unwrap_or("");
+        let Some(rel) = porchlight_api::function::node_inline_file(handler, source) else {
+            return Err(err(
+                file,
+                format!("function '{name}': handler '{handler}' names no module file"),
+            ));
+        };
+        root.join(rel)
     } else {
         let handler = spec.handler.as_deref().unwrap_or("");
         let module = handler.rsplit_once('.').map(|(m, _)| m).unwrap_or(handler);
@@ -384,6 +393,23 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).expect("tmp");
         d
+    }
+
+    #[test]
+    fn node_inline_code_is_written_where_the_handler_loads_it() {
+        let dir = tmp("node");
+        std::fs::write(
+            dir.join("fns.yaml"),
+            "apiVersion: porchlight.dev/v1alpha1\nkind: Function\nmetadata: {name: cjs}\nspec:\n  runtime: nodejs20.x\n  handler: index.handler\n  code: {inline: 'exports.handler = async () => 1;'}\n---\napiVersion: porchlight.dev/v1alpha1\nkind: Function\nmetadata: {name: esm}\nspec:\n  runtime: nodejs22.x\n  handler: src/app.handler\n  code:\n    inline: |\n      import os from 'node:os';\n      export const handler = async () => os.platform();\n",
+        )
+        .expect("write");
+        let fns = load_dir(&dir, &dir.join("code"), None).expect("valid");
+        assert_eq!(
+            std::fs::read_to_string(fns[0].task_root.join("index.js")).expect("index.js"),
+            "exports.handler = async () => 1;"
+        );
+        assert!(fns[1].task_root.join("src/app.mjs").is_file());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
