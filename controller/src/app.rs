@@ -211,6 +211,7 @@ async fn work_as_leader(
         ReconcileSettings {
             workload: WorkloadSettings {
                 runtime_image: config.args.runtime_image.clone(),
+                node_runtime_image: config.args.node_runtime_image.clone(),
             },
             url_base: config.url_base.clone(),
         },

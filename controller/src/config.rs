@@ -38,6 +38,16 @@ pub struct Args {
     )]
     pub runtime_image: String,
 
+    /// Image of the runtime shim with Node.js, for `nodejs*` functions
+    /// without an image of their own. It runs its own Node.js whichever of
+    /// nodejs18.x, nodejs20.x and nodejs22.x a function declares.
+    #[arg(
+        long,
+        env = "PORCHLIGHT_NODE_RUNTIME_IMAGE",
+        default_value = "porchlight/runtime-node:dev"
+    )]
+    pub node_runtime_image: String,
+
     /// Gateway to poll, repeatable (e.g. http://127.0.0.1:8080). Without it,
     /// gateway pods are discovered by label in --namespace.
     #[arg(
@@ -161,12 +171,13 @@ impl Config {
                 args.namespace
             ));
         }
-        if args.runtime_image.trim().is_empty() || args.runtime_image.contains(char::is_whitespace)
-        {
-            return bad(format!(
-                "--runtime-image '{}' is not an image reference",
-                args.runtime_image
-            ));
+        for (flag, image) in [
+            ("--runtime-image", &args.runtime_image),
+            ("--node-runtime-image", &args.node_runtime_image),
+        ] {
+            if image.trim().is_empty() || image.contains(char::is_whitespace) {
+                return bad(format!("{flag} '{image}' is not an image reference"));
+            }
         }
         if let Some(u) = args.gateway_urls.iter().find(|u| !is_http_url(u)) {
             return bad(format!(
@@ -243,6 +254,7 @@ mod tests {
             "http://porchlight-gateway.porchlight-system.svc:8080"
         );
         assert_eq!(c.args.runtime_image, "porchlight/runtime-python:dev");
+        assert_eq!(c.args.node_runtime_image, "porchlight/runtime-node:dev");
         assert!(c.args.leader_election);
     }
 

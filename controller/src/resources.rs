@@ -54,6 +54,20 @@ pub fn selector(function: &str) -> String {
 pub struct WorkloadSettings {
     /// Image of the runtime shim, used unless the code is an image of its own.
     pub runtime_image: String,
+    /// Image of the runtime shim with Node.js, for `nodejs*` functions
+    /// without an image of their own.
+    pub node_runtime_image: String,
+}
+
+impl WorkloadSettings {
+    /// The image a function runs when its code is not an image.
+    pub fn runtime_image_for(&self, runtime: &str) -> &str {
+        if porchlight_api::function::is_node_runtime(runtime) {
+            &self.node_runtime_image
+        } else {
+            &self.runtime_image
+        }
+    }
 }
 
 /// Labels on every object of a function; the pod template carries the same.
@@ -99,10 +113,20 @@ pub fn handler_module(handler: &str) -> &str {
 /// ConfigMap key and mounted path of inline code.
 ///
 /// Python: key `<module>.py`, mounted at `<module with dots as slashes>.py` so
-/// `pkg.mod.handler` imports. `provided`: the inline text is the `bootstrap`.
+/// `pkg.mod.handler` imports. Node.js: mounted where the bundled bootstrap
+/// loads the handler's module (`src/app.mjs` or `src/app.js`), key the same
+/// path with dots for slashes. `provided`: the inline text is the `bootstrap`.
 pub fn inline_code_file(f: &Function) -> (String, String) {
     if f.spec.runtime == "provided" {
         return ("bootstrap".to_string(), "bootstrap".to_string());
+    }
+    if porchlight_api::function::is_node_runtime(&f.spec.runtime)
+        && let Some(path) = porchlight_api::function::node_inline_file(
+            f.spec.handler.as_deref().unwrap_or("index.handler"),
+            f.spec.code.inline.as_deref().unwrap_or(""),
+        )
+    {
+        return (path.replace('/', "."), path);
     }
     let module = handler_module(
         f.spec
@@ -316,7 +340,7 @@ pub fn deployment(
         .code
         .image
         .clone()
-        .unwrap_or_else(|| settings.runtime_image.clone());
+        .unwrap_or_else(|| settings.runtime_image_for(&s.runtime).to_string());
 
     let mut volumes = vec![Volume {
         name: "tmp".to_string(),
@@ -532,6 +556,7 @@ spec:
         );
         let settings = WorkloadSettings {
             runtime_image: "img:1".into(),
+            node_runtime_image: "node-img:1".into(),
         };
         let d = deployment(&f, &settings, "h", Some(1));
         let rendered = serde_json::to_string(&d).expect("json");
@@ -570,6 +595,47 @@ spec:
     }
 
     #[test]
+    fn node_functions_run_the_node_image_with_their_module_file() {
+        let f = function(
+            r#"
+apiVersion: porchlight.dev/v1alpha1
+kind: Function
+metadata: {name: hello-node, namespace: default}
+spec:
+  runtime: nodejs20.x
+  handler: src/app.handler
+  code: {inline: "export const handler = async () => 1;"}
+"#,
+        );
+        assert_eq!(
+            inline_code_file(&f),
+            ("src.app.mjs".to_string(), "src/app.mjs".to_string())
+        );
+        let settings = WorkloadSettings {
+            runtime_image: "img:1".into(),
+            node_runtime_image: "node-img:1".into(),
+        };
+        let d = deployment(&f, &settings, "h", Some(1));
+        let pod = d.spec.expect("spec").template.spec.expect("pod");
+        assert_eq!(pod.containers[0].image.as_deref(), Some("node-img:1"));
+        assert_eq!(
+            deployment(&function(HELLO), &settings, "h", Some(1))
+                .spec
+                .expect("spec")
+                .template
+                .spec
+                .expect("pod")
+                .containers[0]
+                .image
+                .as_deref(),
+            Some("img:1"),
+            "python functions keep the default runtime image"
+        );
+        let map = code_config_map(&f).expect("inline code");
+        assert!(map.data.expect("data").contains_key("src.app.mjs"));
+    }
+
+    #[test]
     fn the_pod_hash_follows_the_versions_of_the_secrets_it_reads() {
         assert_eq!(pod_hash("code", &[]), "code", "no sources: the code hash");
         let v = |n: &str| vec![("secret/db".to_string(), Some(n.to_string()))];
@@ -604,6 +670,7 @@ spec:
             &f,
             &WorkloadSettings {
                 runtime_image: "img:1".into(),
+                node_runtime_image: "node-img:1".into(),
             },
             "h",
             Some(1),
@@ -635,6 +702,7 @@ spec:
             &f,
             &WorkloadSettings {
                 runtime_image: "img:1".into(),
+                node_runtime_image: "node-img:1".into(),
             },
             "h",
             Some(0),
@@ -699,6 +767,7 @@ spec:
             &f,
             &WorkloadSettings {
                 runtime_image: "img:1".into(),
+                node_runtime_image: "node-img:1".into(),
             },
             "h",
             None,

@@ -456,6 +456,7 @@ fn network_policies_select_the_pods_they_mean() {
         &f,
         &WorkloadSettings {
             runtime_image: "img".into(),
+            node_runtime_image: "node-img".into(),
         },
         "h",
         Some(1),

@@ -91,9 +91,11 @@ fn every_image_name_is_the_listed_one() {
         ])
     );
 
-    // The controller's own default, when PORCHLIGHT_RUNTIME_IMAGE is unset.
+    // The controller's own defaults, when PORCHLIGHT_RUNTIME_IMAGE and
+    // PORCHLIGHT_NODE_RUNTIME_IMAGE are unset.
     let config = Config::from_args(["porchlight-controller"]).expect("defaults");
     used.insert(local_name(&config.args.runtime_image));
+    used.insert(local_name(&config.args.node_runtime_image));
 
     // The kind script and the end-to-end image build name the same images.
     for script in ["deploy/kind/up.sh", "tests/e2e/images.sh"] {

@@ -274,6 +274,7 @@ pub fn context(api: &FakeApi) -> (Arc<Context>, Arc<Metrics>, Arc<ScaleBook>) {
         ReconcileSettings {
             workload: WorkloadSettings {
                 runtime_image: "porchlight/runtime-python:dev".into(),
+                node_runtime_image: "porchlight/runtime-node:dev".into(),
             },
             url_base: "http://porchlight-gateway.porchlight-system.svc:8080".into(),
         },
