@@ -9,7 +9,8 @@ kind get clusters | grep -qx "$CLUSTER" || kind create cluster --name "$CLUSTER"
 docker build -f deploy/Dockerfile.controller -t porchlight/controller:dev .
 docker build -f deploy/Dockerfile.gateway -t porchlight/gateway:dev .
 docker build -f runtime-image/Dockerfile -t porchlight/runtime-python:dev .
-for image in porchlight/controller:dev porchlight/gateway:dev porchlight/runtime-python:dev; do
+docker build -f runtime-image/Dockerfile.node -t porchlight/runtime-node:dev .
+for image in porchlight/controller:dev porchlight/gateway:dev porchlight/runtime-python:dev porchlight/runtime-node:dev; do
   kind load docker-image --name "$CLUSTER" "$image"
 done
 kubectl create namespace porchlight-system 2>/dev/null || true
