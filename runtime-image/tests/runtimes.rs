@@ -1061,3 +1061,38 @@ fn bundled_node_bootstrap_reports_init_errors() {
         assert!(shim.stdout_has(|l| l.contains("\tundefined\tERROR\t")));
     }
 }
+
+#[test]
+fn bundled_node_bootstrap_logs_json_when_asked() {
+    let Some(node) = common::node() else {
+        return;
+    };
+    let root = task_root(&[("index.js", NODE_APP)]);
+    let shim = Shim::start(
+        &root,
+        &["--runtime", "nodejs20.x", "--handler", "index.handler"],
+        &[
+            ("PORCHLIGHT_NODE", &node),
+            ("AWS_LAMBDA_LOG_FORMAT", "JSON"),
+            ("AWS_LAMBDA_LOG_LEVEL", "WARN"),
+        ],
+    );
+    let reply = shim.invoke(&json!({"n": 1}));
+    assert_eq!(count(&reply), 1);
+    let id = reply.header("x-porchlight-request-id").unwrap().to_owned();
+    let record = |level: &str, message: &str| {
+        let (id, level, message) = (id.clone(), level.to_owned(), message.to_owned());
+        move |l: &str| {
+            serde_json::from_str::<Value>(l).is_ok_and(|v| {
+                v["requestId"] == id.as_str()
+                    && v["level"] == level.as_str()
+                    && v["message"] == message.as_str()
+                    && v["timestamp"].as_str().is_some_and(|t| t.ends_with('Z'))
+            })
+        }
+    };
+    assert!(shim.stdout_has(record("WARN", "a warning")));
+    assert!(shim.stdout_has(record("ERROR", "an error 42")));
+    // Below AWS_LAMBDA_LOG_LEVEL: not written.
+    assert!(!shim.stdout_lines().iter().any(|l| l.contains("handling")));
+}
