@@ -61,7 +61,7 @@ or with kustomize (the kustomize CLI), in an overlay of deploy/:
 
   mkdir porchlight-overlay && cd porchlight-overlay
   kustomize create --resources ../deploy
-  kustomize edit set image porchlight/controller=$registry/controller:$tag porchlight/gateway=$registry/gateway:$tag
+  kustomize edit set image porchlight/controller=$registry/controller:$tag porchlight/gateway=$registry/gateway:$tag porchlight/nats=$registry/nats:$tag
   kustomize edit add patch --kind Deployment --name porchlight-controller --patch \\
     '{"spec":{"template":{"spec":{"containers":[{"name":"controller","env":[{"name":"PORCHLIGHT_RUNTIME_IMAGE","value":"$registry/runtime-python:$tag"}]}]}}}}'
   kubectl apply -k .

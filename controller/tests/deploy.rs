@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PodSpec, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
@@ -122,13 +122,7 @@ fn crd_schema_is_structural_and_explained() {
     }
 }
 
-fn pods_are_locked_down(d: &Deployment) {
-    let name = d.metadata.name.clone().unwrap_or_default();
-    let pod = d
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .expect("pod spec");
+fn pods_are_locked_down(name: &str, pod: &PodSpec) {
     let pod_sc = pod.security_context.as_ref().expect("pod securityContext");
     assert_eq!(pod_sc.run_as_non_root, Some(true), "{name}");
     assert_eq!(pod.enable_service_links, Some(false), "{name}");
@@ -183,9 +177,15 @@ fn every_manifest_parses_into_its_kubernetes_type() {
                 "Role" => drop(typed::<Role>(&doc)),
                 "RoleBinding" => drop(typed::<RoleBinding>(&doc)),
                 "Service" => drop(typed::<Service>(&doc)),
-                "Deployment" => pods_are_locked_down(&typed::<Deployment>(&doc)),
+                "Deployment" => drop(typed::<Deployment>(&doc)),
+                "StatefulSet" => drop(typed::<StatefulSet>(&doc)),
+                "ConfigMap" => drop(typed::<ConfigMap>(&doc)),
                 "NetworkPolicy" => drop(typed::<NetworkPolicy>(&doc)),
                 other => panic!("{file}: unexpected kind {other}"),
+            }
+            if kind == "Deployment" || kind == "StatefulSet" {
+                let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+                pods_are_locked_down(name, &typed(&doc["spec"]["template"]["spec"]));
             }
             kinds.push(kind);
         }
@@ -195,6 +195,7 @@ fn every_manifest_parses_into_its_kubernetes_type() {
         "CustomResourceDefinition",
         "ClusterRole",
         "Deployment",
+        "StatefulSet",
         "Service",
         "ServiceAccount",
         "NetworkPolicy",
@@ -384,17 +385,16 @@ fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool 
     by_labels && by_expressions
 }
 
+/// The pod labels of the Deployment or StatefulSet `name` in `file`.
 fn pod_labels(file: &str, name: &str) -> BTreeMap<String, String> {
-    let d: Deployment = docs(file)
-        .iter()
-        .filter(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == name)
-        .map(typed)
-        .next()
-        .expect("deployment");
-    d.spec
-        .and_then(|s| s.template.metadata)
-        .and_then(|m| m.labels)
-        .expect("pod labels")
+    let workload = docs(file)
+        .into_iter()
+        .find(|d| {
+            (d["kind"] == "Deployment" || d["kind"] == "StatefulSet")
+                && d["metadata"]["name"] == name
+        })
+        .unwrap_or_else(|| panic!("{name} in {file}"));
+    typed(&workload["spec"]["template"]["metadata"]["labels"])
 }
 
 /// A pod, by its namespace and labels.
@@ -447,6 +447,7 @@ fn network_policies_select_the_pods_they_mean() {
     use porchlight_controller::resources::{self, INVOKE_PORT, WorkloadSettings};
     let gateway = pod_labels("deploy/gateway.yaml", "porchlight-gateway");
     let controller = pod_labels("deploy/controller.yaml", "porchlight-controller");
+    let nats = pod_labels("deploy/nats.yaml", "porchlight-nats");
     let mut f: Function = serde_yaml::from_str(
         "apiVersion: porchlight.dev/v1alpha1\nkind: Function\nmetadata: {name: hello, namespace: default}\nspec: {handler: app.h, code: {inline: x}}\n",
     )
@@ -488,6 +489,13 @@ fn network_policies_select_the_pods_they_mean() {
                 labels: &function,
             },
         ),
+        (
+            "nats",
+            Pod {
+                namespace: "porchlight-system",
+                labels: &nats,
+            },
+        ),
     ];
     let policies: BTreeMap<String, NetworkPolicy> = kustomized("deploy")
         .iter()
@@ -511,6 +519,13 @@ fn network_policies_select_the_pods_they_mean() {
     assert_eq!(selected("porchlight-gateway"), vec!["gateway"]);
     assert_eq!(selected("porchlight-controller"), vec!["controller"]);
     assert_eq!(selected("porchlight-functions"), vec!["function"]);
+    assert_eq!(selected("porchlight-nats"), vec!["nats"]);
+    // NATS: clients are the gateways only.
+    assert_eq!(
+        admitted_on(&policies["porchlight-nats"], 4222, &pods),
+        vec!["gateway"]
+    );
+    assert!(admitted_on(&policies["porchlight-nats"], 8222, &pods).is_empty());
     // Function pods: invocations from the gateway only.
     assert_eq!(
         admitted_on(&policies["porchlight-functions"], INVOKE_PORT, &pods),
@@ -519,7 +534,7 @@ fn network_policies_select_the_pods_they_mean() {
     // The gateway: public port from anywhere, internal port from the controller.
     assert_eq!(
         admitted_on(&policies["porchlight-gateway"], 8080, &pods),
-        vec!["controller", "function", "gateway"]
+        vec!["controller", "function", "gateway", "nats"]
     );
     assert_eq!(
         admitted_on(
@@ -532,7 +547,7 @@ fn network_policies_select_the_pods_they_mean() {
     // The controller: its metrics port only.
     assert_eq!(
         admitted_on(&policies["porchlight-controller"], 9090, &pods).len(),
-        3
+        4
     );
     assert!(admitted_on(&policies["porchlight-controller"], 8080, &pods).is_empty());
 }

@@ -307,10 +307,57 @@ fn auth_off_drops_the_keys_and_nothing_else() {
     );
 }
 
+/// `nats.enabled=false` drops the chart's NATS (its objects and policy);
+/// the gateways then use `nats.url`, or with none keep events in memory.
+#[test]
+fn nats_off_drops_its_objects_and_points_the_gateways_at_the_url() {
+    let Some(helm) = helm() else { return };
+    let without = |url: Option<&str>| {
+        let mut expected = kustomize("deploy", None);
+        let before = expected.len();
+        expected.retain(|o| o["metadata"]["name"] != "porchlight-nats");
+        assert_eq!(
+            before - expected.len(),
+            4,
+            "ConfigMap, Service, StatefulSet, NetworkPolicy"
+        );
+        let deployment = object(&mut expected, "Deployment", "porchlight-gateway");
+        let env = container(deployment, "gateway")["env"]
+            .as_sequence_mut()
+            .expect("env");
+        let queue = env
+            .iter_mut()
+            .find(|e| e["name"] == "PORCHLIGHT_QUEUE")
+            .expect("PORCHLIGHT_QUEUE");
+        assert_eq!(queue["value"], "nats://porchlight-nats:4222");
+        match url {
+            Some(url) => queue["value"] = Value::from(url),
+            None => env.retain(|e| e["name"] != "PORCHLIGHT_QUEUE"),
+        }
+        expected
+    };
+    assert_same(
+        "nats.enabled=false",
+        render(&helm, &["nats.enabled=false"]),
+        without(None),
+    );
+    assert_same(
+        "nats.enabled=false, nats.url",
+        render(
+            &helm,
+            &["nats.enabled=false", "nats.url=nats://queue.example:4222"],
+        ),
+        without(Some("nats://queue.example:4222")),
+    );
+}
+
 /// Every image the chart names, with the container or variable naming it.
 fn images(objects: &[Value]) -> Vec<String> {
     let mut out = Vec::new();
-    for d in objects.iter().filter(|o| o["kind"] == "Deployment") {
+    for d in objects
+        .iter()
+        .filter(|o| o["kind"] == "Deployment" || o["kind"] == "StatefulSet")
+    {
         for c in d["spec"]["template"]["spec"]["containers"]
             .as_sequence()
             .expect("containers")
@@ -342,6 +389,9 @@ fn values_reach_the_objects() {
             "controller.resources.requests.cpu=200m",
             "logLevel=debug",
             "namespace.create=false",
+            "nats.storage=5Gi",
+            "nats.storageClassName=fast",
+            "nats.resources.limits.memory=1Gi",
         ],
     );
     // The names deploy/images.sh pushes, with the registry and tag given.
@@ -351,7 +401,7 @@ fn values_reach_the_objects() {
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
         .map(|l| l.split_whitespace().next().expect("a name").to_string())
         .collect();
-    let want: Vec<String> = ["controller", "gateway", "runtime-python"]
+    let want: Vec<String> = ["controller", "gateway", "nats", "runtime-python"]
         .iter()
         .map(|n| {
             assert!(
@@ -389,4 +439,12 @@ fn values_reach_the_objects() {
         .find(|e| e["name"] == "RUST_LOG")
         .expect("RUST_LOG");
     assert_eq!(log["value"], "debug");
+
+    let nats = object(&mut objects, "StatefulSet", "porchlight-nats");
+    let claim = &nats["spec"]["volumeClaimTemplates"][0]["spec"];
+    assert_eq!(claim["storageClassName"], "fast");
+    assert_eq!(claim["resources"]["requests"]["storage"], "5Gi");
+    let n = container(nats, "nats");
+    assert_eq!(n["imagePullPolicy"], "Always");
+    assert_eq!(n["resources"]["limits"]["memory"], "1Gi");
 }

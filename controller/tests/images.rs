@@ -68,7 +68,7 @@ fn every_image_name_is_the_listed_one() {
     let mut used = BTreeSet::new();
     for o in kustomize("deploy", None)
         .iter()
-        .filter(|o| o["kind"] == "Deployment")
+        .filter(|o| o["kind"] == "Deployment" || o["kind"] == "StatefulSet")
     {
         for c in o["spec"]["template"]["spec"]["containers"]
             .as_sequence()
@@ -87,6 +87,7 @@ fn every_image_name_is_the_listed_one() {
         BTreeSet::from([
             "controller".into(),
             "gateway".into(),
+            "nats".into(),
             "runtime-python".into()
         ])
     );

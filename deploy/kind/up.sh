@@ -8,15 +8,17 @@ CLUSTER=${CLUSTER:-porchlight}
 kind get clusters | grep -qx "$CLUSTER" || kind create cluster --name "$CLUSTER" --config deploy/kind/cluster.yaml
 docker build -f deploy/Dockerfile.controller -t porchlight/controller:dev .
 docker build -f deploy/Dockerfile.gateway -t porchlight/gateway:dev .
+docker build -f deploy/Dockerfile.nats -t porchlight/nats:dev .
 docker build -f runtime-image/Dockerfile -t porchlight/runtime-python:dev .
 docker build -f runtime-image/Dockerfile.node -t porchlight/runtime-node:dev .
-for image in porchlight/controller:dev porchlight/gateway:dev porchlight/runtime-python:dev porchlight/runtime-node:dev; do
+for image in porchlight/controller:dev porchlight/gateway:dev porchlight/nats:dev porchlight/runtime-python:dev porchlight/runtime-node:dev; do
   kind load docker-image --name "$CLUSTER" "$image"
 done
 kubectl create namespace porchlight-system 2>/dev/null || true
 eval "$(deploy/new-key.sh)" # the Lambda API is signed; porchlight-load signs with this key
 kubectl apply -k deploy/
 kubectl wait --for=condition=Established crd/functions.porchlight.dev --timeout=60s
+kubectl -n porchlight-system rollout status statefulset/porchlight-nats --timeout=180s
 kubectl -n porchlight-system rollout status deploy/porchlight-controller --timeout=180s
 kubectl -n porchlight-system rollout status deploy/porchlight-gateway --timeout=180s
 kubectl apply -f examples/

@@ -35,7 +35,7 @@ use crate::destinations::{Condition, Response, record};
 use crate::error::GatewayError;
 use crate::forwarded::Forwarded;
 use crate::metrics::Metrics;
-use crate::queue::{Delivery, EventQueue, QueueError, StoredEvent, decode_trigger, now_ms};
+use crate::queue::{Delivery, EventQueue, QueueError, Settle, StoredEvent, decode_trigger, now_ms};
 use crate::registry::{FunctionEntry, Registry};
 use crate::sync_invoke::{SyncInvoker, TriggerKind};
 use crate::telemetry;
@@ -485,6 +485,36 @@ impl AsyncInvoker {
             settle,
         } = delivery;
         let cfg = &self.settings;
+        let (max_attempts, max_age) = cfg.for_function(entry);
+        let age = event.age(now_ms());
+        if age >= max_age {
+            // Lambda discards an event older than the function's maximum
+            // age without running it (it waited out a throttle, an outage
+            // or a stopped gateway).
+            let error = serde_json::json!({
+                "errorType": "EventAgeExceeded",
+                "errorMessage": format!(
+                    "the event waited {} s, past the function's maximum event age of {} s, and was not run",
+                    age.as_secs(),
+                    max_age.as_secs()
+                ),
+            });
+            let settled = self
+                .give_up(
+                    entry,
+                    settle.as_ref(),
+                    &event,
+                    Condition::EventAgeExceeded,
+                    event.attempts,
+                    None,
+                    Bytes::from(error.to_string()),
+                )
+                .await;
+            if let Err(e) = settled {
+                tracing::warn!(request_id = %event.request_id, function = entry.name(), error = %e, "cannot settle an async event; it will be taken again");
+            }
+            return;
+        }
         if delivered > 1 {
             tracing::info!(request_id = %event.request_id, function = entry.name(), delivered, "an async event taken before and not settled runs again");
         }
@@ -510,7 +540,6 @@ impl AsyncInvoker {
                 }
             }
         };
-        let (max_attempts, max_age) = cfg.for_function(entry);
         let settled = match result {
             Ok(r) if r.function_error.is_none() => {
                 if let Some(dest) = destination(entry, Condition::Success) {
@@ -526,7 +555,7 @@ impl AsyncInvoker {
                             &event,
                             Condition::Success,
                             event.attempts + 1,
-                            &response,
+                            Some(&response),
                         )
                         .await;
                     if let Err(e) = sent {
@@ -597,58 +626,16 @@ impl AsyncInvoker {
                         settle.retry(again, delay).await.map(|()| "retry stored")
                     }
                     RetryDecision::GiveUp(condition) => {
-                        let mut sent = false;
-                        if let Some(dest) = destination(entry, condition) {
-                            match self
-                                .send_record(entry, &dest, &event, condition, attempts, &response)
-                                .await
-                            {
-                                Ok(()) => sent = true,
-                                Err(e) => tracing::warn!(
-                                    request_id = %event.request_id,
-                                    function = entry.name(),
-                                    error = %e,
-                                    "the onFailure record could not be sent; the event goes to the dead letters"
-                                ),
-                            }
-                        }
-                        if sent {
-                            tracing::info!(
-                                request_id = %event.request_id,
-                                function = entry.name(),
-                                attempts,
-                                condition = condition.as_str(),
-                                "async invocation given up; its record went to the onFailure destination"
-                            );
-                            settle.ack().await.map(|()| "sent to onFailure")
-                        } else {
-                            tracing::warn!(
-                                request_id = %event.request_id,
-                                function = entry.name(),
-                                attempts,
-                                condition = condition.as_str(),
-                                "async invocation given up; recorded as a dead letter"
-                            );
-                            self.metrics
-                                .dead_letters
-                                .with_label_values(&[entry.name()])
-                                .inc();
-                            let letter = DeadLetter {
-                                function: entry.name().to_string(),
-                                request_id: event.request_id.clone(),
-                                trigger: event.trigger.as_str(),
-                                event: event.payload.clone(),
-                                error,
-                                attempts,
-                                time: now_rfc3339(),
-                            };
-                            settle.dead_letter(letter).await.map(|evicted| {
-                                if evicted > 0 {
-                                    self.metrics.dead_letters_evicted.inc_by(evicted);
-                                }
-                                "dead-lettered"
-                            })
-                        }
+                        self.give_up(
+                            entry,
+                            settle.as_ref(),
+                            &event,
+                            condition,
+                            attempts,
+                            Some(&response),
+                            error,
+                        )
+                        .await
                     }
                     RetryDecision::Done => settle.ack().await.map(|()| "done"),
                 }
@@ -665,6 +652,73 @@ impl AsyncInvoker {
 }
 
 impl AsyncInvoker {
+    /// Ends `event` for good after `attempts` (its last `response`, none
+    /// when it never ran): its record goes to the onFailure destination, or
+    /// failing that it becomes a dead letter with `error`.
+    #[allow(clippy::too_many_arguments)]
+    async fn give_up(
+        self: &Arc<Self>,
+        entry: &Arc<FunctionEntry>,
+        settle: &dyn Settle,
+        event: &StoredEvent,
+        condition: Condition,
+        attempts: u32,
+        response: Option<&Response>,
+        error: Bytes,
+    ) -> Result<&'static str, QueueError> {
+        let mut sent = false;
+        if let Some(dest) = destination(entry, condition) {
+            match self
+                .send_record(entry, &dest, event, condition, attempts, response)
+                .await
+            {
+                Ok(()) => sent = true,
+                Err(e) => tracing::warn!(
+                    request_id = %event.request_id,
+                    function = entry.name(),
+                    error = %e,
+                    "the onFailure record could not be sent; the event goes to the dead letters"
+                ),
+            }
+        }
+        if sent {
+            tracing::info!(
+                request_id = %event.request_id,
+                function = entry.name(),
+                attempts,
+                condition = condition.as_str(),
+                "async invocation given up; its record went to the onFailure destination"
+            );
+            return settle.ack().await.map(|()| "sent to onFailure");
+        }
+        tracing::warn!(
+            request_id = %event.request_id,
+            function = entry.name(),
+            attempts,
+            condition = condition.as_str(),
+            "async invocation given up; recorded as a dead letter"
+        );
+        self.metrics
+            .dead_letters
+            .with_label_values(&[entry.name()])
+            .inc();
+        let letter = DeadLetter {
+            function: entry.name().to_string(),
+            request_id: event.request_id.clone(),
+            trigger: event.trigger.as_str(),
+            event: event.payload.clone(),
+            error,
+            attempts,
+            time: now_rfc3339(),
+        };
+        settle.dead_letter(letter).await.map(|evicted| {
+            if evicted > 0 {
+                self.metrics.dead_letters_evicted.inc_by(evicted);
+            }
+            "dead-lettered"
+        })
+    }
+
     /// Sends the record of `event`'s outcome to `dest`: a Function gets it
     /// as an async event of its own (a new request id), a subject gets it
     /// published.
@@ -675,7 +729,7 @@ impl AsyncInvoker {
         event: &StoredEvent,
         condition: Condition,
         invokes: u32,
-        response: &Response,
+        response: Option<&Response>,
     ) -> Result<(), String> {
         let body = record(
             source.name(),

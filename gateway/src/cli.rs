@@ -152,6 +152,10 @@ pub struct Cli {
     /// one every third of it).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub queue_ack_wait: Duration,
+    /// With --queue: how long to keep trying to reach NATS at startup (it
+    /// may start after the gateway, as in a fresh install) before giving up.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub queue_connect_timeout: Duration,
     /// MiB the gateway may hold for payloads, queued and retried events and
     /// dead letters (a quarter at most); past it, invocations get 429. The
     /// default suits the gateway pod's 512 MiB limit.
@@ -287,16 +291,48 @@ async fn open_queue(cli: &Cli, config: &GatewayConfig) -> Result<Arc<dyn EventQu
         QueueChoice::Memory => Arc::new(LocalQueue::in_memory(config.local_queue_settings())),
         QueueChoice::File(dir) => Arc::new(LocalQueue::open(&dir, config.local_queue_settings())?),
         QueueChoice::Nats(url) => Arc::new(
-            NatsQueue::connect(NatsSettings {
-                url,
-                depth: config.dispatch.async_queue_depth,
-                ack_wait: cli.queue_ack_wait,
-                dead_letter_capacity: config.dead_letter_capacity,
-                dead_letter_bytes: config.memory_budget / 4,
-            })
+            connect_nats(
+                NatsSettings {
+                    url,
+                    depth: config.dispatch.async_queue_depth,
+                    ack_wait: cli.queue_ack_wait,
+                    dead_letter_capacity: config.dead_letter_capacity,
+                    dead_letter_bytes: config.memory_budget / 4,
+                },
+                cli.queue_connect_timeout,
+            )
             .await?,
         ),
     })
+}
+
+/// Connects to JetStream, trying again every second for `patience`: the
+/// server may still be starting (a fresh install starts both at once). The
+/// gateway serves nothing meanwhile, so its readiness probe fails.
+async fn connect_nats(settings: NatsSettings, patience: Duration) -> Result<NatsQueue, String> {
+    let start = tokio::time::Instant::now();
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        match NatsQueue::connect(settings.clone()).await {
+            Ok(queue) => {
+                if attempts > 1 {
+                    tracing::info!(url = %settings.url, attempts, "reached NATS");
+                }
+                return Ok(queue);
+            }
+            Err(e) if start.elapsed() < patience => {
+                tracing::warn!(error = %e, attempts, "NATS is not reachable yet; trying again in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                return Err(format!(
+                    "{e} (tried {attempts} times over {} s; --queue-connect-timeout)",
+                    start.elapsed().as_secs()
+                ));
+            }
+        }
+    }
 }
 
 /// The binary's `main`: the hidden `runtime` subcommand runs the embedded

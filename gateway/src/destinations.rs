@@ -43,6 +43,14 @@ pub struct Response {
     pub payload: Bytes,
 }
 
+/// [`raw_json`] of a payload that may be absent (then skipped).
+fn raw_json_opt<S: serde::Serializer>(text: &Option<&Bytes>, s: S) -> Result<S::Ok, S::Error> {
+    match text {
+        Some(text) => raw_json(text, s),
+        None => s.serialize_none(),
+    }
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Record<'a> {
@@ -51,9 +59,13 @@ struct Record<'a> {
     request_context: RequestContext<'a>,
     #[serde(serialize_with = "raw_json")]
     request_payload: &'a Bytes,
-    response_context: ResponseContext<'a>,
-    #[serde(serialize_with = "raw_json")]
-    response_payload: &'a Bytes,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_context: Option<ResponseContext<'a>>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "raw_json_opt"
+    )]
+    response_payload: Option<&'a Bytes>,
 }
 
 #[derive(Serialize)]
@@ -75,14 +87,16 @@ struct ResponseContext<'a> {
 }
 
 /// The record of `function`'s event `request_id` (whose payload was
-/// `request`), after `invokes` attempts, as JSON.
+/// `request`), after `invokes` attempts, as JSON. An event that never ran
+/// (too old before its first attempt) has no response: its record has no
+/// `responseContext` and no `responsePayload`.
 pub fn record(
     function: &str,
     request_id: &str,
     condition: Condition,
     invokes: u32,
     request: &Bytes,
-    response: &Response,
+    response: Option<&Response>,
 ) -> Bytes {
     let record = Record {
         version: "1.0",
@@ -94,12 +108,12 @@ pub fn record(
             approximate_invoke_count: invokes,
         },
         request_payload: request,
-        response_context: ResponseContext {
-            status_code: response.status_code,
+        response_context: response.map(|r| ResponseContext {
+            status_code: r.status_code,
             executed_version: "$LATEST",
-            function_error: response.function_error.as_deref(),
-        },
-        response_payload: &response.payload,
+            function_error: r.function_error.as_deref(),
+        }),
+        response_payload: response.map(|r| &r.payload),
     };
     Bytes::from(serde_json::to_vec(&record).unwrap_or_default())
 }
@@ -143,7 +157,7 @@ mod tests {
             Condition::RetriesExhausted,
             3,
             &Bytes::from_static(br#"{"order": 42}"#),
-            &response,
+            Some(&response),
         );
         let v: Value = serde_json::from_slice(&r).expect("JSON");
         assert_eq!(
@@ -202,7 +216,7 @@ mod tests {
             Condition::Success,
             1,
             &Bytes::from_static(b"not json"),
-            &response,
+            Some(&response),
         );
         let v: Value = serde_json::from_slice(&r).expect("JSON");
         assert_eq!(
@@ -213,5 +227,24 @@ mod tests {
         assert_eq!(v["responsePayload"], "ok");
         // A payload that is not JSON is sent as a string.
         assert_eq!(v["requestPayload"], "not json");
+    }
+
+    #[test]
+    fn a_record_of_an_event_that_never_ran_has_no_response() {
+        let r = record(
+            "f",
+            "r",
+            Condition::EventAgeExceeded,
+            0,
+            &Bytes::from_static(b"{}"),
+            None,
+        );
+        let v: Value = serde_json::from_slice(&r).expect("JSON");
+        assert_eq!(
+            keys(&v),
+            ["requestContext", "requestPayload", "timestamp", "version"]
+        );
+        assert_eq!(v["requestContext"]["condition"], "EventAgeExceeded");
+        assert_eq!(v["requestContext"]["approximateInvokeCount"], 0);
     }
 }

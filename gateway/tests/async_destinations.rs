@@ -333,6 +333,50 @@ async fn an_event_that_would_outlive_its_maximum_age_is_given_up_as_event_age_ex
     let _ = std::fs::remove_dir_all(&work);
 }
 
+/// An event already older than the maximum age when a worker takes it
+/// (it waited for the function's only environment) is not run: its record
+/// says so, with no invocation and no response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_past_its_maximum_age_before_its_first_attempt_is_not_run() {
+    let work = temp_dir("async-stale");
+    let sink_dir = work.join("sink");
+    let attempts = work.join("slow");
+    std::fs::create_dir_all(&attempts).expect("attempts dir");
+    let code = r#"import os, time, uuid
+def handler(event, context):
+    with open(os.path.join(os.environ["ATTEMPTS"], context.aws_request_id + "-" + uuid.uuid4().hex), "w") as f:
+        f.write("")
+    time.sleep(event.get("sleep", 0))
+    return {"answer": 42}"#;
+    let slow = python_function(
+        "slow",
+        code,
+        &format!(
+            "  env:\n    ATTEMPTS: {}\n  scaling: {{maxScale: 1}}\n  async:\n    destinations:\n      onFailure: {{function: sink}}\n",
+            attempts.display()
+        ),
+    );
+    let manifests = [("sink.yaml", sink(&sink_dir)), ("slow.yaml", slow)];
+    // Events older than 2 s are not run (the gateway's default maximum age).
+    let gw = LocalGateway::start("async-stale", &manifests, &["--async-max-age", "2s"]);
+    let first = send_event(&gw, "slow", r#"{"sleep": 4}"#).await;
+    let request = json!({"n": 2});
+    let stale = send_event(&gw, "slow", &request.to_string()).await;
+    let record = record_of(&gw, &sink_dir, &stale).await;
+    assert_eq!(
+        keys(&record),
+        ["requestContext", "requestPayload", "timestamp", "version"],
+        "{record}"
+    );
+    assert_eq!(record["requestContext"]["condition"], "EventAgeExceeded");
+    assert_eq!(record["requestContext"]["approximateInvokeCount"], 0);
+    assert_eq!(record["requestPayload"], request);
+    assert_eq!(attempts_of(&attempts, &stale), 0, "the stale event ran");
+    assert_eq!(attempts_of(&attempts, &first), 1);
+    drop(gw);
+    let _ = std::fs::remove_dir_all(&work);
+}
+
 /// Two events of a function that fails while a flag file exists become
 /// dead letters; with the flag gone, one is redriven by request id, then
 /// the rest by function: each runs again with its own request id and

@@ -10,7 +10,10 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{LocalGateway, NatsServer, nats_server_binary, poll, python_function, temp_dir};
+use common::{
+    LocalGateway, NatsServer, free_port, nats_server_binary, poll, python_function, temp_dir,
+    wait_ready,
+};
 
 /// A function that records each run: `start-<request id>-<tag>` when it
 /// begins and `done-<request id>-<tag>` when it ends, each holding the pid
@@ -515,4 +518,58 @@ async fn an_event_the_store_cannot_take_is_refused_with_503() {
     );
     drop(gw);
     let _ = std::fs::remove_dir_all(&markers);
+}
+
+/// A gateway started before its NATS server (a fresh install starts both at
+/// once) waits for it, serving nothing meanwhile, then keeps events there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_started_before_nats_waits_for_it() {
+    let Some(bin) = nats_server_binary() else {
+        return;
+    };
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let markers = temp_dir("early-markers");
+    let manifest = recorder("rec", &markers, "", 1);
+    let gw = LocalGateway::spawn("early", &[("f.yaml", manifest)], &["--queue", url.as_str()]);
+    let waiting = poll(200, Duration::from_millis(50), || async {
+        gw.log().contains("NATS is not reachable yet").then_some(())
+    })
+    .await;
+    assert!(waiting.is_some(), "no retry logged: {}", gw.log());
+    let early = reqwest::Client::new()
+        .get(gw.url("/ready"))
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await;
+    assert!(
+        early.is_err(),
+        "serves before its queue is reachable: {early:?}"
+    );
+    let _nats = NatsServer::start_on(&bin, "early", port);
+    assert!(wait_ready(&gw).await, "not ready after NATS: {}", gw.log());
+    let (ids, _) = send_events(&gw.base, "rec", 3, 1).await;
+    wait_all_finished(&markers, &ids, 30).await;
+    assert!(gw.log().contains("reached NATS"), "{}", gw.log());
+    drop(gw);
+    let _ = std::fs::remove_dir_all(&markers);
+}
+
+/// Without NATS for --queue-connect-timeout, the gateway exits with the
+/// configuration error code and says what it tried.
+#[test]
+fn a_gateway_gives_up_on_an_unreachable_nats_after_the_connect_timeout() {
+    let url = format!("nats://127.0.0.1:{}", free_port());
+    let mut gw = LocalGateway::spawn(
+        "giveup",
+        &[],
+        &["--queue", url.as_str(), "--queue-connect-timeout", "2s"],
+    );
+    let code = gw.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(64), "log: {}", gw.log());
+    let log = gw.log();
+    assert!(
+        log.contains(&url) && log.contains("--queue-connect-timeout"),
+        "{log}"
+    );
 }

@@ -8,6 +8,7 @@
 # Output (outside git, never committed):
 #   ${PORCHLIGHT_CACHE:-/root/.cache/porchlight}/k8s/<k8s version>/bin/
 #     etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy crictl
+#     coredns (the cluster's DNS, run by node.sh)
 #   ${PORCHLIGHT_CACHE}/k8s/<k8s version>/src/{k8s,etcd,crictl}/   wrapper Go modules
 # Go's own caches (GOMODCACHE, GOCACHE) stay where `go env` puts them.
 #
@@ -22,6 +23,7 @@ set -euo pipefail
 K8S_VERSION=${K8S_VERSION:-1.34.4}
 ETCD_VERSION=${ETCD_VERSION:-3.6.4}
 CRITOOLS_VERSION=${CRITOOLS_VERSION:-1.34.0}
+COREDNS_VERSION=${COREDNS_VERSION:-1.15.0}
 CACHE=${PORCHLIGHT_CACHE:-/root/.cache/porchlight}
 ROOT=$CACHE/k8s/$K8S_VERSION
 BIN=$ROOT/bin
@@ -156,6 +158,21 @@ if [[ ${SKIP_CRICTL:-0} != 1 && ! -x $BIN/crictl ]]; then
     -o "$BIN/crictl.tmp" sigs.k8s.io/cri-tools/cmd/crictl
   mv "$BIN/crictl.tmp" "$BIN/crictl"
   log "crictl done"
+fi
+
+# ------------------------------------------------------------------- CoreDNS
+# Cluster DNS: Service names resolve in pods, as in any real cluster (kind
+# runs CoreDNS too). Its main module builds with `go install` as published.
+if [[ ! -x $BIN/coredns ]]; then
+  log "coredns v$COREDNS_VERSION: building (a few minutes on a cold module cache)"
+  tmp=$(mktemp -d)
+  if ! timeout 3600 env GOBIN="$tmp" GOFLAGS=-mod=mod "${NICE[@]}" go install -trimpath -ldflags "-s -w" \
+    "github.com/coredns/coredns@v$COREDNS_VERSION"; then
+    rm -rf "$tmp"; echo "build.sh: coredns build failed" >&2; exit 1
+  fi
+  mv "$tmp/coredns" "$BIN/coredns"
+  rmdir "$tmp"
+  log "coredns done"
 fi
 
 log "all binaries present in $BIN ($((SECONDS - T0)) s)"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One real Kubernetes node on this host, next to the control plane of control-plane.sh:
 # a private containerd (Debian's 1.6, CRI plugin, runc, cgroupfs), the CNI bridge
-# plugin on a bridge this script creates, the kubelet and kube-proxy (iptables mode).
+# plugin on a bridge this script creates, the kubelet, kube-proxy (iptables mode) and
+# CoreDNS as the cluster DNS (on the node IP, port 53; Service names resolve in pods).
 #
 #   tests/cluster/node.sh up      # needs `control-plane.sh up` first and root
 #   tests/cluster/node.sh down    # (control-plane.sh down calls this too)
@@ -42,7 +43,7 @@ ctr_() { ctr --address "$SOCK" -n k8s.io "$@"; }
 preflight() {
   [[ $(id -u) == 0 ]] || die "node.sh needs root"
   [[ -f $CLUSTER_DIR/admin.kubeconfig ]] || die "no control plane in $CLUSTER_DIR (run control-plane.sh up)"
-  need_bins kubelet kubectl kube-proxy
+  need_bins kubelet kubectl kube-proxy coredns
   local b
   for b in containerd ctr runc; do command -v $b >/dev/null || die "$b missing: apt-get install containerd runc"; done
   [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local ]] ||
@@ -179,6 +180,8 @@ maxOpenFiles: $(( $(ulimit -Hn) < 16384 ? $(ulimit -Hn) : 16384 ))
 oomScoreAdj: 0
 serializeImagePulls: false
 resolvConf: /etc/resolv.conf
+clusterDNS: [$NODE_IP]
+clusterDomain: cluster.local
 podLogsDir: $N/pod-logs
 volumePluginDir: $N/kubelet/volume-plugins
 protectKernelDefaults: false
@@ -211,6 +214,30 @@ iptables: {localhostNodePorts: false}
 EOF
   start kube-proxy "$K8S_BIN/kube-proxy" --config="$N/kube-proxy.yaml" --v=2
   wait_for "kube-proxy /healthz" "$WAIT" kube-proxy curl -fsS "http://127.0.0.1:$hp/healthz"
+}
+
+# CoreDNS on the node IP (the kubelet's clusterDNS), answering for cluster.local and
+# reverse lookups from the API (admin credentials: a throwaway test cluster). Other names
+# are refused, so pods send no DNS traffic off this host.
+start_dns() {
+  local hp rp
+  hp=$(free_port); rp=$(free_port)
+  cat >"$N/Corefile" <<EOF
+cluster.local in-addr.arpa ip6.arpa {
+    bind $NODE_IP
+    errors
+    health 127.0.0.1:$hp
+    ready 127.0.0.1:$rp
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+        kubeconfig $CLUSTER_DIR/admin.kubeconfig
+        pods insecure
+        ttl 5
+    }
+    cache 5
+}
+EOF
+  start coredns "$K8S_BIN/coredns" -conf "$N/Corefile" -dns.port 53
+  wait_for "coredns /ready" "$WAIT" coredns curl -fsS "http://127.0.0.1:$rp/ready"
 }
 
 cmd_up() {
@@ -247,6 +274,7 @@ cmd_up() {
     log "imported $(basename "$img")"
   done
 
+  start_dns
   client_cert "node-$NODE_NAME" "system:node:$NODE_NAME" system:nodes
   local api
   api=$(sed -n 's/^ *server: //p' "$CLUSTER_DIR/admin.kubeconfig")
@@ -337,6 +365,7 @@ cmd_down() {
   [[ -d $N ]] || return 0
   stop kube-proxy 15
   stop kubelet 15
+  stop coredns 5
   if alive kube-apiserver; then
     kubectl_admin delete node "$NODE_NAME" --ignore-not-found --wait=false --request-timeout=5s >/dev/null 2>&1 || true
   fi

@@ -7,13 +7,15 @@
 #   porchlight-runtime-provided.tar docker.io/porchlight/runtime-provided:dev  runtime-image/Dockerfile.provided
 #   porchlight-controller.tar       docker.io/porchlight/controller:dev        deploy/Dockerfile.controller
 #   porchlight-gateway.tar          docker.io/porchlight/gateway:dev           deploy/Dockerfile.gateway
+#   porchlight-nats.tar             docker.io/porchlight/nats:dev              deploy/Dockerfile.nats
 #
 # How: podman (runc, vfs storage, private storage and config under the cache)
 # builds each Dockerfile with BASE_IMAGE = a debootstrap'ed Debian bookworm
 # (minbase; plus python3 for the Python runtime) and BINARIES=prebuilt, i.e.
 # the Rust binaries come from `cargo build --release` on this host (same
 # glibc: the host is bookworm too) instead of a rust:* builder image, which
-# would need a registry.
+# would need a registry; nats-server is the one tests/run.sh builds from the
+# Go module proxy (PORCHLIGHT_NATS_SERVER).
 #
 # Cache: ${PORCHLIGHT_CACHE:-/root/.cache/porchlight}/images/<name>.tar with a
 # .<name>.inputs file next to it (sha256 of the Dockerfile, the binary, the
@@ -69,6 +71,9 @@ for b in porchlight-runtime porchlight-gateway porchlight-controller; do
   [[ -x $ROOT/target/release/$b ]] || die "target/release/$b missing"
   cp "$ROOT/target/release/$b" "$W/bin/$b"
 done
+nats_server=${PORCHLIGHT_NATS_SERVER:-$CACHE/nats-server/v2.14.10/nats-server}
+[[ -x $nats_server ]] || die "nats-server missing at $nats_server (tests/run.sh builds it; or set PORCHLIGHT_NATS_SERVER)"
+cp "$nats_server" "$W/bin/nats-server"
 
 # --- base images ----------------------------------------------------------------
 mirror=${DEBIAN_MIRROR:-$(sed -n 's/^URIs: *\(http[^ ]*debian\/*\)$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)}
@@ -145,6 +150,7 @@ build runtime-python runtime-image/Dockerfile porchlight-runtime localhost/porch
 build runtime-provided runtime-image/Dockerfile.provided porchlight-runtime localhost/porchlight/debian:bookworm "$DEBIAN_ID"
 build controller deploy/Dockerfile.controller porchlight-controller localhost/porchlight/debian:bookworm "$DEBIAN_ID"
 build gateway deploy/Dockerfile.gateway porchlight-gateway localhost/porchlight/debian:bookworm "$DEBIAN_ID"
+build nats deploy/Dockerfile.nats nats-server localhost/porchlight/debian:bookworm "$DEBIAN_ID"
 
 # Old builds only take space in the vfs storage.
 pm image prune -f >/dev/null 2>&1 || true

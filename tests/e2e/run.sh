@@ -56,7 +56,7 @@ fi
 log "cluster binaries (tests/cluster/build.sh; cold ~10-15 min, then instant)"
 # Debian's golang-go (1.19) is too old for Kubernetes 1.34; the Go toolchain
 # comes from go.dev and is only needed until the binaries are cached.
-[[ -x $("$CLUSTER/build.sh" --print)/kubelet ]] || command -v go >/dev/null ||
+[[ -x $("$CLUSTER/build.sh" --print)/kubelet && -x $("$CLUSTER/build.sh" --print)/coredns ]] || command -v go >/dev/null ||
   skip_or_die "go not found on PATH (Go >= 1.24 from https://go.dev/dl/ builds the cluster binaries)"
 "$CLUSTER/build.sh" >"$OUT/cluster-build.log" 2>&1 || { tail -30 "$OUT/cluster-build.log"; skip_or_die "tests/cluster/build.sh failed"; }
 K8S_BIN=$("$CLUSTER/build.sh" --print)
@@ -78,8 +78,10 @@ dump_logs() {
   kubectl get events -A --sort-by=.lastTimestamp 2>&1 | tail -30 | sed 's/^/  /'
   echo "----- controller log (tail) -----"
   kubectl -n $NS logs deploy/porchlight-controller --tail=80 2>&1 | sed 's/^/  /'
-  echo "----- gateway log (tail) -----"
-  kubectl -n $NS logs deploy/porchlight-gateway --tail=80 2>&1 | sed 's/^/  /'
+  echo "----- gateway logs (tail) -----"
+  kubectl -n $NS logs -l app.kubernetes.io/name=porchlight-gateway --prefix --tail=60 2>&1 | sed 's/^/  /'
+  echo "----- NATS log (tail) -----"
+  kubectl -n $NS logs porchlight-nats-0 --tail=30 2>&1 | sed 's/^/  /'
   echo "----- kubelet log (tail) -----"
   tail -40 "$PORCHLIGHT_CLUSTER_DIR/logs/kubelet.log" 2>&1 | sed 's/^/  /'
 }
@@ -147,20 +149,39 @@ check_install() {
   eval "$keys"
   [[ -n ${AWS_ACCESS_KEY_ID:-} && -n ${AWS_SECRET_ACCESS_KEY:-} ]] || { fail "install: deploy/new-key.sh printed a key"; return 1; }
   SIGV4=(--aws-sigv4 "aws:amz:$AWS_REGION:lambda" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY")
+  # NATS's claim (deploy/nats.yaml) needs a volume, and this cluster has no
+  # provisioner: a hostPath PersistentVolume reserved for that claim.
+  local data=$PORCHLIGHT_CLUSTER_DIR/volumes/nats-0
+  mkdir -p "$data" && chown 65532:65532 "$data"
+  kubectl apply -f - >"$OUT/pv.log" 2>&1 <<YAML || { cat "$OUT/pv.log"; fail "install: NATS's PersistentVolume"; return 1; }
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: e2e-nats-0}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  claimRef: {namespace: $NS, name: data-porchlight-nats-0}
+  hostPath: {path: $data, type: Directory}
+YAML
   log "kubectl apply -k deploy/"
   if ! kubectl apply -k "$ROOT/deploy/" >"$OUT/apply.log" 2>&1; then
     cat "$OUT/apply.log"; fail "install: kubectl apply -k deploy/"; return 1
   fi
   local bad
-  bad=$(kubectl -n $NS get deploy -o jsonpath='{range .items[*].spec.template.spec.containers[*]}{.imagePullPolicy}{"\n"}{end}' | grep -vx IfNotPresent)
+  bad=$(kubectl -n $NS get deploy,statefulset -o jsonpath='{range .items[*].spec.template.spec.containers[*]}{.imagePullPolicy}{"\n"}{end}' | grep -vx IfNotPresent)
   [[ -z $bad ]] || { fail "install: imagePullPolicy is not IfNotPresent ($bad)"; return 1; }
-  if ! kubectl -n $NS wait --for=condition=Available deploy/porchlight-controller deploy/porchlight-gateway --timeout=120s >"$OUT/wait.log" 2>&1; then
-    cat "$OUT/wait.log"; kubectl -n $NS get pods -o wide; kubectl -n $NS describe pods | tail -40
-    fail "install: controller and gateway Ready within 120 s"; return 1
+  if ! { kubectl -n $NS rollout status statefulset/porchlight-nats --timeout=120s &&
+    kubectl -n $NS wait --for=condition=Available deploy/porchlight-controller deploy/porchlight-gateway --timeout=120s &&
+    kubectl -n $NS rollout status deploy/porchlight-gateway --timeout=60s; } >"$OUT/wait.log" 2>&1; then
+    cat "$OUT/wait.log"; kubectl -n $NS get pods,pvc -o wide; kubectl -n $NS describe pods | tail -40
+    fail "install: NATS, controller and both gateways Ready within 120 s"; return 1
   fi
-  GW=$(kubectl -n $NS get pods -l app.kubernetes.io/name=porchlight-gateway \
-    --field-selector=status.phase=Running -o jsonpath='{.items[0].status.podIP}')
+  GW=$(gateway_pod_ip)
   [[ $GW == 10.246.0.* ]] || { fail "install: gateway pod IP in the pod subnet (got '$GW')"; return 1; }
+  NATS=$(nats_ip)
+  wait_until 30 gateways_on_nats 2 ||
+    { fail "install: both gateways connected to NATS at $NATS (by its Service name, through the cluster DNS)"; return 1; }
   if ! wait_until 30 curl -sf --max-time 2 "http://$GW:8081/ready"; then
     fail "install: gateway /ready on its internal port $GW:8081"; return 1
   fi
@@ -175,7 +196,7 @@ check_install() {
   code=$(curl -s "${SIGV4[@]}" -o /dev/null -w '%{http_code}' --max-time 2 "http://$GW:8080/2015-03-31/functions/")
   [[ $code == 200 ]] || { fail "install: a signed ListFunctions on the public port 8080 (HTTP $code)"; return 1; }
   kubectl -n $NS get pods -o wide
-  pass "install: kubectl apply -k deploy/; controller and gateway pods Ready from local images; gateway public on $GW:8080 (Lambda API signed with the key from deploy/new-key.sh; unsigned -> 403), internal endpoints only on :8081"
+  pass "install: kubectl apply -k deploy/; NATS (JetStream on a PersistentVolumeClaim), controller and two gateway pods Ready from local images, both gateways on nats://porchlight-nats:4222; gateway public on $GW:8080 (Lambda API signed with the key from deploy/new-key.sh; unsigned -> 403), internal endpoints only on :8081"
 }
 
 # --- b. hello: kubectl get fn, cold start from zero -----------------------------
@@ -674,9 +695,11 @@ spec:
           return {"answer": "$2", "function": context.function_name}
 EOF
 }
+# A ready gateway pod's IP, once none is terminating (after a rollout).
 gateway_pod_ip() {
-  kubectl -n $NS get pods -l app.kubernetes.io/name=porchlight-gateway --field-selector=status.phase=Running -o json |
-    jq -r '[.items[] | select(.metadata.deletionTimestamp == null)] | if length == 1 then .[0].status.podIP else empty end'
+  kubectl -n $NS get pods -l app.kubernetes.io/name=porchlight-gateway -o json |
+    jq -r 'if any(.items[]; .metadata.deletionTimestamp != null) then empty else
+      [.items[] | select(any(.status.conditions[]?; .type == "Ready" and .status == "True")) | .status.podIP] | first // empty end'
 }
 check_namespaces() {
   local team=e2e-team overlay="$OUT/team-overlay"
@@ -693,7 +716,7 @@ check_namespaces() {
   if ! kubectl -n $NS rollout status deploy/porchlight-gateway --timeout=120s >"$OUT/team-rollout.log" 2>&1; then
     cat "$OUT/team-rollout.log"; fail "namespaces: the gateway rolled out serving $team"; return 1
   fi
-  wait_until 60 gateway_pod_ip || { fail "namespaces: one running gateway pod after the rollout"; return 1; }
+  wait_until 60 gateway_pod_ip || { fail "namespaces: a ready gateway pod after the rollout"; return 1; }
   GW=$(gateway_pod_ip)
   wait_until 30 curl -sf --max-time 2 "http://$GW:8081/ready" || { fail "namespaces: the new gateway is ready"; return 1; }
   { ns_yaml default home | kubectl apply -f - && ns_yaml $team team | kubectl apply -f -; } >/dev/null ||
@@ -727,7 +750,7 @@ check_tls() {
   if ! kubectl -n $NS rollout status deploy/porchlight-gateway --timeout=120s >"$dir/rollout.log" 2>&1; then
     cat "$dir/rollout.log"; fail "tls: the gateway rolled out with the certificate"; return 1
   fi
-  wait_until 60 gateway_pod_ip || { fail "tls: one running gateway pod after the rollout"; return 1; }
+  wait_until 60 gateway_pod_ip || { fail "tls: a ready gateway pod after the rollout"; return 1; }
   GW=$(gateway_pod_ip)
   wait_until 30 curl -sf --max-time 2 "http://$GW:8081/ready" || { fail "tls: the new gateway is ready (internal port, plain HTTP)"; return 1; }
   # The pod's IP only: --resolve pins the certificate's name to it.
@@ -742,10 +765,176 @@ check_tls() {
   fi
 }
 
+# --- m. async events in NATS survive a gateway pod deletion ---------------------
+# nats_ip: the NATS pod's IP (the test talks to pods on its own bridge only).
+nats_ip() { kubectl -n $NS get pod porchlight-nats-0 -o jsonpath='{.status.podIP}' 2>/dev/null; }
+# gateways_on_nats N: N gateway connections on the NATS server (its monitoring port).
+gateways_on_nats() {
+  [[ $(curl -sf --max-time 2 "http://$NATS:8222/connz" |
+    jq '[.connections[] | select(.name == "porchlight-gateway")] | length') == "$1" ]]
+}
+# fn_log_lines FUNCTION PATTERN FILE: adds the matching lines of every pod of
+# FUNCTION to FILE (kept across polls: a pod scaled down takes its log along).
+fn_log_lines() {
+  local pod
+  for pod in $(pods_of "$1"); do
+    kubectl logs "$pod" --tail=-1 2>/dev/null | grep -o "$2" >>"$3"
+  done
+  sort -u -o "$3" "$3"
+}
+async_yaml() {
+  cat <<YAML
+apiVersion: porchlight.dev/v1alpha1
+kind: Function
+metadata:
+  name: e2e-async
+spec:
+  runtime: python3.12
+  handler: app.h
+  code:
+    inline: |
+      import time
+      def h(event, context):
+          time.sleep(event["sleep"])
+          print("e2e-async ran", event["n"], context.aws_request_id, flush=True)
+          return event
+  timeoutSeconds: 30
+  scaling: {minScale: 1, maxScale: 1}
+YAML
+}
+check_durable() {
+  local n=12 accepted=0 i code pod ran="$OUT/async-ran.txt"
+  async_yaml | kubectl apply -f - >/dev/null || { fail "durable: apply e2e-async"; return 1; }
+  { wait_until 120 bash -c "[[ \$(kubectl get fn e2e-async -o jsonpath='{.status.readyReplicas}') == 1 ]]" &&
+    wait_until 30 gateway_knows e2e-async; } ||
+    { fail "durable: e2e-async ready (minScale 1)"; return 1; }
+  pod=$(kubectl -n $NS get pods -l app.kubernetes.io/name=porchlight-gateway -o json |
+    jq -r --arg ip "$GW" '.items[] | select(.status.podIP == $ip) | .metadata.name')
+  for ((i = 0; i < n; i++)); do
+    code=$(curl -sS --max-time 10 "${SIGV4[@]}" -o /dev/null -w '%{http_code}' -H 'X-Amz-Invocation-Type: Event' \
+      --data "{\"n\": $i, \"sleep\": 2}" "http://$GW:8080/2015-03-31/functions/e2e-async/invocations" 2>/dev/null)
+    [[ $code == 202 ]] && accepted=$((accepted + 1))
+  done
+  # The gateway that accepted them goes away at once (1 s grace), running one of them.
+  wait_until 10 in_flight_at_least_1 e2e-async
+  kubectl -n $NS delete pod "$pod" --grace-period=1 --wait=false >/dev/null ||
+    { fail "durable: delete the gateway pod $pod"; return 1; }
+  local t0=$SECONDS
+  : >"$ran"
+  local done_=0
+  for ((i = 0; i < 360 && done_ == 0; i++)); do
+    fn_log_lines e2e-async 'e2e-async ran [0-9]* [-0-9a-f]*' "$ran"
+    [[ $(cut -d' ' -f3 "$ran" | sort -un | wc -l) -ge $n ]] && done_=1 || sleep 0.5
+  done
+  local distinct runs
+  distinct=$(cut -d' ' -f3 "$ran" | sort -un | wc -l)
+  # Runs per event: its request id is stable across retries, so a repeat shows
+  # as the same n with the same id printed again by another attempt.
+  runs=$(kubectl logs -l porchlight.dev/function=e2e-async --tail=-1 2>/dev/null | grep -c '^e2e-async ran ')
+  if kubectl -n $NS rollout status deploy/porchlight-gateway --timeout=120s >"$OUT/durable-rollout.log" 2>&1 &&
+    wait_until 60 gateway_pod_ip; then
+    GW=$(gateway_pod_ip)
+    wait_until 30 curl -sf --max-time 2 "http://$GW:8081/ready" || true
+  fi
+  if ((accepted == n && distinct == n && runs - n <= 1)); then
+    pass "durable: $n async events accepted (202) by gateway $pod, which was deleted while running one; all $n ran, by the other gateway and the new one, within $((SECONDS - t0)) s; run twice: $((runs - n)) (at most the one it was running)"
+  else
+    fail "durable: accepted $accepted/$n, ran $distinct distinct of $n, $runs runs in all ($(tr '\n' ';' <"$ran"))"
+  fi
+  kubectl delete fn e2e-async --wait=false >/dev/null 2>&1
+}
+
+# --- n. a queue-triggered function scales with its backlog -----------------------
+queue_yaml() {
+  cat <<YAML
+apiVersion: porchlight.dev/v1alpha1
+kind: Function
+metadata:
+  name: e2e-queue
+spec:
+  runtime: python3.12
+  handler: app.h
+  code:
+    inline: |
+      import time
+      def h(event, context):
+          for record in event["Records"]:
+              time.sleep(1)
+              print("e2e-queue job", record["body"], flush=True)
+          return {"batchItemFailures": []}
+  timeoutSeconds: 30
+  scaling: {maxScale: 3}
+  triggers:
+    - queue: {subject: e2e.jobs, batchSize: 1, maximumConcurrency: 3}
+YAML
+}
+# publish HOST SUBJECT N: N messages ("0".."N-1") over NATS's own protocol,
+# each acknowledged by JetStream (stored) before this returns.
+publish() {
+  python3 - "$@" <<'PY'
+import socket, sys
+host, subject, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.create_connection((host, 4222), timeout=20)
+f = s.makefile("rb")
+if not f.readline().startswith(b"INFO"):
+    sys.exit("no INFO from NATS")
+s.sendall(b'CONNECT {"verbose":false,"name":"e2e"}\r\nSUB _INBOX.e2e 1\r\n')
+for i in range(n):
+    body = str(i).encode()
+    s.sendall(b"PUB %s _INBOX.e2e %d\r\n%s\r\n" % (subject.encode(), len(body), body))
+acks = 0
+while acks < n:
+    line = f.readline()
+    if not line:
+        sys.exit("NATS closed the connection")
+    if line.startswith(b"PING"):
+        s.sendall(b"PONG\r\n")
+    elif line.startswith(b"-ERR"):
+        sys.exit(line.decode())
+    elif line.startswith(b"MSG"):
+        payload = f.read(int(line.split()[-1]) + 2)
+        if b'"seq"' not in payload:
+            sys.exit("not stored: " + payload.decode())
+        acks += 1
+print(acks)
+PY
+}
+stream_exists() {
+  curl -sf --max-time 2 "http://$NATS:8222/jsz?streams=true" |
+    jq -e --arg s "$1" '[.. | objects | select(.name? == $s)] | length > 0'
+}
+check_queue() {
+  local n=30 jobs="$OUT/queue-jobs.txt" most=0 pods i
+  queue_yaml | kubectl apply -f - >/dev/null || { fail "queue: apply e2e-queue"; return 1; }
+  wait_until 60 stream_exists PORCHLIGHT_Q_e2e_jobs ||
+    { fail "queue: the gateways made the stream PORCHLIGHT_Q_e2e_jobs over e2e.jobs"; return 1; }
+  no_pods_of e2e-queue || { fail "queue: e2e-queue starts at zero"; return 1; }
+  local stored
+  stored=$(publish "$NATS" e2e.jobs $n 2>"$OUT/publish.err") ||
+    { cat "$OUT/publish.err"; fail "queue: publish $n messages to e2e.jobs"; return 1; }
+  local t0=$SECONDS
+  : >"$jobs"
+  for ((i = 0; i < 360; i++)); do
+    pods=$(running_pods_of e2e-queue | grep -c .)
+    ((pods > most)) && most=$pods
+    fn_log_lines e2e-queue 'e2e-queue job [0-9]*' "$jobs"
+    [[ $(wc -l <"$jobs") -ge $n ]] && break
+    sleep 0.5
+  done
+  local done_
+  done_=$(wc -l <"$jobs")
+  if ((stored == n && done_ == n && most >= 2)); then
+    pass "queue: $n messages published with NATS's protocol (each stored by JetStream) ran as SQS-shaped batches in $((SECONDS - t0)) s; the backlog scaled e2e-queue from zero to $most environments (maxScale 3)"
+  else
+    fail "queue: $stored stored, $done_ of $n ran, at most $most environments (want >= 2)"
+  fi
+  kubectl delete fn e2e-queue --wait=false >/dev/null 2>&1
+}
+
 COLD_MS=""
 # E2E_ONLY="drain kill" runs only those checks (after install).
 if check_install; then
-  for check in ${E2E_ONLY:-hello scale update init_failure invalid delete kill drain secret namespaces tls}; do
+  for check in ${E2E_ONLY:-hello scale update init_failure invalid delete kill drain durable queue secret namespaces tls}; do
     "check_$check"
   done
 else

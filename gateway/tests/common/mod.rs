@@ -69,8 +69,17 @@ pub fn sdk_python() -> Option<PathBuf> {
 
 impl LocalGateway {
     /// Writes `manifests` (file name, YAML) into a directory and starts
-    /// `porchlight-gateway --local` on it, waiting for `/ready`.
+    /// `porchlight-gateway --local` on it, waiting until it listens.
     pub fn start(tag: &str, manifests: &[(&str, String)], extra: &[&str]) -> LocalGateway {
+        let gw = LocalGateway::spawn(tag, manifests, extra);
+        if !gw.wait_listening() {
+            panic!("gateway did not start; log: {}", gw.log());
+        }
+        gw
+    }
+
+    /// Like [`LocalGateway::start`], without waiting for anything.
+    pub fn spawn(tag: &str, manifests: &[(&str, String)], extra: &[&str]) -> LocalGateway {
         let dir = temp_dir(tag);
         let fns = dir.join("functions");
         std::fs::create_dir_all(&fns).expect("dir");
@@ -92,19 +101,35 @@ impl LocalGateway {
             .stderr(std::fs::File::create(dir.join("gateway.log")).expect("log"))
             .spawn()
             .expect("spawn gateway");
-        let gw = LocalGateway {
+        LocalGateway {
             child,
             base: format!("http://127.0.0.1:{port}"),
             dir,
-        };
+        }
+    }
+
+    /// Waits (bounded, 10 s) until the gateway accepts connections.
+    pub fn wait_listening(&self) -> bool {
+        let addr = self.base.trim_start_matches("http://");
         for _ in 0..200 {
-            if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-                drop(s);
-                return gw;
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return true;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("gateway did not start; log: {}", gw.log());
+        false
+    }
+
+    /// Waits (bounded) for the process to exit by itself; its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     pub fn log(&self) -> String {
@@ -284,8 +309,12 @@ pub fn nats_server_binary() -> Option<PathBuf> {
 impl NatsServer {
     /// Starts one, waiting (bounded) until it accepts connections.
     pub fn start(bin: &Path, tag: &str) -> NatsServer {
+        NatsServer::start_on(bin, tag, free_port())
+    }
+
+    /// [`NatsServer::start`] on a given loopback port.
+    pub fn start_on(bin: &Path, tag: &str, port: u16) -> NatsServer {
         let dir = temp_dir(&format!("nats-{tag}"));
-        let port = free_port();
         let child = Command::new(bin)
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(dir.join("store"))

@@ -11,3 +11,12 @@
 {{- end -}}
 {{- toJson $all -}}
 {{- end -}}
+
+{{/* The gateways' NATS: nats.url, else the chart's own server if enabled, else none. */}}
+{{- define "porchlight.queue" -}}
+{{- if .Values.nats.url -}}
+{{ .Values.nats.url }}
+{{- else if .Values.nats.enabled -}}
+nats://porchlight-nats:4222
+{{- end -}}
+{{- end -}}
