@@ -78,8 +78,24 @@ fn runtime_pid(shim: &Shim) -> i32 {
     pids[0]
 }
 
+/// Waits (bounded) until every thread of `pid` is stopped: a group stop
+/// reaches each thread on its own, the leader's state alone says little.
 fn stopped(pid: i32) -> bool {
-    wait_until(Duration::from_secs(5), || process_state(pid) == Some('T'))
+    wait_until(Duration::from_secs(5), || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.flatten().all(|task| {
+            let tid = task.file_name().to_string_lossy().parse().unwrap_or(0);
+            process_state_of(pid, tid) == Some('T')
+        })
+    })
+}
+
+/// `State` of thread `tid` of `pid`.
+fn process_state_of(pid: i32, tid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
 fn ticks(root: &Path) -> Option<u64> {
