@@ -140,6 +140,18 @@ pub struct FunctionSpec {
     #[schemars(range(min = 1, max = 1000), extend("format" = "int32"))]
     pub concurrency: u32,
 
+    /// Freeze an execution environment between invocations, as Lambda does
+    /// (default `true`): once the runtime asks for its next event and none
+    /// is waiting, every process of the runtime is stopped (SIGSTOP), so
+    /// background threads, timers and child processes do not run while the
+    /// environment is idle; it is thawed (SIGCONT) before the next event is
+    /// delivered and before the environment stops, so SIGTERM handlers still
+    /// run. Set `false` for a function whose background work must keep
+    /// running between invocations (a heartbeat, a connection keep-alive, a
+    /// flush on a timer).
+    #[serde(default = "default_freeze")]
+    pub freeze: bool,
+
     /// Autoscaling bounds and windows.
     #[serde(default)]
     pub scaling: Scaling,
@@ -833,6 +845,9 @@ fn default_memory_mib() -> u32 {
 fn default_concurrency() -> u32 {
     1
 }
+fn default_freeze() -> bool {
+    true
+}
 fn default_max_scale() -> u32 {
     10
 }
@@ -861,6 +876,7 @@ impl FunctionSpec {
             timeout_seconds: Some(self.timeout_seconds),
             memory_mib: Some(self.memory_mib),
             concurrency: Some(self.concurrency),
+            freeze: self.freeze,
             // A stop (a scale-down, a rollout) lets invocations in flight
             // run to their timeout.
             shutdown_grace_seconds: Some(porchlight_core::shim::shutdown_grace_seconds(
@@ -1161,6 +1177,7 @@ code:
         assert_eq!(spec.timeout_seconds, 3);
         assert_eq!(spec.memory_mib, 128);
         assert_eq!(spec.concurrency, 1);
+        assert!(spec.freeze, "frozen between invocations, as in Lambda");
         assert_eq!(spec.scaling.min_scale, 0);
         assert_eq!(spec.scaling.target_utilization, 0.7);
         let settings = spec.validate().expect("valid");
@@ -1175,6 +1192,18 @@ code:
         let shim = spec.shim_settings("hello");
         assert_eq!(shim.timeout_seconds, Some(60));
         assert_eq!(shim.shutdown_grace_seconds, Some(62));
+    }
+
+    #[test]
+    fn the_shim_freezes_unless_the_spec_says_not_to() {
+        let mut spec = hello();
+        assert!(spec.shim_settings("hello").freeze);
+        spec.freeze = false;
+        assert!(!spec.shim_settings("hello").freeze);
+        let off: FunctionSpec =
+            serde_yaml::from_str("handler: app.h\ncode: {inline: x}\nfreeze: false\n")
+                .expect("valid yaml");
+        assert!(!off.freeze);
     }
 
     #[test]

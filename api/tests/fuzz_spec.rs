@@ -227,6 +227,7 @@ fn spec() -> impl Strategy<Value = FunctionSpec> {
                     timeout_seconds,
                     memory_mib,
                     concurrency,
+                    freeze: true,
                     scaling,
                     replicas,
                     triggers,

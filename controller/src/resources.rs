@@ -696,6 +696,37 @@ spec:
     }
 
     #[test]
+    fn pods_freeze_their_runtime_unless_the_function_says_not_to() {
+        let freeze_env = |f: &Function| {
+            let d = deployment(
+                f,
+                &WorkloadSettings {
+                    runtime_image: "img:1".into(),
+                },
+                "h",
+                Some(1),
+            );
+            let pod = d.spec.expect("spec").template.spec.expect("pod");
+            pod.containers[0]
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == "PORCHLIGHT_FREEZE")
+                .map(|e| e.value.clone())
+        };
+        let f = function(HELLO);
+        assert!(f.spec.freeze, "on by default");
+        assert_eq!(freeze_env(&f), Some(Some("true".to_string())));
+        let off = function(&HELLO.replace(
+            "  timeoutSeconds: 30",
+            "  timeoutSeconds: 30\n  freeze: false",
+        ));
+        assert!(!off.spec.freeze);
+        // The shim's own default is not to freeze: no variable at all.
+        assert_eq!(freeze_env(&off), None);
+    }
+
+    #[test]
     fn deployment_has_contract_env_probes_and_security() {
         let f = function(HELLO);
         let d = deployment(

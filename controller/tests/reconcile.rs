@@ -137,6 +137,11 @@ async fn create_applies_configmap_deployment_service_and_status() {
         env_value(&d, "PORCHLIGHT_TASK_ROOT").as_deref(),
         Some("/var/task")
     );
+    assert_eq!(
+        env_value(&d, "PORCHLIGHT_FREEZE").as_deref(),
+        Some("true"),
+        "environments freeze between invocations by default, as in Lambda"
+    );
     assert_eq!(env_value(&d, "GREETING").as_deref(), Some("hello"));
     assert_eq!(
         pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"],

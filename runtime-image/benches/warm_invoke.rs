@@ -4,6 +4,12 @@
 //! sequential invocations, as an environment runs one at a time), shim RSS,
 //! and shim start-to-ready with the bundled Python bootstrap.
 //!
+//! `BENCH_MODE=freeze` measures instead what freezing the idle runtime costs
+//! (`--freeze`, on for every Function by default): per runtime, two shims,
+//! one frozen between invocations and one not, driven in alternation in the
+//! same run so that both see the same machine; the ratio is against the
+//! shim without freeze.
+//!
 //! Run: `runtime-image/bench/build-rie.sh`,
 //! `cargo build --release -p porchlight-test-rust-bootstrap`, then
 //! `cargo bench -p porchlight-runtime`. Env: `PORCHLIGHT_RIE` (default
@@ -98,25 +104,75 @@ struct Stats {
     per_sec: f64,
 }
 
-async fn drive(addr: SocketAddr, n: usize) -> Stats {
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// One keep-alive connection to the invoke endpoint at `addr`.
+async fn connect(addr: SocketAddr) -> Sender {
     let stream = TcpStream::connect(addr).await.unwrap();
     stream.set_nodelay(true).unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
     tokio::spawn(conn);
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-    let once = async |sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>| {
-        let request = Request::post("/2015-03-31/functions/function/invocations")
-            .header("host", "localhost")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from_static(EVENT)))
-            .unwrap();
-        let response = sender.send_request(request).await.expect("invoke");
-        let status = response.status();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        assert!(status.is_success(), "{status} {body:?}");
-    };
+    sender
+}
+
+/// One invocation of the benchmark's event.
+async fn once(sender: &mut Sender) {
+    let request = Request::post("/2015-03-31/functions/function/invocations")
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(EVENT)))
+        .unwrap();
+    let response = sender.send_request(request).await.expect("invoke");
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(status.is_success(), "{status} {body:?}");
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap()
+}
+
+fn stats(hist: &Histogram<u64>, per_sec: f64) -> Stats {
+    Stats {
+        p50_us: hist.value_at_quantile(0.5),
+        p99_us: hist.value_at_quantile(0.99),
+        per_sec,
+    }
+}
+
+/// `n` invocations each of the environments at `a` and `b`, in alternation
+/// (a, b, a, b, ...), so that both are measured under the same conditions;
+/// each waits idle while the other runs.
+async fn drive_alternating(a: SocketAddr, b: SocketAddr, n: usize) -> (Stats, Stats) {
+    let mut senders = [connect(a).await, connect(b).await];
+    let mut hists = [histogram(), histogram()];
+    for _ in 0..WARMUP {
+        for sender in &mut senders {
+            once(sender).await;
+        }
+    }
+    let mut busy = [Duration::ZERO; 2];
+    for _ in 0..n {
+        for (i, sender) in senders.iter_mut().enumerate() {
+            let t = Instant::now();
+            once(sender).await;
+            let took = t.elapsed();
+            busy[i] += took;
+            hists[i].record(took.as_micros().max(1) as u64).unwrap();
+        }
+    }
+    let rate = |busy: Duration| n as f64 / busy.as_secs_f64();
+    (
+        stats(&hists[0], rate(busy[0])),
+        stats(&hists[1], rate(busy[1])),
+    )
+}
+
+async fn drive(addr: SocketAddr, n: usize) -> Stats {
+    let mut sender = connect(addr).await;
+    let mut hist = histogram();
     for _ in 0..WARMUP {
         once(&mut sender).await;
     }
@@ -126,15 +182,22 @@ async fn drive(addr: SocketAddr, n: usize) -> Stats {
         once(&mut sender).await;
         hist.record(t.elapsed().as_micros().max(1) as u64).unwrap();
     }
-    let elapsed = start.elapsed();
-    Stats {
-        p50_us: hist.value_at_quantile(0.5),
-        p99_us: hist.value_at_quantile(0.99),
-        per_sec: n as f64 / elapsed.as_secs_f64(),
-    }
+    stats(&hist, n as f64 / start.elapsed().as_secs_f64())
 }
 
 fn spawn_shim(port: u16, task_root: &Path, runtime_args: &[&str], python: &str) -> Proc {
+    spawn_shim_with(port, task_root, &[], runtime_args, python)
+}
+
+/// The shim with `flags` before the runtime's arguments (which may end
+/// with `-- command`).
+fn spawn_shim_with(
+    port: u16,
+    task_root: &Path,
+    flags: &[&str],
+    runtime_args: &[&str],
+    python: &str,
+) -> Proc {
     let child = Command::new(SHIM)
         .args([
             "--listen",
@@ -146,6 +209,7 @@ fn spawn_shim(port: u16, task_root: &Path, runtime_args: &[&str], python: &str) 
         ])
         .arg("--task-root")
         .arg(task_root)
+        .args(flags)
         .args(runtime_args)
         .env("PORCHLIGHT_LOG", "warn")
         .env("PORCHLIGHT_PYTHON", python)
@@ -251,6 +315,12 @@ fn main() {
             "app.handler".into(),
         ],
     ));
+
+    if std::env::var("BENCH_MODE").is_ok_and(|m| m == "freeze") {
+        freeze_cost(&rt, &root, &cases, &python, n);
+        let _ = std::fs::remove_dir_all(&root);
+        return;
+    }
 
     for (name, shim_args, rie_command) in cases {
         let port = free_port();
@@ -362,4 +432,79 @@ fn main() {
         ms(starts[starts.len() / 2]),
         ms(starts[starts.len() - 1])
     );
+}
+
+/// `BENCH_MODE=freeze`: warm latency with and without freezing the idle
+/// runtime, per runtime, in the same run.
+fn freeze_cost(
+    rt: &tokio::runtime::Runtime,
+    root: &Path,
+    cases: &[(String, Vec<String>, Vec<String>)],
+    python: &str,
+    n: usize,
+) {
+    println!();
+    println!(
+        "warm invocations: {n} per environment, alternating between an environment frozen \
+         between invocations (--freeze) and one that is not, after {WARMUP} warm-up each"
+    );
+    println!(
+        "{:<26} {:>9} {:>9} | {:>9} {:>9} | {:>9} {:>9} | {:>12}",
+        "runtime",
+        "p50 off",
+        "p99 off",
+        "p50 on",
+        "p99 on",
+        "p50 ratio",
+        "p99 ratio",
+        "thaw (shim)"
+    );
+    for (name, shim_args, _) in cases {
+        let args: Vec<&str> = shim_args.iter().map(String::as_str).collect();
+        let (plain_port, frozen_port) = (free_port(), free_port());
+        let plain = spawn_shim_with(plain_port, root, &[], &args, python);
+        let frozen = spawn_shim_with(frozen_port, root, &["--freeze"], &args, python);
+        let plain_addr: SocketAddr = ([127, 0, 0, 1], plain_port).into();
+        let frozen_addr: SocketAddr = ([127, 0, 0, 1], frozen_port).into();
+        assert!(wait_ready(plain_addr), "the shim never became ready");
+        assert!(wait_ready(frozen_addr), "the shim never became ready");
+        let (base, with_freeze) = rt.block_on(drive_alternating(plain_addr, frozen_addr, n));
+        let thaw = rt.block_on(thaw_seconds(frozen_addr));
+        drop((plain, frozen));
+        println!(
+            "{:<26} {:>6} us {:>6} us | {:>6} us {:>6} us | {:>9.2} {:>9.2} | {:>12}",
+            name,
+            base.p50_us,
+            base.p99_us,
+            with_freeze.p50_us,
+            with_freeze.p99_us,
+            with_freeze.p50_us as f64 / base.p50_us as f64,
+            with_freeze.p99_us as f64 / base.p99_us as f64,
+            thaw.map_or("?".to_owned(), |t| format!("{:.1} us", t * 1e6)),
+        );
+    }
+    println!(
+        "(ratios are frozen / not frozen; thaw (shim) is the mean time of the shim's SIGCONT, \
+         from porchlight_runtime_thaw_duration_seconds)"
+    );
+}
+
+/// Mean of the shim's `thaw_duration_seconds` histogram, from its /metrics.
+async fn thaw_seconds(addr: SocketAddr) -> Option<f64> {
+    let mut sender = connect(addr).await;
+    let request = Request::get("/metrics")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(request).await.ok()?;
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    let value = |name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let sum = value("porchlight_runtime_thaw_duration_seconds_sum")?;
+    let count = value("porchlight_runtime_thaw_duration_seconds_count")?;
+    (count > 0.0).then(|| sum / count)
 }

@@ -76,7 +76,10 @@ pub struct Config {
     #[arg(long = var::CONCURRENCY.flag, env = var::CONCURRENCY.env, default_value_t = 1)]
     pub concurrency: u32,
 
-    /// Stop (SIGSTOP) the runtime's process group while it is idle.
+    /// Stop (SIGSTOP) the runtime's process group while it is idle, as
+    /// Lambda freezes an environment between invocations; it is resumed
+    /// before the next event and before a stop. Pods and local environments
+    /// get it from the Function's `spec.freeze` (default true).
     #[arg(long = var::FREEZE.flag, env = var::FREEZE.env)]
     pub freeze: bool,
 

@@ -21,7 +21,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use crate::config::Settings;
 use crate::error::NormalisedError;
 use crate::logs::{FlushRequest, LogSink, LogTail, Stream};
-use crate::metrics::{ErrorClass, InvocationOutcome, Metrics, RestartReason};
+use crate::metrics::{ErrorClass, InvocationOutcome, Metrics, RestartReason, ThawReason};
 use crate::process;
 
 /// Where the environment is in its lifecycle.
@@ -402,6 +402,44 @@ impl Environment {
         self.bump();
     }
 
+    /// Resumes a frozen runtime before it is stopped, so that its SIGTERM
+    /// handlers run (a stopped process only handles a signal once it runs).
+    pub fn thaw_for_stop(&self) {
+        let mut inner = self.lock();
+        self.thaw(&mut inner, ThawReason::Shutdown);
+    }
+
+    /// Stops (SIGSTOP) every process of the idle runtime: like Lambda's
+    /// freeze, nothing of it runs until the next event or the stop.
+    /// Called with the lock held, so that a thaw cannot overtake it.
+    fn freeze(&self, inner: &mut Inner) {
+        if inner.frozen {
+            return;
+        }
+        let Some(pgid) = inner.pgid else {
+            return;
+        };
+        process::signal_group(pgid, Signal::SIGSTOP);
+        inner.frozen = true;
+        self.metrics.freezes.inc();
+    }
+
+    /// Resumes (SIGCONT) the frozen runtime; nothing when it runs.
+    fn thaw(&self, inner: &mut Inner, reason: ThawReason) {
+        if !std::mem::take(&mut inner.frozen) {
+            return;
+        }
+        let Some(pgid) = inner.pgid else {
+            return;
+        };
+        let started = Instant::now();
+        process::signal_group(pgid, Signal::SIGCONT);
+        self.metrics
+            .thaw_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.thaw(reason);
+    }
+
     /// Enters shutdown: /ready turns false, new invocations get 503.
     pub fn begin_shutdown(&self) {
         let mut inner = self.lock();
@@ -467,12 +505,10 @@ impl Environment {
                     }
                 }
                 if self.settings.config.freeze
-                    && !inner.frozen
                     && inner.delivered == 0
-                    && let Some(pgid) = inner.pgid
+                    && !matches!(inner.phase, Phase::ShuttingDown)
                 {
-                    process::signal_group(pgid, Signal::SIGSTOP);
-                    inner.frozen = true;
+                    self.freeze(&mut inner);
                 }
             }
             notified.await;
@@ -676,12 +712,7 @@ impl Environment {
             },
         );
         inner.queue.push_back(request.request_id.clone());
-        if inner.frozen {
-            if let Some(pgid) = inner.pgid {
-                process::signal_group(pgid, Signal::SIGCONT);
-            }
-            inner.frozen = false;
-        }
+        self.thaw(inner, ThawReason::Invocation);
         self.logs.platform_line(&start);
         self.event_ready.notify_one();
         (receiver, generation, now, cold_start)

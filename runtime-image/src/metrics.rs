@@ -91,6 +91,24 @@ impl RestartReason {
     }
 }
 
+/// Why a frozen runtime was resumed, as counted in `thaws_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThawReason {
+    /// An event is about to be delivered.
+    Invocation,
+    /// The environment stops: the runtime's SIGTERM handlers must run.
+    Shutdown,
+}
+
+impl ThawReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Invocation => "invocation",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     invocations: IntCounterVec,
@@ -101,6 +119,9 @@ pub struct Metrics {
     pub cold_starts: IntCounter,
     pub in_flight: IntGauge,
     restarts: IntCounterVec,
+    pub freezes: IntCounter,
+    thaws: IntCounterVec,
+    pub thaw_duration: Histogram,
 }
 
 impl Metrics {
@@ -158,6 +179,30 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let freezes = IntCounter::with_opts(opts(
+            "freezes_total",
+            "Times the idle runtime was frozen (SIGSTOP of its process group).",
+        ))
+        .expect("valid metric");
+        let thaws = IntCounterVec::new(
+            opts(
+                "thaws_total",
+                "Times the frozen runtime was resumed (SIGCONT), by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        for reason in [ThawReason::Invocation, ThawReason::Shutdown] {
+            thaws.with_label_values(&[reason.as_str()]);
+        }
+        let thaw_duration = Histogram::with_opts(hopts(
+            "thaw_duration_seconds",
+            "Time the shim takes to resume the frozen runtime's process group.",
+            vec![
+                0.000_005, 0.00001, 0.000_025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.01,
+            ],
+        ))
+        .expect("valid metric");
         for c in [
             Box::new(invocations.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(errors.clone()),
@@ -167,6 +212,9 @@ impl Metrics {
             Box::new(cold_starts.clone()),
             Box::new(in_flight.clone()),
             Box::new(restarts.clone()),
+            Box::new(freezes.clone()),
+            Box::new(thaws.clone()),
+            Box::new(thaw_duration.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -180,6 +228,9 @@ impl Metrics {
             cold_starts,
             in_flight,
             restarts,
+            freezes,
+            thaws,
+            thaw_duration,
         }
     }
 
@@ -201,6 +252,10 @@ impl Metrics {
 
     pub fn restart(&self, reason: RestartReason) {
         self.restarts.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    pub fn thaw(&self, reason: ThawReason) {
+        self.thaws.with_label_values(&[reason.as_str()]).inc();
     }
 
     /// The registry in Prometheus' text format.

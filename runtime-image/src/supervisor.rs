@@ -284,8 +284,11 @@ async fn terminate(
     generation: u64,
     kill_at: Instant,
 ) {
+    // A frozen runtime only handles SIGTERM once it runs again; no freeze
+    // follows once the environment is shutting down.
+    env.thaw_for_stop();
     process::signal_group(runtime.pgid, Signal::SIGTERM);
-    // A frozen runtime only sees SIGTERM once it runs again.
+    // Whatever else stopped it (a SIGTSTP of its own).
     process::signal_group(runtime.pgid, Signal::SIGCONT);
     let status = match tokio::time::timeout_at(kill_at, runtime.child.wait()).await {
         Ok(Ok(status)) => describe_exit(status),

@@ -168,6 +168,9 @@ impl Shim {
             .arg("test-env")
             .args(args)
             .env("PORCHLIGHT_LOG", "info")
+            // As every Function's environment by default (a test may pass
+            // PORCHLIGHT_FREEZE=false in `envs`).
+            .env("PORCHLIGHT_FREEZE", "true")
             .env_remove("PORCHLIGHT_RUNTIME")
             .env_remove("PORCHLIGHT_HANDLER")
             .stdin(Stdio::null())
