@@ -63,6 +63,6 @@ or with kustomize (the kustomize CLI), in an overlay of deploy/:
   kustomize create --resources ../deploy
   kustomize edit set image porchlight/controller=$registry/controller:$tag porchlight/gateway=$registry/gateway:$tag porchlight/nats=$registry/nats:$tag
   kustomize edit add patch --kind Deployment --name porchlight-controller --patch \\
-    '{"spec":{"template":{"spec":{"containers":[{"name":"controller","env":[{"name":"PORCHLIGHT_RUNTIME_IMAGE","value":"$registry/runtime-python:$tag"}]}]}}}}'
+    '{"spec":{"template":{"spec":{"containers":[{"name":"controller","env":[{"name":"PORCHLIGHT_RUNTIME_IMAGE","value":"$registry/runtime-python:$tag"},{"name":"PORCHLIGHT_NODE_RUNTIME_IMAGE","value":"$registry/runtime-node:$tag"}]}]}}}}'
   kubectl apply -k .
 INSTRUCTIONS

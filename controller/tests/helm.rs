@@ -364,7 +364,9 @@ fn images(objects: &[Value]) -> Vec<String> {
         {
             out.push(c["image"].as_str().expect("image").to_string());
             for e in c["env"].as_sequence().into_iter().flatten() {
-                if e["name"] == "PORCHLIGHT_RUNTIME_IMAGE" {
+                if e["name"] == "PORCHLIGHT_RUNTIME_IMAGE"
+                    || e["name"] == "PORCHLIGHT_NODE_RUNTIME_IMAGE"
+                {
                     out.push(e["value"].as_str().expect("value").to_string());
                 }
             }
@@ -401,16 +403,22 @@ fn values_reach_the_objects() {
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
         .map(|l| l.split_whitespace().next().expect("a name").to_string())
         .collect();
-    let want: Vec<String> = ["controller", "gateway", "nats", "runtime-python"]
-        .iter()
-        .map(|n| {
-            assert!(
-                listed.iter().any(|l| l == n),
-                "{n} is not in deploy/images.txt"
-            );
-            format!("registry.example.com/team/{n}:v0.1.0")
-        })
-        .collect();
+    let want: Vec<String> = [
+        "controller",
+        "gateway",
+        "nats",
+        "runtime-node",
+        "runtime-python",
+    ]
+    .iter()
+    .map(|n| {
+        assert!(
+            listed.iter().any(|l| l == n),
+            "{n} is not in deploy/images.txt"
+        );
+        format!("registry.example.com/team/{n}:v0.1.0")
+    })
+    .collect();
     assert_eq!(images(&objects), want);
     assert!(!objects.iter().any(|o| o["kind"] == "Namespace"));
 

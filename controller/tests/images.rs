@@ -76,7 +76,9 @@ fn every_image_name_is_the_listed_one() {
         {
             used.insert(local_name(c["image"].as_str().expect("image")));
             for e in c["env"].as_sequence().into_iter().flatten() {
-                if e["name"] == "PORCHLIGHT_RUNTIME_IMAGE" {
+                if e["name"] == "PORCHLIGHT_RUNTIME_IMAGE"
+                    || e["name"] == "PORCHLIGHT_NODE_RUNTIME_IMAGE"
+                {
                     used.insert(local_name(e["value"].as_str().expect("value")));
                 }
             }
@@ -88,6 +90,7 @@ fn every_image_name_is_the_listed_one() {
             "controller".into(),
             "gateway".into(),
             "nats".into(),
+            "runtime-node".into(),
             "runtime-python".into()
         ])
     );
@@ -194,7 +197,7 @@ fn images_sh_builds_and_pushes_every_image_to_the_registry() {
         "{stdout}"
     );
     assert!(
-        stdout.contains(r#""name":"PORCHLIGHT_RUNTIME_IMAGE","value":"registry.example.com/team/runtime-python:v0.1.0""#),
+        stdout.contains(r#""name":"PORCHLIGHT_RUNTIME_IMAGE","value":"registry.example.com/team/runtime-python:v0.1.0"},{"name":"PORCHLIGHT_NODE_RUNTIME_IMAGE","value":"registry.example.com/team/runtime-node:v0.1.0""#),
         "{stdout}"
     );
     let _ = std::fs::remove_dir_all(&fake);

@@ -5,6 +5,7 @@
 #
 #   porchlight-runtime-python.tar   docker.io/porchlight/runtime-python:dev    runtime-image/Dockerfile
 #   porchlight-runtime-provided.tar docker.io/porchlight/runtime-provided:dev  runtime-image/Dockerfile.provided
+#   porchlight-runtime-node.tar     docker.io/porchlight/runtime-node:dev      runtime-image/Dockerfile.node
 #   porchlight-controller.tar       docker.io/porchlight/controller:dev        deploy/Dockerfile.controller
 #   porchlight-gateway.tar          docker.io/porchlight/gateway:dev           deploy/Dockerfile.gateway
 #   porchlight-nats.tar             docker.io/porchlight/nats:dev              deploy/Dockerfile.nats
@@ -115,6 +116,7 @@ base_image() {
 pm load -q -i "$IMAGES_DIR/debian.tar" >/dev/null
 DEBIAN_ID=$(pm image inspect --format '{{.Id}}' localhost/porchlight/debian:bookworm)
 PYTHON_ID=$(base_image debian-python python3)
+NODE_ID=$(base_image debian-node nodejs)
 
 # --- project images ---------------------------------------------------------------
 hash_of() { cat "$@" | sha256sum | cut -d' ' -f1; }
@@ -147,6 +149,8 @@ build() {
 
 build runtime-python runtime-image/Dockerfile porchlight-runtime localhost/porchlight/debian-python:bookworm "$PYTHON_ID" \
   "$ROOT/runtime-image/bootstrap/python/bootstrap.py"
+build runtime-node runtime-image/Dockerfile.node porchlight-runtime localhost/porchlight/debian-node:bookworm "$NODE_ID" \
+  "$ROOT/runtime-image/bootstrap/node/bootstrap.js"
 build runtime-provided runtime-image/Dockerfile.provided porchlight-runtime localhost/porchlight/debian:bookworm "$DEBIAN_ID"
 build controller deploy/Dockerfile.controller porchlight-controller localhost/porchlight/debian:bookworm "$DEBIAN_ID"
 build gateway deploy/Dockerfile.gateway porchlight-gateway localhost/porchlight/debian:bookworm "$DEBIAN_ID"

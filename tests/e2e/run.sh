@@ -246,6 +246,33 @@ check_hello() {
   fi
 }
 
+# --- b2. a Node.js function, frozen between invocations -------------------------
+# The node runtime's process (on this host: containers are processes) is
+# stopped (state T) while idle.
+node_frozen() {
+  local pid
+  for pid in $(pgrep -f 'node /var/runtime/bootstrap.js'); do
+    [[ $(ps -o stat= -p "$pid") == T* ]] && return 0
+  done
+  return 1
+}
+check_node() {
+  kubectl apply -f "$ROOT/examples/hello-node.yaml" >/dev/null || { fail "node: kubectl apply -f examples/hello-node.yaml"; return 1; }
+  wait_until 30 gateway_knows hello-node || { fail "node: gateway lists hello-node"; return 1; }
+  local code body image freeze
+  code=$(invoke hello-node '{"name":"Ada"}' "$OUT/node" 60)
+  body=$(cat "$OUT/node.body" 2>/dev/null)
+  image=$(kubectl get pods -l porchlight.dev/function=hello-node -o jsonpath='{.items[0].spec.containers[0].image}' 2>/dev/null)
+  freeze=$(kubectl get pods -l porchlight.dev/function=hello-node -o jsonpath='{.items[0].spec.containers[0].env[?(@.name=="PORCHLIGHT_FREEZE")].value}' 2>/dev/null)
+  if [[ $code == 200 && $(jq -r .greeting <<<"$body" 2>/dev/null) == "hello Ada" && $image == */runtime-node:dev ]] &&
+    [[ $freeze == true ]] && wait_until 10 node_frozen; then
+    pass "node: nodejs20.x function (examples/hello-node.yaml) answered from a pod of $image; the pod has PORCHLIGHT_FREEZE=true and its node process is stopped (T) while idle"
+  else
+    fail "node: HTTP $code, body: $body, image: $image, PORCHLIGHT_FREEZE=$freeze, frozen: $(node_frozen && echo yes || echo no)"
+  fi
+  kubectl delete -f "$ROOT/examples/hello-node.yaml" --wait=false >/dev/null 2>&1
+}
+
 # --- c. load: scale out, then back to zero ------------------------------------------
 check_scale() {
   cat >"$OUT/scale.yaml" <<'EOF'
@@ -934,7 +961,7 @@ check_queue() {
 COLD_MS=""
 # E2E_ONLY="drain kill" runs only those checks (after install).
 if check_install; then
-  for check in ${E2E_ONLY:-hello scale update init_failure invalid delete kill drain durable queue secret namespaces tls}; do
+  for check in ${E2E_ONLY:-hello node scale update init_failure invalid delete kill drain durable queue secret namespaces tls}; do
     "check_$check"
   done
 else
