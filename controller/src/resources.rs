@@ -702,6 +702,7 @@ spec:
                 f,
                 &WorkloadSettings {
                     runtime_image: "img:1".into(),
+                    node_runtime_image: "node-img:1".into(),
                 },
                 "h",
                 Some(1),
