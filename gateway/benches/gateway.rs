@@ -43,9 +43,17 @@ impl Drop for Proc {
     }
 }
 
+/// `PORCHLIGHT_BENCH_FREEZE=false` runs every function with `freeze: false`
+/// (what freezing idle environments costs, against the default, in one run).
+const FREEZE: &str = "PORCHLIGHT_BENCH_FREEZE";
+
 fn function(name: &str, extra: &str) -> String {
+    let freeze = match std::env::var(FREEZE).as_deref() {
+        Ok("false") => "  freeze: false\n",
+        _ => "",
+    };
     format!(
-        "apiVersion: porchlight.dev/v1alpha1\nkind: Function\nmetadata:\n  name: {name}\nspec:\n  runtime: python3.12\n  handler: app.handler\n  code:\n    inline: |\n      def handler(event, context):\n          return event\n{extra}---\n"
+        "apiVersion: porchlight.dev/v1alpha1\nkind: Function\nmetadata:\n  name: {name}\nspec:\n  runtime: python3.12\n  handler: app.handler\n  code:\n    inline: |\n      def handler(event, context):\n          return event\n{freeze}{extra}---\n"
     )
 }
 
