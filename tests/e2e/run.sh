@@ -722,10 +722,11 @@ spec:
           return {"answer": "$2", "function": context.function_name}
 EOF
 }
-# A ready gateway pod's IP, once none is terminating (after a rollout).
+# A ready gateway pod's IP, once none is terminating (after a rollout);
+# fails (for wait_until) while there is none.
 gateway_pod_ip() {
   kubectl -n $NS get pods -l app.kubernetes.io/name=porchlight-gateway -o json |
-    jq -r 'if any(.items[]; .metadata.deletionTimestamp != null) then empty else
+    jq -er 'if any(.items[]; .metadata.deletionTimestamp != null) then empty else
       [.items[] | select(any(.status.conditions[]?; .type == "Ready" and .status == "True")) | .status.podIP] | first // empty end'
 }
 check_namespaces() {
