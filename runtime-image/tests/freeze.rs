@@ -6,9 +6,9 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Shim, process_state, task_root};
+use common::{Shim, process_state, task_root, wait_until};
 use serde_json::json;
 
 /// A handler whose module starts a thread that counts into `ticks` every 10 ms.
@@ -45,18 +45,6 @@ signal.signal(signal.SIGTERM, on_term)
 def handler(event, context):
     return {"ok": True}
 "#;
-
-/// Polls `done` every 10 ms until it holds or `limit` has passed.
-fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    done()
-}
 
 fn python_shim(root: &Path, freeze: &str) -> Shim {
     let python = common::plain_python();

@@ -4,23 +4,11 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Shim, process_state, task_root};
+use common::{Shim, process_state, task_root, wait_until};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-
-/// Polls `done` every 10 ms until it holds or `limit` has passed.
-fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    done()
-}
 
 /// Whether `pid` still runs (a zombie has ended; only its entry is left).
 fn runs(pid: i32) -> bool {

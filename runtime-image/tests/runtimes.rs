@@ -514,20 +514,7 @@ fn bundled_python_bootstrap_gives_lambdas_context() {
     let encoded = base64::engine::general_purpose::STANDARD.encode(context);
     let reply = shim.invoke_raw(br#"{"a":[1,2]}"#, &[("X-Amz-Client-Context", &encoded)]);
     let body = reply.json();
-    assert_eq!(body["function_name"], "hello");
-    assert_eq!(body["function_version"], "$LATEST");
-    assert_eq!(body["memory_limit_in_mb"], "128");
-    assert_eq!(
-        body["invoked_function_arn"],
-        "arn:aws:lambda:us-east-1:000000000000:function:hello"
-    );
-    assert_eq!(body["log_group_name"], "/aws/lambda/hello");
-    assert!(
-        body["log_stream_name"]
-            .as_str()
-            .unwrap()
-            .ends_with("[$LATEST]test-env")
-    );
+    assert_context_names(&body);
     assert_eq!(body["client_custom"], json!({"k": "v"}));
     assert_eq!(body["event"], json!({"a": [1, 2]}));
     let error = shim.invoke(&json!({"fail": true})).json();
@@ -775,20 +762,7 @@ fn bundled_node_bootstrap_gives_lambdas_context() {
         body["request_id"],
         reply.header("x-porchlight-request-id").unwrap()
     );
-    assert_eq!(body["function_name"], "hello");
-    assert_eq!(body["function_version"], "$LATEST");
-    assert_eq!(body["memory_limit_in_mb"], "128");
-    assert_eq!(
-        body["invoked_function_arn"],
-        "arn:aws:lambda:us-east-1:000000000000:function:hello"
-    );
-    assert_eq!(body["log_group_name"], "/aws/lambda/hello");
-    assert!(
-        body["log_stream_name"]
-            .as_str()
-            .unwrap()
-            .ends_with("[$LATEST]test-env")
-    );
+    assert_context_names(&body);
     assert_eq!(body["waits"], true);
     assert_eq!(body["client_custom"], json!({"k": "v"}));
     assert_eq!(body["identity"], "none");
@@ -1095,4 +1069,23 @@ fn bundled_node_bootstrap_logs_json_when_asked() {
     assert!(shim.stdout_has(record("ERROR", "an error 42")));
     // Below AWS_LAMBDA_LOG_LEVEL: not written.
     assert!(!shim.stdout_lines().iter().any(|l| l.contains("handling")));
+}
+
+/// The function's names in a handler's `context`, as the test shims set them
+/// (function `hello`, environment `test-env`), whichever runtime reports them.
+fn assert_context_names(body: &serde_json::Value) {
+    assert_eq!(body["function_name"], "hello");
+    assert_eq!(body["function_version"], "$LATEST");
+    assert_eq!(body["memory_limit_in_mb"], "128");
+    assert_eq!(
+        body["invoked_function_arn"],
+        "arn:aws:lambda:us-east-1:000000000000:function:hello"
+    );
+    assert_eq!(body["log_group_name"], "/aws/lambda/hello");
+    assert!(
+        body["log_stream_name"]
+            .as_str()
+            .unwrap()
+            .ends_with("[$LATEST]test-env")
+    );
 }
